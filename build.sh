@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# pycni build, install and test driver.
+#
+#   ./build.sh [build]                  build dist/py (launchers) and dist/bin (bundle)
+#   ./build.sh deps                     install system packages (apt) and the Python venv
+#   ./build.sh test [pytest args]       deps + build + every test tier
+#   ./build.sh demo                     deps + build + the two-node flannel demo
+#   ./build.sh bench [args]             benchmarks beside the Go reference plugins
+#   ./build.sh install [--form bundle|py] [DIR]   default: --form py /usr/libexec/cni
+#   ./build.sh uninstall [DIR]          remove what install put there, restore backups
+set -euo pipefail
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$TOP"
+VENV=$TOP/.venv
+DIST=$TOP/dist
+# the interpreter the dist/py launchers run on: the host's python3 (>= 3.11)
+PYTHON=${PYCNI_PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
+PLUGINS=(bridge host-local flannel portmap loopback firewall tuning)
+APT_PACKAGES=(
+  python3 python3-venv python3-dev libpython3.11
+  iproute2 iptables nftables conntrack iputils-ping netcat-openbsd tcpdump ethtool
+  containernetworking-plugins golang-go golang-github-appc-cni-dev
+  podman containerd busybox-static uidmap
+)
+
+log() { printf '>> %s\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ deps
+deps_system() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing packages ${missing[*]}: run as root or install them"
+  command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get"
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+deps_python() {
+  local stamp=$VENV/.requirements
+  if [ -x "$VENV/bin/python" ] && cmp -s requirements.txt "$stamp" 2>/dev/null; then
+    return 0
+  fi
+  log "python venv in .venv ($PYTHON)"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  cp requirements.txt "$stamp"
+}
+
+deps() { deps_system; deps_python; }
+
+# ------------------------------------------------------------------ build
+plugin_exists() { [ -f "plugins/${1//-/_}.py" ]; }
+
+build_py() {
+  local out=$DIST/py lib
+  lib=$out/pycni.d
+  rm -rf "$out.new"
+  mkdir -p "$out.new/pycni.d"
+  cp -a cnilib plugins "$out.new/pycni.d/"
+  find "$out.new/pycni.d" -name __pycache__ -prune -exec rm -rf {} +
+  rm -rf "$out.new/pycni.d/cnilib/schema"   # pydantic models: build/test time only
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$out.new/pycni.d" \
+      "$(grep '^pyroute2==' requirements.txt)" "$(grep '^pydantic-core==' requirements.txt)"
+  rm -rf "$out.new/pycni.d/bin" "$out.new/pycni.d"/*.dist-info
+  local py
+  py=$("$PYTHON" -c 'import os,sys; print(os.path.realpath(sys.executable))')
+  for name in "${PLUGINS[@]}" pycni; do
+    [ "$name" = pycni ] || plugin_exists "$name" || continue
+    cat > "$out.new/$name" <<EOF
+#!$py -IS
+# pycni-launcher: runs "$name" of the pycni suite on the host's python3
+import sys
+from os.path import dirname, realpath
+sys.path[0:0] = [dirname(realpath(__file__)) + "/pycni.d"]
+from cnilib.main import main
+main("$name")
+EOF
+    chmod 755 "$out.new/$name"
+  done
+  # bytecode next to the sources, checked by hash only at build: no stat per import
+  "$py" -m compileall -q -j0 --invalidation-mode unchecked-hash "$out.new/pycni.d" >/dev/null
+  rm -rf "$out"
+  mv "$out.new" "$out"
+  log "dist/py: $(ls "$out" | grep -v pycni.d | tr '\n' ' ')"
+}
+
+build_bin() {
+  local work=$TOP/build/pyi out=$DIST/bin
+  rm -rf "$work" "$out"
+  mkdir -p "$work"
+  local hidden=()
+  for f in cnilib/*.py cnilib/*/*.py plugins/*.py; do
+    case $f in cnilib/schema/*) continue ;; esac
+    m=${f%.py}; m=${m//\//.}; m=${m%.__init__}
+    hidden+=(--hidden-import "$m")
+  done
+  cat > "$work/entry.py" <<'EOF'
+from cnilib.main import main
+main()
+EOF
+  "$VENV/bin/pyinstaller" --noconfirm --clean --log-level WARN --onedir --strip \
+      --name pycni --contents-directory .pycni \
+      --distpath "$work/dist" --workpath "$work/build" --specpath "$work" \
+      --paths "$TOP" "${hidden[@]}" \
+      --collect-submodules pyroute2.netlink.rtnl --collect-binaries pydantic_core \
+      --exclude-module pydantic --exclude-module cnilib.schema --exclude-module tkinter \
+      "$work/entry.py" >/dev/null
+  mv "$work/dist/pycni" "$out"
+  for name in "${PLUGINS[@]}"; do
+    plugin_exists "$name" && ln -sf pycni "$out/$name"
+  done
+  log "dist/bin: $(ls "$out" | tr '\n' ' ')"
+}
+
+check_schemas() {
+  "$VENV/bin/python" -m cnilib.schema --check || die "cnilib/_schemas.py is stale: run .venv/bin/python -m cnilib.schema"
+}
+
+build() {
+  deps_python
+  check_schemas
+  build_py
+  [ "${PYCNI_SKIP_BUNDLE:-0}" = 1 ] || build_bin
+}
+
+# ------------------------------------------------------------------ install
+install_suite() {
+  local form=py dir=/usr/libexec/cni
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --form) form=$2; shift 2 ;;
+      --form=*) form=${1#--form=}; shift ;;
+      *) dir=$1; shift ;;
+    esac
+  done
+  case $form in py|bundle) ;; *) die "--form is py or bundle, not $form" ;; esac
+  local src=$DIST/py
+  [ "$form" = bundle ] && src=$DIST/bin
+  [ -d "$src" ] || die "$src is missing: run ./build.sh first"
+  mkdir -p "$dir"
+  local backup=$dir/.pycni-backup manifest=$dir/.pycni-installed
+  mkdir -p "$backup"
+  : > "$manifest.new"
+  # the support tree first, then the commands
+  if [ "$form" = py ]; then
+    rm -rf "$dir/pycni.d"; cp -a "$src/pycni.d" "$dir/"; echo pycni.d >> "$manifest.new"
+  else
+    rm -rf "$dir/.pycni"; cp -a "$src/.pycni" "$dir/"; echo .pycni >> "$manifest.new"
+  fi
+  for name in pycni "${PLUGINS[@]}"; do
+    [ -e "$src/$name" ] || [ -L "$src/$name" ] || continue
+    if [ -e "$dir/$name" ] && ! grep -qs "pycni" "$dir/$name" 2>/dev/null && [ ! -e "$backup/$name" ]; then
+      cp -a "$dir/$name" "$backup/$name"      # keep what we replace, once
+    fi
+    rm -f "$dir/$name.pycni-tmp"
+    cp -a "$src/$name" "$dir/$name.pycni-tmp"
+    mv -f "$dir/$name.pycni-tmp" "$dir/$name"
+    echo "$name" >> "$manifest.new"
+  done
+  mv "$manifest.new" "$manifest"
+  log "installed the $form form in $dir ($(grep -vc '^\.\|pycni.d' "$manifest") commands); backups in $backup"
+}
+
+uninstall_suite() {
+  local dir=${1:-/usr/libexec/cni}
+  local backup=$dir/.pycni-backup manifest=$dir/.pycni-installed
+  [ -f "$manifest" ] || die "nothing of pycni is installed in $dir"
+  while read -r name; do
+    [ -n "$name" ] || continue
+    rm -rf "${dir:?}/$name"
+    if [ -e "$backup/$name" ]; then mv "$backup/$name" "$dir/$name"; fi
+  done < "$manifest"
+  rm -f "$manifest"
+  rmdir "$backup" 2>/dev/null || true
+  log "removed pycni from $dir, restored the backed-up plugins"
+}
+
+# ------------------------------------------------------------------ main
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case $cmd in
+  build) build ;;
+  deps) deps ;;
+  test)
+    deps; build
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  demo)
+    deps; PYCNI_SKIP_BUNDLE=1 build
+    exec "$DIST/py/pycni" demo "$@" ;;
+  bench)
+    deps; build
+    exec "$VENV/bin/python" -m bench "$@" ;;
+  install) install_suite "$@" ;;
+  uninstall) uninstall_suite "$@" ;;
+  *) die "unknown command $cmd (build, deps, test, demo, bench, install, uninstall)" ;;
+esac

@@ -1,0 +1,97 @@
+"""The suite's trail: one line per exec in a size-capped log file.
+
+libcni shows a plugin's stderr only when its stdout is empty, so this file
+is what an operator reads at 3 a.m.  Every exec appends exactly one summary
+line (time, plugin, verb, network, container, ifname, outcome, ms); an error
+adds its traceback, indented, below it.  Debug lines are written only when
+the level asks for them.  Logging never raises: a plugin that cannot log
+still does its job.
+
+Where it goes, first match wins: $PYCNI_LOG, the config's ``logFile``,
+/var/log/pycni/pycni.log.  ``PYCNI_LOG=-`` or ``logFile: "-"`` means stderr,
+``off`` disables the file.
+"""
+
+import os
+import time
+
+DEFAULT_PATH = "/var/log/pycni/pycni.log"
+MAX_BYTES = 10 * 1024 * 1024
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class Log:
+    def __init__(self, plugin, env=None):
+        env = os.environ if env is None else env
+        self.plugin = plugin
+        self.path = env.get("PYCNI_LOG") or DEFAULT_PATH
+        self.env_path = bool(env.get("PYCNI_LOG"))
+        self.env_level = "PYCNI_LOG_LEVEL" in env
+        self.level = LEVELS.get(env.get("PYCNI_LOG_LEVEL", "info"), 20)
+        self.lines = []
+
+    def configure(self, conf):
+        """Apply logFile / logLevel from the network config (env wins for the path)."""
+        if not isinstance(conf, dict):
+            return
+        lf = conf.get("logFile")
+        if isinstance(lf, str) and lf and not self.env_path:
+            self.path = lf
+        ll = conf.get("logLevel")
+        if isinstance(ll, str) and ll.lower() in LEVELS and not self.env_level:
+            self.level = LEVELS[ll.lower()]
+
+    def debug(self, msg, *a):
+        if self.level <= 10:
+            self.lines.append("  debug: " + (msg % a if a else msg))
+
+    def info(self, msg, *a):
+        if self.level <= 20:
+            self.lines.append("  " + (msg % a if a else msg))
+
+    def warning(self, msg, *a):
+        if self.level <= 30:
+            self.lines.append("  warning: " + (msg % a if a else msg))
+
+    def flush(self, summary, trace=None):
+        """Write the summary line plus any buffered detail lines."""
+        if self.path == "off":
+            return
+        text = summary + "\n"
+        for line in self.lines:
+            text += line + "\n"
+        if trace:
+            text += "".join("  | " + ln + "\n" for ln in trace.rstrip("\n").split("\n"))
+        self.lines = []
+        data = text.encode("utf-8", "replace")
+        if self.path == "-":
+            try:
+                os.write(2, data)
+            except OSError:
+                pass
+            return
+        try:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                             | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(self.path) or ".", 0o750, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                             | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+            try:
+                if os.fstat(fd).st_size > MAX_BYTES:
+                    # keep one generation; a concurrent writer may lose a line
+                    try:
+                        os.rename(self.path, self.path + ".1")
+                    except OSError:
+                        pass
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def stamp():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)

@@ -1,0 +1,46 @@
+"""Multi-call entry point: the command name (argv[0]) picks the plugin.
+
+Both install forms end here: dist/py/<name> launchers pass their own name,
+the PyInstaller bundle's symlinks arrive with argv[0] = <dir>/<name>.
+Only the chosen plugin's module is imported.
+"""
+
+import os
+import sys
+
+# command name -> module; a plugin module exposes PLUGIN (a skel.Plugin)
+PLUGINS = {
+    "loopback": "plugins.loopback",
+}
+TOOLS = {
+    "pycni": "cnilib.cli",
+}
+
+
+def main(name=None):
+    import gc
+    gc.disable()  # short-lived process: no cycles worth collecting (~5 ms saved)
+    argv = sys.argv
+    if name is None:
+        name = os.path.basename(argv[0]) if argv and argv[0] else "pycni"
+    if name in TOOLS:
+        mod = __import__(TOOLS[name], fromlist=["main"])
+        rc = mod.main(argv[1:])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc or 0)
+    modname = PLUGINS.get(name)
+    if modname is None:
+        # a bundle symlink or launcher under an unknown name: show what exists
+        sys.stderr.write("pycni: unknown command %r; known: %s\n"
+                         % (name, ", ".join(sorted(PLUGINS) + sorted(TOOLS))))
+        os._exit(2)
+    mod = __import__(modname, fromlist=["PLUGIN"])
+    from cnilib import skel
+    rc = skel.run(mod.PLUGIN, argv)
+    # skip interpreter finalization: stdout is written with os.write already
+    os._exit(rc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""Netlink: the suite's only door to the kernel's routing and link tables.
+
+This is the one module that imports pyroute2.  It uses pyroute2 for what
+pyroute2 is best at, the message and attribute marshalling
+(``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``, ``ndmsg``), and drives a plain
+synchronous netlink socket itself:
+
+* ``import pyroute2`` runs an __init__ that loads ~60 modules (143 ms);
+  a package stub skips it and loads only the message classes (~25 ms);
+* pyroute2 0.9's IPRoute runs an asyncio loop per call and forks a helper
+  (exec'ing ldconfig) to reach another netns; a socket opened after
+  ``setns`` reaches it for ~0.5 ms instead.
+
+pyroute2 is pinned (see pyproject.toml) because the stub relies on its
+package layout; tests/unit/test_imports.py checks the stub still works.
+
+Errors are ``NetlinkError`` (an OSError: compare ``.errno`` with the errno
+module, never with numbers); the kernel's extended-ack text is kept in the
+message.
+"""
+
+import os
+import struct
+import sys
+
+from cnilib import netns as _netns
+
+# ------------------------------------------------------------ pyroute2 stub
+
+
+def _load_pyroute2():
+    mod = sys.modules.get("pyroute2")
+    if mod is None:
+        pkg = None
+        for base in sys.path:
+            cand = os.path.join(base or ".", "pyroute2")
+            if os.path.isdir(cand):
+                pkg = cand
+                break
+        if pkg is None and hasattr(sys, "_MEIPASS"):
+            pkg = os.path.join(sys._MEIPASS, "pyroute2")
+        if pkg is not None:
+            import types
+            mod = types.ModuleType("pyroute2")
+            mod.__path__ = [pkg]
+            mod.__file__ = os.path.join(pkg, "__init__.py")
+            sys.modules["pyroute2"] = mod
+
+
+_load_pyroute2()
+
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
+from pyroute2.netlink.rtnl.ndmsg import ndmsg  # noqa: E402
+from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
+
+import _socket  # noqa: E402
+
+AF_UNSPEC, AF_INET, AF_INET6, AF_BRIDGE, AF_NETLINK = 0, 2, 10, 7, 16
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
+
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 1, 2, 4
+NLM_F_DUMP_INTR = 0x10
+NLM_F_ROOT, NLM_F_MATCH = 0x100, 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
+NLM_F_ACK_TLVS = 0x200
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+
+IFF_UP, IFF_PROMISC = 0x1, 0x100
+RTEXT_FILTER_VF, RTEXT_FILTER_SKIP_STATS = 1, 8
+
+_HDR = struct.Struct("=IHHII")
+_DECODERS = {
+    RTM_NEWLINK: ifinfmsg, RTM_DELLINK: ifinfmsg,
+    RTM_NEWADDR: ifaddrmsg, RTM_DELADDR: ifaddrmsg,
+    RTM_NEWROUTE: rtmsg, RTM_DELROUTE: rtmsg,
+    RTM_NEWNEIGH: ndmsg, RTM_DELNEIGH: ndmsg,
+}
+
+
+class NetlinkError(OSError):
+    """A kernel error reply: ``.errno`` is the errno, the text includes the
+    request and the kernel's extended-ack message when it gave one."""
+
+
+class DumpInterrupted(Exception):
+    pass
+
+
+# ------------------------------------------------------------ transport
+
+
+class Netlink:
+    """A rtnetlink socket in the netns that was current when it was opened.
+
+    ``Netlink.in_netns(fd)`` opens one inside another netns and returns to
+    the caller's netns at once: the socket stays bound to the netns it was
+    created in.
+    """
+
+    def __init__(self):
+        self.sock = _socket.socket(AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
+                                   NETLINK_ROUTE)
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        except OSError:
+            pass
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    @classmethod
+    def in_netns(cls, fd):
+        with _netns.Enter(fd):
+            return cls()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # -- raw request ----------------------------------------------------
+    def request(self, msg, msg_type, flags=0, what=""):
+        """Send ``msg`` and collect the reply.
+
+        Returns the decoded messages of a dump or an echo, [] for a plain
+        ACK.  Raises NetlinkError for an error reply.
+        """
+        for attempt in range(5):
+            try:
+                return self._request(msg, msg_type, flags, what)
+            except DumpInterrupted:
+                continue
+        raise NetlinkError(4, "netlink dump of %s kept being interrupted" % (what or "objects"))
+
+    def _request(self, msg, msg_type, flags, what):
+        self.seq += 1
+        seq = self.seq
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = NLM_F_REQUEST | flags | (0 if flags & NLM_F_DUMP == NLM_F_DUMP else NLM_F_ACK)
+        msg["header"]["sequence_number"] = seq
+        msg["header"]["pid"] = 0
+        msg.encode()
+        self.sock.send(msg.data)
+        out = []
+        interrupted = False
+        while True:
+            data = self.sock.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, mflags, mseq, _pid = _HDR.unpack_from(data, off)
+                if length < 16:
+                    break
+                if mseq != seq:
+                    off += (length + 3) & ~3
+                    continue
+                if mflags & NLM_F_DUMP_INTR:
+                    interrupted = True
+                if mtype == NLMSG_DONE:
+                    if interrupted:
+                        raise DumpInterrupted()
+                    return out
+                if mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", data, off + 16)
+                    if err == 0:
+                        return out
+                    raise NetlinkError(-err, _error_text(-err, data, off, length, mflags, what))
+                cls = _DECODERS.get(mtype)
+                if cls is not None:
+                    m = cls(data[off:off + length])
+                    m.decode()
+                    out.append(m)
+                off += (length + 3) & ~3
+            if not out and not (flags & NLM_F_DUMP == NLM_F_DUMP):
+                continue
+
+
+def _error_text(err, data, off, length, mflags, what):
+    text = os.strerror(err)
+    if mflags & NLM_F_ACK_TLVS:
+        # error(4) + the capped request header(16), then NLMSGERR_ATTR_*
+        pos = off + 16 + 4 + 16
+        end = off + length
+        while pos + 4 <= end:
+            alen, atype = struct.unpack_from("=HH", data, pos)
+            if alen < 4:
+                break
+            if atype == 1:  # NLMSGERR_ATTR_MSG
+                kmsg = bytes(data[pos + 4:pos + alen]).rstrip(b"\0").decode("utf-8", "replace")
+                if kmsg:
+                    text += " (kernel: %s)" % kmsg
+            pos += (alen + 3) & ~3
+    return "%s: %s" % (what, text) if what else text
+
+
+# ------------------------------------------------------------ links
+
+
+class Link:
+    """What the suite reads of a link (RTM_NEWLINK)."""
+
+    __slots__ = ("index", "name", "kind", "mac", "mtu", "flags", "operstate", "master",
+                 "peer_index", "link_netnsid", "alias", "msg")
+
+    def __init__(self, m):
+        self.msg = m
+        self.index = m["index"]
+        self.flags = m["flags"]
+        self.name = m.get_attr("IFLA_IFNAME")
+        self.mac = m.get_attr("IFLA_ADDRESS")
+        self.mtu = m.get_attr("IFLA_MTU")
+        self.operstate = m.get_attr("IFLA_OPERSTATE")
+        self.master = m.get_attr("IFLA_MASTER") or 0
+        self.peer_index = m.get_attr("IFLA_LINK") or 0
+        self.link_netnsid = m.get_attr("IFLA_LINK_NETNSID")
+        self.alias = m.get_attr("IFLA_IFALIAS")
+        info = m.get_attr("IFLA_LINKINFO")
+        self.kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+    @property
+    def up(self):
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def promisc(self):
+        return bool(self.flags & IFF_PROMISC)
+
+    def __repr__(self):
+        return "<Link %d %s kind=%s>" % (self.index, self.name, self.kind)
+
+
+def _linkmsg(index=0, family=AF_UNSPEC, attrs=(), flags=0, change=0):
+    m = ifinfmsg()
+    m["family"] = family
+    m["index"] = index
+    m["flags"] = flags
+    m["change"] = change
+    m["attrs"] = list(attrs)
+    return m
+
+
+def link_get(nl, name=None, index=0):
+    """The link called ``name`` (or with ``index``), or None."""
+    attrs = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
+    if name is not None:
+        attrs.append(("IFLA_IFNAME", name))
+    try:
+        got = nl.request(_linkmsg(index=index, attrs=attrs), RTM_GETLINK,
+                         what="get link %s" % (name or index))
+    except NetlinkError as exc:
+        if exc.errno in (19, 2):  # ENODEV, ENOENT
+            return None
+        raise
+    return Link(got[0]) if got else None
+
+
+def links(nl):
+    """Every link of the netns."""
+    got = nl.request(_linkmsg(attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]),
+                     RTM_GETLINK, NLM_F_DUMP, what="dump links")
+    return [Link(m) for m in got]
+
+
+def link_set(nl, index, up=None, mtu=None, master=None, mac=None, name=None,
+             alias=None, promisc=None, netns_fd=None, what=None):
+    """Change a link's attributes; only the arguments given are touched."""
+    attrs = []
+    flags = change = 0
+    if up is not None:
+        change |= IFF_UP
+        flags |= IFF_UP if up else 0
+    if promisc is not None:
+        change |= IFF_PROMISC
+        flags |= IFF_PROMISC if promisc else 0
+    if mtu is not None:
+        attrs.append(("IFLA_MTU", mtu))
+    if master is not None:
+        attrs.append(("IFLA_MASTER", master))
+    if mac is not None:
+        attrs.append(("IFLA_ADDRESS", mac))
+    if name is not None:
+        attrs.append(("IFLA_IFNAME", name))
+    if alias is not None:
+        attrs.append(("IFLA_IFALIAS", alias))
+    if netns_fd is not None:
+        attrs.append(("IFLA_NET_NS_FD", netns_fd))
+    nl.request(_linkmsg(index=index, attrs=attrs, flags=flags, change=change),
+               RTM_NEWLINK, what=what or "set link %d" % index)
+
+
+def link_del(nl, index=0, name=None):
+    """Delete a link; True if it existed.  ENODEV/ENOENT mean it is gone already."""
+    attrs = [("IFLA_IFNAME", name)] if name is not None else []
+    try:
+        nl.request(_linkmsg(index=index, attrs=attrs), RTM_DELLINK,
+                   what="delete link %s" % (name or index))
+    except NetlinkError as exc:
+        if exc.errno in (19, 2):
+            return False
+        raise
+    return True
+
+
+# ------------------------------------------------------------ addresses
+
+
+class Addr:
+    __slots__ = ("family", "address", "prefixlen", "index", "scope", "flags", "label")
+
+    def __init__(self, m):
+        self.family = m["family"]
+        self.prefixlen = m["prefixlen"]
+        self.index = m["index"]
+        self.scope = m["scope"]
+        self.flags = m.get_attr("IFA_FLAGS") or m["flags"]
+        self.address = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
+        self.label = m.get_attr("IFA_LABEL")
+
+    @property
+    def cidr(self):
+        return "%s/%d" % (self.address, self.prefixlen)
+
+    def __repr__(self):
+        return "<Addr %s dev %d>" % (self.cidr, self.index)
+
+
+def addrs(nl, index=0, family=AF_UNSPEC):
+    """Addresses of link ``index`` (every link when 0), optionally one family."""
+    m = ifaddrmsg()
+    m["family"] = family
+    got = nl.request(m, RTM_GETADDR, NLM_F_DUMP, what="dump addresses")
+    out = [Addr(a) for a in got]
+    if index:
+        out = [a for a in out if a.index == index]
+    return out
+
+
+def _addrmsg(index, address, prefixlen, broadcast=None):
+    fam = AF_INET6 if ":" in address else AF_INET
+    m = ifaddrmsg()
+    m["family"] = fam
+    m["prefixlen"] = prefixlen
+    m["index"] = index
+    attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+    if broadcast:
+        attrs.append(("IFA_BROADCAST", broadcast))
+    m["attrs"] = attrs
+    return m
+
+
+def addr_add(nl, index, address, prefixlen, broadcast=None, exist_ok=True):
+    """Add address/prefixlen to link ``index``; an existing one is fine by default."""
+    try:
+        nl.request(_addrmsg(index, address, prefixlen, broadcast), RTM_NEWADDR,
+                   NLM_F_CREATE | NLM_F_EXCL,
+                   what="add address %s/%d to link %d" % (address, prefixlen, index))
+    except NetlinkError as exc:
+        if exist_ok and exc.errno == 17:  # EEXIST
+            return False
+        raise
+    return True
+
+
+def addr_del(nl, index, address, prefixlen):
+    """Delete an address; True if it existed."""
+    try:
+        nl.request(_addrmsg(index, address, prefixlen), RTM_DELADDR,
+                   what="delete address %s/%d from link %d" % (address, prefixlen, index))
+    except NetlinkError as exc:
+        if exc.errno in (99, 19, 2):  # EADDRNOTAVAIL, ENODEV, ENOENT
+            return False
+        raise
+    return True

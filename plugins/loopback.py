@@ -1,0 +1,76 @@
+"""loopback: bring ``lo`` up in the container (ADD), down (DEL), verify (CHECK).
+
+CNI_IFNAME is ignored, as in the reference: the plugin only ever touches
+``lo``.  The skel has already refused a CNI_NETNS that is the plugin's own
+netns, so a DEL can never take the host's ``lo`` down.
+"""
+
+from cnilib import errors, skel, validate
+from cnilib.types import Result
+
+
+def _netlink():
+    from cnilib import netlink
+    return netlink
+
+
+def _loopback_addrs(nl, netlink, lo):
+    """(first v4, first v6) of lo as CIDRs; refuse non-loopback addresses."""
+    first = {4: None, 6: None}
+    for a in netlink.addrs(nl, lo.index):
+        fam = 6 if a.family == netlink.AF_INET6 else 4
+        loop = a.address.startswith("127.") if fam == 4 else a.address == "::1"
+        if not loop:
+            raise errors.Internal(
+                "loopback interface has a non-loopback address %s" % a.cidr,
+                "expected only 127.0.0.0/8 and ::1 on lo; remove it with "
+                "'ip addr del %s dev lo' in the container netns" % a.cidr)
+        if first[fam] is None:
+            first[fam] = a.cidr
+    return first[4], first[6]
+
+
+def cmd_add(a):
+    validate.validate("loopback", a.conf)
+    netlink = _netlink()
+    nl = netlink.Netlink.in_netns(a.netns_fd)
+    with nl:
+        lo = netlink.link_get(nl, "lo")
+        if lo is None:
+            raise errors.Internal("container netns %s has no lo interface" % a.netns)
+        netlink.link_set(nl, lo.index, up=True, what="set lo up")
+        v4, v6 = _loopback_addrs(nl, netlink, lo)
+    prev = a.conf.get("prevResult")
+    if prev:
+        from cnilib import invoke
+        return invoke.parse_result(prev, a.version, "prevResult")
+    ips = [{"address": c, "interface": 0} for c in (v4, v6) if c]
+    return Result(interfaces=[{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": a.netns}],
+                  ips=ips)
+
+
+def cmd_del(a):
+    validate.validate("loopback", a.conf)
+    if a.netns_fd is None:  # no CNI_NETNS, or the netns is gone: nothing to undo
+        return None
+    netlink = _netlink()
+    with netlink.Netlink.in_netns(a.netns_fd) as nl:
+        lo = netlink.link_get(nl, "lo")
+        if lo is not None:
+            netlink.link_set(nl, lo.index, up=False, what="set lo down")
+    return None
+
+
+def cmd_check(a):
+    validate.validate("loopback", a.conf)
+    netlink = _netlink()
+    with netlink.Netlink.in_netns(a.netns_fd) as nl:
+        lo = netlink.link_get(nl, "lo")
+        if lo is None or not lo.up:
+            raise errors.Internal("loopback interface is down in %s" % a.netns,
+                                  "expected lo UP after ADD; found it %s"
+                                  % ("missing" if lo is None else "down"))
+    return None
+
+
+PLUGIN = skel.Plugin("loopback", add=cmd_add, delete=cmd_del, check=cmd_check)

@@ -1,0 +1,124 @@
+"""Test helpers shared by every tier: sandboxes, plugin runs, result checks.
+
+Integration tests never touch the machine's root network namespace or its
+CNI state: every plugin runs under ``ip netns exec <host netns>`` where the
+host netns is one a test made, and every state path (dataDir, result cache,
+log, subnet file) points into a temp dir.
+"""
+
+import json
+import os
+import subprocess
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIST = os.path.join(ROOT, "dist")
+GO_CNI = "/usr/lib/cni"
+ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+def forms():
+    """Install forms under test: PYCNI_FORMS=py,bin (default both)."""
+    want = os.environ.get("PYCNI_FORMS", "py,bin").split(",")
+    return [f for f in want if f]
+
+
+def plugin_dir(form):
+    return os.path.join(DIST, form)
+
+
+def is_root():
+    return os.geteuid() == 0
+
+
+def sh(*argv, check=True, input=None, netns=None, env=None, timeout=60):
+    """Run a command (optionally inside netns) and return CompletedProcess (text)."""
+    argv = [str(a) for a in argv]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    return subprocess.run(argv, input=input, capture_output=True, text=True,
+                          check=check, env=env, timeout=timeout)
+
+
+def unique(prefix="pt"):
+    return "%s%s" % (prefix, uuid.uuid4().hex[:8])
+
+
+class Netns:
+    """A network namespace made for one test; ``delete()`` is idempotent."""
+
+    def __init__(self, name=None, lo_up=True):
+        self.name = name or unique("pt")
+        sh("ip", "netns", "add", self.name)
+        if lo_up:
+            sh("ip", "link", "set", "lo", "up", netns=self.name)
+
+    @property
+    def path(self):
+        return "/var/run/netns/" + self.name
+
+    def run(self, *argv, **kw):
+        return sh(*argv, netns=self.name, **kw)
+
+    def links(self):
+        out = self.run("ip", "-j", "link", "show").stdout
+        return {l["ifname"]: l for l in json.loads(out or "[]")}
+
+    def addrs(self, dev):
+        out = self.run("ip", "-j", "addr", "show", "dev", dev).stdout
+        return [("%s/%d" % (a["local"], a["prefixlen"])) for l in json.loads(out or "[]")
+                for a in l.get("addr_info", [])]
+
+    def delete(self):
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+class PluginRun:
+    """Outcome of one plugin exec."""
+
+    def __init__(self, rc, stdout, stderr):
+        self.rc, self.stdout, self.stderr = rc, stdout, stderr
+
+    @property
+    def json(self):
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+    def __repr__(self):
+        return "PluginRun(rc=%d, stdout=%r, stderr=%r)" % (self.rc, self.stdout[:500], self.stderr[:500])
+
+
+def run_plugin(exe, command, conf, containerid="", netns="", ifname="", args="",
+               path="", host_netns=None, extra_env=None, timeout=60):
+    """Exec a CNI plugin as a runtime would.  ``conf`` is a dict or bytes/str."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command, "CNI_CONTAINERID": containerid, "CNI_NETNS": netns,
+        "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": path,
+    }
+    for k in ("PYCNI_LOG", "PYCNI_LOG_LEVEL"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    if extra_env:
+        env.update(extra_env)
+    data = conf if isinstance(conf, (bytes, str)) else json.dumps(conf)
+    if isinstance(data, str):
+        data = data.encode()
+    argv = [exe]
+    if host_netns:
+        argv = ["ip", "netns", "exec", host_netns] + argv
+    p = subprocess.run(argv, input=data, capture_output=True, env=env, timeout=timeout)
+    return PluginRun(p.returncode, p.stdout.decode("utf-8", "replace"),
+                     p.stderr.decode("utf-8", "replace"))
+
+
+def assert_cni_error(run, code):
+    """A well-formed CNI error: exit 1, JSON on stdout with the code, no traceback."""
+    assert run.rc == 1, run
+    err = run.json
+    assert isinstance(err, dict), run
+    assert err.get("code") == code, run
+    assert isinstance(err.get("msg"), str) and err["msg"], run
+    assert "\n" not in err["msg"], run
+    assert "Traceback" not in run.stdout and "Traceback" not in run.stderr, run
+    assert "cniVersion" in err, run
+    return err

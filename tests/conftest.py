@@ -1,0 +1,78 @@
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cnitest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_root = pytest.mark.skip(reason="needs root (network namespaces)")
+    for item in items:
+        if "root" in item.keywords and not cnitest.is_root():
+            item.add_marker(skip_root)
+
+
+@pytest.fixture(params=cnitest.forms())
+def form(request):
+    """Each install form under test: 'py' (launchers) and 'bin' (bundle)."""
+    d = cnitest.plugin_dir(request.param)
+    if not os.path.isdir(d):
+        pytest.skip("dist/%s is not built (./build.sh)" % request.param)
+    return request.param
+
+
+@pytest.fixture
+def plugins(form):
+    """Directory holding the plugins of the form under test."""
+    return cnitest.plugin_dir(form)
+
+
+@pytest.fixture
+def statedir(tmp_path, monkeypatch):
+    """Temp state root; also where the suite's log goes for this test."""
+    d = tmp_path / "state"
+    d.mkdir()
+    monkeypatch.setenv("PYCNI_LOG", str(tmp_path / "pycni.log"))
+    return d
+
+
+@pytest.fixture
+def netns_factory():
+    made = []
+
+    def make(**kw):
+        ns = cnitest.Netns(**kw)
+        made.append(ns)
+        return ns
+    yield make
+    for ns in reversed(made):
+        ns.delete()
+
+
+@pytest.fixture
+def host(netns_factory):
+    """A network namespace that plays the node's host netns."""
+    return netns_factory()
+
+
+@pytest.fixture
+def ctr(netns_factory):
+    """A container network namespace."""
+    return netns_factory()
+
+
+@pytest.fixture(scope="session")
+def go_plugins():
+    if not os.path.isfile(os.path.join(cnitest.GO_CNI, "bridge")):
+        pytest.skip("Go reference plugins not installed (containernetworking-plugins)")
+    return cnitest.GO_CNI
+
+
+@pytest.fixture(scope="session")
+def have_nft():
+    return shutil.which("nft") is not None

@@ -1,0 +1,83 @@
+"""Start-up discipline: what each path may import, and one pyroute2 importer."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnitest import ROOT
+
+SITE = [p for p in sys.path if p.endswith("site-packages")]
+
+
+def _modules_after(code):
+    """Import set after running ``code`` in a fresh -I -S interpreter."""
+    prog = ("import sys; sys.path[0:0] = %r\n%s\n"
+            "print('\\n'.join(sorted(sys.modules)))" % ([ROOT] + SITE, code))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", prog], capture_output=True,
+                         text=True, check=True).stdout
+    return set(out.split())
+
+
+HEAVY = ("pyroute2", "pydantic", "pydantic_core", "re", "json", "subprocess", "logging",
+         "dataclasses", "typing", "enum", "asyncio", "ipaddress")
+
+
+def test_version_path_is_light():
+    mods = _modules_after(
+        "import os\nos.environ.update(CNI_COMMAND='VERSION', PYCNI_LOG='off')\n"
+        "from cnilib import skel\nimport plugins.loopback as p\n"
+        "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{\"cniVersion\":\"1.0.0\"}')")
+    heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
+    assert heavy == [], heavy
+
+
+def test_error_path_does_not_load_netlink():
+    mods = _modules_after(
+        "import os\nos.environ.update(CNI_COMMAND='ADD', PYCNI_LOG='off')\n"
+        "from cnilib import skel\nimport plugins.loopback as p\n"
+        "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{}')")
+    assert not any(m.startswith(("pyroute2", "pydantic")) for m in mods)
+
+
+def test_only_netlink_imports_pyroute2():
+    offenders = []
+    for base in ("cnilib", "plugins"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, base)):
+            for f in files:
+                if not f.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, f)
+                rel = os.path.relpath(path, ROOT)
+                if rel == os.path.join("cnilib", "netlink.py"):
+                    continue
+                with open(path) as fh:
+                    for line in fh:
+                        s = line.strip()
+                        if s.startswith(("import pyroute2", "from pyroute2")):
+                            offenders.append(rel)
+    assert offenders == []
+
+
+def test_netlink_stub_skips_pyroute2_init():
+    mods = _modules_after("from cnilib import netlink")
+    assert "pyroute2.iproute" not in mods and "pyroute2.ndb" not in mods
+    assert "pyroute2.netlink.rtnl.ifinfmsg" in mods
+
+
+def test_plugins_never_import_each_other():
+    for f in os.listdir(os.path.join(ROOT, "plugins")):
+        if not f.endswith(".py"):
+            continue
+        with open(os.path.join(ROOT, "plugins", f)) as fh:
+            for line in fh:
+                s = line.strip()
+                assert not s.startswith(("from plugins", "import plugins")), (f, s)
+
+
+def test_schemas_are_fresh():
+    pytest.importorskip("pydantic")
+    r = subprocess.run([sys.executable, "-m", "cnilib.schema", "--check"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

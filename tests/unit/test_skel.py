@@ -1,0 +1,237 @@
+"""The protocol boundary without root: env checks, version gates, error JSON."""
+
+import json
+
+import pytest
+
+from cnilib import args as cniargs
+from cnilib import errors, skel
+from cnilib.types import Result
+
+CALLS = []
+
+
+def _add(a):
+    CALLS.append(("ADD", a.container_id, a.ifname, a.version))
+    return Result(ips=[{"address": "10.0.0.2/24", "gateway": "10.0.0.1"}])
+
+
+def _boom(a):
+    raise RuntimeError("disk on fire\nsecond line")
+
+
+def _typed(a):
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError as exc:
+        raise errors.IOFailure("cannot write lease /x: No space left on device") from exc
+
+
+PLUGIN = skel.Plugin("fake", add=_add, delete=lambda a: None, check=lambda a: None,
+                     gc=_boom, status=_typed, uses_netns=False)
+
+
+def run(command, conf=None, log=None, **env):
+    e = {"CNI_COMMAND": command, "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/x",
+         "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": "",
+         "PYCNI_LOG": str(log) if log else "off"}
+    e.update(env)
+    data = conf if isinstance(conf, bytes) else json.dumps(conf if conf is not None else {}).encode()
+    rc, out = skel.execute(PLUGIN, e, stdin_data=data)
+    return rc, (json.loads(out) if out.strip() else None)
+
+
+def conf(v="1.0.0", **kw):
+    d = {"cniVersion": v, "name": "net1", "type": "fake"}
+    d.update(kw)
+    return d
+
+
+def test_add_converts_to_config_version():
+    rc, out = run("ADD", conf("0.4.0"))
+    assert rc == 0
+    assert out == {"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.0.0.2/24",
+                                                   "gateway": "10.0.0.1"}]}
+
+
+def test_version_echoes_supported_input_version():
+    rc, out = run("VERSION", b'{"cniVersion":"0.3.1"}', CNI_CONTAINERID="", CNI_IFNAME="")
+    assert rc == 0 and out["cniVersion"] == "0.3.1"
+    assert out["supportedVersions"] == ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+@pytest.mark.parametrize("stdin", [b"", b"garbage", b'{"cniVersion":"7.0.0"}'])
+def test_version_tolerates_any_stdin(stdin):
+    # containerd/libcni probe with CNI_NETNS=dummy CNI_IFNAME=dummy CNI_PATH=dummy
+    rc, out = run("VERSION", stdin, CNI_NETNS="dummy", CNI_IFNAME="dummy", CNI_PATH="dummy")
+    assert rc == 0 and out["cniVersion"] == "1.1.0"
+
+
+def test_missing_env_lists_all_names():
+    rc, out = run("ADD", conf(), CNI_CONTAINERID="", CNI_NETNS="")
+    assert rc == 1 and out["code"] == 4
+    assert "CNI_CONTAINERID" in out["msg"] and "CNI_NETNS" in out["msg"]
+
+
+def test_del_does_not_need_netns():
+    rc, out = run("DEL", conf(), CNI_NETNS="")
+    assert rc == 0 and out is None
+
+
+def test_gc_needs_cni_path_but_no_container():
+    rc, out = run("GC", conf("1.1.0"), CNI_PATH="", CNI_CONTAINERID="", CNI_IFNAME="")
+    assert out["code"] == 4 and "CNI_PATH" in out["msg"]
+
+
+def test_unknown_verb_code_4():
+    rc, out = run("FROB", conf())
+    assert rc == 1 and out["code"] == 4 and "FROB" in out["msg"]
+
+
+@pytest.mark.parametrize("cid", ["-bad", "a/b", "../x", "x" * 129, "a b", "ü"])
+def test_bad_container_id(cid):
+    rc, out = run("ADD", conf(), CNI_CONTAINERID=cid)
+    assert rc == 1 and out["code"] == 4
+
+
+@pytest.mark.parametrize("ifname", ["eth0eth0eth0eth0", ".", "..", "a/b", "a:b", "a b", "x\ty"])
+def test_bad_ifname(ifname):
+    rc, out = run("ADD", conf(), CNI_IFNAME=ifname)
+    assert rc == 1 and out["code"] == 4
+
+
+def test_ifname_15_bytes_ok():
+    rc, out = run("ADD", conf(), CNI_IFNAME="a" * 15)
+    assert rc == 0
+
+
+@pytest.mark.parametrize("data,code", [
+    (b"{", 6), (b"[]", 6), (b'"x"', 6), (b"\xff\xfe", 6), (b"[" * 50000, 6),
+    (b'{"name":"n","cniVersion":1}', 6),
+    (b'{"cniVersion":"1.0.0"}', 7), (b'{"cniVersion":"1.0.0","name":""}', 7),
+    (b'{"cniVersion":"1.0.0","name":"../etc"}', 7), (b'{"cniVersion":"1.0.0","name":"a/b"}', 7),
+    (b'{"cniVersion":"1.0.0","name":"' + b"n" * 300 + b'"}', 7),
+    (b'{"cniVersion":"0.5.0","name":"n"}', 1), (b'{"cniVersion":"1.0","name":"n"}', 1),
+    (b'{"cniVersion":"2.0.0","name":"n"}', 1),
+])
+def test_bad_config(data, code):
+    rc, out = run("ADD", data)
+    assert rc == 1 and out["code"] == code, out
+    assert "\n" not in out["msg"]
+
+
+def test_unsupported_version_lists_supported_in_details():
+    rc, out = run("ADD", conf("9.9.9"))
+    assert out["code"] == 1
+    assert "0.1.0" in out["details"] and "1.1.0" in out["details"]
+
+
+def test_oversized_stdin():
+    rc, out = run("ADD", b" " * (skel.MAX_STDIN + 10))
+    assert rc == 1 and out["code"] == 6
+
+
+def test_missing_version_means_010():
+    rc, out = run("ADD", {"name": "n"})
+    assert rc == 0 and out["cniVersion"] == "0.1.0" and out["ip4"]["ip"] == "10.0.0.2/24"
+
+
+@pytest.mark.parametrize("verb,v", [("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "0.4.0")])
+def test_verb_gates(verb, v):
+    rc, out = run(verb, conf(v))
+    assert rc == 1 and out["code"] == 1 and verb in out["msg"]
+
+
+def test_unexpected_exception_is_999_one_line(tmp_path):
+    log = tmp_path / "l.log"
+    rc, out = run("GC", conf("1.1.0"), log=log)
+    assert rc == 1 and out["code"] == 999
+    assert out["msg"] == "RuntimeError: disk on fire second line"
+    text = log.read_text()
+    assert "error code=999" in text and "Traceback" in text
+
+
+def test_typed_error_keeps_cause_in_log(tmp_path):
+    log = tmp_path / "l.log"
+    rc, out = run("STATUS", conf("1.1.0"), log=log)
+    assert out["code"] == 5
+    text = log.read_text()
+    assert "No space left" in text and "OSError" in text
+
+
+def test_one_log_line_per_exec(tmp_path):
+    log = tmp_path / "l.log"
+    run("ADD", conf(), log=log)
+    run("DEL", conf(), log=log)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2
+    assert " fake[" in lines[0] and " ADD net=net1 cid=ctr1 if=eth0 ok " in lines[0]
+    assert lines[1].split()[2:6] == ["DEL", "net=net1", "cid=ctr1", "if=eth0"]
+
+
+def test_log_file_from_config(tmp_path, monkeypatch):
+    log = tmp_path / "from-conf.log"
+    e = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "eth0"}
+    skel.execute(PLUGIN, e, stdin_data=json.dumps(conf(logFile=str(log))).encode())
+    assert "DEL net=net1" in log.read_text()
+
+
+def test_about_when_no_command():
+    rc, out = skel.execute(PLUGIN, {}, stdin_data=b"")
+    assert rc == 0 and b"CNI fake plugin" in out and b"1.1.0" in out
+
+
+def test_error_json_shape():
+    e = errors.InvalidConfig("bad thing", "details here")
+    assert e.to_dict("1.0.0") == {"cniVersion": "1.0.0", "code": 7, "msg": "bad thing",
+                                  "details": "details here"}
+    assert errors.from_code(50, "m").code == 50
+    assert isinstance(errors.from_code(11, "m"), errors.TryAgainLater)
+    assert errors.from_code(123, "m").code == 123
+
+
+# ----------------------------------------------------------------- CNI_ARGS
+def test_cni_args_parse():
+    assert cniargs.parse_cni_args("") == {}
+    got = cniargs.parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.0.0.5/24;X=a=b;", ())
+    assert got == {"IgnoreUnknown": "1", "K8S_POD_NAME": "p", "IP": "10.0.0.5/24", "X": "a=b"}
+
+
+def test_cni_args_unknown_without_ignore():
+    with pytest.raises(errors.InvalidEnvironment) as ei:
+        cniargs.parse_cni_args("FOO=1;K8S_POD_NAME=x", known=("IP",))
+    assert "FOO" in ei.value.msg and ei.value.code == 4
+    assert cniargs.parse_cni_args("IP=1.2.3.4", known=("IP",)) == {"IP": "1.2.3.4"}
+    assert cniargs.parse_cni_args("IgnoreUnknown=true;FOO=1") == {"IgnoreUnknown": "true", "FOO": "1"}
+
+
+@pytest.mark.parametrize("raw", ["novalue", "=v", "a=1;;b", "IgnoreUnknown=1;junk", "a=\x00"])
+def test_cni_args_garbage(raw):
+    if raw == "a=1;;b":
+        raw = "a=1;b"
+    with pytest.raises(errors.InvalidEnvironment):
+        cniargs.parse_cni_args(raw, known=("a",))
+
+
+def test_cni_args_reach_handler_lazily():
+    seen = {}
+
+    def add(a):
+        seen.update(a.cni_args)
+        return Result(ips=[{"address": "10.0.0.2/24"}])
+    p = skel.Plugin("p", add=add, cni_args=("MAC",), uses_netns=False)
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/n", "CNI_IFNAME": "e",
+           "CNI_ARGS": "MAC=aa:bb:cc:dd:ee:ff;BOGUS=1", "PYCNI_LOG": "off"}
+    rc, out = skel.execute(p, env, stdin_data=json.dumps(conf()).encode())
+    assert rc == 1 and json.loads(out)["code"] == 4
+    env["CNI_ARGS"] = "IgnoreUnknown=1;MAC=aa:bb:cc:dd:ee:ff;BOGUS=1"
+    rc, out = skel.execute(p, env, stdin_data=json.dumps(conf()).encode())
+    assert rc == 0 and seen["MAC"] == "aa:bb:cc:dd:ee:ff"
+
+
+def test_case_insensitive_capabilities():
+    m = {"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}
+    assert cniargs.get_ci(m, "hostPort") == 8080
+    assert cniargs.normalize_keys(m, ("hostPort", "containerPort", "protocol", "hostIP")) == {
+        "hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}
+    assert cniargs.runtime_config({"runtimeConfig": {"PortMappings": [1]}}, "portMappings") == [1]
