@@ -1,0 +1,68 @@
+"""nftables through the ``nft`` binary: one transaction per operation.
+
+A script passed to ``nft -f -`` is applied atomically: all of it or none.
+The idempotent idioms used by callers:
+  add table X; delete table X          -> X is gone, whether it existed or not
+  add table X; flush table X; ...      -> X holds exactly what follows
+"""
+
+from cnilib import errors, proc
+
+_available = None
+
+
+def available():
+    """True when ``nft`` runs here and can talk to the kernel."""
+    global _available
+    if _available is None:
+        try:
+            r = proc.run(["nft", "list", "tables"], timeout=10)
+            _available = r.rc == 0
+        except (OSError, TimeoutError):
+            _available = False
+    return _available
+
+
+def apply(script, what="nftables transaction"):
+    """Run ``script`` as one transaction; raise CniError naming the failure."""
+    try:
+        r = proc.run(["nft", "-f", "-"], stdin=script.encode(), timeout=30)
+    except FileNotFoundError as exc:
+        raise errors.Internal("%s failed: the nft binary is not installed" % what,
+                              "install nftables or choose the iptables backend") from exc
+    except (OSError, TimeoutError) as exc:
+        raise errors.Internal("%s failed: %s" % (what, exc)) from exc
+    if r.rc != 0:
+        raise errors.Internal("%s failed: nft exit status %d: %s" % (what, r.rc, r.err_text(600)),
+                              "script:\n" + script[:4000])
+    return r
+
+
+def list_json(*what):
+    """``nft -j list <what...>`` parsed; [] when the object does not exist."""
+    from cnilib import jsonio
+    try:
+        r = proc.run(["nft", "-j", "list"] + list(what), timeout=30)
+    except (OSError, TimeoutError):
+        return []
+    if r.rc != 0:
+        return []
+    try:
+        return jsonio.loads(r.out).get("nftables", [])
+    except (ValueError, AttributeError):
+        return []
+
+
+def tables(prefix=""):
+    """[(family, name)] of tables whose name starts with ``prefix``."""
+    out = []
+    for item in list_json("tables"):
+        t = item.get("table")
+        if t and t.get("name", "").startswith(prefix):
+            out.append((t["family"], t["name"]))
+    return out
+
+
+def quote(s):
+    """A double-quoted nft string (comments); inputs are validated names."""
+    return '"%s"' % s.replace("\\", "").replace('"', "")

@@ -1,0 +1,55 @@
+import os
+
+import pytest
+
+from cnilib import errors, fsutil
+
+
+def test_write_atomic_and_read(tmp_path):
+    p = tmp_path / "f"
+    fsutil.write_atomic(str(p), b"one")
+    fsutil.write_atomic(str(p), "two")
+    assert fsutil.read_file(str(p)) == b"two"
+    assert oct(os.stat(p).st_mode & 0o777) == "0o600"
+    assert [n for n in os.listdir(tmp_path)] == ["f"]
+
+
+def test_read_refuses_symlink(tmp_path):
+    (tmp_path / "target").write_text("x")
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    with pytest.raises(OSError):
+        fsutil.read_file(str(tmp_path / "link"))
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "x\x00", "y" * 256, ".pycni-tmp-1"])
+def test_check_component(bad):
+    with pytest.raises(errors.InvalidConfig):
+        fsutil.check_component(bad)
+
+
+def test_ensure_dir_refuses_world_writable_and_symlink(tmp_path):
+    d = tmp_path / "ww"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    with pytest.raises(errors.IOFailure):
+        fsutil.ensure_dir(str(d))
+    os.symlink(tmp_path, tmp_path / "sl")
+    with pytest.raises(errors.IOFailure):
+        fsutil.ensure_dir(str(tmp_path / "sl"))
+
+
+def test_flock_times_out_with_code_11(tmp_path):
+    p = str(tmp_path / "lock")
+    with fsutil.Flock(p):
+        with pytest.raises(errors.TryAgainLater) as ei:
+            with fsutil.Flock(p, timeout=0.1):
+                pass
+        assert ei.value.code == 11
+
+
+def test_sweep_temps(tmp_path):
+    t = tmp_path / (fsutil.TMP_PREFIX + "123-ab")
+    t.write_text("torn")
+    os.utime(t, (0, 0))
+    assert fsutil.sweep_temps(str(tmp_path)) == 1
+    assert not t.exists()

@@ -1,0 +1,22 @@
+"""Chain, table and comment names: the reference's test vectors, and ours."""
+
+from cnilib.firewall import naming
+
+
+def test_go_vectors():
+    # plugin-features.md section 1.6, name=cbr0 id=abc123
+    assert naming.go_chain("cbr0", "abc123") == "CNI-3e9a3d0f9583cdc0e7133af3"
+    assert naming.go_chain("cbr0", "abc123", "CNI-DN-") == "CNI-DN-3e9a3d0f9583cdc0e7133"
+    assert naming.go_chain("cbr0", "abc123", "CNI-SN-") == "CNI-SN-3e9a3d0f9583cdc0e7133"
+    assert naming.go_nft_masq_key("cbr0", "abc123", "eth0") == "cb6e746fae1a4d6c-ebce0e3dd4dafae3"
+    assert naming.go_comment("cbr0", "abc123") == 'name: "cbr0" id: "abc123"'
+
+
+def test_attachment_tables_are_keyed_and_bounded():
+    a = naming.attachment_table("masq", "cbr0", "abc123", "eth0")
+    b = naming.attachment_table("masq", "cbr0", "abc123", "eth1")
+    c = naming.attachment_table("masq", "cbr1", "abc123", "eth0")
+    assert len({a, b, c}) == 3
+    assert a.startswith(naming.network_table_prefix("masq", "cbr0"))
+    assert not c.startswith(naming.network_table_prefix("masq", "cbr0"))
+    assert len(a) <= 64 and all(ch.isalnum() or ch == "-" for ch in a)
