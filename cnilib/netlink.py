@@ -386,3 +386,122 @@ def addr_del(nl, index, address, prefixlen):
             return False
         raise
     return True
+
+
+# ------------------------------------------------------------ routes
+
+RT_TABLE_MAIN = 254
+RTPROT_BOOT, RTPROT_STATIC = 3, 4
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
+RTN_UNICAST = 1
+RTNH_F_ONLINK = 4
+
+
+class Route:
+    __slots__ = ("family", "dst", "dst_len", "gateway", "oif", "table", "priority", "scope",
+                 "proto", "type", "prefsrc", "flags")
+
+    def __init__(self, m):
+        self.family = m["family"]
+        self.dst_len = m["dst_len"]
+        self.dst = m.get_attr("RTA_DST")
+        self.gateway = m.get_attr("RTA_GATEWAY")
+        self.oif = m.get_attr("RTA_OIF") or 0
+        self.table = m.get_attr("RTA_TABLE") or m["table"]
+        self.priority = m.get_attr("RTA_PRIORITY") or 0
+        self.scope = m["scope"]
+        self.proto = m["proto"]
+        self.type = m["type"]
+        self.flags = m["flags"]
+        self.prefsrc = m.get_attr("RTA_PREFSRC")
+
+    @property
+    def cidr(self):
+        if self.dst is None:
+            return "0.0.0.0/0" if self.family == AF_INET else "::/0"
+        return "%s/%d" % (self.dst, self.dst_len)
+
+    def __repr__(self):
+        return "<Route %s via %s dev %d>" % (self.cidr, self.gateway, self.oif)
+
+
+def _split_cidr(cidr):
+    addr, _, plen = cidr.partition("/")
+    fam = AF_INET6 if ":" in addr else AF_INET
+    return fam, addr, int(plen) if plen else (128 if fam == AF_INET6 else 32)
+
+
+def routes(nl, family=AF_UNSPEC, table=RT_TABLE_MAIN):
+    """Routes of ``table`` (main by default)."""
+    m = rtmsg()
+    m["family"] = family
+    got = nl.request(m, RTM_GETROUTE, NLM_F_DUMP, what="dump routes")
+    out = [Route(r) for r in got]
+    return [r for r in out if table is None or r.table == table]
+
+
+def route_get(nl, address):
+    """The route the kernel would use to reach ``address`` (``ip route get``)."""
+    fam = AF_INET6 if ":" in address else AF_INET
+    m = rtmsg()
+    m["family"] = fam
+    m["dst_len"] = 128 if fam == AF_INET6 else 32
+    m["attrs"] = [("RTA_DST", address)]
+    got = nl.request(m, RTM_GETROUTE, what="route get %s" % address)
+    return Route(got[0]) if got else None
+
+
+def _routemsg(dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0, scope=None,
+              onlink=False, proto=RTPROT_BOOT, prefsrc=None):
+    fam, addr, plen = _split_cidr(dst)
+    m = rtmsg()
+    m["family"] = fam
+    m["dst_len"] = plen
+    m["table"] = table if table < 256 else 252
+    m["proto"] = proto
+    m["type"] = RTN_UNICAST
+    if scope is None:
+        scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+    m["scope"] = scope
+    m["flags"] = RTNH_F_ONLINK if onlink else 0
+    attrs = [("RTA_TABLE", table)]
+    if plen:
+        attrs.append(("RTA_DST", addr))
+    if gateway:
+        attrs.append(("RTA_GATEWAY", gateway))
+    if oif:
+        attrs.append(("RTA_OIF", oif))
+    if priority:
+        attrs.append(("RTA_PRIORITY", priority))
+    if prefsrc:
+        attrs.append(("RTA_PREFSRC", prefsrc))
+    m["attrs"] = attrs
+    return m
+
+
+def route_add(nl, dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0, scope=None,
+              onlink=False, replace=False, exist_ok=False, prefsrc=None):
+    """Add (or with ``replace``, replace) a route; EEXIST is fine with ``exist_ok``."""
+    flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    what = "add route %s%s%s" % (dst, " via %s" % gateway if gateway else "",
+                                 " dev %d" % oif if oif else "")
+    try:
+        nl.request(_routemsg(dst, gateway, oif, table, priority, scope, onlink, prefsrc=prefsrc),
+                   RTM_NEWROUTE, flags, what=what)
+    except NetlinkError as exc:
+        if exist_ok and exc.errno == 17:
+            return False
+        raise
+    return True
+
+
+def route_del(nl, dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0):
+    """Delete a route; True if it existed (ESRCH/ENOENT mean it was gone)."""
+    try:
+        nl.request(_routemsg(dst, gateway, oif, table, priority, scope=RT_SCOPE_UNIVERSE),
+                   RTM_DELROUTE, what="delete route %s" % dst)
+    except NetlinkError as exc:
+        if exc.errno in (3, 2, 19):  # ESRCH, ENOENT, ENODEV
+            return False
+        raise
+    return True
