@@ -25,11 +25,11 @@ RUNNER_VERBS = {
 
 # subcommand -> (module exposing main(argv), one-line help)
 SUBCOMMANDS = {
-    "whois": ("cnilib.cli_whois", "map veth / IP / netns / container ID to one attachment"),
-    "doctor": ("cnilib.cli_doctor", "check this node's CNI setup, with the fix for each failure"),
-    "fabric": ("cnilib.cli_fabric", "the flannel fabric: node list and subnet leases"),
-    "demo": ("cnilib.cli_demo", "two flannel nodes in throwaway namespaces, pods pinging across"),
-    "agent": ("cnilib.cli_agent", "the warm agent the plugins hand their work to"),
+    "whois": ("cnilib.whois", "map veth / IP / netns / container ID to one attachment"),
+    "doctor": ("cnilib.doctor", "check this node's CNI setup, with the fix for each failure"),
+    "fabric": ("cnilib.fabric", "flannel by hand: flannel.1, routes, neighbours, fdb, subnet.env"),
+    "demo": ("cnilib.demo", "two flannel nodes in throwaway namespaces, pods pinging across"),
+    "agent": ("cnilib.agent", "the warm agent the plugins hand their work to (optional)"),
 }
 
 CODE_NAMES = {

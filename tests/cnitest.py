@@ -95,7 +95,7 @@ def run_plugin(exe, command, conf, containerid="", netns="", ifname="", args="",
         "CNI_COMMAND": command, "CNI_CONTAINERID": containerid, "CNI_NETNS": netns,
         "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": path,
     }
-    for k in ("PYCNI_LOG", "PYCNI_LOG_LEVEL"):
+    for k in ("PYCNI_LOG", "PYCNI_LOG_LEVEL", "PYCNI_AGENT_SOCKET"):
         if k in os.environ:
             env[k] = os.environ[k]
     if extra_env:
