@@ -22,9 +22,9 @@ from bench import plumbing, sandbox, stats
 from bench.workloads import WORKLOADS
 
 FORMS = {
-    "py": ("py", "dist/py"),
-    "bin": ("bundle", "dist/bin"),
-    "agent": ("py+agent", "dist/py"),
+    "py": ("py", "py"),
+    "bin": ("bundle", "bin"),
+    "agent": ("py+agent", "py"),
 }
 
 
@@ -52,8 +52,8 @@ class Bench:
             if not os.path.isdir(self.args.go):
                 vs[-1].unavailable = "n/a (no %s)" % self.args.go
         for form in self.args.forms:
-            label, rel = FORMS[form]
-            d = os.path.join(plumbing.ROOT, rel)
+            label, sub = FORMS[form]
+            d = os.path.join(self.args.dist, sub)
             vs.append(plumbing.Variant(form, label, d, shows_version=form != "agent"))
             if not os.path.isdir(d):
                 vs[-1].unavailable = "n/a (not built: ./build.sh)"
@@ -164,6 +164,8 @@ def parse_args(argv):
                         "agent (dist/py + a private pycni agent); default %(default)s")
     p.add_argument("--go", default="/usr/lib/cni",
                    help="the Go reference plugins' dir (default %(default)s; 'none' to skip)")
+    p.add_argument("--dist", default=os.path.join(plumbing.ROOT, "dist"),
+                   help="where the built forms are (DIST/py, DIST/bin; default %(default)s)")
     p.add_argument("--quick", action="store_true", help="small n: a smoke test, not figures")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=sorted(WORKLOADS),
                    help="workloads to run (default all): " + ", ".join(WORKLOADS))
@@ -175,6 +177,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, help="seed of the interleaving order")
     args = p.parse_args(argv)
     args.forms = [f for f in args.forms.split(",") if f]
+    args.dist = os.path.abspath(args.dist)
     bad = [f for f in args.forms if f not in FORMS]
     if bad:
         p.error("unknown form %s (known: %s)" % (", ".join(bad), ", ".join(FORMS)))
@@ -202,7 +205,7 @@ def main(argv=None):
     if swept:
         log("removed %d network namespaces left by an earlier run" % swept)
     b = Bench(args, log)
-    info = plumbing.machine(os.path.join(plumbing.ROOT, "dist/py"))
+    info = plumbing.machine(os.path.join(args.dist, "py"))
     rows = []
     try:
         b.setup()
