@@ -359,7 +359,7 @@ class Fabric:
         nl, netlink = self.nl, self.netlink
         fam = netlink.AF_INET6 if network.version == 6 else netlink.AF_INET
         for r in netlink.routes(nl, fam):
-            if not r.gateway or r.dst is None or not _inside(r.dst, network):
+            if not r.gateway or r.dst is None or not _within(r.cidr, network):
                 continue
             if dev is not None and r.oif == dev.index:
                 continue
@@ -464,6 +464,14 @@ def previous_networks(plan):
         return []
     now = {str(plan.network), str(plan.network6)}
     return [ipaddress.ip_network(n) for n in env.all_networks() if n not in now]
+
+
+def _within(cidr, network):
+    import ipaddress
+    try:
+        return ipaddress.ip_network(cidr, strict=False).subnet_of(network)
+    except (ValueError, TypeError):
+        return False
 
 
 def _inside(address, network):

@@ -406,8 +406,13 @@ def load_saved(data_dir, container_id):
         conf = jsonio.loads(data)
     except ValueError as exc:
         return Saved(path, "corrupt", data, why="not JSON: %s" % exc)
-    if not isinstance(conf, dict) or not isinstance(conf.get("type"), str) or not conf.get("type"):
-        return Saved(path, "corrupt", data, why="not a network config with a type")
+    if not isinstance(conf, dict):
+        return Saved(path, "corrupt", data, why="not a JSON object")
+    from cnilib import invoke
+    try:
+        invoke.check_type_name(conf.get("type"))
+    except errors.InvalidConfig as exc:
+        return Saved(path, "corrupt", data, why=exc.msg)
     return Saved(path, "ok", data, conf)
 
 

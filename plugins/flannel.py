@@ -13,14 +13,15 @@ from cnilib import errors, failpoint, flannel, invoke, skel, validate
 
 def _conf(a):
     """(validated conf, raw conf): defaults come from the first, the delegate
-    is built from the second so that absent keys stay absent, as in Go."""
-    conf = validate.validate("flannel", a.conf)
-    flannel.check_delegate_block(a.conf)
-    return conf, a.conf
+    is built from the second so that absent keys stay absent, as in Go.  The
+    ``delegate`` block is checked where a delegate is built from it, so a DEL
+    replaying a saved config never fails on it."""
+    return validate.validate("flannel", a.conf), a.conf
 
 
 def cmd_add(a):
     conf, raw = _conf(a)
+    flannel.check_delegate_block(raw)
     env = flannel.wait_subnet_env(conf["subnetFile"], conf["subnetFileWait"], a.log)
     delegate = flannel.build_delegate(raw, env)
     data = flannel.encode(delegate)

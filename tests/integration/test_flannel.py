@@ -473,3 +473,14 @@ def test_bad_delegate_config_changes_nothing(node, ctr):
     assert err["msg"] == "'delegate' dictionary must not have 'name' field, it'll be set by flannel"
     assert not os.path.exists(node.data_dir)
     assert "cni0" not in node.ns.links()
+
+
+def test_del_replays_saved_config_whatever_the_current_one(node, ctr):
+    """DEL uses the saved bytes: a delegate block broken since ADD, or a
+    subnet.env gone, does not stop it."""
+    node.write_env()
+    assert node.run("ADD", "replay1", ctr).rc == 0
+    os.unlink(node.subnet_file)
+    r = node.run("DEL", "replay1", ctr, conf=node.conf(delegate={"name": "x", "type": 5}))
+    assert r.rc == 0, r
+    assert_clean(node, "replay1", ctr)

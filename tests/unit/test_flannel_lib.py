@@ -267,7 +267,8 @@ def test_saved_states(tmp_path):
     s = flannel.load_saved(d, "c1")
     assert s.state == "ok" and s.conf["type"] == "bridge" and s.data == REFERENCE_SAVED.encode()
     for content, state in ((b"", "empty"), (b" \n", "empty"), (b'{"cniVersion":', "corrupt"),
-                           (b"[1]", "corrupt"), (b'{"name":"x"}', "corrupt"), (b'{"type":7}', "corrupt")):
+                           (b"[1]", "corrupt"), (b'{"name":"x"}', "corrupt"), (b'{"type":7}', "corrupt"),
+                           (b'{"type":"../../bin/sh"}', "corrupt")):
         with open(path, "wb") as f:
             f.write(content)
         assert flannel.load_saved(d, "c1").state == state, content
