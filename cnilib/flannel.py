@@ -448,22 +448,16 @@ def valid_attachments(conf):
 
 
 def alias_matches(alias, container_id, ifname, network):
-    """True when a host veth's ifalias names this attachment.
-
-    Our bridge writes the container ID (token ``cid=<id>`` or ``id=<id>``),
-    ``if=<ifname>`` and ``net=<name>`` into the alias; tokens are separated
-    by spaces, commas or semicolons.  A ``net=`` token naming another
-    network never matches.
-    """
-    if not alias:
+    """True when a host veth's ifalias (cnilib.firewall.naming.veth_alias:
+    ``pycni net=<network> cid=<id> if=<ifname>``, or ``pycni att=<hash>
+    if=<ifname>`` when that would be too long) names this attachment."""
+    from cnilib.firewall import naming
+    fields = naming.parse_veth_alias(alias)
+    if fields is None or fields.get("if") != ifname:
         return False
-    tokens = alias.replace(",", " ").replace(";", " ").split()
-    if "if=" + ifname not in tokens:
-        return False
-    if "cid=" + container_id not in tokens and "id=" + container_id not in tokens:
-        return False
-    nets = [t for t in tokens if t.startswith("net=")]
-    return not nets or "net=" + network in nets
+    if "att" in fields:
+        return fields["att"] == naming.attachment_hash(network, container_id, ifname)
+    return fields.get("cid") == container_id and fields.get("net", network) == network
 
 
 def remove_attachment_links(a, network):

@@ -484,3 +484,32 @@ def test_del_replays_saved_config_whatever_the_current_one(node, ctr):
     r = node.run("DEL", "replay1", ctr, conf=node.conf(delegate={"name": "x", "type": 5}))
     assert r.rc == 0, r
     assert_clean(node, "replay1", ctr)
+
+
+def test_pycni_fabric_with_netns(plugins, go_plugins, netns_factory, tmp_path, run_env):
+    """``pycni fabric --netns`` of the form under test works from outside the node."""
+    import subprocess
+    nodes, nodes_file = make_cluster(plugins, netns_factory, tmp_path, run_env, v6=False)
+    env = dict(os.environ, **run_env)
+    root_links = set(os.listdir("/sys/class/net"))
+    for n in nodes:
+        r = subprocess.run([os.path.join(plugins, "pycni"), "fabric", "up", "--netns", n.ns.name,
+                            "--nodes", nodes_file, "--node", n.name, "--subnet-file", n.subnet_file],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r
+        assert "flannel.1: vxlan id 1 local %s" % UNDERLAY4[n.index - 1] in r.stdout
+        assert "flannel.1" in n.ns.links()
+    assert set(os.listdir("/sys/class/net")) == root_links
+    ctr = netns_factory()
+    assert nodes[1].run("ADD", "netns-pod", ctr).rc == 0
+    nodes[0].ns.run("ping", "-c", "1", "-W", "5", "10.244.2.2")   # host -> remote pod over vxlan
+    assert nodes[1].run("DEL", "netns-pod", ctr).rc == 0
+    for n in nodes:
+        r = subprocess.run([os.path.join(plugins, "pycni"), "fabric", "down", "--netns", n.ns.name,
+                            "--subnet-file", n.subnet_file], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r
+        assert_node_clean(n)
+    r = subprocess.run([os.path.join(plugins, "pycni"), "fabric", "down", "--netns", "pycni-no-such-ns"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "does not exist" in r.stderr

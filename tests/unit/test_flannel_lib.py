@@ -312,21 +312,18 @@ def test_valid_attachments_must_be_a_list():
         flannel.valid_attachments({"cni.dev/valid-attachments": {"a": 1}})
 
 
-@pytest.mark.parametrize("alias,ok", [
-    ("pycni cid=c1 if=eth0 net=cbr0", True),
-    ("pycni 0123abcd pod=ns/p net=cbr0 if=eth0 id=c1", True),
-    ("pycni 0123abcd net=cbr0 if=eth0 id=c12", False),
-    ("cid=c1,if=eth0", True),
-    ("cid=c1;if=eth0;net=cbr0", True),
-    ("cid=c1 if=eth0 net=other", False),
-    ("cid=c12 if=eth0", False),
-    ("cid=c1 if=eth01", False),
-    ("xcid=c1 if=eth0", False),
-    ("", False),
-    (None, False),
-])
-def test_alias_matches(alias, ok):
-    assert flannel.alias_matches(alias, "c1", "eth0", "cbr0") is ok
+def test_alias_matches_our_bridge_s_ifalias():
+    from cnilib.firewall.naming import veth_alias
+    assert flannel.alias_matches(veth_alias("cbr0", "c1", "eth0"), "c1", "eth0", "cbr0")
+    assert flannel.alias_matches(veth_alias("cbr0", "c1", "eth0", pod="ns/p"), "c1", "eth0", "cbr0")
+    for other in (veth_alias("cbr1", "c1", "eth0"), veth_alias("cbr0", "c12", "eth0"),
+                  veth_alias("cbr0", "c1", "eth1"), "", None, "cid=c1 if=eth0", "pycni"):
+        assert not flannel.alias_matches(other, "c1", "eth0", "cbr0"), other
+    net, cid = "n" * 128, "c" * 128
+    long_alias = veth_alias(net, cid, "eth0")
+    assert long_alias.startswith("pycni att=")          # too long for the plain form
+    assert flannel.alias_matches(long_alias, cid, "eth0", net)
+    assert not flannel.alias_matches(long_alias, cid[:-1] + "d", "eth0", net)
 
 
 def test_version_path_is_light():
