@@ -505,3 +505,136 @@ def route_del(nl, dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0):
             return False
         raise
     return True
+
+
+# ---- vxlan links, neighbours and fdb entries (the flannel fabric)
+#
+# What flanneld's vxlan backend asks of the kernel: a VXLAN device bound to
+# the underlay, and per peer a permanent neighbour (the peer's VTEP address
+# -> its VTEP MAC) and a forwarding entry (that MAC -> the peer's public IP,
+# family AF_BRIDGE with NTF_SELF: the vxlan device's own fdb, not a bridge's).
+
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+_NEIGH_REPLACE = NLM_F_CREATE | NLM_F_REPLACE
+
+
+class VxlanInfo:
+    """The IFLA_INFO_DATA of a vxlan link: what decides if it can be reused."""
+
+    __slots__ = ("vni", "local", "link", "port", "learning")
+
+    def __init__(self, data):
+        self.vni = data.get_attr("IFLA_VXLAN_ID")
+        self.local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
+        self.link = data.get_attr("IFLA_VXLAN_LINK") or 0
+        self.port = data.get_attr("IFLA_VXLAN_PORT")
+        self.learning = bool(data.get_attr("IFLA_VXLAN_LEARNING"))
+
+    def __repr__(self):
+        return "<vxlan id %s local %s dev %d dstport %s%s>" % (
+            self.vni, self.local, self.link, self.port, "" if self.learning else " nolearning")
+
+
+def vxlan_info(link):
+    """VxlanInfo of ``link`` (a Link), or None when it is not a vxlan device."""
+    if link is None or link.kind != "vxlan":
+        return None
+    info = link.msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    return VxlanInfo(data) if data is not None else None
+
+
+def vxlan_add(nl, name, vni, local, underlay_index, port, mtu, mac, learning=False):
+    """Create a vxlan device (down): ``ip link add NAME type vxlan id VNI local
+    LOCAL dev UNDERLAY dstport PORT [no]learning`` with MTU and MAC set."""
+    data = [("IFLA_VXLAN_ID", vni),
+            ("IFLA_VXLAN_LOCAL6" if ":" in local else "IFLA_VXLAN_LOCAL", local),
+            ("IFLA_VXLAN_LINK", underlay_index),
+            ("IFLA_VXLAN_PORT", port),
+            ("IFLA_VXLAN_LEARNING", 1 if learning else 0)]
+    attrs = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", mac),
+             ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vxlan"),
+                                          ("IFLA_INFO_DATA", {"attrs": data})]})]
+    nl.request(_linkmsg(attrs=attrs), RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
+               what="add vxlan link %s (id %d local %s dev %d)" % (name, vni, local, underlay_index))
+
+
+class Neigh:
+    """A neighbour (family AF_INET/AF_INET6) or fdb entry (AF_BRIDGE)."""
+
+    __slots__ = ("family", "index", "dst", "lladdr", "state", "flags")
+
+    def __init__(self, m):
+        self.family = m["family"]
+        self.index = m["ifindex"]
+        self.state = m["state"]
+        self.flags = m["flags"]
+        self.dst = m.get_attr("NDA_DST")
+        self.lladdr = m.get_attr("NDA_LLADDR")
+
+    def __repr__(self):
+        return "<Neigh %s lladdr %s dev %d state 0x%x>" % (self.dst, self.lladdr, self.index, self.state)
+
+
+def _neighmsg(family, index, attrs, state=NUD_PERMANENT, flags=0):
+    m = ndmsg()
+    m["family"] = family
+    m["ifindex"] = index
+    m["state"] = state
+    m["flags"] = flags
+    m["ndm_type"] = RTN_UNICAST
+    m["attrs"] = attrs
+    return m
+
+
+def neighs(nl, index=0, family=AF_UNSPEC):
+    """Neighbour entries (of link ``index`` when given) of ``family``: AF_BRIDGE
+    gives fdb entries, AF_UNSPEC only the IPv4 and IPv6 neighbours."""
+    m = ndmsg()
+    m["family"] = family
+    got = nl.request(m, RTM_GETNEIGH, NLM_F_DUMP, what="dump neighbours")
+    out = [Neigh(n) for n in got]
+    return [n for n in out if not index or n.index == index]
+
+
+def neigh_replace(nl, index, dst, lladdr):
+    """``ip neigh replace DST lladdr LLADDR dev INDEX nud permanent``."""
+    fam = AF_INET6 if ":" in dst else AF_INET
+    nl.request(_neighmsg(fam, index, [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]),
+               RTM_NEWNEIGH, _NEIGH_REPLACE,
+               what="replace neighbour %s lladdr %s dev %d" % (dst, lladdr, index))
+
+
+def neigh_del(nl, index, dst):
+    """Delete a neighbour entry; True if it existed."""
+    fam = AF_INET6 if ":" in dst else AF_INET
+    try:
+        nl.request(_neighmsg(fam, index, [("NDA_DST", dst)], state=0), RTM_DELNEIGH,
+                   what="delete neighbour %s dev %d" % (dst, index))
+    except NetlinkError as exc:
+        if exc.errno in (2, 19):  # ENOENT, ENODEV
+            return False
+        raise
+    return True
+
+
+def fdb_replace(nl, index, lladdr, dst):
+    """``bridge fdb replace LLADDR dev INDEX dst DST self permanent``."""
+    nl.request(_neighmsg(AF_BRIDGE, index, [("NDA_LLADDR", lladdr), ("NDA_DST", dst)],
+                         flags=NTF_SELF),
+               RTM_NEWNEIGH, _NEIGH_REPLACE,
+               what="replace fdb entry %s dst %s dev %d" % (lladdr, dst, index))
+
+
+def fdb_del(nl, index, lladdr, dst):
+    """Delete an fdb entry of a vxlan device; True if it existed."""
+    try:
+        nl.request(_neighmsg(AF_BRIDGE, index, [("NDA_LLADDR", lladdr), ("NDA_DST", dst)],
+                             flags=NTF_SELF),
+                   RTM_DELNEIGH, what="delete fdb entry %s dst %s dev %d" % (lladdr, dst, index))
+    except NetlinkError as exc:
+        if exc.errno in (2, 19):
+            return False
+        raise
+    return True

@@ -157,3 +157,32 @@ def fake_calls(record):
 
 def cache_file(cache_dir, network, cid, ifname):
     return os.path.join(str(cache_dir), "results", "%s-%s-%s" % (network, cid, ifname))
+
+
+# ---- two nodes joined by an underlay (flannel fabric and demo tests)
+
+UNDERLAY4 = ("192.0.2.1", "192.0.2.2")      # TEST-NET-1
+UNDERLAY6 = ("2001:db8::1", "2001:db8::2")  # documentation prefix
+
+
+def join_underlay(n1, n2, v6=False, mtu=1500):
+    """Connect node netns ``n1`` and ``n2`` with a veth named eth0 on both
+    sides: 192.0.2.1/24 and 192.0.2.2/24, plus 2001:db8::1/64 and ::2 (no
+    DAD) with ``v6``.  Made inside n1, so the root netns never sees it."""
+    n1.run("ip", "link", "add", "eth0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
+           "mtu", mtu, "netns", n2.name)
+    for i, ns in enumerate((n1, n2)):
+        ns.run("ip", "addr", "add", UNDERLAY4[i] + "/24", "dev", "eth0")
+        if v6:
+            ns.run("ip", "addr", "add", UNDERLAY6[i] + "/64", "dev", "eth0", "nodad")
+        ns.run("ip", "link", "set", "eth0", "up")
+
+
+def run_fabric(node, *args, env=None):
+    """``python -m cnilib.fabric ARGS`` inside node netns ``node`` (from the source tree)."""
+    import sys
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(["ip", "netns", "exec", node.name, sys.executable, "-m", "cnilib.fabric"]
+                          + [str(a) for a in args], cwd=ROOT, env=e, capture_output=True,
+                          text=True, timeout=120)
