@@ -11,6 +11,8 @@ import sys
 # command name -> module; a plugin module exposes PLUGIN (a skel.Plugin)
 PLUGINS = {
     "loopback": "plugins.loopback",
+    "portmap": "plugins.portmap",
+    "firewall": "plugins.firewall",
 }
 TOOLS = {
     "pycni": "cnilib.cli",
