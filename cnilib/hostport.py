@@ -241,15 +241,14 @@ def flush_conntrack(families, ports, log):
     if not ports:
         return
     from cnilib import rawnl
-    for fam in families:
-        try:
-            n = rawnl.conntrack_delete_dports(fam, "udp", ports)
-            if n:
-                log.info("deleted %d stale UDP conntrack entries (IPv%d, ports %s)",
-                         n, fam, ",".join(map(str, sorted(ports))))
-        except OSError as exc:
-            log.warning("failed to delete stale UDP conntrack entries (IPv%d, ports %s): %s",
-                        fam, ",".join(map(str, sorted(ports))), exc)
+    shown = ",".join(map(str, sorted(ports)))
+    try:
+        n = rawnl.conntrack_delete_dports(families, "udp", ports)
+    except OSError as exc:
+        log.warning("failed to delete stale UDP conntrack entries (ports %s): %s", shown, exc)
+        return
+    if n:
+        log.info("deleted %d stale UDP conntrack entries (ports %s)", n, shown)
 
 
 def guard_iface(cfg):
