@@ -227,6 +227,14 @@ def parse(a, need_prev):
     return cfg
 
 
+def bare(a):
+    """The attachment key alone (DEL of a config that does not validate)."""
+    cfg = Config()
+    cfg.name, cfg.cid, cfg.ifname = a.name, a.container_id, a.ifname
+    cfg.backend, cfg.admin, cfg.policy, cfg.ips, cfg.bridge, cfg.prev = None, ADMIN, "open", {}, None, None
+    return cfg
+
+
 def _bridge(prev, policy):
     if not prev.interfaces:
         raise errors.InvalidConfig(

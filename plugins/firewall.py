@@ -30,7 +30,13 @@ def cmd_add(a):
 
 
 def cmd_del(a):
-    fwd.teardown(fwd.parse(a, need_prev=False), a.log)
+    try:
+        cfg = fwd.parse(a, need_prev=False)
+    except errors.InvalidConfig as exc:
+        # the key alone is enough to clean up
+        a.log.warning("DEL with an invalid config (%s): removing by key alone", exc.msg)
+        cfg = fwd.bare(a)
+    fwd.teardown(cfg, a.log)
 
 
 def cmd_check(a):

@@ -39,8 +39,14 @@ def cmd_add(a):
 
 
 def cmd_del(a):
-    cfg = hostport.parse(a, need_prev=False)
-    hostport.teardown(cfg.name, cfg.cid, cfg.ifname, cfg.mappings, a.log)
+    try:
+        mappings = hostport.parse(a, need_prev=False).mappings
+    except errors.InvalidConfig as exc:
+        # the key alone is enough to clean up: a config that ADD would have
+        # refused must not wedge the container's teardown
+        a.log.warning("DEL with an invalid config (%s): removing by key alone", exc.msg)
+        mappings = []
+    hostport.teardown(a.name, a.container_id, a.ifname, mappings, a.log)
 
 
 def cmd_check(a):

@@ -237,3 +237,40 @@ def test_nft_listing_is_read_back():
     assert R.expected_mappings(two, {4: CTRS[4]}) == R.nft_table_mappings(LISTING, "T")
     assert R.go_nft_rules_of(LISTING, "abc123") == [("ip", "cni_hostport", "hostports", 9)]
     assert R.go_nft_rules_of(LISTING, "nobody") == []
+
+
+# ------------------------------------------------------------------ raw netlink
+
+
+def _nla(atype, payload, nested=False):
+    import struct
+    pad = (4 - len(payload) % 4) % 4
+    return struct.pack("=HH", 4 + len(payload), atype | (0x8000 if nested else 0)) + payload + b"\0" * pad
+
+
+def test_conntrack_message_is_read():
+    import struct
+
+    from cnilib import rawnl
+    proto = _nla(2, _nla(1, b"\x11") + _nla(2, struct.pack("!H", 40000)) + _nla(3, struct.pack("!H", 8081)),
+                 nested=True)
+    orig = _nla(1, _nla(1, _nla(1, b"\x0a\x4d\x00\x02"), nested=True) + proto, nested=True)
+    body = struct.pack("=BBH", 2, 0, 0) + orig + _nla(18, struct.pack("!H", 0))
+    p, port, attrs = rawnl._orig_proto_dport(body)
+    assert (p, port) == (17, 8081)
+    assert set(attrs) == {rawnl.CTA_TUPLE_ORIG, rawnl.CTA_ZONE}
+
+
+def test_plugins_import_light():
+    """The VERSION path of portmap and firewall loads neither pyroute2 nor json/re."""
+    import subprocess
+    import sys
+
+    from cnitest import ROOT
+    prog = ("import sys; sys.path[0:0] = [%r]\nimport plugins.portmap, plugins.firewall\n"
+            "print(' '.join(sorted(sys.modules)))" % ROOT)
+    mods = set(subprocess.run([sys.executable, "-I", "-S", "-c", prog], capture_output=True, text=True,
+                              check=True).stdout.split())
+    heavy = {m for m in mods if m.split(".")[0] in ("pyroute2", "json", "re", "subprocess", "ipaddress",
+                                                     "socket", "typing", "enum", "pydantic_core")}
+    assert heavy == set()
