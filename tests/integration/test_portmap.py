@@ -14,7 +14,7 @@ import os
 import pytest
 
 import chained
-from chained import BRIDGE4, HOST4, HOST6, OUT4
+from chained import BRIDGE4, HOST4, HOST6, OUT4, OUT6
 from cnitest import ALL_VERSIONS, GO_CNI, assert_cni_error, run_plugin
 
 pytestmark = pytest.mark.root
@@ -295,3 +295,31 @@ def test_hostile_values_refused_with_nothing_changed(plugins, node, what, maps, 
     assert pm(node, plugins, "DEL", conf).rc == 0          # cleans up by key, never wedges
     assert node.ruleset() == before
     assert_cni_error(pm(node, plugins, "ADD", dict(conf, prevResult=None, runtimeConfig={})), 7)
+
+
+OPTIONS = [
+    ("iptables", {"externalSetMarkChain": "KUBE-MARK-MASQ", "conditionsV4": ["!", "-s", "10.66.0.0/16"]}),
+    ("iptables", {"markMasqBit": 14, "masqAll": True, "conditionsV6": ["-m", "comment", "--comment", "a b"]}),
+    ("nftables", {"conditionsV4": ["ip", "saddr", "!=", "{", "10.66.0.0/16,", "10.67.0.0/16", "}"],
+                  "masqAll": True}),
+    ("nftables", {"snat": False}),
+]
+
+
+@pytest.mark.parametrize("backend,extra", OPTIONS, ids=["external-mark", "mark-bit", "nft-conds", "no-snat"])
+def test_options_reach_the_kernel(plugins, node, backend, extra):
+    node.attach("c1")
+    node.serve("c1")
+    for cmd in ("iptables", "ip6tables"):
+        node.host.run(cmd, "-t", "nat", "-N", "KUBE-MARK-MASQ")
+    maps = MAPS + [{"hostPort": 9000, "containerPort": 80, "protocol": "sctp"},
+                   {"hostPort": 8082, "containerPort": 80, "protocol": "tcp", "hostIP": HOST4}]
+    conf = pm_conf(node, "c1", backend, maps=maps, **extra)
+    r = pm(node, plugins, "ADD", conf)
+    assert r.rc == 0, r
+    seen = BRIDGE4 if extra.get("masqAll") else OUT4          # masqAll hides every client
+    assert node.ask(node.outside, "tcp", HOST4, 8082) == "c1 " + seen
+    assert node.ask(node.outside, "udp", HOST6, 8081) == "c1 " + ("fd88::1" if extra.get("masqAll") else OUT6)
+    assert pm(node, plugins, "CHECK", conf).rc == 0
+    assert pm(node, plugins, "DEL", conf).rc == 0
+    assert no_portmap_rules(node), node.ruleset()
