@@ -12,6 +12,8 @@ import sys
 PLUGINS = {
     "loopback": "plugins.loopback",
     "flannel": "plugins.flannel",
+    "portmap": "plugins.portmap",
+    "firewall": "plugins.firewall",
 }
 TOOLS = {
     "pycni": "cnilib.cli",

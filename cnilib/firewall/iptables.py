@@ -84,3 +84,11 @@ class lock:
     def __exit__(self, *exc):
         os.close(self.fd)
         return False
+
+
+def nft_backed():
+    """True when iptables is the nf_tables variant (xtables-nft-multi): its
+    chains then show in ``nft list chains``, so one nft listing can tell
+    whether there is anything to look for before running iptables-save."""
+    exe = proc.which(_BIN[4][0])
+    return bool(exe) and "nft" in os.path.basename(os.path.realpath(exe))

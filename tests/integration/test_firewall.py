@@ -1,0 +1,144 @@
+"""firewall through the built plugins: the cure for a FORWARD policy DROP.
+
+The sandbox host drops forwarded traffic (iptables -P FORWARD DROP, as
+Docker leaves it); with br_netfilter, even two pods on one bridge cannot
+talk.  firewall ADD lets each pod's traffic through, keyed by attachment:
+DEL removes exactly that attachment's rules, with or without a prevResult.
+"""
+
+import os
+
+import pytest
+
+import chained
+from chained import OUT4
+from cnitest import GO_CNI, assert_cni_error, run_plugin
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def node(netns_factory, tmp_path, go_plugins, statedir):
+    n = chained.Node(netns_factory, tmp_path)
+    n.run_dir = str(tmp_path / "run")
+    yield n
+    n.close()
+
+
+def drop_forward(node):
+    for cmd in ("iptables", "ip6tables"):
+        node.host.run(cmd, "-P", "FORWARD", "DROP")
+
+
+def fw(node, plugins, verb, conf, cid="c1"):
+    ns = node.ctrs.get(cid)
+    return run_plugin(os.path.join(plugins, "firewall"), verb, conf, containerid=cid,
+                      netns=ns.path if ns else "", ifname="eth0", path=plugins,
+                      host_netns=node.host.name, extra_env={"PYCNI_RUN_DIR": node.run_dir})
+
+
+def fw_conf(node, cid, **kw):
+    return chained.chained_conf("firewall", node.results[cid], **kw)
+
+
+def ping(node, src, dst):
+    fam = "-6" if ":" in dst else "-4"
+    return node.ctrs[src].run("ping", fam, "-c1", "-W1", dst, check=False).returncode == 0
+
+
+def keyed(node, cid):
+    from cnilib import fwd
+    k = fwd.key("pmnet", cid, "eth0")
+    return [ln for c in ("iptables-save", "ip6tables-save")
+            for ln in node.host.run(c, "-t", "filter").stdout.splitlines() if k in ln]
+
+
+def test_forward_drop_is_cured_and_del_removes_only_its_rules(plugins, node):
+    node.attach("c1")
+    node.attach("c2")
+    drop_forward(node)
+    ip1, ip2, ip2v6 = node.ip("c1"), node.ip("c2"), node.ip("c2", 6)
+    assert not ping(node, "c1", ip2) and not ping(node, "c1", OUT4)
+    for cid in ("c1", "c2"):
+        r = fw(node, plugins, "ADD", fw_conf(node, cid), cid=cid)
+        assert r.rc == 0, r
+        assert r.json == {k: v for k, v in node.results[cid].items() if v != {}}
+    assert ping(node, "c1", ip2) and ping(node, "c2", ip1) and ping(node, "c1", ip2v6)
+    assert ping(node, "c1", OUT4)                                  # routed out, and back in
+    assert len(keyed(node, "c1")) == 4 and len(keyed(node, "c2")) == 4
+    for cid in ("c1", "c2"):
+        assert fw(node, plugins, "CHECK", fw_conf(node, cid), cid=cid).rc == 0
+    assert fw(node, plugins, "ADD", fw_conf(node, "c1")).rc == 0     # again: no duplicates
+    assert len(keyed(node, "c1")) == 4
+    # DEL without prevResult finds c2's rules by key
+    r = fw(node, plugins, "DEL", chained.chained_conf("firewall", None), cid="c2")
+    assert r.rc == 0, r
+    assert keyed(node, "c2") == [] and len(keyed(node, "c1")) == 4
+    assert ping(node, "c1", ip2)                                   # c1 may still start connections
+    assert not ping(node, "c2", ip1)                               # c2 no longer
+    assert_cni_error(fw(node, plugins, "CHECK", fw_conf(node, "c2"), cid="c2"), 999)
+    assert fw(node, plugins, "DEL", fw_conf(node, "c1")).rc == 0
+    assert fw(node, plugins, "DEL", fw_conf(node, "c1")).rc == 0     # DEL again
+    assert keyed(node, "c1") == []
+    assert not ping(node, "c1", ip2)
+
+
+def test_rules_of_the_go_plugin_are_removed(plugins, node):
+    node.attach("c1")
+    drop_forward(node)
+    prev = dict(node.results["c1"], cniVersion="0.4.0")
+    prev["ips"] = [dict(ip, version="6" if ":" in ip["address"] else "4") for ip in prev["ips"]]
+    conf = chained.chained_conf("firewall", prev, version="0.4.0", backend="iptables")
+    r = run_plugin(os.path.join(GO_CNI, "firewall"), "ADD", conf, containerid="c1",
+                   netns=node.ctrs["c1"].path, ifname="eth0", path=GO_CNI, host_netns=node.host.name)
+    assert r.rc == 0, r
+    ip = node.ip("c1")
+    assert "-s %s/32 -j ACCEPT" % ip in node.ruleset()
+    assert fw(node, plugins, "DEL", conf).rc == 0
+    assert ip not in node.ruleset()
+
+
+def test_nftables_backend(plugins, node):
+    node.attach("c1")
+    # no DROP in iptables' FORWARD: the choice falls on an own nftables table
+    assert fw(node, plugins, "ADD", fw_conf(node, "c1")).rc == 0
+    text = node.ruleset()
+    assert "table inet pycni-fw-" in text and "CNI-FORWARD" not in text
+    assert fw(node, plugins, "CHECK", fw_conf(node, "c1")).rc == 0
+    assert fw(node, plugins, "DEL", chained.chained_conf("firewall", None)).rc == 0
+    assert "pycni-fw-" not in node.ruleset()
+    assert_cni_error(fw(node, plugins, "CHECK", fw_conf(node, "c1", backend="nftables")), 999)
+
+
+def test_isolated_ingress_policy(plugins, node):
+    node.attach("c1")
+    node.attach("c2")
+    drop_forward(node)
+    for cid in ("c1", "c2"):
+        assert fw(node, plugins, "ADD", fw_conf(node, cid, ingressPolicy="isolated"), cid=cid).rc == 0
+    assert not ping(node, "c1", node.ip("c2"))                     # same bridge, isolated
+    assert ping(node, "c1", OUT4)
+    assert "CNI-ISOLATION-STAGE-1" in node.ruleset()
+
+
+def test_gc_removes_only_stale_attachments(plugins, node):
+    node.attach("c1")
+    node.attach("c2")
+    drop_forward(node)
+    for cid in ("c1", "c2"):
+        assert fw(node, plugins, "ADD", fw_conf(node, cid, cniVersion="1.1.0"), cid=cid).rc == 0
+    gc = {"cniVersion": "1.1.0", "name": "pmnet", "type": "firewall",
+          "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
+    r = run_plugin(os.path.join(plugins, "firewall"), "GC", gc, path=plugins, host_netns=node.host.name,
+                   extra_env={"PYCNI_RUN_DIR": node.run_dir})
+    assert r.rc == 0, r
+    assert len(keyed(node, "c1")) == 4 and keyed(node, "c2") == []
+
+
+@pytest.mark.parametrize("extra", [{"backend": "firewalld"}, {"ingressPolicy": "open-sesame"},
+                                   {"iptablesAdminChainName": "A -j ACCEPT"}, {"prevResult": None}])
+def test_bad_config_refused_with_nothing_changed(plugins, node, extra):
+    node.attach("c1")
+    before = node.ruleset()
+    assert_cni_error(fw(node, plugins, "ADD", dict(fw_conf(node, "c1"), **extra)), 7)
+    assert node.ruleset() == before

@@ -1,0 +1,276 @@
+"""portmap rule text, byte for byte, for both backends (no root needed).
+
+The iptables vectors are what the reference plugin (Debian's
+containernetworking-plugins 1.1.1, /usr/lib/cni/portmap) left in
+iptables-save for tests/unit/golden/portmap/go-v1.1.1-input.json: our
+renderer must print the same lines, so rules either plugin made are found
+and compared by the other.
+"""
+
+import json
+import os
+
+import pytest
+
+from cnilib import hostport_rules as R
+from cnilib.firewall import addr
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "portmap")
+CHAIN = "CNI-DN-3e9a3d0f9583cdc0e7133"
+COMMENT = '"dnat name: \\"cbr0\\" id: \\"abc123\\""'
+
+
+def golden(name):
+    with open(os.path.join(GOLDEN, name)) as f:
+        return f.read()
+
+
+def go_mappings():
+    conf = json.loads(golden("go-v1.1.1-input.json"))
+    out = []
+    for e in conf["runtimeConfig"]["portMappings"]:
+        got = addr.parse_ip(e["hostIP"]) if e.get("hostIP") else None
+        out.append(R.Mapping(e["hostPort"], e["containerPort"], e["protocol"],
+                             got[1] if got else None, got[0] if got else None))
+    return out
+
+
+CTRS = {4: ("10.244.1.2", 24), 6: ("fd00::2", 64)}
+
+
+# ------------------------------------------------------------------ iptables
+
+
+def test_chain_name_is_the_reference_one():
+    assert R.dn_chain("cbr0", "abc123") == CHAIN
+    assert R.sn_chain("cbr0", "abc123") == "CNI-SN-3e9a3d0f9583cdc0e7133"
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_container_chain_matches_the_reference(fam):
+    saved = golden("go-v1.1.1-ipv%d.save" % fam)
+    want = [ln for ln in saved.splitlines() if ln.startswith("-A " + CHAIN)]
+    assert R.ipt_dn_rules(CHAIN, fam, CTRS[fam], go_mappings()) == want
+
+
+def test_entry_rules_match_the_reference_without_conditions():
+    saved = golden("go-v1.1.1-ipv6.save")
+    want = [ln for ln in saved.splitlines() if ln.startswith("-A CNI-HOSTPORT-DNAT")]
+    assert R.ipt_entry_rules(CHAIN, "cbr0", "abc123", go_mappings()) == want
+
+
+def test_entry_rules_with_conditions_append_them():
+    got = R.ipt_entry_rules(CHAIN, "cbr0", "abc123", go_mappings()[:1], ["!", "-d", "10.9.0.0/16"])
+    assert got == ["-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment %s -m multiport --dports 8080 "
+                   "! -d 10.9.0.0/16 -j %s" % (COMMENT, CHAIN)]
+    # what iptables-save prints for them is still recognised
+    saved = golden("go-v1.1.1-ipv4.save")
+    assert R.ipt_entry_ports(saved, CHAIN) == {("tcp", "8080"), ("udp", "8081"), ("sctp", "9000")}
+
+
+def test_shared_rules_match_the_reference():
+    saved = golden("go-v1.1.1-ipv4.save").splitlines()
+    for _chain, line, _first in R.ipt_shared_rules():
+        assert line in saved
+    assert [c for c, _l, first in R.ipt_shared_rules() if first] == ["POSTROUTING"]
+
+
+def test_mark_bit_and_external_chain():
+    lines = [ln for _c, ln, _f in R.ipt_shared_rules(mark_bit=14)]
+    assert lines[0].endswith("-j MARK --set-xmark 0x4000/0x4000")
+    assert lines[1] == "-A CNI-HOSTPORT-MASQ -m mark --mark 0x4000/0x4000 -j MASQUERADE"
+    ext = R.ipt_shared_rules(external_mark_chain="KUBE-MARK-MASQ")
+    assert [c for c, _l, _f in ext] == ["PREROUTING", "OUTPUT"]
+    assert R.shared_chains(external_mark_chain="KUBE-MARK-MASQ") == ["CNI-HOSTPORT-DNAT"]
+    got = R.ipt_dn_rules(CHAIN, 4, CTRS[4], go_mappings()[:1], setmark_chain="KUBE-MARK-MASQ")
+    assert got[0] == "-A %s -s 10.244.1.0/24 -p tcp -m tcp --dport 8080 -j KUBE-MARK-MASQ" % CHAIN
+
+
+def test_no_snat_and_masq_all():
+    m = [R.Mapping(8080, 80)]
+    assert R.ipt_dn_rules(CHAIN, 4, CTRS[4], m, snat=False) == [
+        "-A %s -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.244.1.2:80" % CHAIN]
+    assert R.ipt_dn_rules(CHAIN, 6, CTRS[6], m, masq_all=True) == [
+        "-A %s -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK" % CHAIN,
+        "-A %s -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00::2]:80" % CHAIN]
+    assert R.ipt_shared_rules(snat=False) == R.ipt_shared_rules()[3:]
+
+
+def test_unspecified_host_ip_keeps_family_without_destination():
+    m = [R.Mapping(53, 5353, "udp", "::", 6)]
+    assert R.ipt_dn_rules(CHAIN, 4, CTRS[4], m) == []
+    assert R.ipt_dn_rules(CHAIN, 6, CTRS[6], m, snat=False) == [
+        "-A %s -p udp -m udp --dport 53 -j DNAT --to-destination [fd00::2]:5353" % CHAIN]
+    v6 = [R.Mapping(80, 8080, "tcp", "fd00:77::1", 6)]
+    assert R.ipt_dn_rules(CHAIN, 6, CTRS[6], v6, snat=False) == [
+        "-A %s -d fd00:77::1/128 -p tcp -m tcp --dport 80 -j DNAT --to-destination [fd00::2]:8080" % CHAIN]
+
+
+def test_multiport_groups_of_fifteen_sorted_by_protocol():
+    maps = [R.Mapping(p, 80, "udp") for p in range(1000, 1020)] + [R.Mapping(22, 22, "sctp")]
+    groups = R.port_groups(maps)
+    assert list(groups) == ["sctp", "udp"]
+    assert groups["udp"] == [",".join(str(p) for p in range(1000, 1015)),
+                             ",".join(str(p) for p in range(1015, 1020))]
+    rules = R.ipt_entry_rules(CHAIN, "cbr0", "abc123", maps)
+    assert len(rules) == 3 and rules[0].startswith("-A CNI-HOSTPORT-DNAT -p sctp ")
+
+
+def test_long_comment_is_trimmed_like_the_reference():
+    c = R.entry_comment("n" * 128, "c" * 128)
+    assert len(c) == 255 and c.endswith("...")
+
+
+def test_add_batch_on_an_empty_table_declares_and_inserts():
+    shared = R.ipt_shared_rules()
+    dn = R.ipt_dn_rules(CHAIN, 4, CTRS[4], go_mappings()[:1])
+    entries = R.ipt_entry_rules(CHAIN, "cbr0", "abc123", go_mappings()[:1])
+    lines = R.ipt_add_lines("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", CHAIN, dn, entries, shared,
+                            R.shared_chains())
+    assert lines[:4] == [":CNI-HOSTPORT-SETMARK - [0:0]", ":CNI-HOSTPORT-MASQ - [0:0]",
+                         ":CNI-HOSTPORT-DNAT - [0:0]", ":%s - [0:0]" % CHAIN]
+    assert ('-I POSTROUTING 1 -m comment --comment "CNI portfwd requiring masquerade" '
+            '-j CNI-HOSTPORT-MASQ') in lines
+    assert lines[-4:] == dn + entries
+
+
+def test_add_batch_over_an_existing_chain_replaces_exactly():
+    saved = golden("go-v1.1.1-ipv4.save")
+    dn = R.ipt_dn_rules(CHAIN, 4, CTRS[4], go_mappings()[:1])
+    entries = R.ipt_entry_rules(CHAIN, "cbr0", "abc123", go_mappings()[:1])
+    lines = R.ipt_add_lines(saved, CHAIN, dn, entries, R.ipt_shared_rules(), R.shared_chains())
+    assert not any(ln.startswith(":") for ln in lines)          # would flush shared chains
+    assert [ln for ln in lines if ln.startswith("-D")] == [
+        "-D CNI-HOSTPORT-DNAT ! -d 10.9.0.0/16 -p %s -m comment --comment %s -m multiport --dports %s -j %s"
+        % (p, COMMENT, ports, CHAIN) for p, ports in (("sctp", "9000"), ("tcp", "8080"), ("udp", "8081"))]
+    assert lines[3:] == ["-F " + CHAIN] + dn + entries
+
+
+def test_teardown_batch_from_a_reference_save():
+    saved = golden("go-v1.1.1-ipv4.save")
+    lines = R.ipt_teardown_lines(saved, [CHAIN, R.sn_chain("cbr0", "abc123")])
+    assert len(lines) == 5 and lines[-2:] == ["-F " + CHAIN, "-X " + CHAIN]
+    assert all(ln.startswith("-D CNI-HOSTPORT-DNAT ") for ln in lines[:3])
+    assert R.ipt_teardown_lines(saved, ["CNI-DN-0000000000000000000000"]) == []
+    assert R.ipt_udp_ports(saved, CHAIN) == {8081}
+    assert R.dn_chains_of_network(saved, "cbr0") == {"abc123": CHAIN}
+    assert R.dn_chains_of_network(saved, "other") == {}
+
+
+# ------------------------------------------------------------------ nftables
+
+NFT_GOLDEN = """\
+create table inet T { comment "pycni hp net=cbr0 id=abc123 if=eth0"; }
+add chain inet T hostports
+add rule inet T hostports meta nfproto ipv4 tcp dport 8080 dnat ip to 10.244.1.2:80
+add rule inet T hostports ip daddr 10.1.2.3 udp dport 8081 dnat ip to 10.244.1.2:81
+add rule inet T hostports meta nfproto ipv4 sctp dport 9000 dnat ip to 10.244.1.2:90
+add rule inet T hostports meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::2]:80
+add rule inet T hostports meta nfproto ipv6 sctp dport 9000 dnat ip6 to [fd00::2]:90
+add chain inet T prerouting { type nat hook prerouting priority -100; policy accept; }
+add rule inet T prerouting meta nfproto ipv4 ip saddr != 10.9.0.0/16 fib daddr type local jump hostports
+add rule inet T prerouting meta nfproto ipv6 fib daddr type local jump hostports
+add chain inet T output { type nat hook output priority -100; policy accept; }
+add rule inet T output meta nfproto ipv4 ip saddr != 10.9.0.0/16 fib daddr type local jump hostports
+add rule inet T output meta nfproto ipv6 fib daddr type local jump hostports
+add chain inet T postrouting { type nat hook postrouting priority 100; policy accept; }
+add rule inet T postrouting ip saddr 10.244.1.0/24 ip daddr 10.244.1.2 ct status dnat masquerade
+add rule inet T postrouting ip saddr 127.0.0.0/8 ip daddr 10.244.1.2 ct status dnat masquerade
+add rule inet T postrouting ip6 saddr fd00::/64 ip6 daddr fd00::2 ct status dnat masquerade
+add chain inet T localnet-guard { type filter hook prerouting priority -300; policy accept; }
+add rule inet T localnet-guard iifname "cni0" ip daddr 127.0.0.0/8 drop
+"""
+
+
+def test_nft_table_script_golden():
+    got = R.nft_table_script("T", "pycni hp net=cbr0 id=abc123 if=eth0", go_mappings(), CTRS,
+                             conditions={4: ["ip", "saddr", "!=", "10.9.0.0/16"]}, guard_iface="cni0")
+    assert got == NFT_GOLDEN
+
+
+def test_nft_replace_and_variants():
+    got = R.nft_table_script("T", "c", go_mappings()[:1], {4: CTRS[4]}, replace=True, snat=False)
+    assert got.splitlines()[:3] == ["add table inet T", "delete table inet T", 'add table inet T { comment "c"; }']
+    assert "postrouting" not in got and "guard" not in got
+    v6 = R.nft_table_script("T", "c", go_mappings()[:1], {6: CTRS[6]}, masq_all=True, guard_iface="cni0")
+    assert "add rule inet T postrouting meta nfproto ipv6 ip6 daddr fd00::2 ct status dnat masquerade" in v6
+    assert "guard" not in v6 and "ipv4" not in v6
+
+
+def test_nft_comment_is_bounded_and_quote_free():
+    c = R.nft_comment('x"y\\z' + "a" * 300)
+    assert c.startswith('"xyz') and len(c) == 129 and c.count('"') == 2
+
+
+def test_nft_delete_script():
+    assert R.nft_delete_script() == ""
+    assert R.nft_delete_script([("inet", "T")], [("ip", "cni_hostport", "hostports", 7)]) == (
+        "delete table inet T\ndelete rule ip cni_hostport hostports handle 7\n")
+
+
+# what nft -j list table prints (nftables 1.0.6) for part of the golden table
+LISTING = [
+    {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+    {"table": {"family": "inet", "name": "T", "handle": 1}},
+    {"chain": {"family": "inet", "table": "T", "name": "hostports", "handle": 1}},
+    {"rule": {"family": "inet", "table": "T", "chain": "hostports", "handle": 2, "expr": [
+        {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
+        {"dnat": {"family": "ip", "addr": "10.244.1.2", "port": 80}}]}},
+    {"rule": {"family": "inet", "table": "T", "chain": "hostports", "handle": 3, "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.1.2.3"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 8081}},
+        {"dnat": {"family": "ip", "addr": "10.244.1.2", "port": 81}}]}},
+    {"rule": {"family": "ip", "table": "cni_hostport", "chain": "hostports", "handle": 9, "comment": "abc123",
+              "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                                  "right": 53}},
+                       {"dnat": {"addr": "10.244.1.2", "port": 53}}]}},
+    {"rule": {"family": "ip", "table": "cni_hostport", "chain": "masquerading", "handle": 10,
+              "comment": "other", "expr": []}},
+]
+
+
+def test_nft_listing_is_read_back():
+    assert R.nft_table_mappings(LISTING, "T") == [
+        (4, "tcp", 8080, None, "10.244.1.2", 80), (4, "udp", 8081, "10.1.2.3", "10.244.1.2", 81)]
+    two = go_mappings()[:2]
+    assert R.expected_mappings(two, {4: CTRS[4]}) == R.nft_table_mappings(LISTING, "T")
+    assert R.go_nft_rules_of(LISTING, "abc123") == [("ip", "cni_hostport", "hostports", 9)]
+    assert R.go_nft_rules_of(LISTING, "nobody") == []
+
+
+# ------------------------------------------------------------------ raw netlink
+
+
+def _nla(atype, payload, nested=False):
+    import struct
+    pad = (4 - len(payload) % 4) % 4
+    return struct.pack("=HH", 4 + len(payload), atype | (0x8000 if nested else 0)) + payload + b"\0" * pad
+
+
+def test_conntrack_message_is_read():
+    import struct
+
+    from cnilib import rawnl
+    proto = _nla(2, _nla(1, b"\x11") + _nla(2, struct.pack("!H", 40000)) + _nla(3, struct.pack("!H", 8081)),
+                 nested=True)
+    orig = _nla(1, _nla(1, _nla(1, b"\x0a\x4d\x00\x02"), nested=True) + proto, nested=True)
+    body = struct.pack("=BBH", 2, 0, 0) + orig + _nla(18, struct.pack("!H", 0))
+    p, port, attrs = rawnl._orig_proto_dport(body)
+    assert (p, port) == (17, 8081)
+    assert set(attrs) == {rawnl.CTA_TUPLE_ORIG, rawnl.CTA_ZONE}
+
+
+def test_plugins_import_light():
+    """The VERSION path of portmap and firewall loads neither pyroute2 nor json/re."""
+    import subprocess
+    import sys
+
+    from cnitest import ROOT
+    prog = ("import sys; sys.path[0:0] = [%r]\nimport plugins.portmap, plugins.firewall\n"
+            "print(' '.join(sorted(sys.modules)))" % ROOT)
+    mods = set(subprocess.run([sys.executable, "-I", "-S", "-c", prog], capture_output=True, text=True,
+                              check=True).stdout.split())
+    heavy = {m for m in mods if m.split(".")[0] in ("pyroute2", "json", "re", "subprocess", "ipaddress",
+                                                     "socket", "typing", "enum", "pydantic_core")}
+    assert heavy == set()
