@@ -204,3 +204,21 @@ def test_quick_version_run(tmp_path):
         assert rows["VERSION exec (loopback)", "Go"]["p50"] > 0
     # its namespaces and temp dir are gone
     assert not [n for n in os.listdir("/var/run/netns") if n.startswith("pcbench%d-" % p.pid)]
+
+
+def test_importtime_parse_and_summary():
+    from bench import importtime
+    text = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:       100 |        100 |   _json",
+        "import time:       200 |        300 | cnilib.jsonio",
+        "import time:      2000 |       3500 |     re",
+        "import time:      1000 |       5000 |   pyroute2.netlink",
+        "import time:      4000 |      9000 | cnilib.netlink",
+        "unrelated line"])
+    entries = importtime.parse(text)
+    assert entries[0] == (1, "_json", 100, 100) and entries[3] == (1, "pyroute2.netlink", 1000, 5000)
+    assert entries[2][0] == 2
+    total, heavy = importtime.summary(entries, top=3)
+    assert total == pytest.approx(9.3)
+    assert heavy == [("cnilib.netlink", 9.0), ("pyroute2.netlink", 5.0), ("re", 3.5)]
