@@ -254,6 +254,21 @@ func resultIPs(res types.Result) []string {
 
 // ---- modes
 
+// progress prints "done/total" on stderr about ten times per phase of a big
+// run, so a long run shows it is moving.
+func progress(what string, done, total int, big bool) {
+	if !big {
+		return
+	}
+	step := total / 10
+	if step < 1 {
+		step = 1
+	}
+	if done%step == 0 || done == total {
+		fmt.Fprintf(os.Stderr, "   libcni %s %d/%d\n", what, done, total)
+	}
+}
+
 func order(rng *rand.Rand, vs []*variant) []*variant {
 	o := append([]*variant(nil), vs...)
 	rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
@@ -301,6 +316,9 @@ func runOps(ctx context.Context, s *spec, vs []*variant, rng *rand.Rand) {
 				}
 			})
 		}
+		if r >= s.Warmup {
+			progress(s.IDPrefix+" rounds", r-s.Warmup+1, s.Rounds, s.Rounds >= 20)
+		}
 	}
 }
 
@@ -326,6 +344,7 @@ func runPodsSerial(ctx context.Context, s *spec, vs []*variant, rng *rand.Rand) 
 				}
 			})
 		}
+		progress(s.IDPrefix+" ADD", i+1, s.Pods, s.Pods >= 50)
 	}
 	for i := 0; i < s.Pods; i++ {
 		for _, v := range order(rng, vs) {
@@ -337,6 +356,7 @@ func runPodsSerial(ctx context.Context, s *spec, vs []*variant, rng *rand.Rand) 
 				}
 			})
 		}
+		progress(s.IDPrefix+" DEL", i+1, s.Pods, s.Pods >= 50)
 	}
 }
 
@@ -372,17 +392,19 @@ func runPodsParallel(ctx context.Context, s *spec, vs []*variant, rng *rand.Rand
 		v.out.Del = make([]float64, s.Pods)
 		v.out.IPs = make([][]string, s.Pods)
 	}
-	for _, v := range order(rng, vs) {
+	for n, v := range order(rng, vs) {
 		v := v
 		v.out.AddWallMs = runBatch(v, s.Pods, func(i int) {
 			v.out.Add[i], v.out.IPs[i] = v.add(ctx, podID(s, v, i), v.spec.Containers[i])
 		})
+		progress(s.IDPrefix+" ADD batches", n+1, len(vs), s.Pods >= 50)
 	}
-	for _, v := range order(rng, vs) {
+	for n, v := range order(rng, vs) {
 		v := v
 		v.out.DelWallMs = runBatch(v, s.Pods, func(i int) {
 			v.out.Del[i] = v.del(ctx, podID(s, v, i), v.spec.Containers[i])
 		})
+		progress(s.IDPrefix+" DEL batches", n+1, len(vs), s.Pods >= 50)
 	}
 }
 
