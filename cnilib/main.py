@@ -11,6 +11,7 @@ import sys
 # command name -> module; a plugin module exposes PLUGIN (a skel.Plugin)
 PLUGINS = {
     "loopback": "plugins.loopback",
+    "host-local": "plugins.host_local",
 }
 TOOLS = {
     "pycni": "cnilib.cli",
