@@ -12,6 +12,11 @@ broadcast addresses when an explicit rangeStart/rangeEnd includes them.
 held for the whole ADD, so a concurrent DEL or GC never sees half of it,
 and undoes what it wrote when any range set fails.  The decisions here
 need no disk: a store in a temp dir is all the tests need.
+
+Failpoints (PYCNI_FAILPOINTS) on the ADD path, in order:
+hostlocal-before-lease-link (temp file written, lease not yet there),
+hostlocal-after-lease-write, hostlocal-after-last-reserved; and
+hostlocal-mid-release after each lease a DEL, GC or undo removes.
 """
 
 from cnilib import errors, failpoint
