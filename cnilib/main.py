@@ -14,6 +14,7 @@ PLUGINS = {
     "flannel": "plugins.flannel",
     "portmap": "plugins.portmap",
     "firewall": "plugins.firewall",
+    "host-local": "plugins.host_local",
 }
 TOOLS = {
     "pycni": "cnilib.cli",

@@ -36,6 +36,11 @@ def _pydantic_core():
         mod.__path__ = [os.path.join(sys._MEIPASS, "pydantic_core")]
         sys.modules["pydantic_core"] = mod
     from pydantic_core import _pydantic_core as core
+    if mod is not None and sys.modules.get("pydantic_core") is mod and not hasattr(mod, "__version__"):
+        # drop the stub: a later ``import pydantic`` (tests, build tools in the
+        # same process) then runs the real __init__, which finds the already
+        # loaded extension in sys.modules
+        del sys.modules["pydantic_core"]
     _core = core
     return core
 
