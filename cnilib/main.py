@@ -11,6 +11,7 @@ import sys
 # command name -> module; a plugin module exposes PLUGIN (a skel.Plugin)
 PLUGINS = {
     "loopback": "plugins.loopback",
+    "tuning": "plugins.tuning",
 }
 TOOLS = {
     "pycni": "cnilib.cli",
