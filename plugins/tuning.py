@@ -115,8 +115,11 @@ def _update_mac(result, a, mac):
 
 
 def cmd_del(a):
-    data_dir = a.conf.get("dataDir")
-    data_dir = data_dir if isinstance(data_dir, str) and data_dir else tuning.DEFAULT_DATA_DIR
+    # the keys' types and CNI_ARGS are checked as on ADD; the values are not
+    # (a MAC or sysctl that ADD would refuse must not block the teardown)
+    from cnilib import validate
+    data_dir = validate.validate("tuning", a.conf).get("dataDir") or tuning.DEFAULT_DATA_DIR
+    a.cni_args  # noqa: B018  (unknown keys are an error, as on ADD)
     path = tuning.backup_path(data_dir, a.name, a.container_id, a.ifname)
     legacy = tuning.legacy_backup_path(data_dir, a.container_id, a.ifname)
     saved, found = tuning.read_backup(path), path

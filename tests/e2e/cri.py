@@ -1,10 +1,18 @@
 """A very small CRI client: the four pod-sandbox calls kubelet makes, over gRPC.
 
-crictl is not packaged for Debian 12 and no Go CRI API package is on the
-machine, so this speaks the CRI (k8s.io/cri-api, package runtime.v1)
-directly: grpcio carries raw bytes (no generated stubs), and the few
-messages needed are encoded and decoded here by field number, as written
-in api.proto:
+crictl is not packaged for Debian 12, and neither a Go CRI API package nor
+gRPC is available offline, so this speaks the CRI (k8s.io/cri-api, package
+runtime.v1) by hand, with the standard library only:
+
+* gRPC is HTTP/2: one connection per call over the unix socket, the
+  client preface and SETTINGS, a HEADERS frame (HPACK literals, never
+  Huffman-coded, so no table is needed to send), and one DATA frame with
+  the length-prefixed message.  A unary call succeeded when a response
+  message came back; an error arrives as trailers only (grpc-status and
+  grpc-message, which Go's HPACK encoder Huffman-codes: the caller shows
+  containerd's own log instead of decoding them).
+* protobuf: the few messages needed are encoded and decoded here by field
+  number, as written in api.proto:
 
   RunPodSandboxRequest      config=1 (PodSandboxConfig)
   PodSandboxConfig          metadata=1 hostname=2 log_directory=3 port_mappings=5
@@ -20,6 +28,8 @@ in api.proto:
 """
 
 import json
+import socket
+import struct
 
 SERVICE = "/runtime.v1.RuntimeService/"
 SANDBOX_READY, SANDBOX_NOTREADY = 0, 1
@@ -146,24 +156,115 @@ class SandboxStatus:
         return None
 
 
+# ------------------------------------------------------------ gRPC over HTTP/2
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+END_STREAM, ACK, END_HEADERS, PADDED = 0x1, 0x1, 0x4, 0x8
+BIG_WINDOW = (1 << 31) - 1 - 65535
+
+
+class RpcError(Exception):
+    """A call that returned no response message (a gRPC error status)."""
+
+
+def _frame(ftype, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes((ftype, flags)) + struct.pack(">I", stream) + payload
+
+
+def _hpack_int(value, prefix_bits):
+    top = (1 << prefix_bits) - 1
+    if value < top:
+        return bytes((value,))
+    out, value = bytearray((top,)), value - top
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name, value):
+    """HPACK 'literal header field without indexing, new name', no Huffman."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + _hpack_int(len(n), 7) + n + _hpack_int(len(v), 7) + v
+
+
+def _recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise RpcError("connection closed by the server")
+        buf += chunk
+    return bytes(buf)
+
+
+def unary(socket_path, method, request, timeout=120):
+    """One unary gRPC call: request bytes in, response message bytes out."""
+    headers = (b"\x83\x86"                     # :method POST, :scheme http (static table)
+               + _literal(":path", SERVICE + method) + _literal(":authority", "localhost")
+               + _literal("content-type", "application/grpc") + _literal("te", "trailers"))
+    body = b"\x00" + struct.pack(">I", len(request)) + request
+    settings = struct.pack(">HI", 4, BIG_WINDOW + 65535)   # INITIAL_WINDOW_SIZE
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        sock.sendall(PREFACE + _frame(SETTINGS, 0, 0, settings)
+                     + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", BIG_WINDOW))
+                     + _frame(HEADERS, END_HEADERS, 1, headers) + _frame(DATA, END_STREAM, 1, body))
+        data, ended = b"", False
+        while not ended:
+            head = _recv_exact(sock, 9)
+            length = int.from_bytes(head[:3], "big")
+            ftype, flags = head[3], head[4]
+            stream = struct.unpack(">I", head[5:9])[0] & 0x7FFFFFFF
+            payload = _recv_exact(sock, length)
+            if ftype == SETTINGS and not flags & ACK:
+                sock.sendall(_frame(SETTINGS, ACK, 0))
+            elif ftype == PING and not flags & ACK:
+                sock.sendall(_frame(PING, ACK, 0, payload))
+            elif ftype == GOAWAY:
+                raise RpcError("%s: the server sent GOAWAY" % method)
+            elif stream == 1 and ftype == RST_STREAM:
+                raise RpcError("%s: the server reset the stream (code %d)"
+                               % (method, struct.unpack(">I", payload)[0]))
+            elif stream == 1 and ftype in (DATA, HEADERS):
+                if ftype == DATA:
+                    if flags & PADDED:
+                        payload = payload[1:len(payload) - payload[0]]
+                    data += payload
+                ended = bool(flags & END_STREAM)
+    if len(data) < 5:
+        raise RpcError("%s failed: the runtime answered with an error status" % method)
+    (n,) = struct.unpack(">I", data[1:5])
+    return data[5:5 + n]
+
+
 # ------------------------------------------------------------ client
 
 
 class Client:
-    """RuntimeService over a unix socket; errors raise grpc.RpcError."""
+    """RuntimeService over a unix socket; a failed call raises RpcError."""
 
     def __init__(self, socket_path, timeout=120):
-        import grpc
-        self.grpc = grpc
-        self.channel = grpc.insecure_channel("unix://" + socket_path)
+        self.socket_path = socket_path
         self.timeout = timeout
 
     def call(self, method, request):
-        stub = self.channel.unary_unary(SERVICE + method)
-        return stub(request, timeout=self.timeout)
+        return unary(self.socket_path, method, request, self.timeout)
 
     def wait_ready(self, timeout=30):
-        self.grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        """Until the runtime answers Version (the socket exists before it serves)."""
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.version()
+            except (OSError, RpcError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def version(self):
         resp = decode(self.call("Version", field_str(1, "v1")))
@@ -182,6 +283,3 @@ class Client:
 
     def remove_pod_sandbox(self, sandbox_id):
         self.call("RemovePodSandbox", field_str(1, sandbox_id))
-
-    def close(self):
-        self.channel.close()

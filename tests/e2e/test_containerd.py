@@ -14,7 +14,7 @@ cniVersion 0.3.1, ifname lo) from bin_dir.  The sandbox ("pause") image is
 built here from busybox-static and imported with ``ctr images import``;
 nothing is pulled.  Its process is busybox httpd, so the pod's published
 port can be tried.  The test is the kubelet: a small CRI client
-(tests/e2e/cri.py) calls RunPodSandbox, PodSandboxStatus, StopPodSandbox
+(tests/e2e/cri.py, standard library only) calls RunPodSandbox, PodSandboxStatus, StopPodSandbox
 and RemovePodSandbox on the unix socket.
 
 Settings this machine needs: restrict_oom_score_adj (no CAP_SYS_RESOURCE:
@@ -46,10 +46,6 @@ def missing():
     for exe in ("containerd", "ctr", "containerd-shim-runc-v2", "runc"):
         if not shutil.which(exe):
             return "%s is not installed (Debian package containerd/runc)" % exe
-    try:
-        import grpc  # noqa: F401
-    except ImportError:
-        return "grpcio is not installed (requirements.txt): the CRI client needs it"
     return None
 
 
@@ -110,7 +106,11 @@ class Containerd:
             time.sleep(0.1)
         if self.daemon.poll() is not None:
             raise AssertionError("containerd exited at start:\n" + self.daemon_log())
-        self.client.wait_ready(timeout=60)
+        try:
+            self.client.wait_ready(timeout=60)
+        except Exception as exc:
+            raise AssertionError("containerd does not answer CRI calls: %s\n%s"
+                                 % (exc, self.daemon_log())) from None
 
     def ctr(self, *argv):
         return self.sandbox.run("ctr", "--address", self.sock, "-n", "k8s.io", *argv, env=self.env)
@@ -120,8 +120,6 @@ class Containerd:
             return f.read()[-4000:]
 
     def close(self):
-        if self.client is not None:
-            self.client.close()
         self.sandbox.close()          # takes containerd, its shims and the pods with it
         runtimes.remove_cgroup_tree(self.cgroup_parent)
 
@@ -210,6 +208,8 @@ def test_pod_sandbox_gets_address_and_releases_it(containerd, netns_factory):
     rules = runtimes.ruleset(sb)
     assert st.ip not in rules and sid not in rules, rules
     client.remove_pod_sandbox(sid)
+    with pytest.raises(cri.RpcError):
+        client.pod_sandbox_status(sid)          # gone: NotFound
     lines = runtimes.log_lines(containerd.log)
     for t in containerd.plugins.ours:
         logged = runtimes.verbs_logged(lines, t, sid)

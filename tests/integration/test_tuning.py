@@ -172,6 +172,14 @@ def test_bad_config_changes_nothing(plugins, statedir, pair, what, extra):
     assert saved_files(statedir) == []
 
 
+def test_del_checks_types_not_values(plugins, statedir, pair):
+    host, ctr = pair
+    assert_cni_error(run(plugins, "DEL", conf(statedir, ctr, mtu="1400"), host, ctr), 7)
+    assert_cni_error(run(plugins, "DEL", conf(statedir, ctr), host, ctr, args="FOO=1"), 4)
+    r = run(plugins, "DEL", conf(statedir, ctr, mac="not-a-mac", sysctl={"kernel.x": "1"}), host, ctr)
+    assert r.rc == 0, r
+
+
 def test_duplicate_sysctl_key_refused(plugins, statedir, pair):
     host, ctr = pair
     c = json.dumps(conf(statedir, ctr))[:-1]
