@@ -22,6 +22,13 @@ def _parse():
             _ACTIONS[name.strip()] = action.strip() or "kill"
 
 
+def reset():
+    """Re-read PYCNI_FAILPOINTS (the agent's workers take the caller's env)."""
+    global _SPEC, _ACTIONS
+    _SPEC = os.environ.get("PYCNI_FAILPOINTS")
+    _ACTIONS = None
+
+
 def hit(name):
     if _SPEC is None:
         return

@@ -18,6 +18,9 @@ TOOLS = {
 }
 
 
+AGENT_VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+
+
 def main(name=None):
     import gc
     gc.disable()  # short-lived process: no cycles worth collecting (~5 ms saved)
@@ -36,9 +39,26 @@ def main(name=None):
         sys.stderr.write("pycni: unknown command %r; known: %s\n"
                          % (name, ", ".join(sorted(PLUGINS) + sorted(TOOLS))))
         os._exit(2)
+    stdin = None
+    if os.environ.get("CNI_COMMAND") in AGENT_VERBS and len(argv) < 2:
+        from cnilib import agentwire, skel
+        try:
+            stdin = skel.read_stdin(0)
+        except Exception:
+            stdin = None       # unreadable: let the skel report it
+        if stdin is not None and len(stdin) <= skel.MAX_STDIN:
+            got = agentwire.call(name, stdin)
+            if isinstance(got, tuple):
+                skel.write_all(1, got[1])
+                os._exit(got[0])
+            if got == "died" and os.environ.get("CNI_COMMAND") == "ADD":
+                # the agent's worker died mid-ADD: undo whatever it did, then
+                # do the ADD here, so the attachment converges to one ADD
+                mod = __import__(modname, fromlist=["PLUGIN"])
+                skel.execute(mod.PLUGIN, dict(os.environ, CNI_COMMAND="DEL"), stdin_data=stdin)
     mod = __import__(modname, fromlist=["PLUGIN"])
     from cnilib import skel
-    rc = skel.run(mod.PLUGIN, argv)
+    rc = skel.run(mod.PLUGIN, argv, stdin=stdin)
     # skip interpreter finalization: stdout is written with os.write already
     os._exit(rc)
 

@@ -166,9 +166,10 @@ def _check_env(env, command):
             parse_cni_args(env["CNI_ARGS"], known=None)   # syntax; keys are per plugin
 
 
-def _read_stdin(fd):
+def read_stdin(fd):
+    """Stdin up to MAX_STDIN + 1 bytes (execute refuses anything longer)."""
     chunks, total = [], 0
-    while True:
+    while total <= MAX_STDIN:
         try:
             b = os.read(fd, 65536)
         except OSError as exc:
@@ -176,12 +177,16 @@ def _read_stdin(fd):
         if not b:
             break
         total += len(b)
-        if total > MAX_STDIN:
-            raise errors.DecodingFailure(
-                "network config on stdin is over %d bytes" % MAX_STDIN,
-                "expected a CNI network config of a few kilobytes")
         chunks.append(b)
     return b"".join(chunks)
+
+
+def _check_size(data):
+    if len(data) > MAX_STDIN:
+        raise errors.DecodingFailure(
+            "network config on stdin is over %d bytes" % MAX_STDIN,
+            "expected a CNI network config of a few kilobytes")
+    return data
 
 
 def _parse_conf(data):
@@ -232,14 +237,14 @@ def execute(plugin, env, stdin_fd=0, stdin_data=None):
         _check_env(env, command)
         if command == "VERSION":
             try:
-                data = stdin_data if stdin_data is not None else _read_stdin(stdin_fd)
+                data = stdin_data if stdin_data is not None else read_stdin(stdin_fd)
                 v = jsonio.loads(data).get("cniVersion") if data.strip() else None
             except (errors.CniError, ValueError, AttributeError):
                 v = None
             v = v if v in version.SUPPORTED else version.CURRENT
             out = jsonio.dumps({"cniVersion": v, "supportedVersions": list(version.SUPPORTED)}) + "\n"
             return 0, out.encode()
-        a.stdin = stdin_data if stdin_data is not None else _read_stdin(stdin_fd)
+        a.stdin = _check_size(stdin_data if stdin_data is not None else read_stdin(stdin_fd))
         a.conf = conf = _parse_conf(a.stdin)
         log.configure(conf)
         check_network_name(conf.get("name"))
@@ -307,12 +312,12 @@ def write_all(fd, data):
         view = view[n:]
 
 
-def run(plugin, argv=()):
+def run(plugin, argv=(), stdin=None):
     """Entry point for an exec'd plugin; returns the exit code."""
     if len(argv) > 1 and argv[1] in ("--version", "-v", "version"):
         write_all(1, about(plugin).encode())
         return 0
-    rc, out = execute(plugin, os.environ)
+    rc, out = execute(plugin, os.environ, stdin_data=stdin)
     if out:
         try:
             write_all(1, out)

@@ -95,7 +95,7 @@ def run_plugin(exe, command, conf, containerid="", netns="", ifname="", args="",
         "CNI_COMMAND": command, "CNI_CONTAINERID": containerid, "CNI_NETNS": netns,
         "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": path,
     }
-    for k in ("PYCNI_LOG", "PYCNI_LOG_LEVEL"):
+    for k in ("PYCNI_LOG", "PYCNI_LOG_LEVEL", "PYCNI_AGENT_SOCKET"):
         if k in os.environ:
             env[k] = os.environ[k]
     if extra_env:
@@ -122,3 +122,38 @@ def assert_cni_error(run, code):
     assert "Traceback" not in run.stdout and "Traceback" not in run.stderr, run
     assert "cniVersion" in err, run
     return err
+
+
+# ---- fake plugins and the libcni result cache (runner tests)
+
+FAKE_PLUGIN = os.path.join(ROOT, "tests", "fakeplugin.py")
+
+
+def install_fake_plugins(d, *names):
+    """Install tests/fakeplugin.py in ``d`` under each of ``names`` (its type)."""
+    import sys
+    os.makedirs(d, exist_ok=True)
+    with open(FAKE_PLUGIN) as f:
+        body = f.read()
+    for n in names:
+        p = os.path.join(d, n)
+        with open(p, "w") as f:
+            f.write("#!%s -I\n%s" % (sys.executable, body))
+        os.chmod(p, 0o755)
+    return str(d)
+
+
+def fake_calls(record):
+    """The calls fake plugins recorded in ``record``, oldest first; each with
+    its stdin parsed as ``conf``."""
+    if not os.path.exists(record):
+        return []
+    with open(record) as f:
+        calls = [json.loads(line) for line in f if line.strip()]
+    for c in calls:
+        c["conf"] = json.loads(c["stdin"]) if c["stdin"].strip() else None
+    return calls
+
+
+def cache_file(cache_dir, network, cid, ifname):
+    return os.path.join(str(cache_dir), "results", "%s-%s-%s" % (network, cid, ifname))

@@ -9,6 +9,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cnitest  # noqa: E402
 
+# a pycni agent running on this machine must not serve the tests' execs;
+# tests that want one start a private agent and pass its socket explicitly
+os.environ["PYCNI_AGENT_SOCKET"] = "off"
+
 
 def pytest_collection_modifyitems(config, items):
     skip_root = pytest.mark.skip(reason="needs root (network namespaces)")

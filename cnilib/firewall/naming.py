@@ -55,3 +55,36 @@ def network_table_prefix(kind, network):
 def attachment_comment(kind, network, container_id, ifname):
     """Human-readable tag put on tables and rules (inputs are validated names)."""
     return "pycni %s net=%s id=%s if=%s" % (kind, network, container_id, ifname)
+
+
+# ---- host veth ifalias: how an operator (and pycni whois/doctor, flannel's
+# DEL fallback) maps a veth on the node to its attachment
+IFALIAS_MAX = 255
+
+
+def veth_alias(network, container_id, ifname, pod=None):
+    """``pycni net=<network> cid=<container id> if=<ifname>[ pod=<ns>/<name>]``.
+
+    ``pod`` comes from K8S_POD_NAMESPACE/K8S_POD_NAME and is sanitised here;
+    the other fields are names skel already validated.
+    """
+    base = "pycni net=%s cid=%s if=%s" % (network, container_id, ifname)
+    if pod:
+        clean = "".join(c if (c.isalnum() or c in "-_./") else "_" for c in pod)[:100]
+        if len(base) + len(clean) + 5 <= IFALIAS_MAX:
+            base += " pod=" + clean
+    if len(base) > IFALIAS_MAX:
+        base = "pycni att=%s if=%s" % (attachment_hash(network, container_id, ifname), ifname)
+    return base
+
+
+def parse_veth_alias(alias):
+    """{net, cid, if, pod?} from an alias veth_alias made, else None."""
+    if not alias or not alias.startswith("pycni "):
+        return None
+    out = {}
+    for tok in alias.split()[1:]:
+        k, sep, v = tok.partition("=")
+        if sep:
+            out[k] = v
+    return out if ("cid" in out or "att" in out) else None

@@ -20,3 +20,15 @@ def test_attachment_tables_are_keyed_and_bounded():
     assert a.startswith(naming.network_table_prefix("masq", "cbr0"))
     assert not c.startswith(naming.network_table_prefix("masq", "cbr0"))
     assert len(a) <= 64 and all(ch.isalnum() or ch == "-" for ch in a)
+
+
+def test_veth_alias_round_trip():
+    a = naming.veth_alias("cbr0", "abc123", "eth0", pod="kube-system/coredns-1")
+    assert a == "pycni net=cbr0 cid=abc123 if=eth0 pod=kube-system/coredns-1"
+    assert naming.parse_veth_alias(a) == {"net": "cbr0", "cid": "abc123", "if": "eth0",
+                                          "pod": "kube-system/coredns-1"}
+    assert naming.parse_veth_alias("something else") is None
+    hostile = naming.veth_alias("n", "c", "eth0", pod="ns/evil name;rm -rf /\n")
+    assert "\n" not in hostile and " rm" not in hostile
+    long = naming.veth_alias("n" * 128, "c" * 128, "eth0")
+    assert len(long) <= 255 and naming.parse_veth_alias(long)["att"]

@@ -1,0 +1,163 @@
+"""``pycni agent``: a warm process the exec'd plugins hand their work to.
+
+The thick-plugin model Multus uses, made optional: when the agent runs,
+every plugin exec becomes a ~7 ms shim (cnilib.agentwire) and the work runs
+in a worker forked from a process that already has pyroute2, the schemas and
+every plugin loaded; when it does not run, the plugins do the work
+themselves.  Nothing about the result differs.
+
+* One worker per request, forked: setns is per-thread and a crash stays in
+  its worker.  The worker enters the caller's network namespace (the
+  caller's pid from SO_PEERCRED, its /proc/<pid>/ns/net), takes the
+  caller's CNI_* / PYCNI_* environment and stdin, and runs the same
+  skel.execute an exec would.
+* Only uid 0 is served, on a 0600 socket in a 0700 directory.
+* If a worker dies mid-request the shim sees the connection close without a
+  response and falls back to doing the work itself (after undoing a partial
+  ADD), so a request converges instead of running twice.
+"""
+
+import os
+import signal
+import socket
+import struct
+import sys
+
+from cnilib import agentwire
+
+PRELOAD = ("cnilib.netlink", "cnilib.validate", "cnilib.invoke", "cnilib.types", "cnilib.netns",
+           "cnilib.sysctl", "cnilib.proc", "cnilib.fsutil", "ipaddress", "hashlib", "ctypes")
+
+
+def preload(log=print):
+    """Import everything a worker could need, and warm the schema validators."""
+    import importlib
+
+    from cnilib.main import PLUGINS
+    for mod in PRELOAD + tuple(PLUGINS.values()):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            log("agent: cannot preload %s: %s" % (mod, exc))
+    try:
+        from cnilib import validate
+        from cnilib._schemas import SCHEMAS
+        for name in SCHEMAS:
+            validate.validator(name)
+    except Exception as exc:  # a broken schema must not stop the agent; plugins report it
+        log("agent: cannot warm the validators: %s" % exc)
+    from cnilib import netns
+    try:
+        netns.setns(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))  # loads ctypes/libc
+    except OSError:
+        pass
+
+
+def _peer(conn):
+    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", data)  # pid, uid, gid
+
+
+def _worker(conn):
+    """Child side: one request, in the caller's netns, then exit."""
+    from cnilib import failpoint, netns, skel
+    from cnilib.main import PLUGINS
+    rc, out = 1, b""
+    try:
+        pid, uid, _gid = _peer(conn)
+        plugin, env, stdin = agentwire.read_request(conn)
+        os.environ.clear()
+        os.environ.update(env)
+        failpoint.reset()
+        failpoint.hit("agent-worker")
+        fd = os.open("/proc/%d/ns/net" % pid, os.O_RDONLY | os.O_CLOEXEC)
+        netns.setns(fd)
+        os.close(fd)
+        modname = PLUGINS.get(plugin)
+        if modname is None:
+            raise ValueError("unknown plugin %r" % plugin)
+        mod = sys.modules.get(modname) or __import__(modname, fromlist=["PLUGIN"])
+        rc, out = skel.execute(mod.PLUGIN, env, stdin_data=stdin)
+        conn.sendall(agentwire.encode_response(rc, out))
+    except Exception:
+        # no response: the shim falls back to in-process work
+        pass
+    finally:
+        os._exit(0)
+
+
+def serve(path, log=print):
+    """Listen on ``path`` until SIGTERM/SIGINT."""
+    d = os.path.dirname(path)
+    os.makedirs(d, 0o700, exist_ok=True)
+    os.chmod(d, 0o700)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    preload(log)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        srv.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    srv.listen(128)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # workers are reaped by the kernel
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        srv.close()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log("agent: serving on %s (pid %d)" % (path, os.getpid()))
+    try:
+        while not stopping:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                if stopping:
+                    break
+                continue
+            try:
+                _pid, uid, _gid = _peer(conn)
+                if uid != 0:
+                    log("agent: refused a connection from uid %d" % uid)
+                    conn.close()
+                    continue
+                child = os.fork()
+            except OSError as exc:
+                log("agent: cannot serve a request: %s" % exc)
+                conn.close()
+                continue
+            if child == 0:
+                srv.close()
+                _worker(conn)
+            conn.close()
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    log("agent: stopped")
+    return 0
+
+
+def main(argv):
+    import argparse
+    p = argparse.ArgumentParser(prog="pycni agent",
+                                description="Serve plugin execs from a warm process (optional).")
+    p.add_argument("--socket", default=None,
+                   help="unix socket path (default $PYCNI_AGENT_SOCKET or %s)" % agentwire.DEFAULT_SOCKET)
+    args = p.parse_args(argv)
+    path = args.socket or agentwire.socket_path()
+    if path == "off":
+        print("pycni agent: PYCNI_AGENT_SOCKET=off; give --socket", file=sys.stderr)
+        return 2
+    return serve(path, log=lambda m: print(m, file=sys.stderr, flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
