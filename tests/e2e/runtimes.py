@@ -51,8 +51,11 @@ class PluginDir:
 def assemble_plugin_dir(form, dest, types, allow_go=None):
     """Link each of ``types`` into ``dest`` from dist/<form>, else /usr/lib/cni.
 
-    ``allow_go`` False (or PYCNI_E2E_OURS_ONLY=1) refuses the fallback: the
-    issue's final form, where the runtime sees our directory alone.
+    Only a type the suite has no source for yet (no plugins/<type>.py) falls
+    back to Go: one that exists but is not built is an error, so a broken
+    build never hides behind the reference plugin.  ``allow_go`` False (or
+    PYCNI_E2E_OURS_ONLY=1) refuses the fallback altogether: the issue's final
+    form, where the runtime sees our directory alone.
     """
     if allow_go is None:
         allow_go = os.environ.get("PYCNI_E2E_OURS_ONLY") != "1"
@@ -64,11 +67,12 @@ def assemble_plugin_dir(form, dest, types, allow_go=None):
         if os.path.exists(mine):
             os.symlink(mine, os.path.join(dest, t))
             ours.append(t)
-        elif allow_go:
+        elif allow_go and not os.path.exists(
+                os.path.join(cnitest.ROOT, "plugins", t.replace("-", "_") + ".py")):
             os.symlink(os.path.join(cnitest.GO_CNI, t), os.path.join(dest, t))
             go.append(t)
         else:
-            raise FileNotFoundError("plugin %s is not built in %s" % (t, src_dir))
+            raise FileNotFoundError("plugin %s is not built in %s (./build.sh)" % (t, src_dir))
     return PluginDir(dest, ours, go)
 
 
