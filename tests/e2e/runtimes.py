@@ -176,12 +176,15 @@ CAP_SYS_RESOURCE = 24
 
 
 def pinned_ulimits():
-    """Limits a container may get without CAP_SYS_RESOURCE: at most ours."""
+    """podman's default ulimits raise nofile/nproc to the kernel's maximum,
+    which needs CAP_SYS_RESOURCE; without it, pin them to what we have."""
     out = []
     for name, res in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
         soft, hard = resource.getrlimit(res)
-        hard = hard if hard != resource.RLIM_INFINITY else 1 << 20
-        out.append("%s=%d:%d" % (name, min(hard, 4096), hard))
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        soft = hard if soft == resource.RLIM_INFINITY else min(soft, hard)
+        out.append("%s=%d:%d" % (name, soft, hard))
     return out
 
 
@@ -266,11 +269,11 @@ class Sandbox:
         self.log.close()
 
 
+# ------------------------------------------------------------ shared checks
+
+
 def rmtree(path):
     shutil.rmtree(path, ignore_errors=True)
-
-
-# ------------------------------------------------------------ shared checks
 
 
 def short_tmp(prefix):
