@@ -15,6 +15,7 @@ PLUGINS = {
     "portmap": "plugins.portmap",
     "firewall": "plugins.firewall",
     "host-local": "plugins.host_local",
+    "tuning": "plugins.tuning",
 }
 TOOLS = {
     "pycni": "cnilib.cli",
