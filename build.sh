@@ -67,7 +67,7 @@ build_py() {
   find "$out.new/pycni.d" -name __pycache__ -prune -exec rm -rf {} +
   rm -rf "$out.new/pycni.d/cnilib/schema"   # pydantic models: build/test time only
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$out.new/pycni.d" \
-      "$(grep '^pyroute2==' requirements.txt)" "$(grep '^pydantic-core==' requirements.txt)"
+      "$(grep '^pyroute2==' requirements.txt)"
   rm -rf "$out.new/pycni.d/bin" "$out.new/pycni.d"/*.dist-info
   local py
   py=$("$PYTHON" -c 'import os,sys; print(os.path.realpath(sys.executable))')
@@ -108,8 +108,9 @@ EOF
   "$VENV/bin/pyi-makespec" --onedir --strip \
       --name pycni --contents-directory .pycni --specpath "$work" \
       --paths "$TOP" "${hidden[@]}" \
-      --collect-submodules pyroute2.netlink.rtnl --collect-binaries pydantic_core \
-      --exclude-module pydantic --exclude-module cnilib.schema --exclude-module tkinter \
+      --collect-submodules pyroute2.netlink.rtnl \
+      --exclude-module pydantic --exclude-module pydantic_core --exclude-module cnilib.schema \
+      --exclude-module tkinter \
       "$work/entry.py" >/dev/null
   # PyInstaller runs its inspect and multiprocessing runtime hooks before
   # every exec (they import inspect, zipfile, multiprocessing, subprocess):

@@ -25,7 +25,7 @@ import sys
 
 from cnilib import agentwire
 
-PRELOAD = ("cnilib.netlink", "cnilib.validate", "cnilib.invoke", "cnilib.types", "cnilib.netns",
+PRELOAD = ("cnilib.netlink", "cnilib.validate", "cnilib.schemacheck", "cnilib._schemas", "cnilib.invoke", "cnilib.types", "cnilib.netns",
            "cnilib.sysctl", "cnilib.proc", "cnilib.fsutil", "ipaddress", "hashlib", "ctypes")
 
 
@@ -39,13 +39,6 @@ def preload(log=print):
             importlib.import_module(mod)
         except ImportError as exc:
             log("agent: cannot preload %s: %s" % (mod, exc))
-    try:
-        from cnilib import validate
-        from cnilib._schemas import SCHEMAS
-        for name in SCHEMAS:
-            validate.validator(name)
-    except Exception as exc:  # a broken schema must not stop the agent; plugins report it
-        log("agent: cannot warm the validators: %s" % exc)
     from cnilib import netns
     try:
         netns.setns(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))  # loads ctypes/libc

@@ -14,6 +14,8 @@ PLUGINS = {
     "flannel": "plugins.flannel",
     "portmap": "plugins.portmap",
     "firewall": "plugins.firewall",
+    "host-local": "plugins.host_local",
+    "tuning": "plugins.tuning",
 }
 TOOLS = {
     "pycni": "cnilib.cli",

@@ -638,3 +638,25 @@ def fdb_del(nl, index, lladdr, dst):
             return False
         raise
     return True
+# ---- tuning: link attributes the tuning plugin reads and sets
+
+IFF_ALLMULTI = 0x200
+
+
+def link_txqlen(link):
+    """The transmit queue length of a Link (IFLA_TXQLEN)."""
+    return link.msg.get_attr("IFLA_TXQLEN")
+
+
+def link_allmulti(link):
+    return bool(link.flags & IFF_ALLMULTI)
+
+
+def link_set_allmulti(nl, index, on, what=None):
+    nl.request(_linkmsg(index=index, flags=IFF_ALLMULTI if on else 0, change=IFF_ALLMULTI),
+               RTM_NEWLINK, what=what or "set allmulticast %s on link %d" % ("on" if on else "off", index))
+
+
+def link_set_txqlen(nl, index, qlen, what=None):
+    nl.request(_linkmsg(index=index, attrs=[("IFLA_TXQLEN", qlen)]), RTM_NEWLINK,
+               what=what or "set txqueuelen %d on link %d" % (qlen, index))

@@ -81,3 +81,23 @@ def test_schemas_are_fresh():
     r = subprocess.run([sys.executable, "-m", "cnilib.schema", "--check"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_validation_is_light():
+    """Validating a config loads neither pydantic(-core) nor re (~8 ms per exec)."""
+    mods = _modules_after(
+        "from cnilib import validate\n"
+        "validate.validate('netconf', {'name': 'n', 'cniVersion': '1.0.0', 'type': 'x'})")
+    heavy = sorted(m for m in mods if m.split(".")[0] in ("pydantic", "pydantic_core", "re", "enum",
+                                                           "typing", "datetime"))
+    assert heavy == []
+
+
+def test_validating_first_does_not_break_a_later_pydantic_import():
+    """The run-time stub for pydantic_core must not shadow the real package."""
+    pytest.importorskip("pydantic")
+    mods = _modules_after(
+        "from cnilib import validate\nvalidate.validate('netconf', {'name': 'n'})\n"
+        "import pydantic\nclass M(pydantic.BaseModel):\n    x: int\nassert M(x=1).x == 1\n"
+        "assert validate.validate('netconf', {'name': 'n'})['name'] == 'n'")
+    assert "pydantic" in mods

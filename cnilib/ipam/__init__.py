@@ -1,0 +1,1 @@
+"""host-local IPAM: config, allocation order and the on-disk lease store."""

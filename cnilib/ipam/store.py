@@ -1,0 +1,253 @@
+"""The lease store: the reference's on-disk layout, written crash-safely.
+
+    <dataDir>/<network>/             mode 0755
+        lock                         flock target shared with the Go plugin; never removed
+        <ip>                         one file per lease, named as Go prints the address,
+                                     holding "<containerID>\\r\\n<ifname>" (no newline);
+                                     legacy leases hold only "<containerID>"
+        last_reserved_ip.<N>         the address range set N handed out last
+
+Same bytes as the Go plugin's, so either one reads and releases the other's
+leases.  What differs is how they get there:
+
+  * a lease is written to a temp file and hard-linked to its name: link()
+    fails if the name exists, like the reference's O_EXCL create, but the
+    name only ever appears with its full content;
+  * an empty or NUL-filled lease (a Go plugin killed between create and
+    write, or a crash that lost the data) is not a lease: whoever needs the
+    address reclaims it under the lock and logs it;
+  * every change happens under the lock (cnilib.fsutil.Flock: bounded wait,
+    code 11; the kernel drops it when its holder dies), so under the lock a
+    leftover temp file is always a dead writer's and is removed.
+
+Writes are atomic but not fsync'd (two fsyncs cost ~3 ms, a fifth of an
+ADD).  Atomicity is what a killed process needs; durability would only
+matter across a power loss, and no container outlives a reboot: a lease
+lost then frees an address nobody holds, and one left empty is reclaimed.
+"""
+
+import os
+
+from cnilib import errors, failpoint, fsutil
+from cnilib.ipam import addr
+
+LOCK = "lock"
+LAST_PREFIX = "last_reserved_ip."
+LOCK_TIMEOUT = 30.0
+TORN = "torn"          # owner of a lease file that holds no lease
+FOREIGN = "foreign"    # owner of an address-named entry that is no regular file
+MAX_LEASE = 4096
+
+
+def parse_lease(data):
+    """Owner of a lease file's content: (containerID, ifname or None), TORN
+    for an empty or garbled file, None for no file."""
+    if data is None:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return TORN
+    text = text.strip()
+    if not text or "\x00" in text:
+        return TORN
+    cid, sep, ifname = text.partition("\r\n")
+    return (cid, ifname) if sep else (cid, None)
+
+
+def lease_bytes(cid, ifname):
+    return ("%s\r\n%s" % (cid.strip(), ifname)).encode()
+
+
+class Store:
+    """Leases of one network.  Whatever changes files expects ``lock()`` held;
+    ``exists``, ``unwritable`` and ``scan(sweep=False)`` do not need it."""
+
+    def __init__(self, data_dir, network, log, lock_timeout=LOCK_TIMEOUT):
+        fsutil.check_component(network, "network name")
+        self.dir = os.path.join(data_dir, network)
+        self.log = log
+        self.lock_timeout = lock_timeout
+
+    # -- the directory and its lock ------------------------------------------
+    def exists(self):
+        return os.path.isdir(self.dir) and not os.path.islink(self.dir)
+
+    def create(self):
+        try:
+            fsutil.ensure_dir(self.dir, 0o755)
+        except errors.IOFailure as exc:
+            exc.details = exc.details or "host-local keeps its leases there (ipam.dataDir)"
+            raise
+
+    def lock(self):
+        return fsutil.Flock(os.path.join(self.dir, LOCK), self.lock_timeout, "host-local lock")
+
+    def _path(self, name):
+        return os.path.join(self.dir, fsutil.check_component(name, "lease name"))
+
+    # -- reading ---------------------------------------------------------------
+    def scan(self, sweep=True):
+        """{lease file name: owner} for every file named like an address.
+
+        With ``sweep`` (lock held) temp files of dead writers are removed.
+        """
+        out = {}
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.startswith(fsutil.TMP_PREFIX):
+                if sweep and fsutil.remove(os.path.join(self.dir, name)):
+                    self.log.warning("removed %s/%s left by a writer that died", self.dir, name)
+                continue
+            if name == LOCK or name.startswith(LAST_PREFIX) or addr.parse(name) is None:
+                continue
+            try:
+                owner = parse_lease(fsutil.read_file(os.path.join(self.dir, name), MAX_LEASE))
+            except OSError:
+                continue        # a directory or a symlink: never ours
+            if owner is not None:
+                out[name] = owner
+        return out
+
+    def owner(self, name):
+        """Owner of lease ``name``; None if there is no such file."""
+        try:
+            return parse_lease(fsutil.read_file(self._path(name), MAX_LEASE))
+        except OSError:
+            return FOREIGN
+
+    def last_reserved(self, idx):
+        try:
+            data = fsutil.read_file(os.path.join(self.dir, LAST_PREFIX + str(idx)), 256)
+        except OSError:
+            return None
+        if data is None:
+            return None
+        return data.decode("ascii", "replace").strip()
+
+    # -- writing ---------------------------------------------------------------
+    def _temp(self, data):
+        tmp = os.path.join(self.dir, "%s%d-%s" % (fsutil.TMP_PREFIX, os.getpid(), os.urandom(4).hex()))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        except BaseException:
+            os.close(fd)
+            fsutil.remove(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    def reserve(self, name, cid, ifname):
+        """Take lease ``name`` for (cid, ifname).  True, or the owner holding it."""
+        path = self._path(name)
+        tmp = self._io("write lease", path, self._temp, lease_bytes(cid, ifname))
+        try:
+            failpoint.hit("hostlocal-before-lease-link")
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                pass
+            owner = self.owner(name)
+            if owner is not TORN and owner is not None:
+                return owner
+            self._io("reclaim lease", path, os.rename, tmp, path)
+            tmp = None
+            if owner is TORN:
+                self.log.warning("reclaimed %s: the file held no lease (a writer died before "
+                                 "writing it); now held by %s/%s", path, cid, ifname)
+            return True
+        except OSError as exc:
+            raise errors.IOFailure("cannot write lease %s: %s" % (path, exc.strerror),
+                                   "check that %s is writable" % self.dir) from exc
+        finally:
+            if tmp is not None:
+                fsutil.remove(tmp)
+
+    def set_last_reserved(self, idx, name):
+        path = os.path.join(self.dir, LAST_PREFIX + str(idx))
+        tmp = self._io("write", path, self._temp, name.encode())
+        try:
+            self._io("write", path, os.rename, tmp, path)
+        except BaseException:
+            fsutil.remove(tmp)
+            raise
+
+    def _io(self, what, path, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise errors.IOFailure("cannot %s %s: %s" % (what, path, exc.strerror),
+                                   "check that %s is writable" % self.dir) from exc
+
+    def release(self, names):
+        """Remove the lease files ``names``; missing ones are fine."""
+        done = []
+        for name in names:
+            path = self._path(name)
+            try:
+                if fsutil.remove(path):
+                    done.append(name)
+            except OSError as exc:
+                raise errors.IOFailure("cannot remove lease %s: %s" % (path, exc.strerror)) from exc
+            failpoint.hit("hostlocal-mid-release")
+        return done
+
+    # -- by attachment ---------------------------------------------------------
+    def held_by(self, cid, ifname, leases=None):
+        """Lease names of (cid, ifname); if none, those of legacy id-only files
+        of cid: the reference's fallback for leases written before ifnames."""
+        leases = self.scan() if leases is None else leases
+        cid = cid.strip()
+        exact = [n for n, o in leases.items() if o == (cid, ifname)]
+        if exact:
+            return exact
+        return [n for n, o in leases.items() if o == (cid, None)]
+
+    def release_by_id(self, cid, ifname):
+        return self.release(self.held_by(cid, ifname))
+
+    def gc(self, valid):
+        """Release every lease whose attachment is not in ``valid`` (a set of
+        (cid, ifname)); legacy id-only leases are kept if their cid is."""
+        cids = {c for c, _ in valid}
+        doomed = []
+        for name, owner in sorted(self.scan().items()):
+            if owner is TORN:
+                keep = False
+            elif owner[1] is None:
+                keep = owner[0] in cids
+            else:
+                keep = owner in valid
+            if not keep:
+                doomed.append((name, owner))
+        released = self.release([n for n, _ in doomed])
+        for name, owner in doomed:
+            if name in released:
+                self.log.info("gc: released %s (%s)", name,
+                              "empty file" if owner is TORN else "/".join(o for o in owner if o))
+        return released
+
+    # -- health ---------------------------------------------------------------
+    def unwritable(self):
+        """Why leases could not be written here, or None.  Creates nothing."""
+        p = self.dir
+        while not os.path.lexists(p):
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        if not os.path.isdir(p):
+            return "%s is not a directory" % p
+        try:
+            if os.statvfs(p).f_flag & os.ST_RDONLY:
+                return "%s is on a read-only file system" % p
+        except OSError as exc:
+            return "cannot stat %s: %s" % (p, exc.strerror)
+        if not os.access(p, os.W_OK | os.X_OK):
+            return "%s is not writable" % p
+        return None

@@ -1,0 +1,362 @@
+"""tuning: sysctls and link attributes of the container interface.
+
+What the reference meta/tuning plugin does, keyed and crash-safe:
+
+* ``sysctl``: written inside the container netns, where /proc/sys/net is
+  the container's.  Keys use '.' (or '/') separators; the word IFNAME
+  stands for CNI_IFNAME.  Only keys under net. are allowed, never a '..'
+  or an empty component, so no key reaches another part of /proc/sys.
+  With /etc/cni/tuning/allowlist.conf present, each key must match one of
+  its regular expressions (the reference's file and semantics).
+* ``mac``, ``mtu``, ``promisc``, ``allmulti``, ``txQLen`` of CNI_IFNAME:
+  the values they replace are saved first, and DEL puts them back.
+  Sysctls are not restored (nor are they by the reference: the container
+  netns goes away with the pod).
+
+Where each setting comes from, later wins: the config, CNI_ARGS ``MAC``,
+``runtimeConfig.mac`` (capability "mac"), ``args.cni``.
+
+Saved values live in ``<dataDir>/<network>/<containerID>:<ifname>.json``
+(dataDir defaults to the reference's /run/cni/tuning: interface settings
+do not outlive a reboot), written atomically under a per-network lock.
+':' cannot occur in a network name, a container ID or an ifname, so two
+attachments never share a file.  A second ADD keeps the values the first
+one saved, which are the originals.  The reference keeps
+``<dataDir>/<containerID>_<ifname>.json`` with the same keys; DEL reads
+that file too, so pods started under the Go plugin are restored after an
+upgrade.
+"""
+
+import os
+
+from cnilib import errors, fsutil, jsonio
+
+DEFAULT_DATA_DIR = "/run/cni/tuning"
+DEFAULT_ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
+# the link attributes that are saved and restored, in the reference's restore order
+LINK_KEYS = ("mtu", "mac", "promisc", "allmulti", "txQLen")
+
+
+# ------------------------------------------------------------ settings
+
+
+class Settings:
+    """What one ADD/CHECK/DEL asks of the interface, merged from every source."""
+
+    __slots__ = ("sysctl", "mac", "promisc", "mtu", "allmulti", "txqlen", "data_dir")
+
+    def __init__(self, sysctl=None, mac=None, promisc=False, mtu=0, allmulti=None, txqlen=None,
+                 data_dir=DEFAULT_DATA_DIR):
+        self.sysctl = sysctl or {}
+        self.mac, self.promisc, self.mtu = mac, promisc, mtu
+        self.allmulti, self.txqlen, self.data_dir = allmulti, txqlen, data_dir
+
+    def link_changes(self):
+        """True when a link attribute is to be changed (and so saved first)."""
+        return bool(self.mac or self.mtu or self.promisc or self.allmulti is not None
+                    or self.txqlen is not None)
+
+
+def settings(a):
+    """Validate the config and merge the overrides into a Settings."""
+    from cnilib import args, validate
+    conf = validate.validate("tuning", a.conf)
+    s = Settings(dict(conf.get("sysctl") or {}), conf.get("mac"), conf["promisc"], conf["mtu"],
+                 conf.get("allmulti"), conf.get("txQLen"), conf.get("dataDir") or DEFAULT_DATA_DIR)
+    env_mac = a.cni_args.get("MAC")
+    if env_mac:
+        s.mac = env_mac
+    rc_mac = args.runtime_config(conf, "mac")
+    if rc_mac is not None and rc_mac != "":
+        if not isinstance(rc_mac, str):
+            raise errors.InvalidConfig("runtimeConfig.mac is a %s, expected a MAC address string"
+                                       % type(rc_mac).__name__)
+        s.mac = rc_mac
+    block = args.cni_args_block(conf)
+    if block:
+        over = validate.validate("tuning_args", block, what="args.cni of the tuning config")
+        if over.get("sysctl"):
+            s.sysctl.update(over["sysctl"])
+        if over.get("mac") is not None:
+            s.mac = over["mac"]
+        for key, attr in (("promisc", "promisc"), ("mtu", "mtu"), ("allmulti", "allmulti"),
+                          ("txQLen", "txqlen")):
+            if over.get(key) is not None:
+                setattr(s, attr, over[key])
+    if s.mac:
+        s.mac = parse_mac(s.mac)
+    fsutil.check_component(a.name, "network name")
+    return s
+
+
+def parse_mac(text):
+    """A 6-byte MAC in any of Go's notations -> 'aa:bb:cc:dd:ee:ff'."""
+    t = text.strip().lower()
+    if len(t) == 17 and t[2] in ":-" and all(t[i] == t[2] for i in range(2, 17, 3)):
+        parts = t.split(t[2])
+    elif len(t) == 14 and t[4] == "." and t[9] == ".":
+        raw = t.replace(".", "")
+        parts = [raw[i:i + 2] for i in range(0, 12, 2)]
+    else:
+        parts = []
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p)
+                                  for p in parts):
+        raise errors.InvalidConfig(
+            "tuning mac %r is not a MAC address" % text[:64],
+            "expected six hex bytes such as 0a:58:0a:f4:00:05 (':' or '-' separated, "
+            "or 0a58.0af4.0005)")
+    if int(parts[0], 16) & 1:
+        raise errors.InvalidConfig(
+            "tuning mac %s is a multicast address" % ":".join(parts),
+            "an interface needs a unicast MAC: the lowest bit of the first byte must be 0")
+    return ":".join(parts)
+
+
+# ------------------------------------------------------------ sysctl names
+
+
+def sysctl_name(key, ifname):
+    """A sysctl key of the config -> its path below /proc/sys ('net/ipv4/...').
+
+    Keys are '.'-separated as in the reference, or '/'-separated as
+    sysctl(8) allows, which keeps dots inside an interface name
+    (net/ipv4/conf/eth0.100/forwarding).  The first IFNAME becomes CNI_IFNAME.
+    """
+    if not isinstance(key, str) or not key or "\x00" in key or len(key) > 512:
+        raise errors.InvalidConfig("sysctl key %r is not valid" % str(key)[:80],
+                                   "expected a key such as net.ipv4.conf.IFNAME.arp_notify")
+    sep = "/" if "/" in key else "."
+    parts = key.split(sep)
+    if "IFNAME" in parts:
+        parts[parts.index("IFNAME")] = ifname
+    if (len(parts) < 2 or parts[0] != "net"
+            or any(p in ("", ".", "..") or "/" in p for p in parts)):
+        raise errors.InvalidConfig(
+            "sysctl key %r is not allowed" % key[:200],
+            "only keys under net. (the container's network namespace) are allowed, "
+            "without empty, '.' or '..' components")
+    return "/".join(parts)
+
+
+def check_allowlist(keys, path=None):
+    """Refuse keys that match no line of the allowlist file, when it exists."""
+    path = path or os.environ.get("PYCNI_TUNING_ALLOWLIST") or DEFAULT_ALLOWLIST
+    data = fsutil.read_file(path)
+    if data is None or not keys:
+        return
+    import re
+    patterns = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    for key in keys:
+        for pat in patterns:
+            try:
+                if re.search(pat, key):
+                    break
+            except re.error as exc:
+                raise errors.InvalidConfig(
+                    "sysctl allowlist %s has an invalid pattern %r: %s" % (path, pat, exc)) from exc
+        else:
+            raise errors.InvalidConfig(
+                "sysctl %s is not allowed by %s" % (key, path),
+                "allowed patterns: %s" % ", ".join(patterns))
+
+
+class _Marked(dict):
+    """A JSON object that remembers the keys it saw twice."""
+    dups = ()
+
+
+def _pairs(pairs):
+    d = _Marked(pairs)
+    if len(d) != len(pairs):
+        seen, dups = set(), []
+        for k, _ in pairs:
+            if k in seen:
+                dups.append(k)
+            seen.add(k)
+        d.dups = dups
+    return d
+
+
+def check_duplicate_sysctls(stdin):
+    """Refuse a ``sysctl`` object that names a key twice (the reference does):
+    plain JSON decoding would keep the last value without a word."""
+    if b'"sysctl"' not in stdin:
+        return
+    import _json
+
+    class Ctx:
+        strict = True
+        object_hook = None
+        object_pairs_hook = staticmethod(_pairs)
+        parse_float = float
+        parse_int = int
+        parse_constant = staticmethod(float)
+        memo = None
+
+    try:
+        top, _ = _json.make_scanner(Ctx())(stdin.decode("utf-8").strip(), 0)
+    except (ValueError, StopIteration):
+        return  # skel already decoded it; nothing more to learn here
+    sysctl = top.get("sysctl") if isinstance(top, dict) else None
+    if isinstance(sysctl, _Marked) and sysctl.dups:
+        raise errors.InvalidConfig("tuning sysctl names %s more than once" % ", ".join(sysctl.dups),
+                                   "each sysctl key may appear once")
+
+
+# ------------------------------------------------------------ saved values
+
+
+def backup_dir(data_dir, network):
+    return os.path.join(data_dir, fsutil.check_component(network, "network name"))
+
+
+def backup_path(data_dir, network, cid, ifname):
+    return os.path.join(backup_dir(data_dir, network), "%s:%s.json" % (cid, ifname))
+
+
+def legacy_backup_path(data_dir, cid, ifname):
+    """Where the Go reference plugin saves them."""
+    return os.path.join(data_dir, "%s_%s.json" % (cid, ifname))
+
+
+def read_backup(path):
+    """The saved values at ``path``, or None when missing or unreadable."""
+    try:
+        data = fsutil.read_file(path)
+    except OSError:
+        return None
+    if data is None:
+        return None
+    try:
+        saved = jsonio.loads(data)
+    except ValueError:
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def current_values(netlink, link, s):
+    """The attributes ``s`` is about to change, as they are now."""
+    out = {}
+    if s.mtu:
+        out["mtu"] = link.mtu
+    if s.mac:
+        out["mac"] = link.mac
+    if s.promisc:
+        out["promisc"] = link.promisc
+    if s.allmulti is not None:
+        out["allmulti"] = netlink.link_allmulti(link)
+    if s.txqlen is not None:
+        out["txQLen"] = netlink.link_txqlen(link)
+    return out
+
+
+def save_backup(a, s, values):
+    """Record the original values, merged under those an earlier ADD saved."""
+    d = fsutil.ensure_dir(backup_dir(s.data_dir, a.name))
+    path = backup_path(s.data_dir, a.name, a.container_id, a.ifname)
+    with fsutil.Flock(os.path.join(d, ".lock"), what="tuning state lock"):
+        old = read_backup(path) or {}
+        merged = {k: v for k, v in values.items() if k not in old}
+        merged.update({k: old[k] for k in LINK_KEYS if k in old})
+        record = {"network": a.name, "containerID": a.container_id, "ifname": a.ifname}
+        record.update(merged)
+        fsutil.write_atomic(path, jsonio.dumps(record) + "\n")
+    return path
+
+
+def remove_backup(data_dir, network, path):
+    d = backup_dir(data_dir, network)
+    try:
+        with fsutil.Flock(os.path.join(d, ".lock"), what="tuning state lock"):
+            fsutil.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+# ------------------------------------------------------------ kernel
+
+
+def set_link(netlink, nl, link, values, ifname):
+    """Apply ``values`` (LINK_KEYS) to ``link``, in the reference's order."""
+    idx = link.index
+    try:
+        if values.get("mac"):
+            netlink.link_set(nl, idx, mac=values["mac"],
+                             what="set MAC %s on %s" % (values["mac"], ifname))
+        if values.get("promisc") is not None:
+            netlink.link_set(nl, idx, promisc=bool(values["promisc"]),
+                             what="set promiscuous mode on %s" % ifname)
+        if values.get("mtu"):
+            netlink.link_set(nl, idx, mtu=int(values["mtu"]),
+                             what="set MTU %s on %s" % (values["mtu"], ifname))
+        if values.get("allmulti") is not None:
+            netlink.link_set_allmulti(nl, idx, bool(values["allmulti"]),
+                                      what="set allmulticast mode on %s" % ifname)
+        if values.get("txQLen") is not None:
+            netlink.link_set_txqlen(nl, idx, int(values["txQLen"]),
+                                    what="set txQLen %s on %s" % (values["txQLen"], ifname))
+    except netlink.NetlinkError as exc:
+        raise errors.InvalidConfig("tuning cannot change %s in the container: %s" % (ifname, exc),
+                                   "the kernel refused the value; check the tuning config") from exc
+
+
+def restore_order(saved):
+    """The saved values in the order DEL restores them (MTU first, as the reference)."""
+    return {k: saved[k] for k in LINK_KEYS if k in saved and saved[k] is not None}
+
+
+def restore_link(netlink, nl, link, saved, ifname, log):
+    """Put saved values back one by one; return the ones that failed."""
+    failed = []
+    for key, value in restore_order(saved).items():
+        try:
+            set_link(netlink, nl, link, {key: value}, ifname)
+        except errors.CniError as exc:
+            failed.append("%s=%s (%s)" % (key, value, exc.msg))
+    if failed:
+        log.warning("tuning could not restore %s on %s: %s", ", ".join(f.split("=")[0] for f in failed),
+                    ifname, "; ".join(failed))
+    return failed
+
+
+def check_link(netlink, link, s, ifname):
+    """CHECK: the interface still has what ADD set (the reference's rules)."""
+    problems = []
+    if s.mac and (link.mac or "").lower() != s.mac:
+        problems.append("MAC is %s, configured %s" % (link.mac, s.mac))
+    if s.promisc != link.promisc:
+        problems.append("promiscuous mode is %s, configured %s"
+                        % ("on" if link.promisc else "off", "on" if s.promisc else "off"))
+    if s.mtu and link.mtu != s.mtu:
+        problems.append("MTU is %d, configured %d" % (link.mtu, s.mtu))
+    if s.allmulti is not None and netlink.link_allmulti(link) != s.allmulti:
+        problems.append("allmulticast mode is %s, configured %s"
+                        % ("on" if netlink.link_allmulti(link) else "off", "on" if s.allmulti else "off"))
+    if s.txqlen is not None and netlink.link_txqlen(link) != s.txqlen:
+        problems.append("txQLen is %s, configured %d" % (netlink.link_txqlen(link), s.txqlen))
+    if problems:
+        raise errors.Internal("tuning CHECK of %s failed: %s" % (ifname, "; ".join(problems)),
+                              "something changed the interface after ADD")
+
+
+# ------------------------------------------------------------ GC
+
+
+def gc(data_dir, network, valid, log):
+    """Forget saved values of attachments that are not in ``valid``."""
+    d = backup_dir(data_dir, network)
+    try:
+        names = os.listdir(d)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    keep = {"%s:%s.json" % (cid, ifname) for cid, ifname in valid}
+    n = 0
+    with fsutil.Flock(os.path.join(d, ".lock"), what="tuning state lock"):
+        for name in names:
+            if name.endswith(".json") and ":" in name and name not in keep:
+                if fsutil.remove(os.path.join(d, name)):
+                    n += 1
+        fsutil.sweep_temps(d)
+    if n:
+        log.info("tuning GC removed %d stale record(s) of network %s", n, network)
+    return n

@@ -1,0 +1,181 @@
+"""tuning: chained after the main plugin, it adjusts the container interface.
+
+ADD writes the sysctls and link attributes in the container netns (saving
+the attributes it replaces) and passes prevResult on, with the new MAC in
+it; DEL puts the saved attributes back; CHECK compares; GC forgets saved
+values of attachments that are gone.  The work is in cnilib.tuning.
+"""
+
+from cnilib import errors, failpoint, skel, tuning
+
+
+def _netlink():
+    from cnilib import netlink
+    return netlink
+
+
+def _prev_result(a):
+    prev = a.conf.get("prevResult")
+    if not prev:
+        raise errors.InvalidConfig(
+            "Required prevResult missing",
+            "tuning must be chained after a plugin that creates the interface (e.g. bridge)")
+    from cnilib import invoke
+    return invoke.parse_result(prev, a.version, "prevResult")
+
+
+def _link_values(s):
+    return {"mac": s.mac, "promisc": True if s.promisc else None, "mtu": s.mtu,
+            "allmulti": s.allmulti, "txQLen": s.txqlen}
+
+
+def cmd_add(a):
+    tuning.check_duplicate_sysctls(a.stdin)
+    s = tuning.settings(a)
+    names = {k: tuning.sysctl_name(k, a.ifname) for k in s.sysctl}
+    tuning.check_allowlist(list(s.sysctl))
+    result = _prev_result(a)
+    from cnilib import netns, sysctl
+    written, before, created = [], None, None
+    try:
+        with netns.Enter(a.netns_fd):
+            for key, value in s.sysctl.items():
+                old = sysctl.read(names[key])
+                _write_sysctl(names[key], key, value)
+                written.append((names[key], old))
+            failpoint.hit("tuning-after-sysctls")
+            if s.link_changes():
+                netlink = _netlink()
+                with netlink.Netlink() as nl:
+                    link = _container_link(netlink, nl, a)
+                    before = tuning.current_values(netlink, link, s)
+                    path = tuning.backup_path(s.data_dir, a.name, a.container_id, a.ifname)
+                    existed = tuning.read_backup(path) is not None
+                    failpoint.hit("tuning-before-state-write")
+                    tuning.save_backup(a, s, before)
+                    created = None if existed else path
+                    failpoint.hit("tuning-after-state-write")
+                    tuning.set_link(netlink, nl, link, _link_values(s), a.ifname)
+                    failpoint.hit("tuning-after-link")
+    except BaseException:
+        _undo(a, s, written, before, created)
+        raise
+    if s.mac:
+        _update_mac(result, a, s.mac)
+    return result
+
+
+def _write_sysctl(name, key, value):
+    from cnilib import sysctl
+    try:
+        sysctl.write(name, value)
+    except errors.CniError as exc:
+        raise errors.InvalidConfig("tuning cannot set sysctl %s=%s in the container: %s"
+                                   % (key, value, exc.msg), exc.details) from exc
+
+
+def _container_link(netlink, nl, a):
+    link = netlink.link_get(nl, a.ifname)
+    if link is None:
+        raise errors.Internal("tuning: interface %s not found in the container netns %s"
+                              % (a.ifname, a.netns),
+                              "tuning adjusts the interface a previous plugin created; "
+                              "chain it after bridge (or another interface plugin)")
+    return link
+
+
+def _undo(a, s, written, before, created):
+    """A failed ADD leaves the container as it found it."""
+    from cnilib import netns, sysctl
+    try:
+        with netns.Enter(a.netns_fd):
+            for name, old in reversed(written):
+                if old is not None:
+                    try:
+                        sysctl.write(name, old)
+                    except errors.CniError as exc:
+                        a.log.warning("tuning could not reset sysctl %s: %s", name, exc.msg)
+            if before:
+                netlink = _netlink()
+                with netlink.Netlink() as nl:
+                    link = netlink.link_get(nl, a.ifname)
+                    if link is not None:
+                        tuning.restore_link(netlink, nl, link, before, a.ifname, a.log)
+        if created:
+            tuning.remove_backup(s.data_dir, a.name, created)
+    except Exception as exc:  # the original error matters more
+        a.log.warning("tuning could not undo a failed ADD: %s", exc)
+
+
+def _update_mac(result, a, mac):
+    """The result names the new MAC of CNI_IFNAME (podman reads it from there)."""
+    for iface in result.interfaces:
+        if iface.get("name") == a.ifname and iface.get("sandbox", a.netns) == a.netns:
+            iface["mac"] = mac
+
+
+def cmd_del(a):
+    # the keys' types and CNI_ARGS are checked as on ADD; the values are not
+    # (a MAC or sysctl that ADD would refuse must not block the teardown)
+    from cnilib import validate
+    data_dir = validate.validate("tuning", a.conf).get("dataDir") or tuning.DEFAULT_DATA_DIR
+    a.cni_args  # noqa: B018  (unknown keys are an error, as on ADD)
+    path = tuning.backup_path(data_dir, a.name, a.container_id, a.ifname)
+    legacy = tuning.legacy_backup_path(data_dir, a.container_id, a.ifname)
+    saved, found = tuning.read_backup(path), path
+    if saved is None:
+        saved, found = tuning.read_backup(legacy), legacy
+    if saved is None:
+        return None
+    if a.netns_fd is not None:
+        from cnilib import netns
+        netlink = _netlink()
+        with netns.Enter(a.netns_fd):
+            with netlink.Netlink() as nl:
+                link = netlink.link_get(nl, a.ifname)
+                if link is not None:
+                    tuning.restore_link(netlink, nl, link, saved, a.ifname, a.log)
+    failpoint.hit("tuning-before-state-remove")
+    if found == path:
+        tuning.remove_backup(data_dir, a.name, path)
+    else:
+        from cnilib import fsutil
+        fsutil.remove(legacy)
+    return None
+
+
+def cmd_check(a):
+    tuning.check_duplicate_sysctls(a.stdin)
+    s = tuning.settings(a)
+    names = {k: tuning.sysctl_name(k, a.ifname) for k in s.sysctl}
+    _prev_result(a)
+    from cnilib import netns, sysctl
+    netlink = _netlink()
+    with netns.Enter(a.netns_fd):
+        for key, want in s.sysctl.items():
+            have = sysctl.read(names[key])
+            if have != want.strip():
+                raise errors.Internal("tuning CHECK: sysctl %s is %r, configured %r" % (key, have, want),
+                                      "something changed it after ADD")
+        with netlink.Netlink() as nl:
+            link = netlink.link_get(nl, a.ifname)
+            if link is None:
+                raise errors.Internal("tuning CHECK: cannot find container link %s" % a.ifname)
+            tuning.check_link(netlink, link, s, a.ifname)
+    return None
+
+
+def cmd_gc(a):
+    data_dir = a.conf.get("dataDir")
+    data_dir = data_dir if isinstance(data_dir, str) and data_dir else tuning.DEFAULT_DATA_DIR
+    valid = a.conf.get("cni.dev/valid-attachments") or []
+    keep = set()
+    for att in valid if isinstance(valid, list) else ():
+        if isinstance(att, dict):
+            keep.add((att.get("containerID"), att.get("ifname")))
+    tuning.gc(data_dir, a.name, keep, a.log)
+    return None
+
+
+PLUGIN = skel.Plugin("tuning", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,
+                     cni_args=("MAC",))
