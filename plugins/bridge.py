@@ -90,7 +90,7 @@ def _add(a, c, mac, alias, undo):
                 if added and gw_link is br:
                     bridge.pin_mac(hnl, br, a.log)
         host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac)
-        undo.push("delete veth %s" % host.name, lambda: netlink.link_del(hnl, index=host.index))
+        undo.push("delete veth %s" % host.name, lambda: _delete_link(host.index))
         failpoint.hit("bridge.add.after_veth")
         bridge.setup_port(hnl, host, c, alias)
         cont = netlink.link_get(cnl, a.ifname)
@@ -133,6 +133,13 @@ def _add(a, c, mac, alias, undo):
     result.dns = _dns(c, result.dns)
     undo.steps.clear()
     return result
+
+
+def _delete_link(index):
+    """Undo step: its own socket, as ADD's sockets are closed by then."""
+    from cnilib import netlink
+    with netlink.Netlink() as nl:
+        netlink.link_del(nl, index=index)
 
 
 def cmd_del(a):
