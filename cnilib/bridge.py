@@ -456,7 +456,8 @@ def pin_mac(nl, br, log):
 
 
 def wait_port_up(nl, port):
-    """Wait (bounded, ~3 s) for the host veth to reach oper state UP; return it refreshed."""
+    """Wait (bounded, ~3 s) for the host veth to reach oper state UP and
+    its bridge port to forward; return it refreshed."""
     state = None
     for delay in PORT_WAIT:
         if delay:
@@ -465,7 +466,8 @@ def wait_port_up(nl, port):
         if link is None:
             raise errors.Internal("bridge port %s vanished" % port.name)
         state = link.operstate
-        if state == "UP":
+        brport = netlink.brport_flags(link)
+        if state == "UP" and (brport is None or brport["state"] == netlink.BR_STATE_FORWARDING):
             return link
     raise errors.Internal("bridge port in error state: %s" % (state or "unknown").lower(),
                           "host veth %s did not come up" % port.name)

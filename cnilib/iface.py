@@ -165,3 +165,29 @@ def _sysctl(name, value, required=False):
             raise errors.Internal("failed to enable IPv6 for interface (%s=%s): %s"
                                   % (name, value, exc.msg),
                                   "IPv6 may be disabled on this kernel (ipv6.disable=1)") from exc
+
+
+def announce(netns_fd, ifname, mac, addresses):
+    """Send one gratuitous ARP per IPv4 address from ``ifname`` in the netns.
+
+    arp_notify makes the kernel announce when the link comes up, but on a
+    fresh veth that frame reaches the bridge before the bridge has moved
+    the new port to forwarding (the carrier change is processed later), so
+    it is lost.  Called once the port forwards, this one is not.  Best
+    effort: a failure here never fails the ADD."""
+    import _socket
+    v4 = [a.split("/", 1)[0] for a in addresses if ip_family(a) == 4]
+    if not v4 or not mac:
+        return 0
+    with netns.Enter(netns_fd):
+        s = _socket.socket(17, _socket.SOCK_RAW, 0)     # AF_PACKET, no protocol: send only
+    try:
+        s.bind((ifname, 0x0806))
+        hw = bytes.fromhex(mac.replace(":", ""))
+        for ip in v4:
+            pa = _socket.inet_aton(ip)
+            arp = b"\x00\x01\x08\x00\x06\x04\x00\x01" + hw + pa + b"\x00" * 6 + pa
+            s.send(b"\xff" * 6 + hw + b"\x08\x06" + arp)
+    finally:
+        s.close()
+    return len(v4)

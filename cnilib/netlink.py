@@ -744,15 +744,19 @@ def brport_set(nl, index, hairpin=None, isolated=None):
                RTM_SETLINK, what="set bridge port flags of link %d" % index)
 
 
+BR_STATE_FORWARDING = 3
+
+
 def brport_flags(link):
-    """{'hairpin': bool, 'isolated': bool} of a bridge port read with link_get
-    (IFLA_INFO_SLAVE_DATA), or None when ``link`` is not a bridge port."""
+    """{'hairpin': bool, 'isolated': bool, 'state': int} of a bridge port read
+    with link_get (IFLA_INFO_SLAVE_DATA), or None when ``link`` is not one."""
     info = link.msg.get_attr("IFLA_LINKINFO")
     data = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
     if data is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
         return None
     return {"hairpin": bool(data.get_attr("IFLA_BRPORT_MODE")),
-            "isolated": bool(data.get_attr("IFLA_BRPORT_ISOLATED"))}
+            "isolated": bool(data.get_attr("IFLA_BRPORT_ISOLATED")),
+            "state": data.get_attr("IFLA_BRPORT_STATE")}
 
 
 def _vlan_request(nl, index, msg_type, entries, what):

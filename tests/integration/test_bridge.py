@@ -6,6 +6,7 @@ is the host-local first on CNI_PATH (see bridge_env).
 
 import json
 import os
+import subprocess
 import threading
 
 import pytest
@@ -307,3 +308,26 @@ def test_status_and_gc_forward_to_ipam(node):
     # a GC without the list removes nothing
     r = node.run("GC", conf)
     assert r.rc == 0 and len([t for t in node.nft_tables() if "pycni-masq" in t]) == 1
+
+
+def test_a_new_pod_announces_itself_with_gratuitous_arp(node):
+    """Neighbours learn the new pod's MAC at once (a reused IP's old entry is replaced)."""
+    conf = node.conf(isGateway=True)
+    node.add(conf, node.container(), cid="first")            # the bridge exists now
+    td = subprocess.Popen(["ip", "netns", "exec", node.host.name, "tcpdump", "-e", "-n", "-l",
+                           "--immediate-mode", "-c", "1", "-i", node.bridge, "arp"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in td.stderr:
+            if "listening on" in line:
+                break
+        ctr = node.container()
+        res = node.add(conf, ctr, cid="second")
+        seen = td.communicate(timeout=20)[0]
+    finally:
+        td.kill()
+        td.wait()
+    ip = res["ips"][0]["address"].split("/")[0]
+    mac = res["interfaces"][2]["mac"]
+    assert "%s > ff:ff:ff:ff:ff:ff" % mac in seen and "who-has %s" % ip in seen
+    assert "tell %s" % ip in seen
