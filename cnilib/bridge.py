@@ -489,6 +489,26 @@ def remove_leftover_veths(nl, conf, network, container_id, ifname, log):
     return n
 
 
+def gc_veths(nl, conf, network, valid, log):
+    """GC: delete host veths on the bridge whose alias names an attachment of
+    ``network`` that is not in ``valid`` ({(container ID, ifname)}).  They
+    outlive their pod only when something still holds its netns."""
+    br = netlink.link_get(nl, conf["bridge"])
+    if br is None:
+        return []
+    keep = {alias_key(network, cid, ifn) for cid, ifn in valid}
+    gone = []
+    for port in netlink.bridge_ports(nl, br.index):
+        alias = port.alias or ""
+        if not alias.startswith(ALIAS_TAG + " ") or (" net=%s " % network) not in alias:
+            continue
+        if " ".join(alias.split(" ", 2)[:2]) not in keep:
+            if netlink.link_del(nl, index=port.index):
+                log.info("gc: deleted veth %s (%s)", port.name, alias)
+                gone.append(port.name)
+    return gone
+
+
 def _sysctl_quiet(name, value):
     try:
         sysctl.write(name, value)

@@ -8,7 +8,7 @@ DEL   container link -> rules -> IPAM, succeeding in every partial state,
 CHECK the container interface, its addresses and routes, its host veth on
       the bridge, and the masquerade rules, against prevResult.
 STATUS and GC are forwarded to the IPAM delegate; GC also removes the rules
-of attachments that are no longer valid.
+and any host veth left of attachments that are no longer valid.
 
 The work lives in cnilib.bridge, cnilib.iface, cnilib.ipmasq and
 cnilib.macspoof; this module only orders it.  Heavy imports happen inside
@@ -218,12 +218,14 @@ def cmd_gc(a):
     if valid is None:
         a.log.warning("GC without cni.dev/valid-attachments: masquerade state left alone")
     else:
-        from cnilib import ipmasq, macspoof
+        from cnilib import bridge, ipmasq, macspoof, netlink
         for fn in (ipmasq.gc, macspoof.gc):
             try:
                 fn(a.name, valid, a.log)
             except errors.CniError as exc:
                 problems.append(exc)
+        with netlink.Netlink() as nl:
+            bridge.gc_veths(nl, c, a.name, valid, a.log)
     if problems:
         first = problems[0]
         raise errors.from_code(first.code, "; ".join(p.msg for p in problems), first.details)

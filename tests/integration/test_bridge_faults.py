@@ -60,18 +60,42 @@ def test_del_finds_the_veth_of_a_netns_still_held_elsewhere(node):
     conf = node.conf(isGateway=True, ipMasq=True)
     ctr = node.container()
     node.add(conf, ctr, cid="held")
-    holder = subprocess.Popen(["ip", "netns", "exec", ctr.name, "sleep", "60"])
+    holder = _hold(ctr)
     try:
-        for _ in range(200):        # until the holder has entered the namespace
-            if subprocess.run(["ip", "netns", "identify", str(holder.pid)], capture_output=True,
-                              text=True).stdout.strip() == ctr.name:
-                break
-            time.sleep(0.01)
         path = ctr.path
         ctr.delete()
         assert len(node.veths()) == 1      # still there: the namespace lives on
         node.delete(conf, None, cid="held", netns=path)
         node.assert_clean()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _hold(ctr):
+    """A process inside ``ctr`` that keeps the namespace alive without its path."""
+    holder = subprocess.Popen(["ip", "netns", "exec", ctr.name, "sleep", "60"])
+    for _ in range(200):        # until the holder has entered the namespace
+        if subprocess.run(["ip", "netns", "identify", str(holder.pid)], capture_output=True,
+                          text=True).stdout.strip() == ctr.name:
+            break
+        time.sleep(0.01)
+    return holder
+
+
+def test_gc_removes_the_veth_of_a_stale_attachment(node):
+    conf = node.conf("1.1.0", isGateway=True, ipMasq=True)
+    keep, stale = node.container(), node.container()
+    rk = node.add(conf, keep, cid="keep")
+    node.add(dict(conf, ipam=node.ipam("1.1.0", host=3)), stale, cid="stale")
+    holder = _hold(stale)
+    try:
+        stale.delete()
+        assert len(node.veths()) == 2
+        gc = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+        r = node.run("GC", gc)
+        assert r.rc == 0, r
+        assert node.veths() == [rk["interfaces"][1]["name"]]
     finally:
         holder.kill()
         holder.wait()
