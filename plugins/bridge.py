@@ -126,11 +126,7 @@ def _add(a, c, mac, alias, undo):
         if not c["disableContainerInterface"]:
             host = bridge.wait_port_up(hnl, host)
             if c["_l3"]:
-                try:
-                    n = iface.announce(a.netns_fd, a.ifname, cont.mac, [i["address"] for i in result.ips])
-                    a.log.debug("sent %d gratuitous ARP(s) from %s", n, a.ifname)
-                except OSError as exc:
-                    a.log.warning("gratuitous ARP from %s not sent: %s", a.ifname, exc)
+                iface.announce(cnl, cont)
         else:
             host = netlink.link_get(hnl, index=host.index) or host
         br = netlink.link_get(hnl, index=br.index) or br
