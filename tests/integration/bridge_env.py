@@ -14,6 +14,7 @@ temp dir that hands out the address in its config and records every call.
 import json
 import os
 import sys
+import time
 
 import pytest
 
@@ -151,6 +152,14 @@ class Node:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+    def settle_veths(self):
+        """Wait (bounded) until the kernel has destroyed the veths of deleted
+        namespaces: ``ip netns del`` returns before the namespace is gone."""
+        for _ in range(500):
+            if not self.veths():
+                return
+            time.sleep(0.02)
 
     def assert_clean(self, name="bnet"):
         """Nothing of any attachment is left: veths, leases, rules."""

@@ -140,4 +140,5 @@ def test_go_chain_removed_even_when_the_netns_is_gone(node, go_plugins):
     path = ctr.path
     ctr.delete()
     node.delete(conf, None, cid="goc2", netns=path)
+    node.settle_veths()         # the Go veth has no alias: the kernel removes it with the netns
     node.assert_clean()
