@@ -127,17 +127,57 @@ def go_chain_owners(network, saved):
 def setup(backend, network, container_id, ifname, cidrs, log):
     """Masquerade ``cidrs`` ('ip/prefix') of one attachment.  ``backend`` is
     'nftables', 'iptables' or None (nftables when nft works)."""
+    return finish_setup(start_setup(backend, network, container_id, ifname, cidrs), log)
+
+
+def start_setup(backend, network, container_id, ifname, cidrs):
+    """Start the nftables transaction and return at once, so that ADD sets
+    up the container while nft runs; ``finish_setup`` collects it (and falls
+    back to iptables when nft turns out unusable)."""
+    pending = None
     if backend in (None, "nftables"):
+        script = render_nft_setup(network, container_id, ifname, cidrs)
         try:
-            nft.apply(render_nft_setup(network, container_id, ifname, cidrs),
-                      what="masquerade rules for %s" % container_id)
+            pending = proc.start(["nft", "-f", "-"], script.encode(), timeout=30)
+        except OSError:
+            pending = None
+    return {"backend": backend, "key": (network, container_id, ifname), "cidrs": cidrs,
+            "nft": pending, "done": None}
+
+
+def finish_setup(t, log):
+    """Complete ``start_setup``; returns the backend used.  Safe to call twice."""
+    if t["done"] is not None:
+        return t["done"]
+    network, container_id, ifname = t["key"]
+    backend, p = t["backend"], t["nft"]
+    t["nft"] = None
+    if p is not None:
+        r = p.wait()
+        if r.rc == 0:
+            t["done"] = "nftables"
             return "nftables"
-        except errors.CniError:
-            if backend == "nftables" or nft.available():
-                raise
-            log.info("nft is not usable here: masquerading with iptables")
-    _iptables_setup(network, container_id, cidrs)
+        if backend == "nftables" or nft.available():
+            raise errors.Internal("masquerade rules for %s failed: nft exit status %d: %s"
+                                  % (container_id, r.rc, r.err_text(600)))
+    elif backend == "nftables":
+        raise errors.Internal("masquerade rules for %s failed: the nft binary is not installed"
+                              % container_id, "install nftables or choose ipMasqBackend iptables")
+    if backend is None:
+        log.info("nft is not usable here: masquerading with iptables")
+    _iptables_setup(network, container_id, t["cidrs"])
+    t["done"] = "iptables"
     return "iptables"
+
+
+def abort_setup(t, log):
+    """Undo step of a failed ADD: let a started transaction finish, then
+    remove every form of the attachment's rules."""
+    p, t["nft"] = t["nft"], None
+    if p is not None:
+        p.wait()
+    network, container_id, ifname = t["key"]
+    teardown(network, container_id, ifname, log)
 
 
 def _iptables_setup(network, container_id, cidrs):

@@ -82,6 +82,12 @@ def _add(a, c, mac, alias, undo):
                                       "%s returned no IP address" % c["_ipam"])
             result.ips, result.routes, result.dns = ipam.ips, ipam.routes, ipam.dns
             gws = bridge.calc_gateways(result, c)
+            if c["ipMasq"]:
+                # nft runs while the veth and the container are set up
+                from cnilib import ipmasq
+                masq = ipmasq.start_setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
+                                          [i["address"] for i in result.ips])
+                undo.push("remove masquerade rules", lambda: ipmasq.abort_setup(masq, a.log))
             if c["isGateway"]:
                 if c["vlan"]:
                     gw_link = bridge.ensure_vlan_iface(hnl, br, c, a.log)
@@ -116,12 +122,7 @@ def _add(a, c, mac, alias, undo):
             netlink.link_set(cnl, cont.index, up=True, what="set %s up" % a.ifname)
         failpoint.hit("bridge.add.after_addrs")
         if c["_l3"] and c["ipMasq"]:
-            from cnilib import ipmasq
-            used = ipmasq.setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
-                                [i["address"] for i in result.ips], a.log)
-            undo.push("remove masquerade rules",
-                      lambda: ipmasq.teardown(a.name, a.container_id, a.ifname, a.log))
-            a.log.debug("masquerade via %s", used)
+            a.log.debug("masquerade via %s", ipmasq.finish_setup(masq, a.log))
             failpoint.hit("bridge.add.after_rules")
         if not c["disableContainerInterface"]:
             host = bridge.wait_port_up(hnl, host)
