@@ -404,10 +404,10 @@ def _stale_blockers(nl, link, ip, plen, conf, network, own_ips):
     """Why the old address ip/plen may still be in use ([] = it is not)."""
     import ipaddress
     out = []
-    ports = netlink.bridge_ports(nl, link.index) if link.kind == "bridge" else []
+    ports = netlink.port_aliases(nl, link.index) if link.kind == "bridge" else []
     if ports:
         out.append("%d port(s) are attached to %s (%s)" % (
-            len(ports), link.name, ", ".join(p.name for p in ports[:5])))
+            len(ports), link.name, ", ".join(name for _, name, _ in ports[:5])))
     old_net = ipaddress.ip_network("%s/%d" % (ip, plen), strict=False)
     if conf["_ipam"] != "host-local":
         out.append("the IPAM plugin %r keeps no leases this plugin can read, so addresses in %s "
@@ -481,10 +481,10 @@ def remove_leftover_veths(nl, conf, network, container_id, ifname, log):
         return 0
     key = alias_key(network, container_id, ifname) + " "
     n = 0
-    for port in netlink.bridge_ports(nl, br.index):
-        if port.alias and port.alias.startswith(key):
-            if netlink.link_del(nl, index=port.index):
-                log.info("deleted leftover veth %s (%s)", port.name, port.alias)
+    for index, name, alias in netlink.port_aliases(nl, br.index):
+        if alias and alias.startswith(key):
+            if netlink.link_del(nl, index=index):
+                log.info("deleted leftover veth %s (%s)", name, alias)
                 n += 1
     return n
 
@@ -498,14 +498,14 @@ def gc_veths(nl, conf, network, valid, log):
         return []
     keep = {alias_key(network, cid, ifn) for cid, ifn in valid}
     gone = []
-    for port in netlink.bridge_ports(nl, br.index):
-        alias = port.alias or ""
+    for index, name, alias in netlink.port_aliases(nl, br.index):
+        alias = alias or ""
         if not alias.startswith(ALIAS_TAG + " ") or (" net=%s " % network) not in alias:
             continue
         if " ".join(alias.split(" ", 2)[:2]) not in keep:
-            if netlink.link_del(nl, index=port.index):
-                log.info("gc: deleted veth %s (%s)", port.name, alias)
-                gone.append(port.name)
+            if netlink.link_del(nl, index=index):
+                log.info("gc: deleted veth %s (%s)", name, alias)
+                gone.append(name)
     return gone
 
 

@@ -52,6 +52,12 @@ class _Undo:
 
 def cmd_add(a):
     c = _conf(a)
+    if not c["_l3"] and a.version in ("0.1.0", "0.2.0"):
+        # refused before anything exists: the result of a layer-2 attachment
+        # has no IP, which a 0.1.0/0.2.0 result cannot express
+        raise errors.IncompatibleVersion(
+            "bridge without IPAM cannot answer cniVersion %s" % a.version,
+            "results of 0.1.0 and 0.2.0 need an IP address; use cniVersion 0.3.0 or later")
     from cnilib import bridge
     mac = bridge.container_mac(a.conf, a.cni_args)
     alias = bridge.veth_alias(a.name, a.container_id, a.ifname, a.cni_args)

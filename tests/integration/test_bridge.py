@@ -155,6 +155,13 @@ def test_layer2_without_ipam(node):
     assert node.veths() == []
 
 
+def test_layer2_with_a_result_version_that_needs_an_ip_is_refused_up_front(node):
+    ctr = node.container()
+    err = assert_cni_error(node.run("ADD", node.conf("0.2.0", ipam={}), ctr), 1)
+    assert "0.2.0" in err["msg"]
+    assert node.links().keys() == {"lo"} and "eth0" not in ctr.links()
+
+
 def test_disable_container_interface(node):
     conf = node.conf(ipam={}, disableContainerInterface=True)
     ctr = node.container()
