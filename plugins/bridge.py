@@ -1,10 +1,14 @@
 """bridge: a veth pair from the container into a Linux bridge (cni0).
 
 ADD   bridge -> IPAM -> gateway address -> veth -> port flags -> container
-      addresses and routes -> masquerade -> result; a failure undoes, in
-      reverse, what was done (IPAM through a delegated DEL).
-DEL   container link -> rules -> IPAM, succeeding in every partial state,
-      with or without a netns.
+      addresses and routes -> masquerade -> announce -> result; a failure
+      undoes, in reverse, what was done (IPAM through a delegated DEL).  The
+      masquerade transaction is started right after IPAM and collected once
+      the container is set up: nft runs while netlink works.
+DEL   container link and rules -> IPAM, succeeding in every partial state,
+      with or without a netns.  The rules' nftables commit is started just
+      before the link is deleted, so that the two kernel waits (an RCU grace
+      period each, ~15 ms) overlap; IPAM is released only after both.
 CHECK the container interface, its addresses and routes, its host veth on
       the bridge, and the masquerade rules, against prevResult.
 STATUS and GC are forwarded to the IPAM delegate; GC also removes the rules
@@ -160,23 +164,43 @@ def cmd_del(a):
         # wait for the kernel together; IPAM is released only after both
         from cnilib import ipmasq
         masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname)
-    if a.netns_fd is not None:
-        with netlink.Netlink.in_netns(a.netns_fd) as cnl:
-            if netlink.link_del(cnl, name=a.ifname):
-                a.log.debug("deleted %s in %s", a.ifname, a.netns)
-    else:
-        from cnilib import bridge
-        with netlink.Netlink() as hnl:
-            bridge.remove_leftover_veths(hnl, c, a.name, a.container_id, a.ifname, a.log)
-    if masq is not None:
-        ipmasq.finish_teardown(masq, a.log)
-    if c["macspoofchk"]:
-        from cnilib import macspoof
-        macspoof.teardown(a.name, a.container_id, a.ifname, a.log)
+    try:
+        if a.netns_fd is not None:
+            with netlink.Netlink.in_netns(a.netns_fd) as cnl:
+                if netlink.link_del(cnl, name=a.ifname):
+                    a.log.debug("deleted %s in %s", a.ifname, a.netns)
+        else:
+            from cnilib import bridge
+            with netlink.Netlink() as hnl:
+                bridge.remove_leftover_veths(hnl, c, a.name, a.container_id, a.ifname, a.log)
+    finally:
+        # the rules go even when the link could not: they are keyed, not addressed
+        rules_error = _rules_teardown(a, c, masq)
     if c["_l3"]:
         from cnilib import invoke
         invoke.delegate("DEL", c["_ipam"], a.stdin, a)
+    if rules_error is not None:
+        raise rules_error
     return None
+
+
+def _rules_teardown(a, c, masq):
+    """Remove masquerade and macspoofchk rules; return the first error
+    instead of raising it, so that IPAM is still released."""
+    first = None
+    if masq is not None:
+        from cnilib import ipmasq
+        try:
+            ipmasq.finish_teardown(masq, a.log)
+        except errors.CniError as exc:
+            first = exc
+    if c["macspoofchk"]:
+        from cnilib import macspoof
+        try:
+            macspoof.teardown(a.name, a.container_id, a.ifname, a.log)
+        except errors.CniError as exc:
+            first = first or exc
+    return first
 
 
 def cmd_check(a):
