@@ -43,6 +43,9 @@ def load_conf(conf):
     ipam = c.get("ipam") or {}
     c["_ipam"] = ipam.get("type") or ""
     c["_l3"] = bool(c["_ipam"])
+    if c["_l3"]:
+        from cnilib import invoke
+        invoke.check_type_name(c["_ipam"], "ipam.type")
     if c["isDefaultGateway"]:
         c["isGateway"] = True
     if c["hairpinMode"] and c["promiscMode"]:

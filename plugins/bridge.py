@@ -80,6 +80,8 @@ def _add(a, c, mac, alias, undo):
     with netlink.Netlink() as hnl, netlink.Netlink.in_netns(a.netns_fd) as cnl:
         # before IPAM: undoing a repeated ADD must not release the live one's lease
         bridge.check_free(cnl, a.ifname, a.netns)
+        if c["_l3"]:
+            invoke.find(c["_ipam"], a.path)     # a missing IPAM plugin creates nothing
         br = bridge.ensure_bridge(hnl, c, a.log)
         gw_link = br
         if c["_l3"]:

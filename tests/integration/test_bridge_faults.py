@@ -173,6 +173,7 @@ HOSTILE = [
     ("bad runtime mac", {"runtimeConfig": {"mac": "01:00:5e:00:00:01"}}),
     ("ipam with disabled interface", {"disableContainerInterface": True}),
     ("isGateway as string", {"isGateway": "true"}),
+    ("ipam type with a path", {"ipam": {"type": "../../../bin/true"}}),
 ]
 
 
@@ -186,6 +187,13 @@ def test_hostile_config_is_refused_and_nothing_is_created(node, what, bad):
     assert set(node.links()) == before
     assert node.leases() == [] and "eth0" not in ctr.links()
     assert [t for t in node.nft_tables() if "pycni" in t] == [] and node.nat_rules() == []
+
+
+def test_missing_ipam_plugin_creates_nothing(node):
+    err = assert_cni_error(node.run("ADD", node.conf(ipam={"type": "no-such-ipam"}),
+                                    node.container()), 999)
+    assert "no-such-ipam" in err["msg"]
+    assert node.links().keys() == {"lo"}
 
 
 def test_bad_mac_in_cni_args_is_an_environment_error(node):
