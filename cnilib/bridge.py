@@ -19,7 +19,6 @@ from cnilib.firewall import naming
 from cnilib.types import ip_family
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-ALIAS_TAG = "pycni"
 # the keys of cnilib.schema.bridge.BridgeConf: Go matches JSON keys without
 # regard to case ("MTU", "isgateway"), so configs written that way keep working
 KEYS = ("bridge", "isGateway", "isDefaultGateway", "forceAddress", "ipMasq", "ipMasqBackend",
@@ -120,26 +119,13 @@ def container_mac(conf, cni_args):
 
 
 def veth_alias(network, container_id, ifname, cni_args):
-    """IFLA_IFALIAS of a host veth: 'pycni <attachment hash> [pod=<ns>/<name>]
-    net=<network> if=<ifname> id=<container id>', at most 255 bytes.
-
-    The hash leads so that a DEL without a netns finds the veth by key even
-    when a long container ID got cut off the end."""
-    parts = [ALIAS_TAG, naming.attachment_hash(network, container_id, ifname)]
+    """IFLA_IFALIAS of a host veth: naming.veth_alias's
+    'pycni net=<network> cid=<container id> if=<ifname>[ pod=<ns>/<name>]',
+    the pod taken from K8S_POD_NAMESPACE/K8S_POD_NAME when the runtime sends
+    them.  DEL without a netns, GC, flannel and ``pycni whois`` read it."""
     ns, pod = cni_args.get("K8S_POD_NAMESPACE"), cni_args.get("K8S_POD_NAME")
-    if ns or pod:
-        parts.append("pod=%s/%s" % (_clean(ns, 63), _clean(pod, 100)))
-    parts += ["net=" + network, "if=" + _clean(ifname, 15), "id=" + container_id]
-    return " ".join(parts)[:255]
-
-
-def alias_key(network, container_id, ifname):
-    return "%s %s" % (ALIAS_TAG, naming.attachment_hash(network, container_id, ifname))
-
-
-def _clean(s, limit):
-    s = s or "-"
-    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in s)[:limit]
+    return naming.veth_alias(network, container_id, ifname,
+                             pod="%s/%s" % (ns or "-", pod or "-") if ns or pod else None)
 
 
 def random_mac():
@@ -482,10 +468,9 @@ def remove_leftover_veths(nl, conf, network, container_id, ifname, log):
     br = netlink.link_get(nl, conf["bridge"])
     if br is None:
         return 0
-    key = alias_key(network, container_id, ifname) + " "
     n = 0
     for index, name, alias in netlink.port_aliases(nl, br.index):
-        if alias and alias.startswith(key):
+        if naming.veth_alias_names(alias, network, container_id, ifname):
             if netlink.link_del(nl, index=index):
                 log.info("deleted leftover veth %s (%s)", name, alias)
                 n += 1
@@ -499,16 +484,15 @@ def gc_veths(nl, conf, network, valid, log):
     br = netlink.link_get(nl, conf["bridge"])
     if br is None:
         return []
-    keep = {alias_key(network, cid, ifn) for cid, ifn in valid}
     gone = []
     for index, name, alias in netlink.port_aliases(nl, br.index):
-        alias = alias or ""
-        if not alias.startswith(ALIAS_TAG + " ") or (" net=%s " % network) not in alias:
+        f = naming.parse_veth_alias(alias)
+        # the short 'att=<hash>' form does not say its network: left alone
+        if f is None or f.get("net") != network or (f.get("cid"), f.get("if")) in valid:
             continue
-        if " ".join(alias.split(" ", 2)[:2]) not in keep:
-            if netlink.link_del(nl, index=index):
-                log.info("gc: deleted veth %s (%s)", name, alias)
-                gone.append(name)
+        if netlink.link_del(nl, index=index):
+            log.info("gc: deleted veth %s (%s)", name, alias)
+            gone.append(name)
     return gone
 
 

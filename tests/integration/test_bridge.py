@@ -184,9 +184,8 @@ def test_host_veth_alias_names_the_pod(node):
     ctr = node.container()
     res = node.add(node.conf(), ctr, cid="abc123",
                    args="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u1")
-    from cnilib import bridge
     alias = node.links()[res["interfaces"][1]["name"]]["ifalias"]
-    assert alias == bridge.alias_key("bnet", "abc123", "eth0") + " pod=default/web-0 net=bnet if=eth0 id=abc123"
+    assert alias == "pycni net=bnet cid=abc123 if=eth0 pod=default/web-0"
 
 
 def test_dual_stack_ping_and_default_routes(node):

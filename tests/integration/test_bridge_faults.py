@@ -216,5 +216,5 @@ def test_containerd_double_del_with_and_without_prev_result(node):
     node.delete(dict(conf, prevResult=res), ctr)
     node.delete(conf, ctr)
     node.assert_clean()
-    log = [ln for ln in node.log_text().splitlines() if " DEL " in ln]
+    log = [ln for ln in node.log_text().splitlines() if " bridge[" in ln and " DEL " in ln]
     assert len(log) == 2 and all(" ok " in ln for ln in log)

@@ -96,14 +96,19 @@ def test_mac_precedence_and_validation():
 
 
 def test_veth_alias_names_the_attachment():
+    from cnilib.firewall import naming
     a = bridge.veth_alias("net1", "abc123", "eth0", {})
-    key = bridge.alias_key("net1", "abc123", "eth0")
-    assert a == key + " net=net1 if=eth0 id=abc123"
+    assert a == "pycni net=net1 cid=abc123 if=eth0"
     a = bridge.veth_alias("net1", "abc123", "eth0",
                           {"K8S_POD_NAMESPACE": "kube-system", "K8S_POD_NAME": "core dns;$(x)"})
-    assert a == key + " pod=kube-system/core_dns___x_ net=net1 if=eth0 id=abc123"
+    assert a == "pycni net=net1 cid=abc123 if=eth0 pod=kube-system/core_dns___x_"
+    assert naming.veth_alias_names(a, "net1", "abc123", "eth0")
+    for other in (("net2", "abc123", "eth0"), ("net1", "abc12", "eth0"), ("net1", "abc123", "eth1")):
+        assert not naming.veth_alias_names(a, *other)
     long = bridge.veth_alias("n" * 128, "c" * 128, "eth0", {})
-    assert len(long) == 255 and long.startswith(bridge.alias_key("n" * 128, "c" * 128, "eth0") + " ")
+    assert len(long) <= 255 and naming.veth_alias_names(long, "n" * 128, "c" * 128, "eth0")
+    assert not naming.veth_alias_names(long, "n" * 128, "c" * 127, "eth0")
+    assert not naming.veth_alias_names(None, "n", "c", "eth0")
 
 
 def ipam_result(ips, routes=()):
