@@ -16,6 +16,7 @@ PLUGINS = {
     "firewall": "plugins.firewall",
     "host-local": "plugins.host_local",
     "tuning": "plugins.tuning",
+    "bridge": "plugins.bridge",
 }
 TOOLS = {
     "pycni": "cnilib.cli",

@@ -42,6 +42,17 @@ def run(argv, stdin=b"", env=None, timeout=60.0):
     Raises FileNotFoundError when the program does not exist and
     TimeoutError (after killing it) when it runs past ``timeout``.
     """
+    return start(argv, stdin, env, timeout).wait()
+
+
+def start(argv, stdin=b"", env=None, timeout=60.0):
+    """Start argv[0] and return a Pending at once; ``.wait()`` collects it
+    exactly as ``run`` would.
+
+    Lets a plugin overlap a helper's work with its own: an nftables commit
+    that deletes objects and a veth deletion each wait ~15 ms for the
+    kernel (an RCU grace period), and they can wait together.
+    """
     exe = which(argv[0])
     if exe is None:
         raise FileNotFoundError(2, "executable not found: %s" % argv[0])
@@ -65,50 +76,72 @@ def run(argv, stdin=b"", env=None, timeout=60.0):
     os.close(in_r)
     os.close(out_w)
     os.close(err_w)
-    out, err = [], []
-    data = memoryview(bytes(stdin))
-    poller = select.poll()
-    fds = {out_r: out, err_r: err}
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    if data:
-        os.set_blocking(in_w, False)
-        poller.register(in_w, select.POLLOUT)
-    else:
-        os.close(in_w)
-        in_w = -1
-    deadline = time.monotonic() + timeout
-    try:
-        while fds or in_w >= 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                raise TimeoutError("%s ran longer than %.0f s and was killed" % (argv[0], timeout))
-            for fd, ev in poller.poll(left * 1000):
-                if fd == in_w:
-                    try:
-                        n = os.write(in_w, data[:65536])
-                    except BrokenPipeError:
-                        n = len(data)
-                    data = data[n:]
-                    if not data:
-                        poller.unregister(in_w)
-                        os.close(in_w)
-                        in_w = -1
-                    continue
-                chunk = os.read(fd, 65536)
-                if chunk:
-                    fds[fd].append(chunk)
-                else:
-                    poller.unregister(fd)
-                    os.close(fd)
-                    del fds[fd]
-    finally:
-        for fd in list(fds):
-            os.close(fd)
-        if in_w >= 0:
+    return Pending(argv, pid, in_w, out_r, err_r, bytes(stdin), time.monotonic() + timeout, timeout)
+
+
+class Pending:
+    """A started helper; ``wait()`` feeds the rest of its stdin, drains its
+    output and reaps it."""
+
+    def __init__(self, argv, pid, in_w, out_r, err_r, stdin, deadline, timeout):
+        self.argv, self.pid = argv, pid
+        self.in_w, self.out_r, self.err_r = in_w, out_r, err_r
+        self.data = memoryview(stdin)
+        self.deadline, self.timeout = deadline, timeout
+        if self.data:
+            # small inputs (an nft script) fit in the pipe: hand them over now
+            os.set_blocking(in_w, False)
+            try:
+                n = os.write(in_w, self.data[:65536])
+            except (BlockingIOError, BrokenPipeError):
+                n = 0
+            self.data = self.data[n:]
+        if not self.data:
             os.close(in_w)
-    _, status = os.waitpid(pid, 0)
-    rc = os.waitstatus_to_exitcode(status)
-    return Completed(argv, rc, b"".join(out), b"".join(err))
+            self.in_w = -1
+
+    def wait(self):
+        argv, pid, in_w, data = self.argv, self.pid, self.in_w, self.data
+        out, err = [], []
+        poller = select.poll()
+        fds = {self.out_r: out, self.err_r: err}
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        if in_w >= 0:
+            poller.register(in_w, select.POLLOUT)
+        try:
+            while fds or in_w >= 0:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    raise TimeoutError("%s ran longer than %.0f s and was killed"
+                                       % (argv[0], self.timeout))
+                for fd, ev in poller.poll(left * 1000):
+                    if fd == in_w:
+                        try:
+                            n = os.write(in_w, data[:65536])
+                        except BrokenPipeError:
+                            n = len(data)
+                        data = data[n:]
+                        if not data:
+                            poller.unregister(in_w)
+                            os.close(in_w)
+                            in_w = -1
+                        continue
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        fds[fd].append(chunk)
+                    else:
+                        poller.unregister(fd)
+                        os.close(fd)
+                        del fds[fd]
+        finally:
+            for fd in list(fds):
+                os.close(fd)
+            if in_w >= 0:
+                os.close(in_w)
+            self.in_w = -1
+        _, status = os.waitpid(pid, 0)
+        rc = os.waitstatus_to_exitcode(status)
+        return Completed(argv, rc, b"".join(out), b"".join(err))

@@ -91,3 +91,13 @@ def parse_veth_alias(alias):
         if sep:
             out[k] = v
     return out if ("cid" in out or "att" in out) else None
+
+
+def veth_alias_names(alias, network, container_id, ifname):
+    """True when ``alias`` (either form veth_alias writes) names this attachment."""
+    f = parse_veth_alias(alias)
+    if f is None or f.get("if") != ifname:
+        return False
+    if "att" in f:
+        return f["att"] == attachment_hash(network, container_id, ifname)
+    return f.get("cid") == container_id and f.get("net") == network

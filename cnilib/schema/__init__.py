@@ -7,4 +7,4 @@ time through cnilib.validate without importing pydantic.
 """
 
 # every module that contributes MODELS; add a plugin's module here
-MODULES = ("base", "flannel", "ipam", "portmap", "tuning")
+MODULES = ("base", "bridge", "flannel", "ipam", "portmap", "tuning")

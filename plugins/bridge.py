@@ -1,0 +1,291 @@
+"""bridge: a veth pair from the container into a Linux bridge (cni0).
+
+ADD   bridge -> IPAM -> gateway address -> veth -> port flags -> container
+      addresses and routes -> masquerade -> announce -> result; a failure
+      undoes, in reverse, what was done (IPAM through a delegated DEL).  The
+      masquerade transaction is started right after IPAM and collected once
+      the container is set up: nft runs while netlink works.
+DEL   container link and rules -> IPAM, succeeding in every partial state,
+      with or without a netns.  The rules' nftables commit is started just
+      before the link is deleted, so that the two kernel waits (an RCU grace
+      period each, ~15 ms) overlap; IPAM is released only after both.
+CHECK the container interface, its addresses and routes, its host veth on
+      the bridge, and the masquerade rules, against prevResult.
+STATUS and GC are forwarded to the IPAM delegate; GC also removes the rules
+and any host veth left of attachments that are no longer valid.
+
+The work lives in cnilib.bridgeconf (config, pure rules), cnilib.bridge
+(host side), cnilib.iface, cnilib.ipmasq and cnilib.macspoof; this module
+only orders it.  Heavy imports happen inside
+the handlers, after the config has been validated.
+"""
+
+from cnilib import errors, failpoint, skel
+
+
+def _conf(a):
+    from cnilib import bridgeconf
+    return bridgeconf.load_conf(a.conf)
+
+
+def _dns(conf, ipam_dns):
+    mine = conf.get("dns") or {}
+    if any(mine.get(k) for k in ("nameservers", "domain", "search", "options")):
+        return {k: v for k, v in mine.items() if k in ("nameservers", "domain", "search", "options")}
+    return ipam_dns
+
+
+class _Undo:
+    """What a failing ADD must take back, in reverse order; each step's own
+    failure is logged, never raised over the ADD's error."""
+
+    def __init__(self, log):
+        self.log, self.steps = log, []
+
+    def push(self, what, fn):
+        self.steps.append((what, fn))
+
+    def run(self):
+        while self.steps:
+            what, fn = self.steps.pop()
+            try:
+                fn()
+                self.log.info("undo after failed ADD: %s", what)
+            except Exception as exc:  # noqa: BLE001 - keep undoing
+                self.log.warning("undo after failed ADD: %s failed: %s", what, exc)
+
+
+def cmd_add(a):
+    c = _conf(a)
+    if not c["_l3"] and a.version in ("0.1.0", "0.2.0"):
+        # refused before anything exists: the result of a layer-2 attachment
+        # has no IP, which a 0.1.0/0.2.0 result cannot express
+        raise errors.IncompatibleVersion(
+            "bridge without IPAM cannot answer cniVersion %s" % a.version,
+            "results of 0.1.0 and 0.2.0 need an IP address; use cniVersion 0.3.0 or later")
+    from cnilib import bridgeconf
+    mac = bridgeconf.container_mac(a.conf, a.cni_args)
+    alias = bridgeconf.veth_alias(a.name, a.container_id, a.ifname, a.cni_args)
+    undo = _Undo(a.log)
+    try:
+        return _add(a, c, mac, alias, undo)
+    except BaseException:
+        undo.run()
+        raise
+
+
+def _add(a, c, mac, alias, undo):
+    from cnilib import bridge, bridgeconf, iface, invoke, netlink
+    from cnilib.types import Result
+    result = Result()
+    with netlink.Netlink() as hnl, netlink.Netlink.in_netns(a.netns_fd) as cnl:
+        # before IPAM: undoing a repeated ADD must not release the live one's lease
+        bridge.check_free(cnl, a.ifname, a.netns)
+        if c["_l3"]:
+            invoke.find(c["_ipam"], a.path)     # a missing IPAM plugin creates nothing
+        br = bridge.ensure_bridge(hnl, c, a.log)
+        gw_link = br
+        if c["_l3"]:
+            ipam = invoke.delegate("ADD", c["_ipam"], a.stdin, a)
+            undo.push("release the IPAM allocation",
+                      lambda: invoke.delegate("DEL", c["_ipam"], a.stdin, a))
+            failpoint.hit("bridge.add.after_ipam")
+            if not ipam.ips:
+                raise errors.Internal("IPAM plugin returned missing IP config",
+                                      "%s returned no IP address" % c["_ipam"])
+            result.ips, result.routes, result.dns = ipam.ips, ipam.routes, ipam.dns
+            gws = bridgeconf.calc_gateways(result, c)
+            if c["ipMasq"]:
+                # nft runs while the veth and the container are set up
+                from cnilib import ipmasq
+                masq = ipmasq.start_setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
+                                          [i["address"] for i in result.ips])
+                undo.push("remove masquerade rules", lambda: ipmasq.abort_setup(masq, a.log))
+            if c["isGateway"]:
+                if c["vlan"]:
+                    gw_link = bridge.ensure_vlan_iface(hnl, br, c, a.log)
+                added = bridge.ensure_gateway_addrs(hnl, gw_link, gws, c, a.name,
+                                                    [i["address"] for i in result.ips], a.log)
+                if added and gw_link is br:
+                    bridge.pin_mac(hnl, br, a.log)
+        host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac)
+        undo.push("delete veth %s" % host.name, lambda: _delete_link(host.index))
+        failpoint.hit("bridge.add.after_veth")
+        bridge.setup_port(hnl, host, c, alias)
+        cont = netlink.link_get(cnl, a.ifname)
+        if cont is None:
+            raise errors.Internal("container interface %s vanished after creation" % a.ifname)
+        if c["macspoofchk"]:
+            from cnilib import macspoof
+            macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac)
+            undo.push("remove macspoofchk rules",
+                      lambda: macspoof.teardown(a.name, a.container_id, a.ifname, a.log))
+        result.interfaces = [{"name": br.name, "mac": br.mac},
+                             {"name": host.name, "mac": host.mac},
+                             {"name": a.ifname, "mac": cont.mac, "sandbox": a.netns}]
+        if gw_link is not br:
+            result.interfaces.append({"name": gw_link.name, "mac": gw_link.mac})
+        if c["_l3"]:
+            dad = ([("net/ipv6/conf/%s/accept_dad" % a.ifname, "1"),
+                    ("net/ipv6/conf/%s/enhanced_dad" % a.ifname, "1")] if c["enabledad"]
+                   else [("net/ipv6/conf/%s/accept_dad" % a.ifname, "0")])
+            iface.configure(cnl, a.netns_fd, cont, result,
+                            sysctls=dad + [("net/ipv4/conf/%s/arp_notify" % a.ifname, "1")])
+        elif not c["disableContainerInterface"]:
+            netlink.link_set(cnl, cont.index, up=True, what="set %s up" % a.ifname)
+        failpoint.hit("bridge.add.after_addrs")
+        if c["_l3"] and c["ipMasq"]:
+            a.log.debug("masquerade via %s", ipmasq.finish_setup(masq, a.log))
+            failpoint.hit("bridge.add.after_rules")
+        if not c["disableContainerInterface"]:
+            host = bridge.wait_port_up(hnl, host)
+            if c["_l3"]:
+                iface.announce(cnl, cont)
+        else:
+            host = netlink.link_get(hnl, index=host.index) or host
+        br = netlink.link_get(hnl, index=br.index) or br
+        result.interfaces[0]["mac"] = br.mac
+        result.interfaces[1]["mac"] = host.mac
+    result.dns = _dns(c, result.dns)
+    undo.steps.clear()
+    return result
+
+
+def _delete_link(index):
+    """Undo step: its own socket, as ADD's sockets are closed by then."""
+    from cnilib import netlink
+    with netlink.Netlink() as nl:
+        netlink.link_del(nl, index=index)
+
+
+def cmd_del(a):
+    c = _conf(a)
+    from cnilib import netlink
+    masq = None
+    if c["_l3"] and c["ipMasq"]:
+        # started first so that its nftables commit and the veth deletion
+        # wait for the kernel together; IPAM is released only after both
+        from cnilib import ipmasq
+        masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname)
+    try:
+        if a.netns_fd is not None:
+            with netlink.Netlink.in_netns(a.netns_fd) as cnl:
+                if netlink.link_del(cnl, name=a.ifname):
+                    a.log.debug("deleted %s in %s", a.ifname, a.netns)
+        else:
+            from cnilib import bridge
+            with netlink.Netlink() as hnl:
+                bridge.remove_leftover_veths(hnl, c, a.name, a.container_id, a.ifname, a.log)
+    finally:
+        # the rules go even when the link could not: they are keyed, not addressed
+        rules_error = _rules_teardown(a, c, masq)
+    if c["_l3"]:
+        from cnilib import invoke
+        invoke.delegate("DEL", c["_ipam"], a.stdin, a)
+    if rules_error is not None:
+        raise rules_error
+    return None
+
+
+def _rules_teardown(a, c, masq):
+    """Remove masquerade and macspoofchk rules; return the first error
+    instead of raising it, so that IPAM is still released."""
+    first = None
+    if masq is not None:
+        from cnilib import ipmasq
+        try:
+            ipmasq.finish_teardown(masq, a.log)
+        except errors.CniError as exc:
+            first = exc
+    if c["macspoofchk"]:
+        from cnilib import macspoof
+        try:
+            macspoof.teardown(a.name, a.container_id, a.ifname, a.log)
+        except errors.CniError as exc:
+            first = first or exc
+    return first
+
+
+def cmd_check(a):
+    c = _conf(a)
+    from cnilib import invoke
+    if c["_l3"]:
+        invoke.delegate("CHECK", c["_ipam"], a.stdin, a)
+    prev = a.conf.get("prevResult")
+    if not prev:
+        raise errors.InvalidConfig("Required prevResult missing",
+                                   "CHECK needs the ADD result in prevResult")
+    from cnilib import bridge
+    res = invoke.parse_result(prev, a.version, "prevResult")
+    bridge.check_attachment(a, c, res)
+    return None
+
+
+def cmd_status(a):
+    c = _conf(a)
+    if c["_l3"]:
+        from cnilib import invoke
+        try:
+            invoke.delegate("STATUS", c["_ipam"], a.stdin, a)
+        except errors.CniError as exc:
+            if exc.code in (50, 51):
+                raise
+            raise errors.NotAvailable("IPAM plugin %s is not ready: %s" % (c["_ipam"], exc.msg),
+                                      exc.details) from exc
+    return None
+
+
+def cmd_gc(a):
+    c = _conf(a)
+    valid = _valid_attachments(a.conf)
+    problems = []
+    if c["_l3"]:
+        from cnilib import invoke
+        try:
+            invoke.delegate("GC", c["_ipam"], a.stdin, a)
+        except errors.CniError as exc:
+            problems.append(exc)
+    if valid is None:
+        a.log.warning("GC without cni.dev/valid-attachments: masquerade state left alone")
+    else:
+        from cnilib import bridge, ipmasq, macspoof, netlink
+        for fn in (ipmasq.gc, macspoof.gc):
+            try:
+                fn(a.name, valid, a.log)
+            except errors.CniError as exc:
+                problems.append(exc)
+        with netlink.Netlink() as nl:
+            bridge.gc_veths(nl, c, a.name, valid, a.log)
+    if problems:
+        first = problems[0]
+        raise errors.from_code(first.code, "; ".join(p.msg for p in problems), first.details)
+    return None
+
+
+def _valid_attachments(conf):
+    """{(containerID, ifname)} from cni.dev/valid-attachments (or the
+    cni.dev/attachments spelling); None when neither key is there, which
+    means: remove nothing."""
+    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+        if key in conf:
+            items = conf[key]
+            break
+    else:
+        return None
+    if items is None:
+        return set()
+    if not isinstance(items, list):
+        raise errors.InvalidConfig("%s is a JSON %s, expected a list" % (key, type(items).__name__))
+    out = set()
+    for i, att in enumerate(items):
+        cid = att.get("containerID") if isinstance(att, dict) else None
+        ifn = att.get("ifname") if isinstance(att, dict) else None
+        if not isinstance(cid, str) or not isinstance(ifn, str):
+            raise errors.InvalidConfig("%s[%d] is not {\"containerID\": ..., \"ifname\": ...}"
+                                       % (key, i))
+        out.add((cid, ifn))
+    return out
+
+
+PLUGIN = skel.Plugin("bridge", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,
+                     status=cmd_status, cni_args=("MAC", "IP"))
