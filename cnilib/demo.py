@@ -179,10 +179,10 @@ class Demo:
                 self.pods.append((name, pod, ip))
                 ports = " hostPort %d -> :80" % HOSTPORT if i == 1 else ""
                 self.show("%s pod%d  %s  eth0 %s%s" % (name, i, pod, res["ips"][0]["address"], ports))
-        first = json.loads(self.sh(self.pycni, "check", "cbr0", "/var/run/netns/" + self.pods[0][1],
-                                   netns=self.nodes["node1"]["netns"],
-                                   env=self.node_env("node1"), check=False).stdout or "null")
-        del first
+        node, pod, _ip = self.pods[0]
+        r = self.sh(self.pycni, "check", "cbr0", "/var/run/netns/" + pod, netns=self.nodes[node]["netns"],
+                    env=self.node_env(node), check=False)
+        self.show("pycni check cbr0 %s: %s" % (pod, "ok" if r.returncode == 0 else r.stderr.strip()))
 
     def traffic(self):
         self.step("pod to pod across the nodes (VXLAN)")
