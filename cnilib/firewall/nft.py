@@ -12,14 +12,12 @@ _available = None
 
 
 def available():
-    """True when ``nft`` runs here and can talk to the kernel."""
+    """True when the ``nft`` binary is installed and the kernel answers
+    nf_tables over netlink (a probe, not an exec of nft)."""
     global _available
     if _available is None:
-        try:
-            r = proc.run(["nft", "list", "tables"], timeout=10)
-            _available = r.rc == 0
-        except (OSError, TimeoutError):
-            _available = False
+        from cnilib import rawnl
+        _available = proc.which("nft") is not None and rawnl.nftables_available()
     return _available
 
 
@@ -54,13 +52,14 @@ def list_json(*what):
 
 
 def tables(prefix=""):
-    """[(family, name)] of tables whose name starts with ``prefix``."""
-    out = []
-    for item in list_json("tables"):
-        t = item.get("table")
-        if t and t.get("name", "").startswith(prefix):
-            out.append((t["family"], t["name"]))
-    return out
+    """[(family, name)] of tables whose name starts with ``prefix`` (one
+    netlink dump; [] when nf_tables does not answer)."""
+    from cnilib import rawnl
+    try:
+        with rawnl.NfTables() as nf:
+            return [(f, n) for f, n in nf.tables() if n.startswith(prefix)]
+    except OSError:
+        return []
 
 
 def quote(s):
