@@ -5,10 +5,11 @@ ADD   bridge -> IPAM -> gateway address -> veth -> port flags -> container
       undoes, in reverse, what was done (IPAM through a delegated DEL).  The
       masquerade transaction is started right after IPAM and collected once
       the container is set up: nft runs while netlink works.
-DEL   container link and rules -> IPAM, succeeding in every partial state,
-      with or without a netns.  The rules' nftables commit is started just
-      before the link is deleted, so that the two kernel waits (an RCU grace
-      period each, ~15 ms) overlap; IPAM is released only after both.
+DEL   rules and container link -> IPAM, succeeding in every partial state,
+      with or without a netns.  The masquerade elements are found by the
+      attachment's record and removed over netlink just before the link is
+      deleted, so that the kernel frees both in one RCU grace period; IPAM
+      is released only after both.
 CHECK the container interface, its addresses and routes, its host veth on
       the bridge, and the masquerade rules, against prevResult.
 STATUS and GC are forwarded to the IPAM delegate; GC also removes the rules
@@ -117,7 +118,7 @@ def _add(a, c, mac, alias, undo):
             raise errors.Internal("container interface %s vanished after creation" % a.ifname)
         if c["macspoofchk"]:
             from cnilib import macspoof
-            macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac)
+            macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac, a.log)
             undo.push("remove macspoofchk rules",
                       lambda: macspoof.teardown(a.name, a.container_id, a.ifname, a.log))
         result.interfaces = [{"name": br.name, "mac": br.mac},
@@ -163,10 +164,9 @@ def cmd_del(a):
     from cnilib import netlink
     masq = None
     if c["_l3"] and c["ipMasq"]:
-        # started first so that its nftables commit and the veth deletion
-        # wait for the kernel together; IPAM is released only after both
+        # first, so that the kernel frees the elements while the veth goes
         from cnilib import ipmasq
-        masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname)
+        masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname, a.log)
     try:
         if a.netns_fd is not None:
             with netlink.Netlink.in_netns(a.netns_fd) as cnl:
