@@ -88,6 +88,7 @@ def _add(a, c, mac, alias, undo):
         gw_link = br
         if c["_l3"]:
             ipam = invoke.delegate("ADD", c["_ipam"], a.stdin, a)
+            a.log.debug("IPAM %s gave %s", c["_ipam"], ", ".join(i["address"] for i in ipam.ips))
             undo.push("release the IPAM allocation",
                       lambda: invoke.delegate("DEL", c["_ipam"], a.stdin, a))
             failpoint.hit("bridge.add.after_ipam")
@@ -111,6 +112,7 @@ def _add(a, c, mac, alias, undo):
                     bridge.pin_mac(hnl, br, a.log)
         host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac)
         undo.push("delete veth %s" % host.name, lambda: _delete_link(host.index))
+        a.log.debug("veth %s on %s", host.name, br.name)
         failpoint.hit("bridge.add.after_veth")
         bridge.setup_port(hnl, host, c, alias)
         cont = netlink.link_get(cnl, a.ifname)
@@ -140,6 +142,7 @@ def _add(a, c, mac, alias, undo):
             failpoint.hit("bridge.add.after_rules")
         if not c["disableContainerInterface"]:
             host = bridge.wait_port_up(hnl, host)
+            a.log.debug("%s forwards", host.name)
             if c["_l3"]:
                 iface.announce(cnl, cont)
         else:
@@ -167,6 +170,7 @@ def cmd_del(a):
         # first, so that the kernel frees the elements while the veth goes
         from cnilib import ipmasq
         masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname, a.log)
+        a.log.debug("masquerade elements removed")
     try:
         if a.netns_fd is not None:
             with netlink.Netlink.in_netns(a.netns_fd) as cnl:
@@ -179,6 +183,7 @@ def cmd_del(a):
     finally:
         # the rules go even when the link could not: they are keyed, not addressed
         rules_error = _rules_teardown(a, c, masq)
+    a.log.debug("rules removed")
     if c["_l3"]:
         from cnilib import invoke
         invoke.delegate("DEL", c["_ipam"], a.stdin, a)

@@ -56,8 +56,10 @@ def save(kind, network, container_id, ifname, data):
     d = _dir(kind)
     try:
         fsutil.ensure_dir(d)
+        # not fsync'd: the nftables state it describes does not survive a
+        # reboot either, and a crashed writer leaves the old file or the new
         fsutil.write_atomic(_path(kind, naming.attachment_hash(network, container_id, ifname)),
-                            jsonio.dumps(rec))
+                            jsonio.dumps(rec), durable=False)
     except OSError as exc:
         raise errors.IOFailure("cannot write the %s record of %s/%s in %s: %s"
                                % (kind, container_id, ifname, d, exc.strerror or exc)) from exc
