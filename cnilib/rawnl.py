@@ -51,12 +51,16 @@ def _attr(atype, payload):
 
 class _Sock:
     def __init__(self, proto):
+        self.proto = proto
         self.sock = _socket.socket(AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, proto)
         self.sock.bind((0, 0))
         self.seq = 0
 
     def close(self):
-        self.sock.close()
+        if self.proto == NETLINK_NETFILTER and _DELETED:
+            close_later(self.sock)      # see close_later in the nf_tables section
+        else:
+            self.sock.close()
 
     def __enter__(self):
         return self
@@ -303,6 +307,42 @@ def parse_element(body):
     return out
 
 
+_DELETED = []     # non-empty once this process committed a deletion
+
+
+def close_later(sock):
+    """Close a netfilter netlink socket without waiting for the kernel.
+
+    Once nf_tables objects are deleted, the kernel frees them after an RCU
+    grace period (~15 ms), and until then closing ANY netfilter netlink
+    socket blocks on it (nf_tables' NETLINK_URELEASE handler flushes the
+    pending destroy work).  A DEL would pay that at its exit for nothing: the
+    deletion is committed and visible already.  So the last reference goes
+    to a short-lived grandchild (double fork: nobody has to reap it) that
+    drops every other descriptor at once, closes the socket, waits there,
+    and exits; the caller's own close then returns at once.
+    """
+    try:
+        pid = os.fork()
+    except OSError:
+        sock.close()
+        return
+    if pid == 0:
+        try:
+            if os.fork() == 0:
+                fd = sock.fileno()
+                os.closerange(0, fd)            # stdout too: the runtime reads it to EOF
+                os.closerange(fd + 1, 1 << 20)
+                sock.close()
+        finally:
+            os._exit(0)
+    sock.close()
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 class NfTables:
     """A NETLINK_NETFILTER socket for nf_tables questions and element batches,
     in the calling thread's network namespace."""
@@ -431,6 +471,8 @@ class NfTables:
         msgs.append(_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, self.s.seq, 0) + _BATCH_GEN)
         self.s.sock.send(b"".join(msgs))
         self._collect(first, names, what)
+        if any(op[0] != "add" and op[0] != "create" for op in ops):
+            _DELETED.append(True)
 
     def _collect(self, first, names, what):
         """Read the acks of a batch; raise on the first error."""
