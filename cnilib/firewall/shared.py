@@ -271,21 +271,32 @@ def detach(tbl, att, log, rec=None, nf=None):
 
 
 def present(tbl, att):
-    """(record, [labels of missing elements]) for CHECK; record None when
-    the attachment has none."""
+    """(record, [what is missing]) for CHECK: the attachment's elements
+    (with its comment and jump), its chains, the rules of the skeleton and
+    of the chains its elements jump to.  Record None when it has none."""
     rec = records.load(tbl.kind, *att)
     if rec is None:
         return None, []
     own = naming.element_key(*att)
+    f, t = tbl.family, tbl.name
     missing = []
     with rawnl.NfTables() as nf:
+        targets = set()
         for e in map(Elem.from_json, rec.get("elems", ())):
-            cur = nf.element(tbl.family, tbl.name, e.set, e.key)
+            cur = nf.element(f, t, e.set, e.key)
             if cur is None or naming.comment_key(cur["comment"]) != own or cur["chain"] != e.chain:
                 missing.append("%s %s" % (e.set, e.label))
+            elif e.chain:
+                targets.add(e.chain)
         for chain in rec.get("chains", ()):
-            if not nf.chain_exists(tbl.family, tbl.name, chain):
+            if not nf.chain_exists(f, t, chain):
                 missing.append("chain " + chain)
+        for chain, n in tbl.ready.items():
+            if nf.rule_count(f, t, chain) != n:
+                missing.append("the %d rule(s) of chain %s" % (n, chain))
+        for chain in sorted(targets):
+            if not nf.rule_count(f, t, chain):
+                missing.append("the rules of chain %s" % chain)
     return rec, missing
 
 

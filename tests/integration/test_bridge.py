@@ -91,9 +91,12 @@ def test_check_notices_a_veth_moved_off_the_bridge_and_missing_rules(node):
     conf = node.conf("1.0.0", isGateway=True, ipMasq=True)
     ctr = node.container()
     res = node.add(conf, ctr)
-    for t in node.nft_tables():
-        if "pycni-masq" in t:
-            node.host.run("nft", "delete", "table", *t.split())
+    node.host.run("nft", "flush", "chain", "inet", "pycni-masq", "postrouting")    # a firewall reload
+    err = assert_cni_error(node.check(conf, ctr, res), 999)
+    assert "masquerade rules" in err["msg"] and "chain postrouting" in err["details"]
+    node.add(conf, node.container(), cid="c2")       # the next ADD repairs the shared skeleton
+    assert node.check(conf, ctr, res).rc == 0
+    node.host.run("nft", "delete", "table", "inet", "pycni-masq")
     err = assert_cni_error(node.check(conf, ctr, res), 999)
     assert "masquerade rules" in err["msg"]
     node.host.run("ip", "link", "set", res["interfaces"][1]["name"], "nomaster")
