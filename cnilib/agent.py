@@ -53,8 +53,18 @@ def _peer(conn):
 
 def _worker(conn):
     """Child side: one request, in the caller's netns, then exit."""
+    # the agent ignores SIGCHLD (the kernel reaps its workers); a worker that
+    # kept that would lose its own children's exit status (waitpid: ECHILD),
+    # so nft, iptables-restore and exec'd delegates would all "fail"
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     from cnilib import failpoint, netns, skel
     from cnilib.main import PLUGINS
+    # the server's dispositions are not the worker's: with SIGCHLD ignored
+    # the kernel reaps the helpers a plugin runs (nft, an IPAM exec) and
+    # their waitpid fails with ECHILD
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     rc, out = 1, b""
     try:
         pid, uid, _gid = _peer(conn)
