@@ -360,6 +360,7 @@ class Context:
         self.by_index = {l.index: l for l in self.links}
         self.addrs = netlink.addrs(self.nl)
         self._envs = {}
+        self._vxlan = self._fdb = None
 
     def close(self):
         self.nl.close()
@@ -395,17 +396,20 @@ class Context:
 
     def vxlan_devs(self):
         """[(LinkBrief, VxlanInfo)] of the flannel vxlan devices here."""
-        out = []
-        for name in ("flannel.1", "flannel-v6.1"):
-            if name in self.by_name:
-                link = self.netlink.link_get(self.nl, name)
-                info = self.netlink.vxlan_info(link)
-                if info is not None:
-                    out.append((self.by_name[name], info))
-        return out
+        if self._vxlan is None:
+            self._vxlan = []
+            for name in ("flannel.1", "flannel-v6.1"):
+                if name in self.by_name:
+                    info = self.netlink.vxlan_info(self.netlink.link_get(self.nl, name))
+                    if info is not None:
+                        self._vxlan.append((self.by_name[name], info))
+        return self._vxlan
 
     def fdb(self, index):
-        return [n for n in self.netlink.neighs(self.nl, index, self.netlink.AF_BRIDGE) if n.dst]
+        """The vxlan device's fdb entries that name a remote (one dump per run)."""
+        if self._fdb is None:
+            self._fdb = [n for n in self.netlink.neighs(self.nl, 0, self.netlink.AF_BRIDGE) if n.dst]
+        return [n for n in self._fdb if n.index == index]
 
     def route(self, dst):
         try:
