@@ -639,11 +639,18 @@ def ipt_rule_groups(family, tables):
 # ====================================================================== the kernel side
 
 def read_rules(problems, nft_items=None, ipt_saves=None):
-    """(nft chains, {family: iptables tables}, raw texts) of the current netns,
-    from one ``nft -j list ruleset`` and one ``iptables-save`` per family."""
+    """(nft chains, {family: iptables tables}, raw) of the current netns, from
+    one ``nft -j list ruleset`` and one ``iptables-save`` per family.
+    ``raw["unread"]`` maps each source that failed ("nft", 4, 6) to why; a
+    tool that is not installed is not a failure (nothing made rules with it)."""
     from cnilib import proc
     from cnilib.firewall import trace
-    raw = {}
+    raw = {"unread": {}}
+
+    def failed(key, text):
+        text = " ".join(text.split())
+        raw["unread"][key] = text
+        problems.append(text)
     if nft_items is None:
         nft_items = []
         try:
@@ -652,11 +659,11 @@ def read_rules(problems, nft_items=None, ipt_saves=None):
                 nft_items = jsonio.loads(r.out or b"{}").get("nftables", [])
                 raw["nft"] = r.out
             else:
-                problems.append("nft -j list ruleset failed (exit %d): %s" % (r.rc, r.err_text(200)))
+                failed("nft", "nft -j list ruleset failed (exit %d): %s" % (r.rc, r.err_text(200)))
         except FileNotFoundError:
             problems.append("nft is not installed: nftables rules not read")
         except (OSError, TimeoutError, ValueError) as exc:
-            problems.append("nft -j list ruleset: %s" % exc)
+            failed("nft", "nft -j list ruleset: %s" % exc)
     chains, _comments = trace.parse_ruleset(nft_items)
     ipt = {}
     if ipt_saves is None:
@@ -668,10 +675,10 @@ def read_rules(problems, nft_items=None, ipt_saves=None):
                 problems.append("%s is not installed: its rules not read" % exe)
                 continue
             except (OSError, TimeoutError) as exc:
-                problems.append("%s: %s" % (exe, exc))
+                failed(fam, "%s: %s" % (exe, exc))
                 continue
             if r.rc != 0:
-                problems.append("%s failed (exit %d): %s" % (exe, r.rc, r.err_text(200)))
+                failed(fam, "%s failed (exit %d): %s" % (exe, r.rc, r.err_text(200)))
                 continue
             ipt_saves[fam] = r.out.decode("utf-8", "replace")
     for fam, text in ipt_saves.items():

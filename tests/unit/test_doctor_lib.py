@@ -204,3 +204,34 @@ def test_help_lists_checks(argv, capsys):
         doctor.main(argv)
     out = capsys.readouterr().out
     assert "forward-policy" in out and "Exit status: 0 healthy" in out
+
+
+def test_rule_checks_cannot_pass_without_the_rules():
+    from types import SimpleNamespace
+    node = SimpleNamespace(raw_rules={"unread": {"nft": "nft: Operation not permitted (you must be root)",
+                                                  6: "ip6tables-save: denied"}}, rows=[], groups=[])
+    checks = doctor.run_checks(SimpleNamespace(node=node), only=["leftover-rules"])
+    c = checks[0].as_dict()
+    assert (c["status"], c["summary"]) == ("SKIP", "could not read the firewall rules (run as root)")
+    assert c["error"] == "nft: Operation not permitted (you must be root)"
+    assert doctor.exit_code(checks) == 2
+
+
+def _sysctl_ctx(values, bridges=True):
+    from types import SimpleNamespace
+    return SimpleNamespace(bridge_networks=lambda: [("cbr0", "cni0", ["10.244.1.0/24"], True)] if bridges else [],
+                           sysctl=lambda name: values.get(name))
+
+
+def test_br_netfilter_skips_with_the_reason_where_the_kernel_lacks_it():
+    c = doctor.Check("br-netfilter", "")
+    doctor.check_br_netfilter(_sysctl_ctx({}), c)
+    assert c.status == "SKIP" and "the kernel has no bridge netfilter in this netns" in c.summary
+    assert c.fix == ["modprobe br_netfilter && echo br_netfilter > /etc/modules-load.d/br_netfilter.conf"]
+    c = doctor.Check("br-netfilter", "")
+    doctor.check_br_netfilter(_sysctl_ctx({"net/bridge/bridge-nf-call-iptables": "0",
+                                           "net/bridge/bridge-nf-call-ip6tables": "0"}), c)
+    assert c.status == "WARN" and c.fix[0].startswith("sysctl -w net.bridge.bridge-nf-call-iptables=1")
+    c = doctor.Check("br-netfilter", "")
+    doctor.check_br_netfilter(_sysctl_ctx({}, bridges=False), c)
+    assert c.status == "SKIP" and c.summary == "no bridge network configured"
