@@ -13,6 +13,7 @@ of whois/doctor points into the temp dir, so the machine's own
 import json
 import os
 import subprocess
+import time
 
 from cnitest import ROOT, join_underlay
 
@@ -85,6 +86,18 @@ class Node:
         res = json.loads(r.stdout)
         self.pods[name] = (pod, res)
         return pod, res
+
+    def kill_pod(self, name):
+        """The pod's netns goes away with no DEL; waits (bounded) until the
+        kernel has destroyed its veth (``ip netns del`` returns before that)."""
+        pod, res = self.pods[name]
+        veth = [i["name"] for i in res["interfaces"] if not i.get("sandbox") and i["name"] != "cni0"][0]
+        pod.delete()
+        for _ in range(500):
+            if self.sh("ip", "link", "show", veth, check=False).returncode != 0:
+                return pod
+            time.sleep(0.02)
+        raise AssertionError("veth %s outlived its netns" % veth)
 
     def cache_file_of(self, pod):
         d = os.path.join(self.cache, "results")

@@ -265,7 +265,7 @@ def test_dead_pod_leaves_lease_rules_and_records(fabric):
     n1, _n2 = fabric.nodes
     pod, res = n1.add_pod("dead", ports=[(9090, 90, "udp")])
     ip = res["ips"][0]["address"].split("/")[0]
-    pod.delete()
+    n1.kill_pod("dead")
     rc, rep = n1.doctor()
     assert rc == 0                                     # leftovers warn, nothing is broken yet
     c = assert_names(rep, "ipam-leaks", "WARN", "pycni del cbr0 --container-id",
@@ -313,7 +313,7 @@ def test_leftover_portmap_table_stealing_a_live_hostport(fabric):
     n1, _n2 = fabric.nodes
     pod, _res = n1.add_pod("old", ports=[(8081, 80, "tcp")])
     os.remove(n1.cache_file_of(pod))             # the runtime forgot it
-    pod.delete()
+    n1.kill_pod("old")
     n1.add_pod("new", ports=[(8081, 80, "tcp")])
     _rc, rep = n1.doctor()
     c = assert_names(rep, "leftover-rules", "FAIL", "nft delete table inet pycni-hp-",

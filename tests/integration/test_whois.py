@@ -72,7 +72,7 @@ def test_whois_marks_orphans_in_every_layer(cluster):
     live, _ = n1.add_pod("live", ports=[(8080, 80, "tcp")])
     dead, res = n1.add_pod("dead", ports=[(9090, 90, "udp")])
     dead_ip = res["ips"][0]["address"].split("/")[0]
-    dead.delete()                                # no DEL: lease, rules, cache, saved file stay
+    n1.kill_pod("dead")                          # no DEL: lease, rules, cache, saved file stay
     with open(os.path.join(n1.ipam_dir, NET_NAME, "10.244.1.200"), "w") as f:
         f.write("ghost\r\neth0")                  # a lease nothing else knows
     pod = cluster.netns_factory()                # a veth no lease explains
@@ -131,7 +131,7 @@ def test_gc_dry_run_shows_what_the_plugins_would_free(cluster):
     ip = res["ips"][0]["address"].split("/")[0]
     os.remove(n1.cache_file_of(forgotten))         # the runtime lost its record: GC would free it
     gone, _ = n1.add_pod("gone")
-    gone.delete()                                  # still cached, netns gone: stays valid
+    n1.kill_pod("gone")                            # still cached, netns gone: stays valid
     r = n1.sh(n1.pycni, "gc", NET_NAME, "--dry-run", env=n1.env())
     out = r.stdout
     assert "valid: 2 attachment(s) from the result cache" in out
