@@ -9,7 +9,9 @@ pytestmark = pytest.mark.root
 
 
 def _netns():
-    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    """The demo's namespaces (other test sessions may add their own meanwhile)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {w for w in out.split() if w.startswith("pycni-demo-")}
 
 
 def test_demo(plugins, tmp_path):
