@@ -196,7 +196,7 @@ def nft_elements(ips):
 # ====================================================================== config
 
 class Config:
-    __slots__ = ("name", "cid", "ifname", "backend", "admin", "policy", "ips", "bridge", "prev")
+    __slots__ = ("name", "cid", "ifname", "backend", "admin", "policy", "ips", "bridge", "prev", "netns")
 
     @property
     def key(self):
@@ -215,7 +215,7 @@ def parse(a, need_prev):
     from cnilib import validate
     conf = validate.validate("firewall", a.conf)
     cfg = Config()
-    cfg.name, cfg.cid, cfg.ifname = conf["name"], a.container_id, a.ifname
+    cfg.name, cfg.cid, cfg.ifname, cfg.netns = conf["name"], a.container_id, a.ifname, a.netns
     cfg.backend = conf.get("backend") or None
     if cfg.backend == "firewalld":
         raise errors.InvalidConfig(
@@ -244,7 +244,7 @@ def parse(a, need_prev):
 def bare(a):
     """The attachment key alone (DEL of a config that does not validate)."""
     cfg = Config()
-    cfg.name, cfg.cid, cfg.ifname = a.name, a.container_id, a.ifname
+    cfg.name, cfg.cid, cfg.ifname, cfg.netns = a.name, a.container_id, a.ifname, a.netns
     cfg.backend, cfg.admin, cfg.policy, cfg.ips, cfg.bridge, cfg.prev = None, ADMIN, "open", {}, None, None
     return cfg
 
@@ -349,7 +349,7 @@ def ipt_check(cfg):
 def nft_add(cfg, log):
     from cnilib.firewall import shared
     shared.attach(_table(), cfg.att, nft_elements(cfg.ips), log,
-                  data={"ips": {str(f): v for f, v in cfg.ips.items()}})
+                  data={"ips": {str(f): v for f, v in cfg.ips.items()}}, netns=cfg.netns)
     log.info("nftables table %s accepts %s", T, ",".join(ip for f in (4, 6) for ip in cfg.ips.get(f, ())))
 
 
@@ -362,8 +362,8 @@ def nft_check(cfg):
     want = sorted("%s %s" % (e.set, e.label) for e in nft_elements(cfg.ips))
     have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
     if missing or want != have:
-        raise errors.Internal("nftables table %s does not hold this attachment's addresses" % T,
-                              "expected %s; missing %s" % (", ".join(want), ", ".join(missing) or "nothing"))
+        raise errors.Internal("nftables table %s lacks %s" % (T, ", ".join(missing) or "addresses of this config"),
+                              "expected elements %s; the record lists %s" % (", ".join(want), ", ".join(have)))
     rules = [r for it in nft.list_json("chain", "inet", TABLE_NAME, "forward")
              for r in [it.get("rule")] if isinstance(r, dict)]
     if len(rules) != 4:

@@ -33,9 +33,10 @@ class Config:
     """A validated portmap request."""
 
     __slots__ = ("name", "cid", "ifname", "backend", "snat", "masq_all", "mark_bit",
-                 "external_mark_chain", "conditions", "mappings", "ctrs", "prev")
+                 "external_mark_chain", "conditions", "mappings", "ctrs", "prev", "netns")
 
     def __init__(self):
+        self.netns = None
         self.backend = None
         self.snat = True
         self.masq_all = False
@@ -186,7 +187,7 @@ def parse(a, need_prev):
     from cnilib import validate
     conf = validate.validate("portmap", a.conf)
     cfg = Config()
-    cfg.name, cfg.cid, cfg.ifname = conf["name"], a.container_id, a.ifname
+    cfg.name, cfg.cid, cfg.ifname, cfg.netns = conf["name"], a.container_id, a.ifname, a.netns
     if conf.get("markMasqBit") is not None and conf.get("externalSetMarkChain") is not None:
         raise errors.InvalidConfig("Cannot specify externalSetMarkChain and markMasqBit",
                                    "externalSetMarkChain replaces the mark chain the bit is for")
@@ -291,7 +292,7 @@ def nft_add(cfg, iface, log):
     data = {"udp": sorted(cfg.udp_ports()),
             "mappings": [[m.protocol, m.host_port, m.container_port, m.host_ip] for m in cfg.mappings]}
     shared.attach(nft_table(), cfg.att, elems, log, data=data, extra=extra, chain_script=script,
-                  chains=[chain])
+                  chains=[chain], netns=cfg.netns)
     log.info("nftables chain %s %s: %d rules, %d elements", R.T, chain, script.count("dnat "), len(elems))
 
 
@@ -310,8 +311,8 @@ def nft_check(cfg):
     want = sorted("%s %s" % (e.set, e.label) for e in elems)
     have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
     if missing or want != have:
-        raise errors.Internal("%s does not hold this attachment's elements" % where,
-                              "expected %s; missing %s" % (", ".join(want), ", ".join(missing) or "nothing"))
+        raise errors.Internal("%s lacks %s" % (where, ", ".join(missing) or "elements of this config"),
+                              "expected elements %s; the record lists %s" % (", ".join(want), ", ".join(have)))
     items = nft.list_json("table", "inet", R.TABLE_NAME)
     got, exp = R.nft_chain_mappings(items, cfg.nft_chain), R.expected_mappings(cfg.mappings, cfg.ctrs)
     if got != exp:

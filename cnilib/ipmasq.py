@@ -150,13 +150,13 @@ def go_chain_owners(network, saved):
 
 # ------------------------------------------------------------ operations
 
-def setup(backend, network, container_id, ifname, cidrs, log):
+def setup(backend, network, container_id, ifname, cidrs, log, netns=None):
     """Masquerade ``cidrs`` ('ip/prefix') of one attachment.  ``backend`` is
     'nftables', 'iptables' or None (nftables when nft works)."""
-    return finish_setup(start_setup(backend, network, container_id, ifname, cidrs), log)
+    return finish_setup(start_setup(backend, network, container_id, ifname, cidrs, netns), log)
 
 
-def start_setup(backend, network, container_id, ifname, cidrs):
+def start_setup(backend, network, container_id, ifname, cidrs, netns=None):
     """Choose the backend; ``finish_setup`` does the work once the
     container is set up (ADD's undo list then knows it may have to remove
     rules)."""
@@ -167,7 +167,8 @@ def start_setup(backend, network, container_id, ifname, cidrs):
                               % container_id,
                               "the nft binary is missing or the kernel has no nf_tables; "
                               "install nftables or choose ipMasqBackend iptables")
-    return {"backend": backend, "key": (network, container_id, ifname), "cidrs": cidrs, "done": None}
+    return {"backend": backend, "key": (network, container_id, ifname), "cidrs": cidrs, "done": None,
+            "netns": netns}
 
 
 def finish_setup(t, log):
@@ -177,7 +178,8 @@ def finish_setup(t, log):
     network, container_id, ifname = t["key"]
     if t["backend"] == "nftables":
         elems, chains = elements(t["cidrs"])
-        shared.attach(TABLE, t["key"], elems, log, data={"cidrs": list(t["cidrs"])}, extra=chains)
+        shared.attach(TABLE, t["key"], elems, log, data={"cidrs": list(t["cidrs"])}, extra=chains,
+                      netns=t["netns"])
         t["done"] = "nftables"
         return "nftables"
     if t["backend"] is None:

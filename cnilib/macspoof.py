@@ -48,10 +48,10 @@ def elements(host_veth, mac):
                         "%s . %s" % (host_veth, mac))]
 
 
-def setup(network, container_id, ifname, host_veth, mac, log):
+def setup(network, container_id, ifname, host_veth, mac, log, netns=None):
     try:
         shared.attach(TABLE, (network, container_id, ifname), elements(host_veth, mac), log,
-                      data={"veth": host_veth, "mac": mac})
+                      data={"veth": host_veth, "mac": mac}, netns=netns)
     except errors.CniError as exc:
         raise errors.Internal("failed to setup spoof-check: %s" % exc.msg, exc.details) from exc
 

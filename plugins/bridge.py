@@ -101,7 +101,7 @@ def _add(a, c, mac, alias, undo):
                 # nft runs while the veth and the container are set up
                 from cnilib import ipmasq
                 masq = ipmasq.start_setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
-                                          [i["address"] for i in result.ips])
+                                          [i["address"] for i in result.ips], a.netns)
                 undo.push("remove masquerade rules", lambda: ipmasq.abort_setup(masq, a.log))
             if c["isGateway"]:
                 if c["vlan"]:
@@ -120,7 +120,7 @@ def _add(a, c, mac, alias, undo):
             raise errors.Internal("container interface %s vanished after creation" % a.ifname)
         if c["macspoofchk"]:
             from cnilib import macspoof
-            macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac, a.log)
+            macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac, a.log, a.netns)
             undo.push("remove macspoofchk rules",
                       lambda: macspoof.teardown(a.name, a.container_id, a.ifname, a.log))
         result.interfaces = [{"name": br.name, "mac": br.mac},

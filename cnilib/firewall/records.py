@@ -66,6 +66,31 @@ def save(kind, network, container_id, ifname, data):
     return rec
 
 
+def netns_identity(path):
+    """{"netns": path, "netns_ino": inode} of the attachment's netns, so a
+    later ADD can tell whether the holder of a key is still alive; {} when
+    the path is unknown or unreadable."""
+    if not path:
+        return {}
+    try:
+        return {"netns": path, "netns_ino": os.stat(path).st_ino}
+    except OSError:
+        return {}
+
+
+def alive(rec):
+    """Whether the attachment of ``rec`` still has its netns: False when the
+    recorded path is gone or now names another namespace, None when the
+    record does not say (then it counts as alive)."""
+    path, ino = rec.get("netns"), rec.get("netns_ino")
+    if not isinstance(path, str) or not isinstance(ino, int):
+        return None
+    try:
+        return os.stat(path).st_ino == ino
+    except OSError:
+        return False
+
+
 def remove(kind, network, container_id, ifname):
     try:
         return fsutil.remove(_path(kind, naming.attachment_hash(network, container_id, ifname)))

@@ -15,9 +15,10 @@ as far as they fit), and the attachment's record (cnilib.firewall.records)
 lists its elements and chains.  Before adding, each element's key is looked
 up: free -> created (``create``: a racing ADD makes the batch fail and it is
 planned again); already ours -> left as it is; held by another attachment
-that still has a record -> a CNI error naming it (two pods cannot both own
-a hostPort or an address); held by one without a record (a leak) -> taken
-over, with a warning.  DEL removes only elements whose comment names the
+that is alive (it has a record, and the netns it recorded is still there)
+-> a CNI error naming it (two pods cannot both own a hostPort or an
+address); held by a dead one (no record: a leak; or its netns is gone: a
+pod killed without DEL) -> taken over, with a warning.  DEL removes only elements whose comment names the
 attachment, so it never takes another attachment's state with it.
 
 GC removes the records of attachments not in the valid list, then sweeps
@@ -146,13 +147,14 @@ def _plan(nf, tbl, att, elems, drop, log):
             continue
         if holder != own:
             rec = _holder(tbl, holder)
-            if rec is not None:
+            if rec is not None and records.alive(rec) is not False:
                 raise errors.Internal(
                     "%s %s is already held by another attachment (%s)" % (tbl.what, e.label, _who(rec)),
                     "two attachments cannot share it; remove that attachment (CNI DEL) or choose "
                     "another value; nft list set %s %s shows the holder" % (tbl.ref, e.set))
-            log.warning("%s %s was held by an attachment with no record (%s): taken over",
-                        tbl.what, e.label, cur["comment"] or "no comment")
+            log.warning("%s %s was held by %s: taken over", tbl.what, e.label,
+                        "an attachment with no record (%s)" % (cur["comment"] or "no comment") if rec is None
+                        else "%s, whose netns %s is gone" % (_who(rec), rec["netns"]))
         ops += [("delete", f, t, e.set, e.key), ("create", f, t, e.set, e.key, e.chain, comment)]
     return ops
 
@@ -177,15 +179,18 @@ def ensure_skeleton(nf, tbl, extra=()):
     return script
 
 
-def attach(tbl, att, elems, log, data=None, extra=(), chain_script="", chains=()):
+def attach(tbl, att, elems, log, data=None, extra=(), chain_script="", chains=(), netns=None):
     """Make ``elems`` the elements of attachment ``att`` (network,
     container ID, ifname) in ``tbl``; on failure, remove what it made.
 
     ``extra``: (chain, script) of shared chains the elements jump to, made
     when missing; ``chain_script``: nft text run every time before the
     elements (portmap's per-attachment chain, whose names are ``chains``);
-    ``data``: kind-specific fields kept in the record.
+    ``data``: kind-specific fields kept in the record; ``netns``: the
+    attachment's CNI_NETNS, recorded with its inode so that a later ADD
+    wanting one of these keys can tell a dead holder from a live one.
     """
+    data = dict(data or {}, **records.netns_identity(netns))
     try:
         return _attach(tbl, att, elems, log, data, extra, chain_script, chains)
     except BaseException:

@@ -115,6 +115,7 @@ def test_nft_skeleton_and_elements():
 class Args:
     def __init__(self, conf):
         self.conf, self.container_id, self.ifname, self.version = conf, "c1", "eth0", "1.0.0"
+        self.netns = ""
 
 
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "cni0"}, {"name": "eth0", "sandbox": "/x"}],
