@@ -129,3 +129,52 @@ def test_sweep_removes_what_names_a_dead_attachment_of_this_network_only():
         'delete element inet pycni-test ports { "veth1" }\n'
         "delete chain inet pycni-test %s\n" % naming.attachment_chain("hp", *OTHER))
     assert shared.sweep_script(TBL, LISTING, lambda k: False, "hp") == ""
+
+
+def test_a_holder_whose_netns_is_gone_is_dead(tmp_path):
+    ns = tmp_path / "netns"
+    ns.write_text("")
+    rec = records.save("masq", *OTHER, records.netns_identity(str(ns)))
+    assert records.alive(rec) is True
+    assert records.alive({}) is None and records.netns_identity("") == {}
+    key = shared.ip_key(4, "10.0.0.2")
+    nf = FakeNf({("saddr4", key): {"chain": "subnet-x", "comment": naming.element_comment(*OTHER)}})
+    with pytest.raises(errors.CniError):
+        shared._plan(nf, TBL, ATT, [elem("10.0.0.2")], [], Log("t", {}))
+    ns.unlink()                                  # the pod died without a DEL
+    assert records.alive(rec) is False
+    log = Log("t", {})
+    ops = shared._plan(nf, TBL, ATT, [elem("10.0.0.2")], [], log)
+    assert [o[0] for o in ops] == ["delete", "create"]
+    assert any("whose netns %s is gone: taken over" % ns in line for line in log.lines)
+
+
+def test_whois_groups_the_shared_tables_by_attachment():
+    from cnilib import nodestate
+    from cnilib.firewall import trace
+    hp_old, hp_new = naming.attachment_chain("hp", *OTHER), naming.attachment_chain("hp", *ATT)
+
+    def dnat(chain, port, ip):
+        return {"rule": {"family": "inet", "table": "pycni-hostport", "chain": chain, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": port}},
+            {"dnat": {"family": "ip", "addr": ip, "port": 80}}]}}
+    items = [
+        {"table": {"family": "inet", "name": "pycni-hostport"}},
+        {"map": {"family": "inet", "name": "ports4", "table": "pycni-hostport", "type": ["inet_proto", "inet_service"],
+                 "elem": [[{"elem": {"val": {"concat": ["tcp", 8081]}, "comment": naming.element_comment(*ATT)}},
+                           {"jump": {"target": hp_new}}]]}},
+        {"map": {"family": "inet", "name": "masq4", "table": "pycni-hostport", "type": "ipv4_addr",
+                 "elem": [[{"elem": {"val": "10.0.0.3", "comment": naming.element_comment(*OTHER)}},
+                           {"jump": {"target": "hairpin-x"}}]]}},
+        {"chain": {"family": "inet", "table": "pycni-hostport", "name": hp_old}},
+        {"chain": {"family": "inet", "table": "pycni-hostport", "name": hp_new}},
+        dnat(hp_old, 8081, "10.0.0.3"), dnat(hp_new, 8081, "10.0.0.4"),
+    ]
+    chains, _ = trace.parse_ruleset(items)
+    new, old = sorted(nodestate.nft_shared_groups(items, chains), key=lambda g: g.cid != "abc123")
+    assert (new.kind, new.network, new.cid, new.ifname) == ("hp", "cbr0", "abc123", "eth0")
+    assert new.ports == [("tcp", None, 8081, "10.0.0.4", 80)]
+    assert old.ports == []                       # its hostPort was taken over: no longer its
+    assert old.att_hash == naming.attachment_hash(*OTHER) and old.where.startswith("nft inet pycni-hostport ")
+    assert old.delete == [["nft", "delete", "element", "inet", "pycni-hostport", "masq4", "{ 10.0.0.3 }"],
+                          ["nft", "delete", "chain", "inet", "pycni-hostport", hp_old]]
