@@ -211,10 +211,9 @@ def teardown(network, container_id, ifname, log):
 
 def start_teardown(network, container_id, ifname, log):
     """Remove our elements (by record, over netlink) and return with the
-    netlink socket still open: bridge DEL deletes the veth before
-    ``finish_teardown`` closes it, so that the kernel's two waits (freeing
-    the elements, unregistering the veth: an RCU grace period each) overlap
-    instead of adding up."""
+    netlink socket still open for ``finish_teardown``'s lookups: bridge DEL
+    deletes the veth in between, so the kernel frees the elements while the
+    veth is unregistered (an RCU grace period each, overlapping)."""
     from cnilib import rawnl
     t = {"key": (network, container_id, ifname), "nf": None, "problems": []}
     try:

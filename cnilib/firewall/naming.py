@@ -56,11 +56,6 @@ def network_table_prefix(kind, network):
     return "pycni-%s-%s-" % (kind, net_hash(network))
 
 
-def attachment_comment(kind, network, container_id, ifname):
-    """Human-readable tag put on tables and rules (inputs are validated names)."""
-    return "pycni %s net=%s id=%s if=%s" % (kind, network, container_id, ifname)
-
-
 # ---- the shared tables' per-attachment objects (cnilib.firewall.shared)
 ELEMENT_COMMENT_MAX = 127   # nft's limit is 128 bytes with the terminating NUL
 

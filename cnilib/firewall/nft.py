@@ -1,9 +1,12 @@
-"""nftables through the ``nft`` binary: one transaction per operation.
+"""nftables through the ``nft`` binary: the rules with expressions.
 
 A script passed to ``nft -f -`` is applied atomically: all of it or none.
-The idempotent idioms used by callers:
-  add table X; delete table X          -> X is gone, whether it existed or not
-  add table X; flush table X; ...      -> X holds exactly what follows
+The idempotent idiom used by callers (cnilib.firewall.shared skeletons,
+portmap's per-attachment chain):
+  add chain X; flush chain X; add rule X ...   -> X holds exactly what follows
+Set elements and lookups go over netlink instead (cnilib.rawnl.NfTables):
+the nft binary reads the tables into its cache first, which grows with
+what the node holds.
 """
 
 from cnilib import errors, proc
@@ -61,7 +64,3 @@ def tables(prefix=""):
     except OSError:
         return []
 
-
-def quote(s):
-    """A double-quoted nft string (comments); inputs are validated names."""
-    return '"%s"' % s.replace("\\", "").replace('"', "")

@@ -236,10 +236,8 @@ def detach(tbl, att, log, rec=None, nf=None):
     elements whose comment names it), its table of the previous design,
     then its record.  Returns the record (None when there was none).
 
-    Pass an open ``nf`` to keep it open afterwards: closing a netfilter
-    netlink socket while the kernel still frees deleted objects waits for
-    that (an RCU grace period, ~15 ms), so a caller with other kernel waits
-    to do (bridge DEL deletes the veth) closes it after them.
+    Pass an open ``nf`` to go on using it (and close it) afterwards, as
+    bridge DEL does around the veth deletion.
     """
     if nf is None:
         with rawnl.NfTables() as own_nf:
