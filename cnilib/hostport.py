@@ -239,7 +239,7 @@ def _ipt_lock():
     return iptables.lock()
 
 
-def flush_conntrack(families, ports, log):
+def flush_conntrack(families, ports, log, sock=None):
     """Drop UDP conntrack entries to the host ports (user-pain #19): a
     stream refreshed by its client never expires and keeps its old NAT."""
     if not ports:
@@ -247,12 +247,14 @@ def flush_conntrack(families, ports, log):
     from cnilib import rawnl
     shown = ",".join(map(str, sorted(ports)))
     try:
-        n = rawnl.conntrack_delete_dports(families, "udp", ports)
+        n = rawnl.conntrack_delete_dports(families, "udp", ports, sock)
     except OSError as exc:
         log.warning("failed to delete stale UDP conntrack entries (ports %s): %s", shown, exc)
         return
     if n:
         log.info("deleted %d stale UDP conntrack entries (ports %s)", n, shown)
+    else:
+        log.debug("no UDP conntrack entry to ports %s", shown)
 
 
 def guard_iface(cfg):
@@ -409,32 +411,45 @@ def ipt_check(cfg):
 def teardown(name, cid, ifname, mappings, log):
     """DEL: remove every rule of the attachment from both backends."""
     from cnilib import rawnl
-    from cnilib.firewall import iptables, nft, shared
+    from cnilib.firewall import iptables
     udp = {m.host_port for m in mappings if m.protocol == "udp"}
     chains = [R.dn_chain(name, cid), R.sn_chain(name, cid)]
-    tbl = nft_table()
-    att = (name, cid, ifname)
-    legacy = tbl.legacy_table(att)
-    go_tables, fams = [], []
     try:
-        with rawnl.NfTables() as nf:
-            if nf.table_exists("inet", legacy):     # its UDP ports are in the table itself
-                for r in R.nft_rules(nft.list_json("table", "inet", legacy), "inet", legacy, "hostports"):
-                    d = R.nft_dnat_rule(r.get("expr"))
-                    if d and d[1] == "udp":
-                        udp.add(d[2])
-            rec = shared.detach(tbl, att, log, nf=nf)
-            if rec is not None:
-                udp |= set(rec.get("udp") or ())
-            go_tables = [f for f in ("ip", "ip6") if nf.table_exists(f, R.GO_NFT_TABLE)]
-            fams = [f for f in (4, 6) if iptables.may_hold(f, "nat", chains, nf)]
+        nf = rawnl.NfTables()
     except OSError as exc:      # no nf_tables here: only iptables can hold anything
         log.debug("portmap teardown: nf_tables not usable (%s)", exc)
-        fams = [f for f in (4, 6) if iptables.may_hold(f, "nat", chains)]
+        for fam in (4, 6):
+            if iptables.may_hold(fam, "nat", chains) and ipt_teardown(fam, chains, udp):
+                log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
+        flush_conntrack((4, 6), udp, log)
+        return
+    try:
+        _teardown(nf, (name, cid, ifname), chains, udp, log)
+        flush_conntrack((4, 6), udp, log, nf.s)     # one netfilter socket for all of it
+    finally:
+        nf.close()
+
+
+def _teardown(nf, att, chains, udp, log):
+    from cnilib.firewall import iptables, nft, shared
+    tbl = nft_table()
+    legacy = tbl.legacy_table(att)
+    if nf.table_exists("inet", legacy):     # its UDP ports are in the table itself
+        for r in R.nft_rules(nft.list_json("table", "inet", legacy), "inet", legacy, "hostports"):
+            d = R.nft_dnat_rule(r.get("expr"))
+            if d and d[1] == "udp":
+                udp.add(d[2])
+    rec = shared.detach(tbl, att, log, nf=nf)
+    if rec is not None:
+        udp |= set(rec.get("udp") or ())
+    go_tables = [f for f in ("ip", "ip6") if nf.table_exists(f, R.GO_NFT_TABLE)]
+    fams = [f for f in (4, 6) if iptables.may_hold(f, "nat", chains, nf)]
+    log.debug("nftables teardown done; reference rules in %s, iptables chains in IPv%s",
+              go_tables or "no table", fams or "none")
     go_rules = []
     for fam in go_tables:
         items = nft.list_json("table", fam, R.GO_NFT_TABLE)
-        mine = R.go_nft_rules_of(items, cid)
+        mine = R.go_nft_rules_of(items, att[1])
         handles = {h for _f, _t, _c, h in mine}
         for r in R.nft_rules(items, fam, R.GO_NFT_TABLE):
             d = r.get("handle") in handles and R.nft_dnat_rule(r.get("expr"))
@@ -447,7 +462,6 @@ def teardown(name, cid, ifname, mappings, log):
     for fam in fams:
         if ipt_teardown(fam, chains, udp):
             log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
-    flush_conntrack((4, 6), udp, log)
 
 
 def valid_attachments(conf):

@@ -167,14 +167,15 @@ def conntrack_count():
         return None
 
 
-def conntrack_delete_dports(families, proto, ports):
+def conntrack_delete_dports(families, proto, ports, sock=None):
     """Delete every conntrack entry of ``families`` (4/6) whose original
     direction goes to one of ``ports`` over ``proto``; returns the count.
 
     One dump (of both families at once when both are asked for: the kernel
     walks its whole table per dump, ~5 ms on a busy host), then one delete
     per match keyed by the entry's own original tuple and zone, the way
-    ``conntrack -D`` does.  An empty table costs no dump at all.
+    ``conntrack -D`` does.  An empty table costs no dump at all.  ``sock``:
+    an open NETLINK_NETFILTER _Sock to use (NfTables.s) instead of a new one.
     """
     ports = set(ports)
     fams = set(families)
@@ -185,7 +186,9 @@ def conntrack_delete_dports(families, proto, ports):
     wanted = {afs[f] for f in fams}
     num = IPPROTO[proto]
     deleted = 0
-    with _Sock(NETLINK_NETFILTER) as s:
+    own = sock is None
+    s = _Sock(NETLINK_NETFILTER) if own else sock
+    try:
         entries = s.request((1 << 8) | 1, NLM_F_DUMP, _NFGEN.pack(dump_af, 0, 0), "conntrack dump")
         victims = []
         for _t, body in entries:
@@ -207,6 +210,9 @@ def conntrack_delete_dports(families, proto, ports):
             except NetlinkError as exc:
                 if exc.errno != 2:      # ENOENT: expired meanwhile
                     raise
+    finally:
+        if own:
+            s.close()
     return deleted
 
 
