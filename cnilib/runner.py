@@ -37,7 +37,7 @@ import os
 import sys
 import time
 
-from cnilib import errors, fsutil, jsonio, skel
+from cnilib import errors, failpoint, fsutil, jsonio, skel
 
 CURRENT = "1.1.0"          # highest spec version this runner drives (libcni's Current())
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -626,7 +626,9 @@ class Runner:
                 result = self._add_one(net, plugin, result, att)
             except errors.CniError as exc:
                 raise PluginFailed(plugin, "add", exc) from exc
+        failpoint.hit("runner-before-cache-write")
         self.cache.write(net, att, result)
+        failpoint.hit("runner-after-cache-write")
         return result
 
     def cached_result(self, net, att):

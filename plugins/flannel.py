@@ -82,6 +82,7 @@ def cmd_del(a):
         else:
             delegate = flannel.build_delegate(raw, env)
             invoke.delegate("DEL", delegate["type"], flannel.encode(delegate), a)
+    failpoint.hit("flannel-del-before-remove")
     if saved.state != "missing":
         _remove(a, saved.path)
     return None
