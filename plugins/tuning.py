@@ -168,11 +168,13 @@ def cmd_check(a):
 def cmd_gc(a):
     data_dir = a.conf.get("dataDir")
     data_dir = data_dir if isinstance(data_dir, str) and data_dir else tuning.DEFAULT_DATA_DIR
-    valid = a.conf.get("cni.dev/valid-attachments") or []
-    keep = set()
-    for att in valid if isinstance(valid, list) else ():
-        if isinstance(att, dict):
-            keep.add((att.get("containerID"), att.get("ifname")))
+    from cnilib.ipam.config import valid_attachments
+    keep = valid_attachments(a.conf)    # either spelling of the key, entries checked
+    if keep is None:
+        # no list is not an empty list: forgetting every record would lose
+        # the attributes DEL must put back on live attachments
+        a.log.warning("GC without cni.dev/valid-attachments: every saved record kept")
+        return None
     tuning.gc(data_dir, a.name, keep, a.log)
     return None
 

@@ -155,3 +155,22 @@ def test_gc_after_a_reboot_frees_exactly_the_stale_attachments(rnode, valid, via
     if via == "pycni":
         assert cached(rnode) == sorted("%s-%s-eth0" % (net_of(c), c) for c in keep)
 
+
+
+@pytest.mark.parametrize("key", ["none", "cni.dev/attachments"])
+def test_gc_without_the_valid_list_or_with_its_old_spelling_frees_nothing(rnode, key):
+    """libcni always sends cni.dev/valid-attachments, but a GC without it
+    (or with only the spec's earlier cni.dev/attachments) must not be read
+    as "nothing is valid" by any plugin."""
+    for net in NETWORKS:
+        rnode.add(net, net[0] + "1")
+    base = rnode.snapshot()
+    for net in NETWORKS:
+        atts = [{"containerID": net[0] + "1", "ifname": "eth0"}]
+        for p in rnode.conflists()[net]:
+            conf = rnode.plugin_conf(net, p["type"])
+            if key != "none":
+                conf[key] = atts
+            r = rnode.exec_plugin(p["type"], "GC", conf)
+            assert r.rc == 0, (p["type"], r)
+            assert diff(base, rnode.snapshot()) == {}, "%s GC freed a valid attachment" % p["type"]
