@@ -55,6 +55,11 @@ def _worker(conn):
     """Child side: one request, in the caller's netns, then exit."""
     from cnilib import failpoint, netns, skel
     from cnilib.main import PLUGINS
+    # the server's dispositions are not the worker's: with SIGCHLD ignored
+    # the kernel reaps the helpers a plugin runs (nft, an IPAM exec) and
+    # their waitpid fails with ECHILD
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     rc, out = 1, b""
     try:
         pid, uid, _gid = _peer(conn)

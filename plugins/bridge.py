@@ -14,8 +14,9 @@ CHECK the container interface, its addresses and routes, its host veth on
 STATUS and GC are forwarded to the IPAM delegate; GC also removes the rules
 and any host veth left of attachments that are no longer valid.
 
-The work lives in cnilib.bridge, cnilib.iface, cnilib.ipmasq and
-cnilib.macspoof; this module only orders it.  Heavy imports happen inside
+The work lives in cnilib.bridgeconf (config, pure rules), cnilib.bridge
+(host side), cnilib.iface, cnilib.ipmasq and cnilib.macspoof; this module
+only orders it.  Heavy imports happen inside
 the handlers, after the config has been validated.
 """
 
@@ -23,8 +24,8 @@ from cnilib import errors, failpoint, skel
 
 
 def _conf(a):
-    from cnilib import bridge
-    return bridge.load_conf(a.conf)
+    from cnilib import bridgeconf
+    return bridgeconf.load_conf(a.conf)
 
 
 def _dns(conf, ipam_dns):
@@ -62,9 +63,9 @@ def cmd_add(a):
         raise errors.IncompatibleVersion(
             "bridge without IPAM cannot answer cniVersion %s" % a.version,
             "results of 0.1.0 and 0.2.0 need an IP address; use cniVersion 0.3.0 or later")
-    from cnilib import bridge
-    mac = bridge.container_mac(a.conf, a.cni_args)
-    alias = bridge.veth_alias(a.name, a.container_id, a.ifname, a.cni_args)
+    from cnilib import bridgeconf
+    mac = bridgeconf.container_mac(a.conf, a.cni_args)
+    alias = bridgeconf.veth_alias(a.name, a.container_id, a.ifname, a.cni_args)
     undo = _Undo(a.log)
     try:
         return _add(a, c, mac, alias, undo)
@@ -74,7 +75,7 @@ def cmd_add(a):
 
 
 def _add(a, c, mac, alias, undo):
-    from cnilib import bridge, iface, invoke, netlink
+    from cnilib import bridge, bridgeconf, iface, invoke, netlink
     from cnilib.types import Result
     result = Result()
     with netlink.Netlink() as hnl, netlink.Netlink.in_netns(a.netns_fd) as cnl:
@@ -93,7 +94,7 @@ def _add(a, c, mac, alias, undo):
                 raise errors.Internal("IPAM plugin returned missing IP config",
                                       "%s returned no IP address" % c["_ipam"])
             result.ips, result.routes, result.dns = ipam.ips, ipam.routes, ipam.dns
-            gws = bridge.calc_gateways(result, c)
+            gws = bridgeconf.calc_gateways(result, c)
             if c["ipMasq"]:
                 # nft runs while the veth and the container are set up
                 from cnilib import ipmasq

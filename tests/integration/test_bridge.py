@@ -11,6 +11,7 @@ import threading
 
 import pytest
 from bridge_env import ctr_link, ctr_routes, node, ping, vlan_filtering_supported  # noqa: F401
+from test_agent import agent  # noqa: F401
 
 from cnitest import ALL_VERSIONS, assert_cni_error
 
@@ -337,3 +338,17 @@ def test_a_new_pod_announces_itself_with_gratuitous_arp(node):
     mac = res["interfaces"][2]["mac"]
     assert "%s > ff:ff:ff:ff:ff:ff" % mac in seen and "who-has %s" % ip in seen
     assert "tell %s" % ip in seen
+
+
+def test_through_the_warm_agent(node, agent):
+    """The same ADD/DEL served by a forked agent worker in the caller's netns."""
+    conf = node.conf(isDefaultGateway=True, ipMasq=True)
+    a, b = node.container(), node.container()
+    env = {"PYCNI_AGENT_SOCKET": agent}
+    ra = node.add(conf, a, cid="ag1", env=env)
+    node.add(conf, b, cid="ag2")                    # and one done in-process
+    assert ping(b, ra["ips"][0]["address"].split("/")[0])
+    assert len([t for t in node.nft_tables() if "pycni-masq" in t]) == 2
+    node.delete(conf, a, cid="ag1", env=env)
+    node.delete(conf, b, cid="ag2", env=env)
+    node.assert_clean()

@@ -1,8 +1,9 @@
-"""bridge config validation, MAC precedence, veth alias and calcGateways (no root)."""
+"""bridge config validation, MAC precedence, veth alias, calcGateways and
+what each path imports (no root)."""
 
 import pytest
 
-from cnilib import bridge, errors
+from cnilib import bridgeconf, errors
 from cnilib.types import Result
 
 BASE = {"cniVersion": "1.0.0", "name": "net1", "type": "bridge",
@@ -16,7 +17,7 @@ def conf(**kw):
 
 
 def test_defaults():
-    c = bridge.load_conf(conf())
+    c = bridgeconf.load_conf(conf())
     assert c["bridge"] == "cni0"
     for key in ("isGateway", "isDefaultGateway", "forceAddress", "ipMasq", "hairpinMode",
                 "promiscMode", "preserveDefaultVlan", "enabledad", "macspoofchk",
@@ -27,19 +28,19 @@ def test_defaults():
 
 
 def test_default_gateway_implies_gateway():
-    c = bridge.load_conf(conf(isDefaultGateway=True))
+    c = bridgeconf.load_conf(conf(isDefaultGateway=True))
     assert c["isGateway"] is True
 
 
 def test_layer2_without_ipam():
-    c = bridge.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge"})
+    c = bridgeconf.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge"})
     assert not c["_l3"]
-    c = bridge.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "ipam": {}})
+    c = bridgeconf.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "ipam": {}})
     assert not c["_l3"]
 
 
 def test_keys_match_without_case_like_go():
-    c = bridge.load_conf(conf(MTU=1400, isgateway=True, HairpinMode=True))
+    c = bridgeconf.load_conf(conf(MTU=1400, isgateway=True, HairpinMode=True))
     assert c["mtu"] == 1400 and c["isGateway"] and c["hairpinMode"]
 
 
@@ -69,43 +70,43 @@ def test_keys_match_without_case_like_go():
 ])
 def test_bad_configs_are_code_7(bad, needle):
     with pytest.raises(errors.InvalidConfig) as ei:
-        bridge.load_conf(conf(**bad))
+        bridgeconf.load_conf(conf(**bad))
     assert ei.value.code == 7
     assert needle in str(ei.value)
 
 
 def test_trunk_is_sorted_and_deduplicated():
-    c = bridge.load_conf(conf(vlanTrunk=[{"id": 30}, {"minID": 10, "maxID": 12}, {"id": 11}]))
+    c = bridgeconf.load_conf(conf(vlanTrunk=[{"id": 30}, {"minID": 10, "maxID": 12}, {"id": 11}]))
     assert c["_trunk"] == [10, 11, 12, 30]
-    assert bridge.load_conf(conf(vlanTrunk=[]))["_trunk"] == []
+    assert bridgeconf.load_conf(conf(vlanTrunk=[]))["_trunk"] == []
 
 
 def test_mac_precedence_and_validation():
     c = conf(args={"cni": {"mac": "0a:00:00:00:00:02"}}, runtimeConfig={"mac": "0A:00:00:00:00:03"})
-    assert bridge.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:03"
+    assert bridgeconf.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:03"
     c = conf(args={"cni": {"mac": "0a:00:00:00:00:02"}})
-    assert bridge.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:02"
-    assert bridge.container_mac(conf(), {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:01"
-    assert bridge.container_mac(conf(), {}) is None
+    assert bridgeconf.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:02"
+    assert bridgeconf.container_mac(conf(), {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:01"
+    assert bridgeconf.container_mac(conf(), {}) is None
     for bad in ("01:00:5e:00:00:01", "00:00:00:00:00:00", "zz:00:00:00:00:01", "0a:00:00:00:01",
                 "0a-00-00-00-00-01"):
         with pytest.raises(errors.InvalidConfig):
-            bridge.container_mac(conf(runtimeConfig={"mac": bad}), {})
+            bridgeconf.container_mac(conf(runtimeConfig={"mac": bad}), {})
     with pytest.raises(errors.InvalidEnvironment):
-        bridge.container_mac(conf(), {"MAC": "nope"})
+        bridgeconf.container_mac(conf(), {"MAC": "nope"})
 
 
 def test_veth_alias_names_the_attachment():
     from cnilib.firewall import naming
-    a = bridge.veth_alias("net1", "abc123", "eth0", {})
+    a = bridgeconf.veth_alias("net1", "abc123", "eth0", {})
     assert a == "pycni net=net1 cid=abc123 if=eth0"
-    a = bridge.veth_alias("net1", "abc123", "eth0",
+    a = bridgeconf.veth_alias("net1", "abc123", "eth0",
                           {"K8S_POD_NAMESPACE": "kube-system", "K8S_POD_NAME": "core dns;$(x)"})
     assert a == "pycni net=net1 cid=abc123 if=eth0 pod=kube-system/core_dns___x_"
     assert naming.veth_alias_names(a, "net1", "abc123", "eth0")
     for other in (("net2", "abc123", "eth0"), ("net1", "abc12", "eth0"), ("net1", "abc123", "eth1")):
         assert not naming.veth_alias_names(a, *other)
-    long = bridge.veth_alias("n" * 128, "c" * 128, "eth0", {})
+    long = bridgeconf.veth_alias("n" * 128, "c" * 128, "eth0", {})
     assert len(long) <= 255 and naming.veth_alias_names(long, "n" * 128, "c" * 128, "eth0")
     assert not naming.veth_alias_names(long, "n" * 128, "c" * 127, "eth0")
     assert not naming.veth_alias_names(None, "n", "c", "eth0")
@@ -116,13 +117,13 @@ def ipam_result(ips, routes=()):
 
 
 def cfg(**kw):
-    c = bridge.load_conf(conf(**kw))
+    c = bridgeconf.load_conf(conf(**kw))
     return c
 
 
 def test_calc_gateways_fills_gateway_and_index():
     r = ipam_result([{"address": "10.1.0.5/24"}])
-    gws = bridge.calc_gateways(r, cfg(isGateway=True))
+    gws = bridgeconf.calc_gateways(r, cfg(isGateway=True))
     assert r.ips == [{"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 2}]
     assert r.routes == []
     assert gws == {4: [("10.1.0.1", 24)], 6: []}
@@ -130,7 +131,7 @@ def test_calc_gateways_fills_gateway_and_index():
 
 def test_calc_gateways_without_is_gateway_keeps_ipam_gateway_off_the_bridge():
     r = ipam_result([{"address": "10.1.0.5/24", "gateway": "10.1.0.254"}])
-    gws = bridge.calc_gateways(r, cfg())
+    gws = bridgeconf.calc_gateways(r, cfg())
     assert r.ips[0]["gateway"] == "10.1.0.254" and r.ips[0]["interface"] == 2
     assert gws == {4: [], 6: []}
 
@@ -138,14 +139,14 @@ def test_calc_gateways_without_is_gateway_keeps_ipam_gateway_off_the_bridge():
 def test_calc_gateways_default_route_once_per_family():
     r = ipam_result([{"address": "10.1.0.5/24"}, {"address": "10.2.0.5/16"},
                      {"address": "fd00:1::5/64"}])
-    gws = bridge.calc_gateways(r, cfg(isDefaultGateway=True))
+    gws = bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "::/0", "gw": "fd00:1::1"}]
     assert gws == {4: [("10.1.0.1", 24), ("10.2.0.1", 16)], 6: [("fd00:1::1", 64)]}
 
 
 def test_calc_gateways_respects_an_ipam_default_route_with_gw():
     r = ipam_result([{"address": "10.1.0.5/24"}], [{"dst": "0.0.0.0/0", "gw": "10.1.0.254"}])
-    bridge.calc_gateways(r, cfg(isDefaultGateway=True))
+    bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "0.0.0.0/0", "gw": "10.1.0.254"}]
 
 
@@ -153,19 +154,19 @@ def test_calc_gateways_avoids_the_duplicate_default_route_trap():
     """IPAM's 0.0.0.0/0 without gw gets the gateway filled in when applied;
     the reference appends a second, identical route and the ADD fails on EEXIST."""
     r = ipam_result([{"address": "10.1.0.5/24"}], [{"dst": "0.0.0.0/0"}])
-    bridge.calc_gateways(r, cfg(isDefaultGateway=True))
+    bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "0.0.0.0/0"}]
 
 
 def test_calc_gateways_other_family_default_does_not_count():
     r = ipam_result([{"address": "10.1.0.5/24"}, {"address": "fd00::5/64"}], [{"dst": "::/0"}])
-    bridge.calc_gateways(r, cfg(isDefaultGateway=True))
+    bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "::/0"}, {"dst": "0.0.0.0/0", "gw": "10.1.0.1"}]
 
 
 def test_calc_gateways_same_gateway_listed_once():
     r = ipam_result([{"address": "10.1.0.5/24"}, {"address": "10.1.0.6/24"}])
-    gws = bridge.calc_gateways(r, cfg(isGateway=True))
+    gws = bridgeconf.calc_gateways(r, cfg(isGateway=True))
     assert gws[4] == [("10.1.0.1", 24)]
 
 
@@ -184,3 +185,38 @@ def test_first_gateways_and_interface_filter():
     assert iface.broadcast("10.1.0.5", 24) == "10.1.0.255"
     assert iface.broadcast("10.1.0.5", 30) == "10.1.0.7"
     assert iface.canonical_net("10.1.2.3/16") == "10.1.0.0/16"
+
+
+def _modules_after(code):
+    import subprocess
+    import sys
+
+    from cnitest import ROOT
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    prog = ("import sys; sys.path[0:0] = %r\n%s\nprint('\\n'.join(sorted(sys.modules)))"
+            % ([ROOT] + site, code))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", prog], capture_output=True, text=True,
+                         check=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("command,stdin", [
+    ("VERSION", b'{"cniVersion":"1.0.0"}'),
+    ("STATUS", b'{"cniVersion":"1.1.0","name":"n","type":"bridge","vlan":5000}'),
+    ("DEL", b'{"cniVersion":"1.0.0","name":"n","type":"bridge","mtu":"1500"}'),
+    ("DEL", b'{"cniVersion":"1.0.0","name":"n","type":"bridge","hairpinMode":true,"promiscMode":true}'),
+])
+def test_version_and_config_errors_stay_light(command, stdin):
+    """No pyroute2, ipaddress or json before the config has passed.  (An error
+    logged with its cause loads ``traceback``, and with it ``re``: skel's.)"""
+    mods = _modules_after(
+        "import os\nos.environ.update(CNI_COMMAND=%r, CNI_CONTAINERID='c', CNI_NETNS='',"
+        " CNI_IFNAME='eth0', CNI_PATH='/nonexistent', PYCNI_LOG='off')\n"
+        "from cnilib import skel\nimport plugins.bridge as p\n"
+        "rc, out = skel.execute(p.PLUGIN, os.environ, stdin_data=%r)\n"
+        "assert (rc == 0) == (%r == 'VERSION'), out\n"
+        "assert rc == 0 or b'\"code\":7' in out, out" % (command, stdin, command))
+    heavy = ("pyroute2", "pydantic", "pydantic_core", "json", "ipaddress", "subprocess")
+    if command == "VERSION":
+        heavy += ("re", "traceback")
+    assert sorted(m for m in mods if m.split(".")[0] in heavy) == []

@@ -7,7 +7,7 @@ here instead.
 
 import pytest
 
-from cnilib import bridge, netlink
+from cnilib import bridge, bridgeconf, netlink
 
 ifinfmsg = netlink.ifinfmsg     # the message class netlink.py loads
 
@@ -49,7 +49,7 @@ class Port:
 
 
 def conf(**kw):
-    c = bridge.load_conf(dict({"cniVersion": "1.0.0", "name": "n", "type": "bridge"}, **kw))
+    c = bridgeconf.load_conf(dict({"cniVersion": "1.0.0", "name": "n", "type": "bridge"}, **kw))
     return c
 
 
