@@ -190,6 +190,16 @@ def test_error_json_shape():
     assert errors.from_code(123, "m").code == 123
 
 
+def test_error_json_is_one_line_whatever_the_input_quoted():
+    e = errors.InvalidConfig("invalid CIDR address: 1.2.3.4\ndrop", "found 'a\x00b\r'")
+    d = e.to_dict("1.0.0")
+    assert d["msg"] == "invalid CIDR address: 1.2.3.4\\ndrop"
+    assert d["details"] == "found 'a\\x00b\\r'"
+    assert e.msg.endswith("\ndrop")                # the exception keeps the raw text
+    ok = errors.InvalidConfig("naïve → ok")
+    assert ok.to_dict("1.0.0")["msg"] == "naïve → ok"
+
+
 # ----------------------------------------------------------------- CNI_ARGS
 def test_cni_args_parse():
     assert cniargs.parse_cni_args("") == {}
