@@ -176,6 +176,12 @@ def test_log_file_from_config(tmp_path, monkeypatch):
     assert "DEL net=net1" in log.read_text()
 
 
+def test_log_file_with_a_nul_byte_does_not_crash_the_plugin():
+    e = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"}
+    rc, out = skel.execute(PLUGIN, e, stdin_data=json.dumps(conf("9.9.9", logFile="/tmp/a\x00b")).encode())
+    assert rc == 1 and json.loads(out)["code"] == 1
+
+
 def test_about_when_no_command():
     rc, out = skel.execute(PLUGIN, {}, stdin_data=b"")
     assert rc == 0 and b"CNI fake plugin" in out and b"1.1.0" in out
