@@ -27,6 +27,15 @@ def check_component(name, what="name"):
     return name
 
 
+def check_path(path, what):
+    """Refuse a configured path no system call can take (a NUL byte), as a
+    config error rather than a ValueError from deep inside the plugin."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise errors.InvalidConfig("%s %r is not a usable path" % (what, str(path)[:120]),
+                                   "expected a file system path without NUL bytes")
+    return path
+
+
 def ensure_dir(path, mode=0o700):
     """Create ``path`` (and parents) if needed; refuse a symlink or non-directory."""
     try:

@@ -53,3 +53,10 @@ def test_sweep_temps(tmp_path):
     os.utime(t, (0, 0))
     assert fsutil.sweep_temps(str(tmp_path)) == 1
     assert not t.exists()
+
+
+@pytest.mark.parametrize("bad", ["", "/tmp/a\x00b", None, 5])
+def test_check_path_refuses_what_no_syscall_takes(bad):
+    with pytest.raises(errors.InvalidConfig):
+        fsutil.check_path(bad, "dataDir")
+    assert fsutil.check_path("relative/ok", "dataDir") == "relative/ok"
