@@ -182,6 +182,16 @@ def test_log_file_with_a_nul_byte_does_not_crash_the_plugin():
     assert rc == 1 and json.loads(out)["code"] == 1
 
 
+@pytest.mark.parametrize("verb", ["ADD", "CHECK", "DEL"])
+def test_a_plugin_that_never_enters_the_netns_still_refuses_its_own(verb):
+    CALLS.clear()
+    rc, out = run(verb, conf(), CNI_NETNS="/proc/self/ns/net")
+    assert rc == 1 and out["code"] == 8 and "own network namespace" in out["msg"]
+    assert CALLS == []
+    rc, out = run(verb, conf(), CNI_NETNS="/proc/self/ns/net", CNI_NETNS_OVERRIDE="1")
+    assert rc == 0
+
+
 def test_about_when_no_command():
     rc, out = skel.execute(PLUGIN, {}, stdin_data=b"")
     assert rc == 0 and b"CNI fake plugin" in out and b"1.1.0" in out
