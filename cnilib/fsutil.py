@@ -135,6 +135,17 @@ def sweep_temps(d, older_than=60.0):
     return n
 
 
+def open_lock(path, what="lock"):
+    """The fd of lock file ``path``, created 0600 if missing; a symlink
+    planted there is not followed but refused (code 5, naming the path)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        why = "a symlink is there" if exc.errno == errno.ELOOP else exc.strerror
+        raise errors.IOFailure("cannot open %s %s: %s" % (what, path, why),
+                               "expected a regular file the suite creates; remove what is there") from exc
+
+
 class Flock:
     """Exclusive flock on ``path``, waited for at most ``timeout`` seconds.
 
@@ -148,7 +159,7 @@ class Flock:
         self.fd = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        self.fd = open_lock(self.path, self.what)
         deadline = time.monotonic() + self.timeout
         delay = 0.001
         while True:

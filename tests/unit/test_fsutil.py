@@ -60,3 +60,14 @@ def test_check_path_refuses_what_no_syscall_takes(bad):
     with pytest.raises(errors.InvalidConfig):
         fsutil.check_path(bad, "dataDir")
     assert fsutil.check_path("relative/ok", "dataDir") == "relative/ok"
+
+
+def test_a_symlink_planted_as_a_lock_is_refused_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    os.chmod(victim, 0o644)
+    os.symlink(victim, tmp_path / "lock")
+    with pytest.raises(errors.IOFailure, match="symlink"):
+        with fsutil.Flock(str(tmp_path / "lock")):
+            pass
+    assert victim.read_text() == "keep" and victim.stat().st_mode & 0o777 == 0o644
