@@ -52,6 +52,13 @@ def ensure_dir(path, mode=0o700):
     if st.st_mode & 0o002:
         raise errors.IOFailure("state directory %s is world-writable" % path,
                                "expected mode 0700/0755; run chmod o-w %s" % path)
+    parent = os.path.dirname(os.path.abspath(path))
+    pst = os.stat(parent)
+    if pst.st_mode & 0o002 and not pst.st_mode & _stat.S_ISVTX:
+        # anyone could swap the state directory for a link of their own
+        raise errors.IOFailure("state directory %s is in %s, which is world-writable" % (path, parent),
+                               "expected a parent writable by root only (or sticky, as /tmp); "
+                               "run chmod o-w %s" % parent)
     return path
 
 

@@ -62,6 +62,16 @@ def test_check_path_refuses_what_no_syscall_takes(bad):
     assert fsutil.check_path("relative/ok", "dataDir") == "relative/ok"
 
 
+def test_ensure_dir_refuses_a_world_writable_parent_unless_sticky(tmp_path):
+    parent = tmp_path / "open"
+    parent.mkdir()
+    os.chmod(parent, 0o777)
+    with pytest.raises(errors.IOFailure, match="world-writable"):
+        fsutil.ensure_dir(str(parent / "state"))
+    os.chmod(parent, 0o1777)                 # like /tmp
+    assert fsutil.ensure_dir(str(parent / "state")) == str(parent / "state")
+
+
 def test_a_symlink_planted_as_a_lock_is_refused_not_followed(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("keep")
