@@ -463,7 +463,11 @@ class Cache:
     def read(self, network, container_id, ifname):
         """The raw cache entry (a dict), or None when there is none.  A file
         that is not a cniCacheV1 entry is libcni's legacy form: a bare result."""
-        data = fsutil.read_file(self.path(network, container_id, ifname))
+        path = self.path(network, container_id, ifname)
+        try:
+            data = fsutil.read_file(path)
+        except OSError as exc:      # a symlink (not followed) or a directory
+            raise errors.IOFailure("cannot read the cached result %s: %s" % (path, exc.strerror)) from None
         if data is None:
             return None
         try:
