@@ -29,6 +29,9 @@ AGENT_VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 def main(name=None):
     import gc
     gc.disable()  # short-lived process: no cycles worth collecting (~5 ms saved)
+    # never looser than 022, whatever the runtime runs us with: directories
+    # made on the way to a state dir must not come out world-writable
+    os.umask(os.umask(0o022) | 0o022)
     argv = sys.argv
     if name is None:
         name = os.path.basename(argv[0]) if argv and argv[0] else "pycni"
