@@ -166,7 +166,7 @@ class RelNode:
                 netns = self.pod(cid).path
             if netns:
                 argv.append(netns)
-            argv += ["--container-id", cid, "--ifname", ifname]
+            argv += ["--container-id", cid, "--ifname=" + ifname]
         argv += list(extra)
         e = self.env(CAP_ARGS=self.cap_args(cid) if cid else None)
         e.update(env or {})
