@@ -4,7 +4,7 @@ test, or per module and install form for the long parametrized runs."""
 import os
 
 import pytest
-from relnode import NetnsSet, RelNode
+from relnode import FIGURES, NetnsSet, RelNode
 
 import cnitest
 
@@ -29,3 +29,10 @@ def mnode(mform, tmp_path_factory):
         yield RelNode(cnitest.plugin_dir(mform), tmp_path_factory.mktemp("node-" + mform), made)
     finally:
         made.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for k in sorted(FIGURES):
+            terminalreporter.write_line("%s: %s" % (k, FIGURES[k]))

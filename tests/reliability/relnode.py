@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FLANNEL_ENV = ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
 NETWORKS = ("cbr0", "bnet")
+# figures the tier measures, printed at the end of the run (conftest.py)
+FIGURES = {}
 STATE_DIRS = ("cache", "run", "state", "flannel", "ipam", "tuning")
 # files that persist by design: flock targets and host-local's round-robin cursor
 PERSISTENT = re.compile(r"(^|/)(lock|\.lock|[^/]*\.lock|last_reserved_ip\.\d+)$")
@@ -67,8 +69,9 @@ class NetnsSet:
 
 
 class RelNode:
-    def __init__(self, plugins, tmp, netns_factory, name="node"):
+    def __init__(self, plugins, tmp, netns_factory, name="node", lite=False):
         self.plugins = plugins
+        self.lite = lite
         self.tmp = str(tmp / name)
         os.makedirs(self.tmp)
         self.netns_factory = netns_factory
@@ -104,6 +107,9 @@ class RelNode:
 
     # -- configs ---------------------------------------------------------------
     def conflists(self):
+        return self.lite_conflists() if self.lite else self.full_conflists()
+
+    def full_conflists(self):
         return {
             "cbr0": [
                 {"type": "flannel", "subnetFile": self.subnet_file, "dataDir": self.p["flannel"],
@@ -121,6 +127,16 @@ class RelNode:
                 {"type": "tuning", "mtu": 1400, "dataDir": self.p["tuning"]},
             ],
         }
+
+    def lite_conflists(self):
+        """The churn's networks: bridge + host-local + portmap, one behind flannel."""
+        full = self.full_conflists()
+        return {"cbr0": full["cbr0"],
+                "bnet": [{"type": "bridge", "bridge": "br1", "isGateway": True, "ipMasq": True,
+                          "ipam": {"type": "host-local", "dataDir": self.p["ipam"],
+                                   "ranges": [[{"subnet": "10.99.0.0/24"}]]}},
+                         {"type": "portmap", "backend": "iptables",
+                          "capabilities": {"portMappings": True}}]}
 
     def plugin_conf(self, net, ptype, **extra):
         """The stdin the runner builds for plugin ``ptype`` of ``net`` (no prevResult)."""
