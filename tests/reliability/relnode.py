@@ -22,12 +22,17 @@ import re
 import subprocess
 import time
 
-from cnitest import Netns, PluginRun, run_plugin
+import pytest
+
+from cnitest import Netns, PluginRun, forms, run_plugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLANNEL_ENV = ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
 NETWORKS = ("cbr0", "bnet")
+# Tests of the suite's logic rather than of its packaging run in the py form
+# only (the bundle runs the same code): ``@PY_ONLY`` narrows the ``form`` fixture.
+PY_ONLY = pytest.mark.parametrize("form", [f for f in forms() if f == "py"], indirect=True)
 # figures the tier measures, printed at the end of the run (conftest.py)
 FIGURES = {}
 STATE_DIRS = ("cache", "run", "state", "flannel", "ipam", "tuning")

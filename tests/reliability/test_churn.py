@@ -74,8 +74,8 @@ def test_churn_leaks_nothing_and_never_hands_out_an_address_twice(tmp_path, netn
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
-    FIGURES["churn"] = "%d ADD/DEL cycles at parallelism %d in %.1f s (py form), %d errors, %d duplicate addresses" % (
-        CYCLES, PARALLEL, wall, len(failures), len(dups))
+    FIGURES["churn"] = ("%d ADD/DEL cycles at parallelism %d in %.1f s (py form), %d errors, "
+                        "%d duplicate addresses" % (CYCLES, PARALLEL, wall, len(failures), len(dups)))
     assert failures == []
     assert dups == []
     node.settle()

@@ -18,7 +18,7 @@ import json
 import os
 
 import pytest
-from relnode import NETWORKS, diff
+from relnode import PY_ONLY, NETWORKS, diff
 
 pytestmark = pytest.mark.root
 
@@ -103,6 +103,7 @@ def net_of(cid):
     return "cbr0" if cid.startswith("a") else "bnet"
 
 
+@PY_ONLY
 @pytest.mark.parametrize("via", ["pycni", "direct"])
 @pytest.mark.parametrize("valid", sorted(VALID))
 def test_gc_after_a_reboot_frees_exactly_the_stale_attachments(rnode, valid, via):
