@@ -126,6 +126,7 @@ def cmd_del(a):
     if saved is None:
         saved, found = tuning.read_backup(legacy), legacy
     if saved is None:
+        _drop_unreadable(a, data_dir, path, legacy)
         return None
     if a.netns_fd is not None:
         from cnilib import netns
@@ -142,6 +143,20 @@ def cmd_del(a):
         from cnilib import fsutil
         fsutil.remove(legacy)
     return None
+
+
+def _drop_unreadable(a, data_dir, path, legacy):
+    """A record that exists but cannot be read (empty, torn, not JSON) has
+    nothing to restore; left in place it would outlive the container."""
+    import os
+    from cnilib import fsutil
+    for p in (path, legacy):
+        if os.path.lexists(p):
+            a.log.warning("dropping the unreadable tuning record %s: nothing to restore", p)
+            if p == path:
+                tuning.remove_backup(data_dir, a.name, p)
+            else:
+                fsutil.remove(p)
 
 
 def cmd_check(a):
