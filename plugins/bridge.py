@@ -109,10 +109,10 @@ def _add(a, c, mac, alias, undo):
                                                     [i["address"] for i in result.ips], a.log)
                 if added and gw_link is br:
                     bridge.pin_mac(hnl, br, a.log)
-        host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac)
+        host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac, alias)
         undo.push("delete veth %s" % host.name, lambda: _delete_link(host.index))
         failpoint.hit("bridge.add.after_veth")
-        bridge.setup_port(hnl, host, c, alias)
+        bridge.setup_port(hnl, host, c)
         cont = netlink.link_get(cnl, a.ifname)
         if cont is None:
             raise errors.Internal("container interface %s vanished after creation" % a.ifname)
