@@ -35,6 +35,10 @@ NETWORKS = ("cbr0", "bnet")
 PY_ONLY = pytest.mark.parametrize("form", [f for f in forms() if f == "py"], indirect=True)
 # figures the tier measures, printed at the end of the run (conftest.py)
 FIGURES = {}
+
+
+def count(what, n=1):
+    FIGURES[what] = FIGURES.get(what, 0) + n
 STATE_DIRS = ("cache", "run", "state", "flannel", "ipam", "tuning")
 # files that persist by design: flock targets and host-local's round-robin cursor
 PERSISTENT = re.compile(r"(^|/)(lock|\.lock|[^/]*\.lock|last_reserved_ip\.\d+)$")

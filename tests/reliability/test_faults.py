@@ -15,8 +15,11 @@ in the py form, exec'd (PYCNI_NO_INPROCESS=1), so a kill can take down the
 delegate alone and leave its caller to clean up.
 """
 
+import json
+import os
+
 import pytest
-from relnode import NETWORKS, diff, failpoints_in_code
+from relnode import NETWORKS, PY_ONLY, count, diff, failpoints_in_code
 
 pytestmark = pytest.mark.root
 
@@ -77,6 +80,7 @@ def kill_add(node, net, point, mode_env):
     node.delete(net, cid, env=mode_env)
     assert_back_to(node, base, cid, "the ADD and DEL after the crash")
     node.clean = base
+    count("SIGKILLs survived (ADD killed, DEL x2, no leak, ADD again)")
 
 
 def kill_del(node, net, point, mode_env):
@@ -92,6 +96,7 @@ def kill_del(node, net, point, mode_env):
     node.delete(net, cid, env=mode_env)
     assert_back_to(node, base, cid, "the ADD and DEL after the crash")
     node.clean = base
+    count("SIGKILLs survived (DEL killed, DEL x2, no leak, ADD again)")
 
 
 @pytest.mark.parametrize("point", sorted(FAILPOINTS))
@@ -129,3 +134,29 @@ def test_the_add_paths_pass_the_failpoints_the_issue_names(mnode):
     order = t["cbr0"]["ADD"]
     assert order.index("flannel-after-save") < order.index("bridge.add.after_ipam") \
         < order.index("flannel-after-delegate-add") < order.index("portmap-after-rules")
+
+
+ORPHANS = ["bridge.add.after_veth", "bridge.add.after_addrs", "bridge.add.after_rules",
+           "flannel-after-delegate-add", "portmap-after-rules", "tuning-after-link"]
+
+
+@PY_ONLY
+@pytest.mark.parametrize("point", ORPHANS)
+def test_gc_frees_what_a_killed_add_left_without_any_del(rnode, point):
+    """user-pain #27: the runtime never DELs a crashed ADD; GC with a valid
+    list that does not name it frees its veth, lease, rules and files, and
+    leaves the live attachment alone."""
+    t = traces(rnode)
+    for net in NETWORKS:
+        rnode.add(net, "keep-" + net)
+    base = rnode.snapshot()
+    for net in [n for n in NETWORKS if point in t[n]["ADD"]]:
+        r = rnode.pycni("add", net, "orphan1", env={"PYCNI_FAILPOINTS": "%s=kill" % point})
+        assert r.rc != 0, r
+        vf = os.path.join(rnode.tmp, "valid.json")
+        with open(vf, "w") as f:
+            json.dump([{"containerID": "keep-" + net, "ifname": "eth0"}], f)
+        r = rnode.pycni("gc", net, extra=["--valid", vf])
+        assert r.rc == 0, r
+        rnode.settle(live=2)
+        assert diff(base, rnode.snapshot()) == {}, "GC left the orphan of %s on %s" % (point, net)

@@ -23,6 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relnode import count
+
 from cnilib import errors, main, skel
 
 PLUGINS = sorted(main.PLUGINS)
@@ -110,6 +112,7 @@ def env(command, cid="c1", ifname="eth0", args="", path="/nonexistent-cni-path")
 
 def run(p, e, data):
     """'reached', or (rc, parsed output); asserts the output is well formed."""
+    count("generated inputs run through skel.execute")
     try:
         rc, out = skel.execute(p, e, stdin_data=data)
     except Reached:

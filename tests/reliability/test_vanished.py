@@ -175,3 +175,32 @@ def test_gc_without_the_valid_list_or_with_its_old_spelling_frees_nothing(rnode,
             r = rnode.exec_plugin(p["type"], "GC", conf)
             assert r.rc == 0, (p["type"], r)
             assert diff(base, rnode.snapshot()) == {}, "%s GC freed a valid attachment" % p["type"]
+
+
+def corrupt(path, how):
+    with open(path, "wb") as f:
+        f.write(b"" if how == "empty" else b"\x00\x00{garbage")
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage"])
+@pytest.mark.parametrize("net", NETWORKS)
+def test_del_with_every_state_file_of_the_attachment_corrupt_releases_everything(rnode, net, how):
+    """A crash or a full disk can leave any file of an attachment empty or
+    torn (user-pain #16): DEL still exits 0 and frees everything."""
+    rnode.add(net, "warm1")
+    rnode.delete(net, "warm1")
+    rnode.settle()
+    base = rnode.snapshot()
+    rnode.add(net, "torn1")
+    # leases excepted: an unreadable one is no lease, reclaimed by the next ADD
+    # that wants the address (host-local's own tests); the rest must go
+    mine = [os.path.join(rnode.tmp, f) for f in rnode.files() - base["files"]
+            if os.path.isfile(os.path.join(rnode.tmp, f)) and not f.startswith("ipam/")]
+    assert len(mine) == 2, mine           # the cache entry, and the saved config or tuning record
+    for path in mine:
+        corrupt(path, how)
+    for _ in range(2):
+        r = rnode.pycni("del", net, "torn1")
+        assert r.rc == 0, r
+    rnode.settle()
+    assert diff(base, rnode.snapshot()) == {}
