@@ -105,14 +105,22 @@ build_bin() {
 from cnilib.main import main
 main()
 EOF
-  "$VENV/bin/pyinstaller" --noconfirm --clean --log-level WARN --onedir --strip \
-      --name pycni --contents-directory .pycni \
-      --distpath "$work/dist" --workpath "$work/build" --specpath "$work" \
+  "$VENV/bin/pyi-makespec" --onedir --strip \
+      --name pycni --contents-directory .pycni --specpath "$work" \
       --paths "$TOP" "${hidden[@]}" \
       --collect-submodules pyroute2.netlink.rtnl \
       --exclude-module pydantic --exclude-module pydantic_core --exclude-module cnilib.schema \
       --exclude-module tkinter \
       "$work/entry.py" >/dev/null
+  # PyInstaller runs its inspect and multiprocessing runtime hooks before
+  # every exec (they import inspect, zipfile, multiprocessing, subprocess):
+  # ~25 ms of a bundled VERSION, for features the plugins never use (no
+  # multiprocessing spawn/forkserver, no inspect.getsourcefile); drop them
+  grep -q '^pyz = PYZ(a.pure)' "$work/pycni.spec" || die "unexpected PyInstaller spec layout in $work/pycni.spec"
+  sed -i 's/^pyz = PYZ(a.pure)/a.scripts = [s for s in a.scripts if s[0] not in ("pyi_rth_inspect", "pyi_rth_multiprocessing")]\n&/' \
+      "$work/pycni.spec"
+  "$VENV/bin/pyinstaller" --noconfirm --clean --log-level WARN \
+      --distpath "$work/dist" --workpath "$work/build" "$work/pycni.spec" >/dev/null
   mv "$work/dist/pycni" "$out"
   for name in "${PLUGINS[@]}"; do
     plugin_exists "$name" && ln -sf pycni "$out/$name"

@@ -53,6 +53,11 @@ def _peer(conn):
 
 def _worker(conn):
     """Child side: one request, in the caller's netns, then exit."""
+    # the agent ignores SIGCHLD (the kernel reaps its workers); a worker that
+    # kept that would lose its own children's exit status (waitpid: ECHILD),
+    # so nft, iptables-restore and exec'd delegates would all "fail"
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     from cnilib import failpoint, netns, skel
     from cnilib.main import PLUGINS
     # the server's dispositions are not the worker's: with SIGCHLD ignored

@@ -33,6 +33,31 @@ def socket_path(env=None):
     return env.get("PYCNI_AGENT_SOCKET") or DEFAULT_SOCKET
 
 
+MAX_INPUT = 1 << 20      # the same cap as cnilib.skel.MAX_STDIN
+
+
+def read_input(fd):
+    """Stdin, up to one byte over the cap (the skel refuses anything over
+    it), or None when it cannot be read (the skel then reports that)."""
+    chunks, total = [], 0
+    while total <= MAX_INPUT:
+        try:
+            b = os.read(fd, 65536)
+        except OSError:
+            return None
+        if not b:
+            break
+        total += len(b)
+        chunks.append(b)
+    return b"".join(chunks)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _recv_exact(s, n):
     buf = bytearray()
     while len(buf) < n:

@@ -271,6 +271,8 @@ def run_gc(r, net, opts):
         out.write("    %s %s\n" % (cid, ifn))
     if opts.dry_run:
         _write_plan(out, plan, "would DEL", "would send GC to")
+        if plan.gc_plugins:
+            _write_gc_preview(out, r, net, plan)
         return 0
     try:
         r.gc(plan)
@@ -289,4 +291,28 @@ def _write_plan(out, plan, del_word, gc_word, done=None):
                   % (gc_word, len(plan.gc_plugins), ", ".join(p["type"] for p in plan.gc_plugins)))
     else:
         out.write("  no GC verb: cniVersion %s predates it (1.1.0)\n" % plan.net.version)
+    out.flush()
+
+
+def _write_gc_preview(out, r, net, plan):
+    """The state on this node the plugins' GC would free (read-only, best
+    effort: what pycni whois sees in the dirs the network's config names),
+    and the valid attachments whose netns is gone (kept: never guessed)."""
+    from cnilib import nodestate, whois
+    loc = nodestate.Locations.of_network(net, os.path.dirname(net.source) or ".", r.cache.dir)
+    try:
+        node = whois.build(loc)
+    except OSError as exc:
+        out.write("  (cannot read this node's state to preview the plugins' GC: %s)\n" % exc)
+        return
+    items = whois.gc_preview(node, net.name, plan.valid)
+    out.write("  the plugins' GC would free %d item(s) this node holds outside the valid set%s\n"
+              % (len(items), ":" if items else ""))
+    for layer, text in items:
+        out.write("    %-8s %s\n" % (layer, text))
+    gone = [c for c in plan.cached if (c.container_id, c.ifname) in set(plan.valid)
+            and c.netns and not nodestate.netns_alive(c.netns)]
+    for c in gone:
+        out.write("  note: valid %s %s has a netns that is gone (%s); it stays valid unless "
+                  "--valid leaves it out\n" % (c.container_id, c.ifname, c.netns))
     out.flush()

@@ -24,6 +24,10 @@ TOOLS = {
 
 
 AGENT_VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+# plugins whose work loads netlink (pyroute2's message classes, ~25 ms):
+# only they gain from the warm agent; host-local, portmap and firewall are
+# cheaper in-process than through a socket and a fork
+AGENT_PLUGINS = frozenset(("bridge", "loopback", "tuning", "flannel"))
 
 
 def main(name=None):
@@ -48,20 +52,19 @@ def main(name=None):
                          % (name, ", ".join(sorted(PLUGINS) + sorted(TOOLS))))
         os._exit(2)
     stdin = None
-    if os.environ.get("CNI_COMMAND") in AGENT_VERBS and len(argv) < 2:
-        from cnilib import agentwire, skel
-        try:
-            stdin = skel.read_stdin(0)
-        except Exception:
-            stdin = None       # unreadable: let the skel report it
-        if stdin is not None and len(stdin) <= skel.MAX_STDIN:
+    if (name in AGENT_PLUGINS and os.environ.get("CNI_COMMAND") in AGENT_VERBS
+            and len(argv) < 2 and os.environ.get("PYCNI_AGENT_SOCKET") != "off"):
+        from cnilib import agentwire
+        stdin = agentwire.read_input(0)    # None when unreadable: skel reports it
+        if stdin is not None and len(stdin) <= agentwire.MAX_INPUT:
             got = agentwire.call(name, stdin)
             if isinstance(got, tuple):
-                skel.write_all(1, got[1])
+                agentwire.write_all(1, got[1])
                 os._exit(got[0])
             if got == "died" and os.environ.get("CNI_COMMAND") == "ADD":
                 # the agent's worker died mid-ADD: undo whatever it did, then
                 # do the ADD here, so the attachment converges to one ADD
+                from cnilib import skel
                 mod = __import__(modname, fromlist=["PLUGIN"])
                 skel.execute(mod.PLUGIN, dict(os.environ, CNI_COMMAND="DEL"), stdin_data=stdin)
     mod = __import__(modname, fromlist=["PLUGIN"])

@@ -891,3 +891,118 @@ def port_aliases(nl, master):
         text = [attrs.get(k, b"").rstrip(b"\0").decode("utf-8", "replace") for k in (3, 20)]
         out.append((index, text[0], text[1] or None))
     return out
+
+
+# ---- whois and doctor: one raw link dump for the whole node, netns ids
+#
+# ``pycni whois`` maps every host veth to its pod the way the seed article
+# does by hand (``ip link`` shows ``vethX@ifN link-netnsid M``, ``ethtool -S``
+# gives the peer ifindex): IFLA_LINK is the peer's ifindex, IFLA_LINK_NETNSID
+# the id *this* netns gave the peer's netns, and RTM_GETNSID turns a netns
+# file (a name under /var/run/netns, /proc/<pid>/ns/net) into that same id.
+# Only the attributes it needs are decoded, from one dump per run.
+
+from pyroute2.netlink.rtnl.nsidmsg import nsidmsg  # noqa: E402
+
+RTM_NEWNSID, RTM_GETNSID = 88, 90
+_DECODERS[RTM_NEWNSID] = nsidmsg
+OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
+_IFLA_WANTED = {1: "mac", 3: "name", 4: "mtu", 5: "peer_index", 10: "master", 16: "operstate",
+                18: "linkinfo", 20: "alias", 37: "link_netnsid"}
+
+
+class LinkBrief:
+    """What whois and doctor read of every link: index, name, kind
+    (IFLA_INFO_KIND), slave_kind ("bridge" for a bridge port), master,
+    peer_index (IFLA_LINK: a veth's peer ifindex), link_netnsid (None when
+    the peer is in this netns), alias, mtu, mac, operstate, flags."""
+
+    __slots__ = ("index", "name", "kind", "slave_kind", "master", "peer_index", "link_netnsid",
+                 "alias", "mtu", "mac", "operstate", "flags")
+
+    def __repr__(self):
+        return "<LinkBrief %d %s kind=%s>" % (self.index, self.name, self.kind)
+
+    @property
+    def up(self):
+        return bool(self.flags & IFF_UP)
+
+
+def _nested_strings(data, wanted):
+    """{type: text} of the string attributes ``wanted`` in a nested attribute."""
+    out, pos = {}, 0
+    while pos + 4 <= len(data):
+        alen, atype = struct.unpack_from("=HH", data, pos)
+        if alen < 4:
+            break
+        atype &= 0x3FFF
+        if atype in wanted:
+            out[atype] = bytes(data[pos + 4:pos + alen]).rstrip(b"\0").decode("utf-8", "replace")
+        pos += (alen + 3) & ~3
+    return out
+
+
+def parse_link_brief(m):
+    """A LinkBrief from one raw RTM_NEWLINK message (header included)."""
+    _fam, _pad, _type, index, flags, _change = struct.unpack_from("=BBHiII", m, 16)
+    raw, pos = {}, 32
+    while pos + 4 <= len(m):
+        alen, atype = struct.unpack_from("=HH", m, pos)
+        if alen < 4:
+            break
+        atype &= 0x3FFF
+        if atype in _IFLA_WANTED:
+            raw[atype] = m[pos + 4:pos + alen]
+        pos += (alen + 3) & ~3
+    b = LinkBrief()
+    b.index, b.flags = index, flags
+
+    def text(k):
+        v = raw.get(k)
+        return bytes(v).rstrip(b"\0").decode("utf-8", "replace") if v is not None else None
+
+    def u32(k, default=0):
+        v = raw.get(k)
+        return struct.unpack_from("=I", v)[0] if v is not None and len(v) >= 4 else default
+
+    b.name, b.alias = text(3), text(20) or None
+    b.mtu, b.master, b.peer_index = u32(4), u32(10), u32(5)
+    nsid = raw.get(37)
+    b.link_netnsid = struct.unpack_from("=i", nsid)[0] if nsid is not None and len(nsid) >= 4 else None
+    op = raw.get(16)
+    b.operstate = OPERSTATES[op[0]] if op and op[0] < len(OPERSTATES) else "UNKNOWN"
+    mac = raw.get(1)
+    b.mac = ":".join("%02x" % c for c in mac) if mac is not None and len(mac) == 6 else None
+    info = _nested_strings(raw.get(18) or b"", (1, 4))
+    b.kind, b.slave_kind = info.get(1), info.get(4)
+    return b
+
+
+def link_index(nl):
+    """Every link of the netns as LinkBrief, from one undecoded dump."""
+    raw = _raw_dump(nl, _linkmsg(attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]),
+                    RTM_GETLINK, "links")
+    return [parse_link_brief(m) for m in raw]
+
+
+NETNSA_NSID, NETNSA_FD = "NETNSA_NSID", "NETNSA_FD"
+
+
+def netns_id(nl, fd):
+    """The id this socket's netns gave the netns open on ``fd``, or None
+    when it gave none (no link here points into that netns)."""
+    m = nsidmsg()
+    m["attrs"] = [(NETNSA_FD, fd)]
+    try:
+        got = nl.request(m, RTM_GETNSID, what="get netns id")
+    except NetlinkError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT, errno.EBADF):
+            return None
+        raise
+    if not got:
+        return None
+    nsid = got[0].get_attr(NETNSA_NSID)
+    if nsid is None:
+        return None
+    nsid = nsid - (1 << 32) if nsid >= 1 << 31 else nsid
+    return nsid if nsid >= 0 else None

@@ -153,6 +153,11 @@ def _check(node, value, loc, errs):
         if not isinstance(value, list):
             _err(errs, "list_type", loc, "Input should be a valid list", value)
             return _MISSING
+        lo, hi = node.get("min_length"), node.get("max_length")
+        if hi is not None and len(value) > hi:   # pydantic-core checks this first
+            _err(errs, "too_long", loc, "List should have at most %s after validation, not %d"
+                 % (_plural(hi, "item"), len(value)), value)
+            return _MISSING
         items = node.get("items_schema")
         out = []
         before = len(errs)
@@ -161,14 +166,9 @@ def _check(node, value, loc, errs):
             out.append(got)
         if len(errs) != before:
             return _MISSING
-        lo, hi = node.get("min_length"), node.get("max_length")
         if lo is not None and len(out) < lo:
             _err(errs, "too_short", loc, "List should have at least %s after validation, not %d"
                  % (_plural(lo, "item"), len(out)), value)
-            return _MISSING
-        if hi is not None and len(out) > hi:
-            _err(errs, "too_long", loc, "List should have at most %s after validation, not %d"
-                 % (_plural(hi, "item"), len(out)), value)
             return _MISSING
         return out
     if t == "dict":

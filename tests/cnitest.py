@@ -186,3 +186,45 @@ def run_fabric(node, *args, env=None):
     return subprocess.run(["ip", "netns", "exec", node.name, sys.executable, "-m", "cnilib.fabric"]
                           + [str(a) for a in args], cwd=ROOT, env=e, capture_output=True,
                           text=True, timeout=120)
+
+
+# ---- a JSON Schema subset (doctor/whois reports)
+
+def schema_errors(schema, value, path="$"):
+    """Where ``value`` breaks ``schema``: the JSON Schema keywords pycni's
+    report schemas use (type, const, enum, required, properties,
+    additionalProperties false, items, pattern, minimum)."""
+    import re
+    out = []
+    types = schema.get("type")
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        pytypes = {"object": dict, "array": list, "string": str, "boolean": bool,
+                   "null": type(None), "number": (int, float)}
+        ok = any((isinstance(value, int) and not isinstance(value, bool)) if t == "integer"
+                 else isinstance(value, pytypes[t]) and not (t == "number" and isinstance(value, bool))
+                 for t in names)
+        if not ok:
+            return ["%s: %r is not %s" % (path, value, types)]
+    if "const" in schema and value != schema["const"]:
+        out.append("%s: %r != %r" % (path, value, schema["const"]))
+    if "enum" in schema and value not in schema["enum"]:
+        out.append("%s: %r not in %r" % (path, value, schema["enum"]))
+    if "pattern" in schema and isinstance(value, str) and not re.search(schema["pattern"], value):
+        out.append("%s: %r does not match %s" % (path, value, schema["pattern"]))
+    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
+        out.append("%s: %r < %r" % (path, value, schema["minimum"]))
+    if isinstance(value, dict):
+        for k in schema.get("required", ()):
+            if k not in value:
+                out.append("%s: %r missing" % (path, k))
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                out += schema_errors(props[k], v, "%s.%s" % (path, k))
+            elif schema.get("additionalProperties") is False:
+                out.append("%s: unexpected key %r" % (path, k))
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            out += schema_errors(schema["items"], v, "%s[%d]" % (path, i))
+    return out

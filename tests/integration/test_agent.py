@@ -86,3 +86,33 @@ def test_non_root_refused(agent):
             os._exit(4)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_worker_can_run_child_programs(tmp_path, statedir, host, ctr):
+    # a worker must see its own children exit (nft, iptables-restore, a
+    # delegate IPAM plugin), although the agent itself ignores SIGCHLD
+    sock = str(tmp_path / "agent2" / "agent.sock")
+    boot = ("import sys; sys.path.insert(0, %r)\n"
+            "from cnilib import main\n"
+            "main.PLUGINS['spawner'] = 'agent_spawn_plugin'\n"
+            "from cnilib import agent\n"
+            "sys.exit(agent.main(['--socket', %r]))" % (os.path.join(ROOT, "tests"), sock))
+    p = subprocess.Popen([sys.executable, "-c", boot], env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("agent did not start: %s" % p.stderr.read().decode())
+        call = ("from cnilib import agentwire; import sys\n"
+                "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c1', 'CNI_NETNS': %r, 'CNI_IFNAME': 'eth0',\n"
+                "       'CNI_PATH': '', 'PYCNI_AGENT_SOCKET': %r, 'PYCNI_LOG': %r}\n"
+                "print(agentwire.call('spawner', b'{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"spawner\"}', env))"
+                % (ctr.path, sock, os.environ["PYCNI_LOG"]))
+        out = host.run(sys.executable, "-c", call, env=dict(os.environ, PYTHONPATH=ROOT)).stdout
+        assert "child-rc-0" in out, out
+    finally:
+        p.terminate()
+        p.wait(timeout=10)

@@ -1,0 +1,560 @@
+"""Walk one packet through the node's firewall, read-only, for ``pycni doctor``.
+
+The seed article's operator finds a dropped packet with counters and
+tcpdump ("flannel.1 receives it, cni0 never does: iptables ate it").
+doctor answers the same question from the rules themselves: given a packet
+(a pod-to-pod packet through FORWARD, a VXLAN datagram into INPUT), which
+rule decides its fate, in every table that sees it.
+
+Two sources, both read as text the tools print:
+
+  * ``iptables-save`` (legacy or nf_tables variant): chains, policies and
+    ``-A`` lines, walked in table order for the hook (raw, mangle, filter);
+  * ``nft -j list ruleset``: base chains on the hook, in priority order.
+    Tables that iptables-nft owns (family ip/ip6, names filter/nat/...) are
+    left to the iptables walk, so a rule is never judged twice.
+
+A packet must get through every base chain of its hook: an accept ends one
+chain, a drop or reject ends the packet.  Matches this module does not
+understand make a rule "maybe": a maybe-drop is reported as uncertain, a
+maybe-accept does not count as accepting.  Everything here is pure.
+"""
+
+import ipaddress
+import shlex
+
+YES, MAYBE, NO = 2, 1, 0
+IPT_HOOK_TABLES = {
+    "prerouting": (("raw", "PREROUTING"), ("mangle", "PREROUTING")),
+    "input": (("mangle", "INPUT"), ("filter", "INPUT"), ("security", "INPUT")),
+    "forward": (("mangle", "FORWARD"), ("filter", "FORWARD"), ("security", "FORWARD")),
+    "output": (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("filter", "OUTPUT"), ("security", "OUTPUT")),
+}
+IPT_TABLES = ("filter", "nat", "mangle", "raw", "security")
+TERMINAL = {"ACCEPT": "accept", "DROP": "drop", "REJECT": "reject"}
+L4 = ("tcp", "udp", "sctp", "udplite", "dccp")
+PROTO_NUM = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
+
+
+class Packet:
+    """One packet: family 4/6, proto ('udp', 'tcp', 'icmp'), addresses,
+    ports, input/output interface names, conntrack state, mark."""
+
+    __slots__ = ("family", "proto", "saddr", "daddr", "sport", "dport", "iif", "oif",
+                 "ct_state", "mark")
+
+    def __init__(self, saddr, daddr, proto="tcp", sport=40000, dport=80, iif=None, oif=None,
+                 ct_state="new", mark=0):
+        self.saddr, self.daddr = ipaddress.ip_address(saddr), ipaddress.ip_address(daddr)
+        self.family = self.saddr.version
+        self.proto, self.sport, self.dport = proto, sport, dport
+        self.iif, self.oif, self.ct_state, self.mark = iif, oif, ct_state, mark
+
+    def __str__(self):
+        ports = " %s %d" % (self.proto, self.dport) if self.proto in L4 else " " + self.proto
+        ifs = "".join(" %s %s" % (k, v) for k, v in (("in", self.iif), ("out", self.oif)) if v)
+        return "%s -> %s%s%s" % (self.saddr, self.daddr, ports, ifs)
+
+
+class Decision:
+    """The fate of a packet in one hook: ``verdict`` accept/drop/reject;
+    ``by`` the rule or policy that decided (text); ``certain`` False when a
+    rule it could not evaluate stood before the decision; ``doubts`` those
+    rules."""
+
+    __slots__ = ("verdict", "by", "certain", "doubts", "where")
+
+    def __init__(self, verdict, by, certain=True, doubts=(), where=""):
+        self.verdict, self.by, self.certain = verdict, by, certain
+        self.doubts, self.where = list(doubts), where
+
+    @property
+    def passes(self):
+        return self.verdict == "accept"
+
+    def __repr__(self):
+        return "<Decision %s by %r%s>" % (self.verdict, self.by, "" if self.certain else " (uncertain)")
+
+
+# ====================================================================== helpers
+
+def _and(a, b):
+    return min(a, b)
+
+
+def _neg(r, neg):
+    if not neg or r == MAYBE:
+        return r
+    return NO if r == YES else YES
+
+
+def addr_in(addr, spec):
+    """YES/NO: ``addr`` (an ip_address) within ``spec`` ('10.0.0.0/8', '1.2.3.4',
+    comma lists as iptables prints them)."""
+    for part in spec.split(","):
+        try:
+            net = ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            return MAYBE
+        if net.version == addr.version and addr in net:
+            return YES
+    return NO
+
+
+def iface_is(name, pattern):
+    """iptables '-i eth+' / nft 'eth*' wildcards; None name (no interface) never matches."""
+    if name is None:
+        return NO
+    if pattern.endswith("+") or pattern.endswith("*"):
+        return YES if name.startswith(pattern[:-1]) else NO
+    return YES if name == pattern else NO
+
+
+def port_in(port, spec):
+    """'8472', '8000:9000', '80,443' (multiport) -> YES/NO."""
+    if port is None:
+        return NO
+    for part in str(spec).split(","):
+        lo, sep, hi = part.partition(":")
+        try:
+            if (int(lo or 0) <= port <= int(hi or 65535)) if sep else port == int(lo):
+                return YES
+        except ValueError:
+            return MAYBE
+    return NO
+
+
+# ====================================================================== iptables
+
+class IptRule:
+    __slots__ = ("line", "chain", "tokens", "target", "goto")
+
+    def __init__(self, line):
+        self.line = line
+        try:
+            toks = shlex.split(line)
+        except ValueError:
+            toks = line.split()
+        self.chain = toks[1] if len(toks) > 1 else ""
+        self.tokens, self.target, self.goto = toks[2:], None, False
+        for i, t in enumerate(self.tokens):
+            if t in ("-j", "--jump", "-g", "--goto") and i + 1 < len(self.tokens):
+                self.target, self.goto = self.tokens[i + 1], t in ("-g", "--goto")
+                self.tokens = self.tokens[:i]
+                break
+
+
+class IptTable:
+    __slots__ = ("name", "policies", "chains")
+
+    def __init__(self, name):
+        self.name, self.policies, self.chains = name, {}, {}
+
+
+def parse_save(text):
+    """iptables-save text -> {table: IptTable} (policies of built-in chains,
+    rules of every chain in order)."""
+    tables, cur = {}, None
+    for line in text.splitlines():
+        line = line.rstrip()
+        if line.startswith("*"):
+            cur = tables.setdefault(line[1:], IptTable(line[1:]))
+        elif cur is None or not line or line.startswith("#"):
+            continue
+        elif line.startswith(":"):
+            name, _, rest = line[1:].partition(" ")
+            cur.chains.setdefault(name, [])
+            pol = rest.split(" ", 1)[0]
+            if pol and pol != "-":
+                cur.policies[name] = pol
+        elif line.startswith("-A "):
+            r = IptRule(line)
+            cur.chains.setdefault(r.chain, []).append(r)
+    return tables
+
+
+_STATE_OPTS = ("--ctstate", "--state")
+
+
+def ipt_match(rule, pkt):
+    """YES / MAYBE / NO: do the matches of ``rule`` (before -j) hold for ``pkt``?"""
+    toks, res, i, neg = rule.tokens, YES, 0, False
+    while i < len(toks):
+        t = toks[i]
+        if t == "!":
+            neg, i = True, i + 1
+            continue
+        val = toks[i + 1] if i + 1 < len(toks) else ""
+        if t in ("-m", "--match"):
+            i += 2
+            continue
+        if t in ("-s", "--source"):
+            r, i = addr_in(pkt.saddr, val), i + 2
+        elif t in ("-d", "--destination"):
+            r, i = addr_in(pkt.daddr, val), i + 2
+        elif t in ("-i", "--in-interface"):
+            r, i = iface_is(pkt.iif, val), i + 2
+        elif t in ("-o", "--out-interface"):
+            r, i = iface_is(pkt.oif, val), i + 2
+        elif t in ("-p", "--protocol"):
+            r = YES if val in (pkt.proto, "all", str(PROTO_NUM.get(pkt.proto))) else NO
+            i += 2
+        elif t in ("--dport", "--destination-port", "--dports", "--destination-ports"):
+            r, i = (port_in(pkt.dport, val) if pkt.proto in L4 else NO), i + 2
+        elif t in ("--sport", "--source-port", "--sports", "--source-ports"):
+            r, i = (port_in(pkt.sport, val) if pkt.proto in L4 else NO), i + 2
+        elif t == "--comment":
+            r, i = YES, i + 2
+        elif t in _STATE_OPTS:
+            r, i = (YES if pkt.ct_state.upper() in val.upper().split(",") else NO), i + 2
+        elif t == "--mark":
+            v, _, m = val.partition("/")
+            try:
+                r = YES if (pkt.mark & int(m or "0xffffffff", 0)) == int(v, 0) else NO
+            except ValueError:
+                r = MAYBE
+            i += 2
+        else:
+            # an extension this walk does not model: it may or may not match
+            r, i = MAYBE, i + 1
+            while i < len(toks) and not toks[i].startswith("-") and toks[i] != "!":
+                i += 1
+        res = _and(res, _neg(r, neg))
+        neg = False
+        if res == NO:
+            return NO
+    return res
+
+
+def ipt_walk(table, chain, pkt, doubts, depth=0):
+    """The verdict of ``chain`` for ``pkt``: (verdict, rule line) or None when
+    the chain returns without one.  Uncertain terminal rules go to ``doubts``."""
+    if depth > 32:
+        doubts.append("(chain jumps nest deeper than 32 at %s)" % chain)
+        return None
+    for r in table.chains.get(chain, ()):
+        m = ipt_match(r, pkt)
+        if m == NO:
+            continue
+        tgt = r.target
+        if tgt in TERMINAL:
+            if m == YES:
+                return TERMINAL[tgt], r.line
+            doubts.append(r.line)
+        elif tgt == "RETURN":
+            if m == YES:
+                return None
+        elif tgt in table.chains:
+            sub = ipt_walk(table, tgt, pkt, doubts, depth + 1)
+            if sub is not None:
+                if m == YES:
+                    return sub
+                doubts.append(r.line)
+            elif r.goto and m == YES:
+                return None
+    return None
+
+
+def ipt_decide(tables, hook, pkt, name="iptables"):
+    """Decision for ``pkt`` on ``hook`` over the iptables tables that see it;
+    None when no table has a chain for it (nothing filters there)."""
+    seen = False
+    doubts, accepted = [], []
+    for tname, chain in IPT_HOOK_TABLES[hook]:
+        table = tables.get(tname)
+        if table is None or chain not in table.chains:
+            continue
+        seen = True
+        got = ipt_walk(table, chain, pkt, doubts)
+        where = "%s -t %s %s" % (name, tname, chain)
+        if got is None:
+            pol = table.policies.get(chain, "ACCEPT")
+            if pol != "ACCEPT":
+                return Decision(pol.lower(), "policy %s of %s %s" % (pol, tname, chain),
+                                not doubts, doubts, where)
+            continue
+        if got[0] != "accept":
+            return Decision(got[0], got[1], not doubts, doubts, where)
+        accepted.append(got[1])
+    if not seen:
+        return None
+    return Decision("accept", "; ".join(accepted) or "no %s rule drops it" % name, not doubts, doubts, "")
+
+
+# ====================================================================== nftables
+
+IPTABLES_NFT_TABLES = ("filter", "nat", "mangle", "raw", "security")
+
+
+class NftChain:
+    __slots__ = ("family", "table", "name", "hook", "prio", "policy", "type", "rules")
+
+    def __init__(self, d):
+        self.family, self.table, self.name = d.get("family"), d.get("table"), d.get("name")
+        self.hook, self.type = d.get("hook"), d.get("type")
+        prio = d.get("prio", 0)
+        self.prio = prio if isinstance(prio, int) else 0
+        self.policy = d.get("policy", "accept")
+        self.rules = []
+
+
+def parse_ruleset(items):
+    """``nft -j list ruleset`` items -> {(family, table): {chain name: NftChain}},
+    plus table comments: returns (chains, comments)."""
+    chains, comments = {}, {}
+    for it in items or ():
+        if "table" in it:
+            t = it["table"]
+            comments[(t.get("family"), t.get("name"))] = t.get("comment")
+            chains.setdefault((t.get("family"), t.get("name")), {})
+        elif "chain" in it:
+            c = NftChain(it["chain"])
+            chains.setdefault((c.family, c.table), {})[c.name] = c
+        elif "rule" in it:
+            r = it["rule"]
+            c = chains.setdefault((r.get("family"), r.get("table")), {}).get(r.get("chain"))
+            if c is not None:
+                c.rules.append(r)
+    return chains, comments
+
+
+def _nft_value_match(value, right):
+    """YES/NO/MAYBE: does ``value`` (ip_address, int or str) equal or fall in ``right``?"""
+    if isinstance(right, dict):
+        if "prefix" in right:
+            p = right["prefix"]
+            if not isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+                return MAYBE
+            return addr_in(value, "%s/%s" % (p.get("addr"), p.get("len")))
+        if "range" in right:
+            lo, hi = right["range"]
+            try:
+                if isinstance(value, int):
+                    return YES if int(lo) <= value <= int(hi) else NO
+                return YES if ipaddress.ip_address(lo) <= value <= ipaddress.ip_address(hi) else NO
+            except (ValueError, TypeError):
+                return MAYBE
+        if "set" in right:
+            best = NO
+            for el in right["set"]:
+                best = max(best, _nft_value_match(value, el))
+            return best
+        return MAYBE
+    if isinstance(right, list):
+        best = NO
+        for el in right:
+            best = max(best, _nft_value_match(value, el))
+        return best
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        try:
+            return addr_in(value, str(right))
+        except ValueError:
+            return MAYBE
+    if isinstance(value, str) and isinstance(right, str):
+        return iface_is(value, right) if right.endswith("*") else (YES if value == right else NO)
+    return YES if value == right else NO
+
+
+_NFPROTO = {4: "ipv4", 6: "ipv6"}
+
+
+def _nft_left_value(left, pkt):
+    """The packet's value for a match's left side, or a sentinel: NO when the
+    field cannot exist for this packet (a udp header on tcp), MAYBE unknown."""
+    if not isinstance(left, dict):
+        return MAYBE, None
+    if "payload" in left:
+        p = left["payload"]
+        proto, field = p.get("protocol"), p.get("field")
+        if proto in ("ip", "ip6"):
+            if (proto == "ip") != (pkt.family == 4):
+                return NO, None
+            if field in ("saddr", "daddr"):
+                return None, getattr(pkt, field)
+            if field in ("protocol", "nexthdr"):
+                return None, pkt.proto
+            return MAYBE, None
+        if proto in L4 or proto == "th":
+            if proto != "th" and proto != pkt.proto:
+                return NO, None
+            if proto == "th" and pkt.proto not in L4:
+                return NO, None
+            if field in ("dport", "sport"):
+                return None, getattr(pkt, field)
+        return MAYBE, None
+    if "meta" in left:
+        key = left["meta"].get("key")
+        if key == "iifname":
+            return None, pkt.iif
+        if key == "oifname":
+            return None, pkt.oif
+        if key == "l4proto":
+            return None, pkt.proto
+        if key == "nfproto":
+            return None, _NFPROTO[pkt.family]
+        if key == "mark":
+            return None, pkt.mark
+        return MAYBE, None
+    if "ct" in left and left["ct"].get("key") == "state":
+        return None, pkt.ct_state
+    return MAYBE, None
+
+
+def nft_match(expr, pkt):
+    """YES / MAYBE / NO for one ``match`` expression."""
+    op, left, right = expr.get("op", "=="), expr.get("left"), expr.get("right")
+    sentinel, value = _nft_left_value(left, pkt)
+    if sentinel is not None:
+        return sentinel
+    if value is None:
+        return NO if op in ("==", "in") else YES
+    if isinstance(right, (int, str)) and isinstance(value, str) and right in PROTO_NUM.values():
+        right = next(k for k, v in PROTO_NUM.items() if v == right)
+    if op in ("==", "in"):
+        return _nft_value_match(value, right)
+    if op == "!=":
+        return _neg(_nft_value_match(value, right), True)
+    return MAYBE
+
+
+_NOOP = ("counter", "log", "limit", "comment", "meter", "notrack", "mangle", "set", "ct count")
+
+
+def nft_rule_effect(rule, pkt):
+    """(match YES/MAYBE, verdict) for a rule that may apply, or (NO, None).
+    verdict: ('accept'|'drop'|'reject'|'return'|'jump'|'goto', target)."""
+    res = YES
+    for e in rule.get("expr", ()):
+        if not isinstance(e, dict) or not e:
+            continue
+        k = next(iter(e))
+        if k == "match":
+            res = _and(res, nft_match(e[k], pkt))
+            if res == NO:
+                return NO, None
+        elif k in ("accept", "drop", "return", "continue"):
+            return res, (k, None) if k != "continue" else None
+        elif k == "reject":
+            return res, ("reject", None)
+        elif k in ("jump", "goto"):
+            return res, (k, (e[k] or {}).get("target"))
+        elif k in ("xt", "vmap", "fib", "lookup") or k not in _NOOP:
+            if k in ("dnat", "snat", "masquerade", "redirect", "queue"):
+                return res, None
+            res = _and(res, MAYBE)
+    return res, None
+
+
+def nft_rule_text(rule):
+    """A short readable form of a rule: 'table inet t chain c handle N: ...'."""
+    parts = []
+    for e in rule.get("expr", ()):
+        if not isinstance(e, dict) or not e:
+            continue
+        k = next(iter(e))
+        v = e[k]
+        if k == "match":
+            parts.append("%s %s %s" % (_nft_term(v.get("left")), v.get("op", "=="), _nft_term(v.get("right"))))
+        elif k in ("counter",):
+            continue
+        elif k in ("jump", "goto"):
+            parts.append("%s %s" % (k, (v or {}).get("target")))
+        else:
+            parts.append(k if v is None else "%s %s" % (k, _nft_term(v)))
+    return "nft %s %s chain %s: %s" % (rule.get("family"), rule.get("table"), rule.get("chain"),
+                                       " ".join(parts))
+
+
+def _nft_term(v):
+    if isinstance(v, dict) and len(v) == 1:
+        k, x = next(iter(v.items()))
+        if k == "payload" and isinstance(x, dict):
+            return "%s %s" % (x.get("protocol"), x.get("field"))
+        if k in ("meta", "ct") and isinstance(x, dict):
+            return "%s %s" % (k, x.get("key"))
+        if k == "prefix" and isinstance(x, dict):
+            return "%s/%s" % (x.get("addr"), x.get("len"))
+        if k == "set" and isinstance(x, list):
+            return "{ %s }" % ", ".join(_nft_term(i) for i in x)
+        if k == "range" and isinstance(x, list):
+            return "-".join(_nft_term(i) for i in x)
+        return "%s %s" % (k, _nft_term(x))
+    if isinstance(v, list):
+        return "{ %s }" % ", ".join(_nft_term(i) for i in v)
+    if isinstance(v, dict):
+        return " ".join("%s %s" % (k, _nft_term(x)) for k, x in v.items())
+    return str(v)
+
+
+def nft_walk(table, chain, pkt, doubts, depth=0):
+    """(verdict, rule text) of nft ``chain`` (a NftChain in ``table``), or None."""
+    if depth > 32:
+        doubts.append("(chain jumps nest deeper than 32 at %s)" % chain.name)
+        return None
+    for r in chain.rules:
+        m, eff = nft_rule_effect(r, pkt)
+        if m == NO or eff is None:
+            continue
+        kind, target = eff
+        if kind in ("accept", "drop", "reject"):
+            if m == YES:
+                return kind, nft_rule_text(r)
+            doubts.append(nft_rule_text(r))
+        elif kind == "return":
+            if m == YES:
+                return None
+        elif target in table:
+            sub = nft_walk(table, table[target], pkt, doubts, depth + 1)
+            if sub is not None:
+                if m == YES:
+                    return sub
+                doubts.append(nft_rule_text(r))
+            elif kind == "goto" and m == YES:
+                return None
+    return None
+
+
+def nft_decide(chains, hook, pkt, skip_iptables_tables=True):
+    """Decision for ``pkt`` over every nft base chain on ``hook`` of its
+    family (ip/ip6 and inet), lowest priority first; None when none exists."""
+    fams = ("ip", "inet") if pkt.family == 4 else ("ip6", "inet")
+    base = []
+    for (fam, tname), table in chains.items():
+        if fam not in fams:
+            continue
+        if skip_iptables_tables and fam in ("ip", "ip6") and tname in IPTABLES_NFT_TABLES:
+            continue
+        for c in table.values():
+            if c.hook == hook:
+                base.append((c.prio, fam, tname, c))
+    if not base:
+        return None
+    base.sort(key=lambda x: (x[0], x[1], x[2]))
+    doubts, accepted = [], []
+    for _prio, fam, tname, c in base:
+        got = nft_walk(chains[(fam, tname)], c, pkt, doubts)
+        where = "nft %s %s chain %s" % (fam, tname, c.name)
+        if got is None:
+            if c.policy == "drop":
+                return Decision("drop", "policy drop of %s" % where, not doubts, doubts, where)
+            continue
+        if got[0] != "accept":
+            return Decision(got[0], got[1], not doubts, doubts, where)
+        accepted.append(got[1])
+    return Decision("accept", "; ".join(accepted) or "no nft base chain drops it", not doubts, doubts, "")
+
+
+def decide(ipt_tables, nft_chains, hook, pkt, skip_iptables_tables=True):
+    """The packet's fate on ``hook`` across iptables and nftables: the first
+    drop or reject found; otherwise accept (uncertain if either was).
+    Returns None when neither has anything on that hook."""
+    found = [d for d in (ipt_decide(ipt_tables or {}, hook, pkt) if ipt_tables else None,
+                         nft_decide(nft_chains or {}, hook, pkt, skip_iptables_tables)
+                         if nft_chains else None) if d is not None]
+    if not found:
+        return None
+    for d in found:
+        if not d.passes:
+            return d
+    doubts = [x for d in found for x in d.doubts]
+    return Decision("accept", "; ".join(d.by for d in found), not doubts, doubts, "")
