@@ -160,3 +160,4 @@ def test_gc_frees_what_a_killed_add_left_without_any_del(rnode, point):
         assert r.rc == 0, r
         rnode.settle(live=2)
         assert diff(base, rnode.snapshot()) == {}, "GC left the orphan of %s on %s" % (point, net)
+        count("killed ADDs freed by GC alone")
