@@ -19,7 +19,7 @@ list chains`` tells what exists, so a DEL with nothing to remove costs one
 exec.
 """
 
-from cnilib import errors, proc
+from cnilib import errors, failpoint, proc
 from cnilib import hostport_rules as R
 from cnilib.firewall import addr
 
@@ -344,6 +344,7 @@ def ipt_add(cfg, log):
                 done.append(fam)
                 iptables.restore(fam, "nat", lines, "portmap iptables rules (IPv%d)" % fam)
             log.info("iptables IPv%d chain %s: %d rules, %d jumps", fam, cfg.chain, len(dn), len(entries))
+            failpoint.hit("portmap-ipt-after-family")
     except BaseException:
         for fam in done:
             try:
