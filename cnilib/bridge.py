@@ -67,9 +67,12 @@ def check_free(cnl, ifname, netns_path):
             "created %s; run DEL first" % ifname)
 
 
-def setup_veth(nl, cnl, netns_fd, ifname, br, conf, mac):
+def setup_veth(nl, cnl, netns_fd, ifname, br, conf, mac, alias=None):
     """Create the pair: 'veth<8 hex>' on the bridge here, ``ifname`` in the
-    container.  Returns the host end's Link."""
+    container, and tag the host end with ``alias`` at once: GC and DEL
+    without a netns find a veth by its alias, so a crash must not find one
+    untagged (the kernel ignores an alias in the creating request, so a
+    window of two requests remains).  Returns the host end's Link."""
     for _ in range(10):
         host = "veth" + os.urandom(4).hex()
         try:
@@ -82,14 +85,14 @@ def setup_veth(nl, cnl, netns_fd, ifname, br, conf, mac):
         link = netlink.link_get(nl, host)
         if link is None:
             raise errors.Internal("veth %s vanished right after creation" % host)
+        if alias:
+            netlink.link_set(nl, link.index, alias=alias, what="set alias of %s" % host)
         return link
     raise errors.Internal("failed to find a unique veth name", "10 random names were all taken")
 
 
-def setup_port(nl, port, conf, alias=None):
-    """Alias, accept_ra off, hairpin/isolated and VLANs of a new bridge port."""
-    if alias:
-        netlink.link_set(nl, port.index, alias=alias, what="set alias of %s" % port.name)
+def setup_port(nl, port, conf):
+    """accept_ra off, hairpin/isolated and VLANs of a new bridge port."""
     _sysctl_quiet("net/ipv6/conf/%s/accept_ra" % port.name, "0")
     if conf["hairpinMode"] or conf["portIsolation"]:
         try:

@@ -7,6 +7,14 @@ the longer story (the fix, the value seen).
 """
 
 
+def one_line(text):
+    """``text`` with control characters escaped (a newline or NUL from a
+    quoted input value): runtimes log the message as one line."""
+    if not isinstance(text, str) or text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class CniError(Exception):
     code = 999
 
@@ -18,9 +26,9 @@ class CniError(Exception):
             self.code = code
 
     def to_dict(self, cni_version):
-        out = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
+        out = {"cniVersion": cni_version, "code": self.code, "msg": one_line(self.msg)}
         if self.details:
-            out["details"] = self.details
+            out["details"] = one_line(self.details)
         return out
 
     def __str__(self):

@@ -4,6 +4,10 @@ PYCNI_FAILPOINTS="name=action[,name=action...]" with action one of
   kill      SIGKILL this process right there (a crash)
   error     raise an unexpected exception (an ADD that fails mid-way)
   sleep:S   sleep S seconds (to widen a race)
+  trace     append the name to the file $PYCNI_FAILPOINTS_TRACE and go on
+The name ``*`` matches every failpoint without an action of its own, so
+``*=trace`` lists the failpoints a run passes, in order (the reliability
+tests find the points to kill at that way).
 When the variable is unset, ``hit`` is one global lookup and a return.
 """
 
@@ -34,7 +38,7 @@ def hit(name):
         return
     if _ACTIONS is None:
         _parse()
-    action = _ACTIONS.get(name)
+    action = _ACTIONS.get(name) or _ACTIONS.get("*")
     if action is None:
         return
     if action == "kill":
@@ -44,3 +48,16 @@ def hit(name):
     elif action.startswith("sleep:"):
         import time
         time.sleep(float(action[6:]))
+    elif action == "trace":
+        _trace(name)
+
+
+def _trace(name):
+    path = os.environ.get("PYCNI_FAILPOINTS_TRACE")
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, ("%s\n" % name).encode())
+    finally:
+        os.close(fd)

@@ -23,6 +23,7 @@ ADD/DEL/CHECK the runtime serialises, and GC never runs concurrently with
 ADD or DEL on a network (spec 1.1 section 3).
 """
 
+import errno
 import os
 import time
 
@@ -396,6 +397,9 @@ def load_saved(data_dir, container_id):
     try:
         data = fsutil.read_file(path)
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):
+            # not followed: DEL rebuilds the config and removes the entry
+            return Saved(path, "corrupt", why="not a regular file (%s)" % exc.strerror)
         raise errors.IOFailure("cannot read the saved delegate config %s: %s" % (path, exc.strerror),
                                "expected a file written by the flannel plugin's ADD") from exc
     if data is None:

@@ -27,6 +27,15 @@ def check_component(name, what="name"):
     return name
 
 
+def check_path(path, what):
+    """Refuse a configured path no system call can take (a NUL byte), as a
+    config error rather than a ValueError from deep inside the plugin."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise errors.InvalidConfig("%s %r is not a usable path" % (what, str(path)[:120]),
+                                   "expected a file system path without NUL bytes")
+    return path
+
+
 def ensure_dir(path, mode=0o700):
     """Create ``path`` (and parents) if needed; refuse a symlink or non-directory."""
     try:
@@ -43,6 +52,13 @@ def ensure_dir(path, mode=0o700):
     if st.st_mode & 0o002:
         raise errors.IOFailure("state directory %s is world-writable" % path,
                                "expected mode 0700/0755; run chmod o-w %s" % path)
+    parent = os.path.dirname(os.path.abspath(path))
+    pst = os.stat(parent)
+    if pst.st_mode & 0o002 and not pst.st_mode & _stat.S_ISVTX:
+        # anyone could swap the state directory for a link of their own
+        raise errors.IOFailure("state directory %s is in %s, which is world-writable" % (path, parent),
+                               "expected a parent writable by root only (or sticky, as /tmp); "
+                               "run chmod o-w %s" % parent)
     return path
 
 
@@ -133,6 +149,17 @@ def sweep_temps(d, older_than=60.0):
     return n
 
 
+def open_lock(path, what="lock"):
+    """The fd of lock file ``path``, created 0600 if missing; a symlink
+    planted there is not followed but refused (code 5, naming the path)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        why = "a symlink is there" if exc.errno == errno.ELOOP else exc.strerror
+        raise errors.IOFailure("cannot open %s %s: %s" % (what, path, why),
+                               "expected a regular file the suite creates; remove what is there") from exc
+
+
 class Flock:
     """Exclusive flock on ``path``, waited for at most ``timeout`` seconds.
 
@@ -147,7 +174,7 @@ class Flock:
         self.since = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        self.fd = open_lock(self.path, self.what)
         start = time.monotonic()
         deadline = start + self.timeout
         delay = 0.001

@@ -20,7 +20,7 @@ or not the runtime sends portMappings; netlink lookups tell what exists, so
 a DEL with nothing to remove execs nothing.
 """
 
-from cnilib import errors, proc
+from cnilib import errors, failpoint, proc
 from cnilib import hostport_rules as R
 from cnilib.firewall import addr
 
@@ -356,6 +356,7 @@ def ipt_add(cfg, log):
                 done.append(fam)
                 iptables.restore(fam, "nat", lines, "portmap iptables rules (IPv%d)" % fam)
             log.info("iptables IPv%d chain %s: %d rules, %d jumps", fam, cfg.chain, len(dn), len(entries))
+            failpoint.hit("portmap-ipt-after-family")
     except BaseException:
         for fam in done:
             try:

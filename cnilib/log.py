@@ -97,7 +97,7 @@ class Log:
                 os.write(fd, data)
             finally:
                 os.close(fd)
-        except OSError:
+        except (OSError, ValueError):     # ValueError: a logFile with a NUL byte
             pass
 
 

@@ -37,7 +37,7 @@ import os
 import sys
 import time
 
-from cnilib import errors, fsutil, jsonio, skel
+from cnilib import errors, failpoint, fsutil, jsonio, skel
 
 CURRENT = "1.1.0"          # highest spec version this runner drives (libcni's Current())
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -463,7 +463,11 @@ class Cache:
     def read(self, network, container_id, ifname):
         """The raw cache entry (a dict), or None when there is none.  A file
         that is not a cniCacheV1 entry is libcni's legacy form: a bare result."""
-        data = fsutil.read_file(self.path(network, container_id, ifname))
+        path = self.path(network, container_id, ifname)
+        try:
+            data = fsutil.read_file(path)
+        except OSError as exc:      # a symlink (not followed) or a directory
+            raise errors.IOFailure("cannot read the cached result %s: %s" % (path, exc.strerror)) from None
         if data is None:
             return None
         try:
@@ -626,7 +630,9 @@ class Runner:
                 result = self._add_one(net, plugin, result, att)
             except errors.CniError as exc:
                 raise PluginFailed(plugin, "add", exc) from exc
+        failpoint.hit("runner-before-cache-write")
         self.cache.write(net, att, result)
+        failpoint.hit("runner-after-cache-write")
         return result
 
     def cached_result(self, net, att):

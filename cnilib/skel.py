@@ -14,7 +14,8 @@ Order of checks, each with its spec code:
   name missing or invalid      -> 7
   cniVersion unsupported       -> 1 (details list the supported versions)
   verb not allowed by version  -> 1
-  CNI_NETNS not a netns, or the plugin's own netns -> 8
+  CNI_NETNS not a netns, or the plugin's own netns -> 8 (plugins that never
+    enter CNI_NETNS only refuse their own netns)
 """
 
 import os
@@ -203,7 +204,14 @@ def _parse_conf(data):
 
 
 def _open_netns(a, env):
-    if not a.netns or not a.plugin.uses_netns:
+    if not a.netns:
+        return
+    override = env.get("CNI_NETNS_OVERRIDE", "").lower() in ("1", "true")
+    if not a.plugin.uses_netns:
+        # never entered, but a runtime that hands the host's netns to the
+        # chain is refused by every plugin in it alike (two stat calls)
+        if not override and _is_own_path(a.netns):
+            raise _own_netns(a)
         return
     from cnilib import netns
     try:
@@ -215,12 +223,24 @@ def _open_netns(a, env):
         raise errors.InvalidNetNS(
             "container netns %r does not exist" % a.netns,
             "expected the path of a live network namespace") from None
-    override = env.get("CNI_NETNS_OVERRIDE", "").lower() in ("1", "true")
     if not override and netns.is_own(a.netns_fd):
-        raise errors.InvalidNetNS(
-            "CNI_NETNS %r is the plugin's own network namespace" % a.netns,
-            "refusing to %s there (a stale /proc/<pid>/ns/net path can point at the host); "
-            "expected the container's network namespace" % a.command)
+        raise _own_netns(a)
+
+
+def _own_netns(a):
+    return errors.InvalidNetNS(
+        "CNI_NETNS %r is the plugin's own network namespace" % a.netns,
+        "refusing to %s there (a stale /proc/<pid>/ns/net path can point at the host); "
+        "expected the container's network namespace" % a.command)
+
+
+def _is_own_path(path):
+    try:
+        a = os.stat(path)
+        b = os.stat("/proc/thread-self/ns/net")
+    except (OSError, ValueError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def execute(plugin, env, stdin_fd=0, stdin_data=None):

@@ -85,7 +85,7 @@ def settings(a):
                 setattr(s, attr, over[key])
     if s.mac:
         s.mac = parse_mac(s.mac)
-    fsutil.check_component(a.name, "network name")
+    backup_dir(s.data_dir, a.name)      # dataDir and name usable before anything is changed
     return s
 
 
@@ -207,7 +207,8 @@ def check_duplicate_sysctls(stdin):
 
 
 def backup_dir(data_dir, network):
-    return os.path.join(data_dir, fsutil.check_component(network, "network name"))
+    return os.path.join(fsutil.check_path(data_dir, "dataDir"),
+                        fsutil.check_component(network, "network name"))
 
 
 def backup_path(data_dir, network, cid, ifname):

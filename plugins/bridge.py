@@ -1,6 +1,6 @@
 """bridge: a veth pair from the container into a Linux bridge (cni0).
 
-ADD   bridge -> IPAM -> gateway address -> veth -> port flags -> container
+ADD   IPAM -> bridge -> gateway address -> veth -> port flags -> container
       addresses and routes -> masquerade -> announce -> result; a failure
       undoes, in reverse, what was done (IPAM through a delegated DEL).  The
       masquerade transaction is started right after IPAM and collected once
@@ -84,9 +84,7 @@ def _add(a, c, mac, alias, undo):
         bridge.check_free(cnl, a.ifname, a.netns)
         if c["_l3"]:
             invoke.find(c["_ipam"], a.path)     # a missing IPAM plugin creates nothing
-        br = bridge.ensure_bridge(hnl, c, a.log)
-        gw_link = br
-        if c["_l3"]:
+            # IPAM before the bridge: an IPAM config it refuses leaves no bridge behind
             ipam = invoke.delegate("ADD", c["_ipam"], a.stdin, a)
             a.log.debug("IPAM %s gave %s", c["_ipam"], ", ".join(i["address"] for i in ipam.ips))
             undo.push("release the IPAM allocation",
@@ -95,10 +93,13 @@ def _add(a, c, mac, alias, undo):
             if not ipam.ips:
                 raise errors.Internal("IPAM plugin returned missing IP config",
                                       "%s returned no IP address" % c["_ipam"])
+        br = bridge.ensure_bridge(hnl, c, a.log)
+        gw_link = br
+        if c["_l3"]:
             result.ips, result.routes, result.dns = ipam.ips, ipam.routes, ipam.dns
             gws = bridgeconf.calc_gateways(result, c)
             if c["ipMasq"]:
-                # nft runs while the veth and the container are set up
+                # the backend is chosen now; the elements go in once the container is set up
                 from cnilib import ipmasq
                 masq = ipmasq.start_setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
                                           [i["address"] for i in result.ips], a.netns)
@@ -110,11 +111,11 @@ def _add(a, c, mac, alias, undo):
                                                     [i["address"] for i in result.ips], a.log)
                 if added and gw_link is br:
                     bridge.pin_mac(hnl, br, a.log)
-        host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac)
+        host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac, alias)
         undo.push("delete veth %s" % host.name, lambda: _delete_link(host.index))
         a.log.debug("veth %s on %s", host.name, br.name)
         failpoint.hit("bridge.add.after_veth")
-        bridge.setup_port(hnl, host, c, alias)
+        bridge.setup_port(hnl, host, c)
         cont = netlink.link_get(cnl, a.ifname)
         if cont is None:
             raise errors.Internal("container interface %s vanished after creation" % a.ifname)

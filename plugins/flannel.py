@@ -8,7 +8,7 @@ and STATUS are forwarded to delegates that speak 1.1.0.  The work lives in
 cnilib.flannel.
 """
 
-from cnilib import errors, failpoint, flannel, invoke, skel, validate
+from cnilib import errors, failpoint, flannel, fsutil, invoke, skel, validate
 
 
 def _conf(a):
@@ -16,7 +16,10 @@ def _conf(a):
     is built from the second so that absent keys stay absent, as in Go.  The
     ``delegate`` block is checked where a delegate is built from it, so a DEL
     replaying a saved config never fails on it."""
-    return validate.validate("flannel", a.conf), a.conf
+    conf = validate.validate("flannel", a.conf)
+    fsutil.check_path(conf["dataDir"], "dataDir")
+    fsutil.check_path(conf["subnetFile"], "subnetFile")
+    return conf, a.conf
 
 
 def cmd_add(a):
@@ -82,6 +85,7 @@ def cmd_del(a):
         else:
             delegate = flannel.build_delegate(raw, env)
             invoke.delegate("DEL", delegate["type"], flannel.encode(delegate), a)
+    failpoint.hit("flannel-del-before-remove")
     if saved.state != "missing":
         _remove(a, saved.path)
     return None

@@ -126,6 +126,7 @@ def cmd_del(a):
     if saved is None:
         saved, found = tuning.read_backup(legacy), legacy
     if saved is None:
+        _drop_unreadable(a, data_dir, path, legacy)
         return None
     if a.netns_fd is not None:
         from cnilib import netns
@@ -142,6 +143,20 @@ def cmd_del(a):
         from cnilib import fsutil
         fsutil.remove(legacy)
     return None
+
+
+def _drop_unreadable(a, data_dir, path, legacy):
+    """A record that exists but cannot be read (empty, torn, not JSON) has
+    nothing to restore; left in place it would outlive the container."""
+    import os
+    from cnilib import fsutil
+    for p in (path, legacy):
+        if os.path.lexists(p):
+            a.log.warning("dropping the unreadable tuning record %s: nothing to restore", p)
+            if p == path:
+                tuning.remove_backup(data_dir, a.name, p)
+            else:
+                fsutil.remove(p)
 
 
 def cmd_check(a):
@@ -168,11 +183,13 @@ def cmd_check(a):
 def cmd_gc(a):
     data_dir = a.conf.get("dataDir")
     data_dir = data_dir if isinstance(data_dir, str) and data_dir else tuning.DEFAULT_DATA_DIR
-    valid = a.conf.get("cni.dev/valid-attachments") or []
-    keep = set()
-    for att in valid if isinstance(valid, list) else ():
-        if isinstance(att, dict):
-            keep.add((att.get("containerID"), att.get("ifname")))
+    from cnilib.ipam.config import valid_attachments
+    keep = valid_attachments(a.conf)    # either spelling of the key, entries checked
+    if keep is None:
+        # no list is not an empty list: forgetting every record would lose
+        # the attributes DEL must put back on live attachments
+        a.log.warning("GC without cni.dev/valid-attachments: every saved record kept")
+        return None
     tuning.gc(data_dir, a.name, keep, a.log)
     return None
 

@@ -9,7 +9,7 @@ and serialise their read-modify-write under ``lock()``.
 import fcntl
 import os
 
-from cnilib import errors, proc
+from cnilib import errors, fsutil, proc
 
 _BIN = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 _available = {}
@@ -76,8 +76,8 @@ class lock:
         self.fd = None
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fsutil.ensure_dir(os.path.dirname(self.path))
+        self.fd = fsutil.open_lock(self.path, "iptables lock")
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 

@@ -8,7 +8,8 @@ refused with the same words (code 7), plus a hint in ``details``:
     runtimeConfig.ipRanges..., the legacy ipam.subnet range, ipam.ranges...;
   * each range: subnet a network address of at most /30 (/126), rangeStart
     and rangeEnd inside it (defaults: subnet+1 and the broadcast-1 for IPv4
-    or the subnet's last address for IPv6), gateway default subnet+1;
+    or the subnet's last address for IPv6), gateway default subnet+1 and, unlike
+    the reference since plugins#236, refused outside the subnet;
   * ranges in a set are one family and do not overlap; sets do not overlap;
     more than one set per family needs cniVersion >= 0.3.0;
   * requested addresses: CNI_ARGS IP=, then args.cni.ips, then
@@ -41,7 +42,7 @@ class Range:
         self.family, self.subnet, self.prefix = family, subnet, prefix
         self.last = subnet | ((1 << (addr.BITS[family] - prefix)) - 1)
         self.start, self.end = start, end
-        self.gateway = gateway          # (family, int): Go does not check its family
+        self.gateway = gateway          # (family, int), inside the subnet
 
     def contains(self, n):
         return self.start <= n <= self.end
@@ -170,6 +171,15 @@ def parse_range(d):
     gw, start, end = d.get("gateway"), d.get("rangeStart"), d.get("rangeEnd")
     if gw is not None:
         r.gateway = _ip(gw, "gateway")
+        if r.gateway[0] != fam or not net <= r.gateway[1] <= r.last:
+            # the reference dropped this check (plugins#236) for plugins whose
+            # own IPAM hands out /32s; host-local hands out the subnet's
+            # prefix, so such a gateway is never on-link and the default
+            # route via it fails in the container after everything was made
+            raise _Bad("gateway %s not in network %s" % (addr.fmt(*r.gateway), r.cidr()),
+                       "the addresses handed out are /%d, so the gateway must be one of "
+                       "them to be reachable; leave \"gateway\" out for %s"
+                       % (prefix, addr.fmt(fam, net + 1)))
     start = _ip(start, "rangeStart") if start is not None else None
     end = _ip(end, "rangeEnd") if end is not None else None
     # as in Go, each bound is checked against the subnet and the other bound

@@ -333,3 +333,11 @@ def test_version_path_is_light():
         "from cnilib import skel\nimport plugins.flannel as p\n"
         "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{\"cniVersion\":\"1.0.0\"}')")
     assert sorted(m for m in mods if m.split(".")[0] in HEAVY) == []
+
+
+def test_a_saved_entry_that_is_a_symlink_is_corrupt_and_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text('{"type": "bridge"}')
+    os.symlink(victim, tmp_path / "c1")
+    saved = flannel.load_saved(str(tmp_path), "c1")
+    assert saved.state == "corrupt" and "not a regular file" in saved.why

@@ -77,3 +77,31 @@ def test_flock_logs_its_wait_and_hold_at_debug_level(tmp_path):
     quiet = Log("t", {})
     quiet.info("no stamp at info level")
     assert quiet.lines == ["  no stamp at info level"]
+
+
+@pytest.mark.parametrize("bad", ["", "/tmp/a\x00b", None, 5])
+def test_check_path_refuses_what_no_syscall_takes(bad):
+    with pytest.raises(errors.InvalidConfig):
+        fsutil.check_path(bad, "dataDir")
+    assert fsutil.check_path("relative/ok", "dataDir") == "relative/ok"
+
+
+def test_ensure_dir_refuses_a_world_writable_parent_unless_sticky(tmp_path):
+    parent = tmp_path / "open"
+    parent.mkdir()
+    os.chmod(parent, 0o777)
+    with pytest.raises(errors.IOFailure, match="world-writable"):
+        fsutil.ensure_dir(str(parent / "state"))
+    os.chmod(parent, 0o1777)                 # like /tmp
+    assert fsutil.ensure_dir(str(parent / "state")) == str(parent / "state")
+
+
+def test_a_symlink_planted_as_a_lock_is_refused_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    os.chmod(victim, 0o644)
+    os.symlink(victim, tmp_path / "lock")
+    with pytest.raises(errors.IOFailure, match="symlink"):
+        with fsutil.Flock(str(tmp_path / "lock")):
+            pass
+    assert victim.read_text() == "keep" and victim.stat().st_mode & 0o777 == 0o644

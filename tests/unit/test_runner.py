@@ -686,3 +686,12 @@ def test_cnitool_container_id_and_abs_path(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert cli.abs_path("a/../b/") == str(tmp_path / "b")
     assert cli.abs_path("//run//netns/x") == "/run/netns/x"
+
+
+def test_a_cache_entry_that_is_a_symlink_is_an_io_error_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text('{"kind": "cniCacheV1"}')
+    (tmp_path / "results").mkdir()
+    os.symlink(victim, tmp_path / "results" / "net1-c1-eth0")
+    with pytest.raises(errors.IOFailure, match="cached result"):
+        runner.Cache(str(tmp_path)).read("net1", "c1", "eth0")

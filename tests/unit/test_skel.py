@@ -176,6 +176,22 @@ def test_log_file_from_config(tmp_path, monkeypatch):
     assert "DEL net=net1" in log.read_text()
 
 
+def test_log_file_with_a_nul_byte_does_not_crash_the_plugin():
+    e = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"}
+    rc, out = skel.execute(PLUGIN, e, stdin_data=json.dumps(conf("9.9.9", logFile="/tmp/a\x00b")).encode())
+    assert rc == 1 and json.loads(out)["code"] == 1
+
+
+@pytest.mark.parametrize("verb", ["ADD", "CHECK", "DEL"])
+def test_a_plugin_that_never_enters_the_netns_still_refuses_its_own(verb):
+    CALLS.clear()
+    rc, out = run(verb, conf(), CNI_NETNS="/proc/self/ns/net")
+    assert rc == 1 and out["code"] == 8 and "own network namespace" in out["msg"]
+    assert CALLS == []
+    rc, out = run(verb, conf(), CNI_NETNS="/proc/self/ns/net", CNI_NETNS_OVERRIDE="1")
+    assert rc == 0
+
+
 def test_about_when_no_command():
     rc, out = skel.execute(PLUGIN, {}, stdin_data=b"")
     assert rc == 0 and b"CNI fake plugin" in out and b"1.1.0" in out
@@ -188,6 +204,16 @@ def test_error_json_shape():
     assert errors.from_code(50, "m").code == 50
     assert isinstance(errors.from_code(11, "m"), errors.TryAgainLater)
     assert errors.from_code(123, "m").code == 123
+
+
+def test_error_json_is_one_line_whatever_the_input_quoted():
+    e = errors.InvalidConfig("invalid CIDR address: 1.2.3.4\ndrop", "found 'a\x00b\r'")
+    d = e.to_dict("1.0.0")
+    assert d["msg"] == "invalid CIDR address: 1.2.3.4\\ndrop"
+    assert d["details"] == "found 'a\\x00b\\r'"
+    assert e.msg.endswith("\ndrop")                # the exception keeps the raw text
+    ok = errors.InvalidConfig("naïve → ok")
+    assert ok.to_dict("1.0.0")["msg"] == "naïve → ok"
 
 
 # ----------------------------------------------------------------- CNI_ARGS
