@@ -283,7 +283,7 @@ def enable_route_localnet(iface):
 def nft_table():
     from cnilib.firewall import shared
     return shared.Table("hostport", "inet", R.TABLE_NAME, "portmap", R.SKELETON_RULES, R.nft_skeleton,
-                        legacy="hp")
+                        legacy="hp", chain_prefix=R.CHAIN_PREFIX)
 
 
 def nft_add(cfg, iface, log):
@@ -490,7 +490,7 @@ def gc(name, valid, log):
     """Remove the rules of this network's attachments that are not in ``valid``."""
     from cnilib.firewall import iptables, nft, shared
     if nft.available():
-        shared.gc(nft_table(), name, set(valid), log, chain_prefix=R.CHAIN_PREFIX)
+        shared.gc(nft_table(), name, set(valid), log)
     live = {cid for cid, _i in valid}
     for fam in (4, 6):
         if proc.which(SAVE[fam]) is None:

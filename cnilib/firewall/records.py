@@ -42,6 +42,13 @@ def load_hash(kind, att_hash):
     return None if raw is None else _parse(raw)
 
 
+def unreadable(kind, network, container_id, ifname):
+    """True when the attachment's record file exists but cannot be read
+    (torn, emptied, not ours): its objects must then be found by comment."""
+    path = _path(kind, naming.attachment_hash(network, container_id, ifname))
+    return os.path.lexists(path) and load(kind, network, container_id, ifname) is None
+
+
 def load(kind, network, container_id, ifname):
     rec = load_hash(kind, naming.attachment_hash(network, container_id, ifname))
     if rec is None or (rec["net"], rec["cid"], rec["if"]) != (network, container_id, ifname):

@@ -96,11 +96,13 @@ class Table:
     """One shared table: ``kind`` names its records, ``ready`` the chains
     of its skeleton with their rule counts ({chain: n}), ``skeleton`` the
     idempotent nft script that (re)writes it, ``legacy`` the table-name
-    kind of the previous per-attachment design."""
+    kind of the previous per-attachment design, ``chain_prefix`` that of
+    its per-attachment chains (portmap's ``hp``)."""
 
-    def __init__(self, kind, family, name, what, ready, skeleton, legacy=None):
+    def __init__(self, kind, family, name, what, ready, skeleton, legacy=None, chain_prefix=None):
         self.kind, self.family, self.name, self.what = kind, family, name, what
         self.ready, self.skeleton, self.legacy = ready, skeleton, legacy
+        self.chain_prefix = chain_prefix
 
     @property
     def ref(self):
@@ -204,6 +206,8 @@ def attach(tbl, att, elems, log, data=None, extra=(), chain_script="", chains=()
 def _attach(tbl, att, elems, log, data, extra, chain_script, chains):
     from cnilib.firewall import nft
     old = records.load(tbl.kind, *att)
+    if old is None and records.unreadable(tbl.kind, *att):
+        _sweep_one(tbl, att, log)       # what the torn record listed is found by comment
     old_elems = [Elem.from_json(e) for e in (old or {}).get("elems", ())]
     want = {(e.set, e.key) for e in elems}
     drop = [e for e in old_elems if (e.set, e.key) not in want]
@@ -243,6 +247,9 @@ def detach(tbl, att, log, rec=None, nf=None):
         with rawnl.NfTables() as own_nf:
             return detach(tbl, att, log, rec, own_nf)
     rec = rec or records.load(tbl.kind, *att)
+    if rec is None and records.unreadable(tbl.kind, *att):
+        _sweep_one(tbl, att, log)
+        records.remove(tbl.kind, *att)
     legacy = tbl.legacy_table(att)
     own = naming.element_key(*att)
     f, t = tbl.family, tbl.name
@@ -271,6 +278,26 @@ def detach(tbl, att, log, rec=None, nf=None):
     if rec is not None:
         records.remove(tbl.kind, *att)
     return rec
+
+
+def _sweep_one(tbl, att, log):
+    """The slow path for a record that exists but cannot be read: one
+    listing of the table, and whatever names the attachment goes."""
+    from cnilib.firewall import nft
+    own = naming.element_key(*att)
+    for attempt in range(RETRIES):
+        script = sweep_script(tbl, nft.list_json("table", tbl.family, tbl.name), own.__eq__,
+                              tbl.chain_prefix)
+        if not script:
+            return
+        try:
+            nft.apply(script, what="%s teardown of %s (unreadable record)" % (tbl.what, att[1]))
+            log.warning("the %s record of %s/%s was unreadable: removed %d object(s) found by comment",
+                        tbl.what, att[1], att[2], script.count("\n"))
+            return
+        except errors.CniError:
+            if attempt + 1 == RETRIES:
+                raise
 
 
 def present(tbl, att):
@@ -344,7 +371,7 @@ def sweep_script(tbl, items, dead, chain_prefix=None):
     return "".join(elems + chains)
 
 
-def gc(tbl, network, valid, log, chain_prefix=None):
+def gc(tbl, network, valid, log):
     """Remove the state of ``network``'s attachments not in ``valid``
     ({(container ID, ifname)}): by record, then by one sweep of the table,
     then the previous design's tables.  Returns what was removed."""
@@ -360,7 +387,7 @@ def gc(tbl, network, valid, log, chain_prefix=None):
     def dead(key):
         return key.startswith(prefix) and key not in keep
     for attempt in range(RETRIES):
-        script = sweep_script(tbl, nft.list_json("table", tbl.family, tbl.name), dead, chain_prefix)
+        script = sweep_script(tbl, nft.list_json("table", tbl.family, tbl.name), dead, tbl.chain_prefix)
         if not script:
             break
         try:

@@ -56,6 +56,19 @@ def test_masquerade_record_and_elements_live_and_die_with_the_attachment(node):
     node.assert_clean()
 
 
+def test_del_with_a_torn_record_finds_the_elements_by_comment(node):
+    conf = node.conf(isGateway=True, ipMasq=True, macspoofchk=True)
+    ctr = node.container()
+    node.add(conf, ctr, cid="torn")
+    assert len(node.records()) == 2                     # masquerade and macspoofchk
+    for path in node.records():
+        with open(path, "wb") as f:
+            f.write(b"\x00{torn")
+    node.delete(conf, ctr, cid="torn")
+    assert node.owned() == [] and node.records() == []
+    assert "unreadable" in node.log_text()
+
+
 def test_gc_sweeps_elements_whose_record_was_lost(node):
     conf = node.conf("1.1.0", isGateway=True, ipMasq=True)
     a, b = node.container(), node.container()
