@@ -402,11 +402,10 @@ def check_attachment(a, conf, res):
                                       % (dst, " via %s" % r["gw"] if r.get("gw") else "", a.netns))
     if conf["_l3"] and conf["ipMasq"]:
         from cnilib import ipmasq
-        if not ipmasq.present(a.name, a.container_id, a.ifname):
+        missing = ipmasq.present(a.name, a.container_id, a.ifname)
+        if missing:
             raise errors.Internal("masquerade rules of %s/%s are missing" % (a.container_id, a.ifname),
-                                  "expected nftables table %s or iptables chain %s"
-                                  % (ipmasq.table_name(a.name, a.container_id, a.ifname),
-                                     naming.go_chain(a.name, a.container_id)))
+                                  missing)
 
 
 def _norm(addr):

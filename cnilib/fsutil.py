@@ -62,8 +62,13 @@ def ensure_dir(path, mode=0o700):
     return path
 
 
-def write_atomic(path, data, mode=0o600):
-    """Replace ``path`` with ``data`` atomically (see module docstring)."""
+def write_atomic(path, data, mode=0o600, durable=True):
+    """Replace ``path`` with ``data`` atomically (see module docstring).
+
+    ``durable=False`` skips both fsyncs: the rename is still atomic for
+    every reader and for a crash of the writer, and only a power loss can
+    lose the file, which is right for records of kernel state that a
+    reboot loses too (each fsync costs a few ms under load)."""
     if isinstance(data, str):
         data = data.encode()
     d = os.path.dirname(path) or "."
@@ -75,7 +80,8 @@ def write_atomic(path, data, mode=0o600):
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
@@ -85,7 +91,8 @@ def write_atomic(path, data, mode=0o600):
         except OSError:
             pass
         raise
-    fsync_dir(d)
+    if durable:
+        fsync_dir(d)
 
 
 def fsync_dir(d):
@@ -161,17 +168,22 @@ class Flock:
     TryAgainLater (code 11): the runtime retries.
     """
 
-    def __init__(self, path, timeout=30.0, what="lock"):
-        self.path, self.timeout, self.what = path, timeout, what
+    def __init__(self, path, timeout=30.0, what="lock", log=None):
+        self.path, self.timeout, self.what, self.log = path, timeout, what, log
         self.fd = None
+        self.since = None
 
     def __enter__(self):
         self.fd = open_lock(self.path, self.what)
-        deadline = time.monotonic() + self.timeout
+        start = time.monotonic()
+        deadline = start + self.timeout
         delay = 0.001
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.since = time.monotonic()
+                if self.log is not None:
+                    self.log.debug("%s taken after %.1f ms", self.what, (self.since - start) * 1000)
                 return self
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
@@ -190,4 +202,6 @@ class Flock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+            if self.log is not None:
+                self.log.debug("%s released after %.1f ms", self.what, (time.monotonic() - self.since) * 1000)
         return False

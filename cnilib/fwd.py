@@ -14,11 +14,15 @@ Differences from the reference, on purpose:
     rules of dead attachments; rules the reference made (no comment) are
     removed too when DEL has a prevResult naming their addresses;
   * one iptables-restore batch per family and operation;
-  * an nftables backend: a table per attachment accepting in the forward
-    hook.  An accept there cannot override a drop in another table (every
-    base chain on a hook must accept), so it only helps where nothing else
-    drops; that is why the iptables backend is chosen whenever iptables-nft's
-    FORWARD chain has policy DROP or iptables is the legacy variant;
+  * an nftables backend: one table for every attachment, ``inet pycni-fw``,
+    whose forward chain accepts from the addresses in sets ``ips4``/``ips6``
+    (and RELATED/ESTABLISHED traffic to them); an attachment is one element
+    per address, added and removed over netlink with its record
+    (cnilib.firewall.shared).  An accept there cannot override a drop in
+    another table (every base chain on a hook must accept), so it only
+    helps where nothing else drops; that is why the iptables backend is
+    chosen whenever iptables-nft's FORWARD chain has policy DROP or
+    iptables is the legacy variant;
   * no firewalld backend (it needs D-Bus): ``"backend": "firewalld"`` is refused.
 
 ``ingressPolicy`` same-bridge / isolated adds the reference's
@@ -52,9 +56,9 @@ def comment(network, container_id, ifname):
     return text if len(text) <= 255 else text[:252] + "..."
 
 
-def table(network, container_id, ifname):
-    from cnilib.firewall import naming
-    return naming.attachment_table("fw", network, container_id, ifname)
+TABLE_NAME = "pycni-fw"
+T = "inet " + TABLE_NAME
+SET = {4: "ips4", 6: "ips6"}
 
 
 # ====================================================================== rule text (pure)
@@ -164,25 +168,35 @@ def ipt_del_lines(saved, k, reference=()):
     return out
 
 
-def nft_script(tbl, note, ips, replace=False):
-    """The nftables backend's attachment table."""
-    from cnilib.hostport_rules import nft_comment
-    t = "inet " + tbl
-    out = (["add table %s" % t, "delete table %s" % t, "add table %s { comment %s; }" % (t, nft_comment(note))]
-           if replace else ["create table %s { comment %s; }" % (t, nft_comment(note))])
-    out.append("add chain %s forward { type filter hook forward priority 0; policy accept; }" % t)
+def render_skeleton():
+    """The nftables backend's table (idempotent)."""
+    out = ['add table %s { comment "pycni firewall: accept the forwarded traffic of containers" ; }' % T,
+           "add set %s ips4 { type ipv4_addr ; }" % T,
+           "add set %s ips6 { type ipv6_addr ; }" % T,
+           "add chain %s forward { type filter hook forward priority 0 ; policy accept ; }" % T,
+           "flush chain %s forward" % T]
     for fam in (4, 6):
         ipx = "ip" if fam == 4 else "ip6"
-        for ip in ips.get(fam, ()):
-            out.append("add rule %s forward %s daddr %s ct state established,related accept" % (t, ipx, ip))
-            out.append("add rule %s forward %s saddr %s accept" % (t, ipx, ip))
+        out.append("add rule %s forward %s daddr @%s ct state established,related accept" % (T, ipx, SET[fam]))
+        out.append("add rule %s forward %s saddr @%s accept" % (T, ipx, SET[fam]))
     return "\n".join(out) + "\n"
+
+
+def _table():
+    from cnilib.firewall import shared
+    return shared.Table("fw", "inet", TABLE_NAME, "firewall", {"forward": 4}, render_skeleton, legacy="fw")
+
+
+def nft_elements(ips):
+    from cnilib.firewall import shared
+    return [shared.Elem(SET[fam], shared.ip_key(fam, ip), None, ip)
+            for fam in (4, 6) for ip in ips.get(fam, ())]
 
 
 # ====================================================================== config
 
 class Config:
-    __slots__ = ("name", "cid", "ifname", "backend", "admin", "policy", "ips", "bridge", "prev")
+    __slots__ = ("name", "cid", "ifname", "backend", "admin", "policy", "ips", "bridge", "prev", "netns")
 
     @property
     def key(self):
@@ -193,15 +207,15 @@ class Config:
         return comment(self.name, self.cid, self.ifname)
 
     @property
-    def table(self):
-        return table(self.name, self.cid, self.ifname)
+    def att(self):
+        return (self.name, self.cid, self.ifname)
 
 
 def parse(a, need_prev):
     from cnilib import validate
     conf = validate.validate("firewall", a.conf)
     cfg = Config()
-    cfg.name, cfg.cid, cfg.ifname = conf["name"], a.container_id, a.ifname
+    cfg.name, cfg.cid, cfg.ifname, cfg.netns = conf["name"], a.container_id, a.ifname, a.netns
     cfg.backend = conf.get("backend") or None
     if cfg.backend == "firewalld":
         raise errors.InvalidConfig(
@@ -230,7 +244,7 @@ def parse(a, need_prev):
 def bare(a):
     """The attachment key alone (DEL of a config that does not validate)."""
     cfg = Config()
-    cfg.name, cfg.cid, cfg.ifname = a.name, a.container_id, a.ifname
+    cfg.name, cfg.cid, cfg.ifname, cfg.netns = a.name, a.container_id, a.ifname, a.netns
     cfg.backend, cfg.admin, cfg.policy, cfg.ips, cfg.bridge, cfg.prev = None, ADMIN, "open", {}, None, None
     return cfg
 
@@ -249,35 +263,32 @@ def _bridge(prev, policy):
 
 # ====================================================================== runners
 
-def choose(cfg, inv=None):
+def choose(cfg):
     """The backend: as configured, else iptables where a drop lives in
     iptables' FORWARD (or iptables is legacy and nft cannot tell), else
     nftables when it works, else iptables."""
     if cfg.backend:
         return cfg.backend
-    from cnilib import hostport
-    from cnilib.firewall import iptables
+    from cnilib.firewall import iptables, nft
     has_ipt = proc.which("iptables-restore") is not None
-    if not hostport.nft_usable():
+    if not nft.available():
         return "iptables"
     if has_ipt and not iptables.nft_backed():
         return "iptables"
-    inv = _inventory_policies() if inv is None else inv
-    if has_ipt and any(fam in ("ip", "ip6") and tbl == "filter" and name == "FORWARD" and policy == "drop"
-                       for fam, tbl, name, policy in inv):
+    if has_ipt and "drop" in forward_policies():
         return "iptables"
     return "nftables"
 
 
-def _inventory_policies():
-    """[(family, table, chain, policy)] of the base chains nft lists."""
-    from cnilib.firewall import nft
-    out = []
-    for it in nft.list_json("chains"):
-        c = it.get("chain") if isinstance(it, dict) else None
-        if isinstance(c, dict) and c.get("hook"):
-            out.append((c.get("family"), c.get("table"), c.get("name"), c.get("policy")))
-    return out
+def forward_policies():
+    """Policies of iptables-nft's FORWARD chains (ip and ip6 ``filter``),
+    asked over netlink."""
+    from cnilib import rawnl
+    try:
+        with rawnl.NfTables() as nf:
+            return [nf.chain_policy(f, "filter", "FORWARD") for f in ("ip", "ip6")]
+    except OSError:
+        return []
 
 
 def _ipt_lock():
@@ -336,54 +347,50 @@ def ipt_check(cfg):
 
 
 def nft_add(cfg, log):
-    from cnilib.firewall import nft
-    try:
-        nft.apply(nft_script(cfg.table, cfg.comment, cfg.ips), "firewall nftables rules")
-    except errors.CniError as exc:
-        if "File exists" not in exc.msg:
-            raise
-        nft.apply(nft_script(cfg.table, cfg.comment, cfg.ips, replace=True), "firewall nftables rules")
-    log.info("nftables table inet %s accepts %s", cfg.table,
-             ",".join(ip for f in (4, 6) for ip in cfg.ips.get(f, ())))
+    from cnilib.firewall import shared
+    shared.attach(_table(), cfg.att, nft_elements(cfg.ips), log,
+                  data={"ips": {str(f): v for f, v in cfg.ips.items()}}, netns=cfg.netns)
+    log.info("nftables table %s accepts %s", T, ",".join(ip for f in (4, 6) for ip in cfg.ips.get(f, ())))
 
 
 def nft_check(cfg):
-    from cnilib.firewall import nft
-    from cnilib.hostport_rules import nft_rules
-    items = nft.list_json("table", "inet", cfg.table)
-    if not items:
-        raise errors.Internal("nftables table inet %s of this attachment is missing" % cfg.table)
-    want = 2 * sum(len(v) for v in cfg.ips.values())
-    got = len(nft_rules(items, "inet", cfg.table, "forward"))
-    if got != want:
-        raise errors.Internal("nftables table inet %s has %d forward rules, expected %d" % (cfg.table, got, want))
+    from cnilib.firewall import nft, shared
+    rec, missing = shared.present(_table(), cfg.att)
+    if rec is None:
+        raise errors.Internal("the firewall elements of this attachment are missing from nftables table %s" % T,
+                              "no record of this attachment: run ADD again")
+    want = sorted("%s %s" % (e.set, e.label) for e in nft_elements(cfg.ips))
+    have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
+    if missing or want != have:
+        raise errors.Internal("nftables table %s lacks %s" % (T, ", ".join(missing) or "addresses of this config"),
+                              "expected elements %s; the record lists %s" % (", ".join(want), ", ".join(have)))
+    rules = [r for it in nft.list_json("chain", "inet", TABLE_NAME, "forward")
+             for r in [it.get("rule")] if isinstance(r, dict)]
+    if len(rules) != 4:
+        raise errors.Internal("nftables chain %s forward has %d rules, expected 4" % (T, len(rules)),
+                              "ADD rewrites the table's rules")
 
 
 def teardown(cfg, log):
-    """DEL: the attachment's table and keyed rules, from both backends."""
-    from cnilib.firewall import iptables, nft
-    from cnilib import hostport
-    inv = hostport.inventory()
-    if inv is not None and ("inet", cfg.table) in {(f, t) for f, t, _c in inv}:
-        nft.apply("delete table inet %s\n" % cfg.table, "firewall nftables teardown")
-        log.info("deleted nftables table inet %s", cfg.table)
-    nft_view = inv is not None and iptables.nft_backed()
-    for fam, ipfam in ((4, "ip"), (6, "ip6")):
-        if nft_view and (ipfam, "filter", FORWARD) not in inv:
-            continue
-        if proc.which(SAVE[fam]) is None:
-            continue
+    """DEL: the attachment's elements and keyed rules, from both backends."""
+    from cnilib import rawnl
+    from cnilib.firewall import iptables, shared
+    try:
+        with rawnl.NfTables() as nf:
+            shared.detach(_table(), cfg.att, log, nf=nf)
+            fams = [f for f in (4, 6) if iptables.may_hold(f, "filter", [FORWARD], nf)]
+    except OSError:
+        fams = [f for f in (4, 6) if iptables.may_hold(f, "filter", [FORWARD])]
+    for fam in fams:
         n = ipt_teardown(fam, cfg.key, reference_rules(cfg.ips.get(fam, ()), fam))
         if n:
             log.info("deleted %d iptables IPv%d rules from %s", n, fam, FORWARD)
 
 
 def gc(name, valid, log):
-    from cnilib.firewall import iptables, naming, nft
-    keep_tables = {table(name, cid, ifn) for cid, ifn in valid}
-    stale = [(f, t) for f, t in nft.tables(naming.network_table_prefix("fw", name)) if t not in keep_tables]
-    if stale:
-        nft.apply("".join("delete table %s %s\n" % s for s in stale), "firewall nftables GC")
+    from cnilib.firewall import iptables, nft, shared
+    if nft.available():
+        shared.gc(_table(), name, set(valid), log)
     keep = {key(name, cid, ifn) for cid, ifn in valid}
     prefix = network_key_prefix(name)
     for fam in (4, 6):

@@ -1,22 +1,23 @@
 """portmap: config checks, backend choice, and the runners around the rule text.
 
-Keys.  Our nftables table is named from (network, container ID, ifname);
-the iptables chain keeps the reference's name, CNI-DN-<sha512(name+id)>, so
-rules made by the Go plugin are found and removed (that name has no
-ifname: one network attached twice to one container shares the chain, as
-with the reference).
+Keys.  Our nftables objects (a chain and set elements in the shared table
+``inet pycni-hostport``, with a record in the state dir) are keyed by
+(network, container ID, ifname); the iptables chain keeps the reference's
+name, CNI-DN-<sha512(name+id)>, so rules made by the Go plugin are found
+and removed (that name has no ifname: one network attached twice to one
+container shares the chain, as with the reference).
 
 Everything the config says is checked before anything is touched:
 portMappings (any key case, ports 1-65535, tcp/udp/sctp, a hostIP that is
 an IP), the options of the other backend, condition tokens that could
-break out of a rule.  Chain names, table names and comments come from
-hashes and validated names only.
+break out of a rule.  Chain names and comments come from hashes and
+validated names only.
 
-DEL removes everything under the key from both backends (our table, the
-Go plugin's nftables rules, the iptables chain and its jumps, ours or the
-Go plugin's), whether or not the runtime sends portMappings; one ``nft -j
-list chains`` tells what exists, so a DEL with nothing to remove costs one
-exec.
+DEL removes everything under the key from both backends (our chain and
+elements by record, the previous design's table, the Go plugin's nftables
+rules, the iptables chain and its jumps, ours or the Go plugin's), whether
+or not the runtime sends portMappings; netlink lookups tell what exists, so
+a DEL with nothing to remove execs nothing.
 """
 
 from cnilib import errors, failpoint, proc
@@ -32,9 +33,10 @@ class Config:
     """A validated portmap request."""
 
     __slots__ = ("name", "cid", "ifname", "backend", "snat", "masq_all", "mark_bit",
-                 "external_mark_chain", "conditions", "mappings", "ctrs", "prev")
+                 "external_mark_chain", "conditions", "mappings", "ctrs", "prev", "netns")
 
     def __init__(self):
+        self.netns = None
         self.backend = None
         self.snat = True
         self.masq_all = False
@@ -46,14 +48,18 @@ class Config:
         self.prev = None
 
     @property
-    def table(self):
+    def att(self):
+        return (self.name, self.cid, self.ifname)
+
+    @property
+    def nft_chain(self):
         from cnilib.firewall import naming
-        return naming.attachment_table("hp", self.name, self.cid, self.ifname)
+        return naming.attachment_chain(R.CHAIN_PREFIX, self.name, self.cid, self.ifname)
 
     @property
     def comment(self):
         from cnilib.firewall import naming
-        return naming.attachment_comment("hp", self.name, self.cid, self.ifname)
+        return naming.element_comment(self.name, self.cid, self.ifname)
 
     @property
     def chain(self):
@@ -181,7 +187,7 @@ def parse(a, need_prev):
     from cnilib import validate
     conf = validate.validate("portmap", a.conf)
     cfg = Config()
-    cfg.name, cfg.cid, cfg.ifname = conf["name"], a.container_id, a.ifname
+    cfg.name, cfg.cid, cfg.ifname, cfg.netns = conf["name"], a.container_id, a.ifname, a.netns
     if conf.get("markMasqBit") is not None and conf.get("externalSetMarkChain") is not None:
         raise errors.InvalidConfig("Cannot specify externalSetMarkChain and markMasqBit",
                                    "externalSetMarkChain replaces the mark chain the bit is for")
@@ -207,10 +213,8 @@ def parse(a, need_prev):
 # ---------------------------------------------------------------- backend choice
 
 def nft_usable():
-    if proc.which("nft") is None:
-        return False
-    from cnilib import rawnl
-    return rawnl.nftables_available()
+    from cnilib.firewall import nft
+    return nft.available()
 
 
 def choose(cfg):
@@ -235,7 +239,7 @@ def _ipt_lock():
     return iptables.lock()
 
 
-def flush_conntrack(families, ports, log):
+def flush_conntrack(families, ports, log, sock=None):
     """Drop UDP conntrack entries to the host ports (user-pain #19): a
     stream refreshed by its client never expires and keeps its old NAT."""
     if not ports:
@@ -243,12 +247,14 @@ def flush_conntrack(families, ports, log):
     from cnilib import rawnl
     shown = ",".join(map(str, sorted(ports)))
     try:
-        n = rawnl.conntrack_delete_dports(families, "udp", ports)
+        n = rawnl.conntrack_delete_dports(families, "udp", ports, sock)
     except OSError as exc:
         log.warning("failed to delete stale UDP conntrack entries (ports %s): %s", shown, exc)
         return
     if n:
         log.info("deleted %d stale UDP conntrack entries (ports %s)", n, shown)
+    else:
+        log.debug("no UDP conntrack entry to ports %s", shown)
 
 
 def guard_iface(cfg):
@@ -274,56 +280,62 @@ def enable_route_localnet(iface):
 
 # ---------------------------------------------------------------- nftables backend
 
+def nft_table():
+    from cnilib.firewall import shared
+    return shared.Table("hostport", "inet", R.TABLE_NAME, "portmap", R.SKELETON_RULES, R.nft_skeleton,
+                        legacy="hp", chain_prefix=R.CHAIN_PREFIX)
+
+
 def nft_add(cfg, iface, log):
-    from cnilib.firewall import nft
-    kw = dict(snat=cfg.snat, masq_all=cfg.masq_all, conditions=cfg.conditions, guard_iface=iface)
-    try:
-        nft.apply(R.nft_table_script(cfg.table, cfg.comment, cfg.mappings, cfg.ctrs, **kw),
-                  "portmap nftables rules")
-        log.info("created nftables table inet %s", cfg.table)
-    except errors.CniError as exc:
-        if "File exists" not in exc.msg:
-            raise
-        nft.apply(R.nft_table_script(cfg.table, cfg.comment, cfg.mappings, cfg.ctrs, replace=True, **kw),
-                  "portmap nftables rules")
-        log.info("replaced nftables table inet %s", cfg.table)
+    from cnilib.firewall import shared
+    chain = cfg.nft_chain
+    elems, extra = R.nft_elements(chain, cfg.mappings, cfg.ctrs, cfg.snat, cfg.masq_all)
+    script = R.nft_chain_script(chain, cfg.comment, cfg.mappings, cfg.ctrs, cfg.conditions, iface)
+    data = {"udp": sorted(cfg.udp_ports()),
+            "mappings": [[m.protocol, m.host_port, m.container_port, m.host_ip] for m in cfg.mappings]}
+    shared.attach(nft_table(), cfg.att, elems, log, data=data, extra=extra, chain_script=script,
+                  chains=[chain], netns=cfg.netns)
+    log.info("nftables chain %s %s: %d rules, %d elements", R.T, chain, script.count("dnat "), len(elems))
 
 
 def nft_check(cfg):
-    from cnilib.firewall import nft
-    items = nft.list_json("table", "inet", cfg.table)
-    where = "nftables table inet %s" % cfg.table
-    if not items:
-        raise errors.Internal("%s of this attachment is missing" % where,
+    from cnilib.firewall import nft, shared
+    tbl = nft_table()
+    rec, missing = shared.present(tbl, cfg.att)
+    legacy = tbl.legacy_table(cfg.att)
+    if rec is None:
+        if any(n == legacy for _f, n in nft.tables(legacy)):
+            return          # made by the previous design: a table of its own
+        raise errors.Internal("the nftables state of this attachment is missing from %s" % R.T,
                               "run ADD again (or DEL and ADD) to recreate the port mappings")
+    where = "nftables table %s" % R.T
+    elems, _extra = R.nft_elements(cfg.nft_chain, cfg.mappings, cfg.ctrs, cfg.snat, cfg.masq_all)
+    want = sorted("%s %s" % (e.set, e.label) for e in elems)
+    have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
+    if missing or want != have:
+        raise errors.Internal("%s lacks %s" % (where, ", ".join(missing) or "elements of this config"),
+                              "expected elements %s; the record lists %s" % (", ".join(want), ", ".join(have)))
+    items = nft.list_json("table", "inet", R.TABLE_NAME)
+    got, exp = R.nft_chain_mappings(items, cfg.nft_chain), R.expected_mappings(cfg.mappings, cfg.ctrs)
+    if got != exp:
+        raise errors.Internal("%s chain %s does not hold the expected DNAT rules" % (where, cfg.nft_chain),
+                              "expected %s, found %s" % (exp, got))
     hooks = {}
     for it in items:
         c = it.get("chain")
         if isinstance(c, dict) and c.get("hook"):
             hooks[c.get("name")] = (c.get("type"), c.get("hook"))
-    want = {"prerouting": ("nat", "prerouting"), "output": ("nat", "output")}
+    want_hooks = {"prerouting": ("nat", "prerouting"), "output": ("nat", "output")}
     if cfg.snat:
-        want["postrouting"] = ("nat", "postrouting")
-    for chain, hook in want.items():
+        want_hooks["postrouting"] = ("nat", "postrouting")
+    for chain, hook in want_hooks.items():
         if hooks.get(chain) != hook:
             raise errors.Internal("%s has no %s chain hooked at %s" % (where, chain, hook[1]),
-                                  "found chains %s" % sorted(hooks))
-    got, exp = R.nft_table_mappings(items, cfg.table), R.expected_mappings(cfg.mappings, cfg.ctrs)
-    if got != exp:
-        raise errors.Internal("%s does not hold the expected DNAT rules" % where,
-                              "expected %s, found %s" % (exp, got))
-    for chain in ("prerouting", "output"):
-        jumps = [r for r in R.nft_rules(items, "inet", cfg.table, chain)
-                 if any(isinstance(e, dict) and e.get("jump", {}).get("target") == "hostports"
-                        for e in r.get("expr") or ())]
-        if len(jumps) < len(cfg.ctrs):
-            raise errors.Internal("%s chain %s lacks its jump to hostports" % (where, chain))
-    if cfg.snat:
-        masq = R.nft_rules(items, "inet", cfg.table, "postrouting")
-        need = sum(1 if (f == 6 or cfg.masq_all) else 2 for f in cfg.ctrs)
-        if len(masq) < need:
-            raise errors.Internal("%s chain postrouting has %d masquerade rules, expected %d"
-                                  % (where, len(masq), need))
+                                  "found chains %s; ADD rewrites them" % sorted(hooks))
+        if not R.nft_rules(items, "inet", R.TABLE_NAME, chain):
+            raise errors.Internal("%s chain %s is empty" % (where, chain), "ADD rewrites it")
+    if len(R.nft_rules(items, "inet", R.TABLE_NAME, "hostports")) != 4:
+        raise errors.Internal("%s chain hostports lacks its dispatch rules" % where, "ADD rewrites them")
 
 
 # ---------------------------------------------------------------- iptables backend
@@ -397,66 +409,60 @@ def ipt_check(cfg):
 
 # ---------------------------------------------------------------- DEL and GC (both backends)
 
-def inventory():
-    """{(family, table, chain)} of every nftables chain, or None when nft
-    cannot list (not installed, no nf_tables)."""
-    try:
-        r = proc.run(["nft", "-j", "list", "chains"], timeout=30)
-    except (OSError, TimeoutError):
-        return None
-    if r.rc != 0:
-        return None
-    from cnilib import jsonio
-    try:
-        items = jsonio.loads(r.out).get("nftables", [])
-    except (ValueError, AttributeError):
-        return None
-    out = set()
-    for it in items:
-        c = it.get("chain") if isinstance(it, dict) else None
-        if isinstance(c, dict):
-            out.add((c.get("family"), c.get("table"), c.get("name")))
-    return out
-
-
 def teardown(name, cid, ifname, mappings, log):
     """DEL: remove every rule of the attachment from both backends."""
-    from cnilib.firewall import iptables, naming, nft
-    table = naming.attachment_table("hp", name, cid, ifname)
-    chains = [R.dn_chain(name, cid), R.sn_chain(name, cid)]
+    from cnilib import rawnl
+    from cnilib.firewall import iptables
     udp = {m.host_port for m in mappings if m.protocol == "udp"}
-    inv = inventory()
-    if inv is not None:
-        tables = {(f, t) for f, t, _c in inv}
-        drop, go_rules = [], []
-        if ("inet", table) in tables:
-            if not mappings:        # the ports to flush are in the table itself
-                items = nft.list_json("table", "inet", table)
-                udp |= {d[2] for d in R.nft_table_mappings(items, table) if d[1] == "udp"}
-            drop.append(("inet", table))
-        for fam in ("ip", "ip6"):
-            if (fam, R.GO_NFT_TABLE) in tables:
-                items = nft.list_json("table", fam, R.GO_NFT_TABLE)
-                mine = R.go_nft_rules_of(items, cid)
-                handles = {h for _f, _t, _c, h in mine}
-                for r in R.nft_rules(items, fam, R.GO_NFT_TABLE):
-                    d = r.get("handle") in handles and R.nft_dnat_rule(r.get("expr"))
-                    if d and d[1] == "udp":
-                        udp.add(d[2])
-                go_rules += mine
-        if drop or go_rules:
-            nft.apply(R.nft_delete_script(drop, go_rules), "portmap nftables teardown")
-            log.info("deleted nftables tables %s and %d rules of the reference plugin",
-                     [t for _f, t in drop], len(go_rules))
-    nft_view = inv is not None and iptables.nft_backed()
-    for fam, ipfam in ((4, "ip"), (6, "ip6")):
-        if nft_view and not any((ipfam, "nat", c) in inv for c in chains):
-            continue
-        if proc.which(SAVE[fam]) is None:
-            continue
+    chains = [R.dn_chain(name, cid), R.sn_chain(name, cid)]
+    try:
+        nf = rawnl.NfTables()
+    except OSError as exc:      # no nf_tables here: only iptables can hold anything
+        log.debug("portmap teardown: nf_tables not usable (%s)", exc)
+        for fam in (4, 6):
+            if iptables.may_hold(fam, "nat", chains) and ipt_teardown(fam, chains, udp):
+                log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
+        flush_conntrack((4, 6), udp, log)
+        return
+    try:
+        _teardown(nf, (name, cid, ifname), chains, udp, log)
+        flush_conntrack((4, 6), udp, log, nf.s)     # one netfilter socket for all of it
+    finally:
+        nf.close()
+
+
+def _teardown(nf, att, chains, udp, log):
+    from cnilib.firewall import iptables, nft, shared
+    tbl = nft_table()
+    legacy = tbl.legacy_table(att)
+    if nf.table_exists("inet", legacy):     # its UDP ports are in the table itself
+        for r in R.nft_rules(nft.list_json("table", "inet", legacy), "inet", legacy, "hostports"):
+            d = R.nft_dnat_rule(r.get("expr"))
+            if d and d[1] == "udp":
+                udp.add(d[2])
+    rec = shared.detach(tbl, att, log, nf=nf)
+    if rec is not None:
+        udp |= set(rec.get("udp") or ())
+    go_tables = [f for f in ("ip", "ip6") if nf.table_exists(f, R.GO_NFT_TABLE)]
+    fams = [f for f in (4, 6) if iptables.may_hold(f, "nat", chains, nf)]
+    log.debug("nftables teardown done; reference rules in %s, iptables chains in IPv%s",
+              go_tables or "no table", fams or "none")
+    go_rules = []
+    for fam in go_tables:
+        items = nft.list_json("table", fam, R.GO_NFT_TABLE)
+        mine = R.go_nft_rules_of(items, att[1])
+        handles = {h for _f, _t, _c, h in mine}
+        for r in R.nft_rules(items, fam, R.GO_NFT_TABLE):
+            d = r.get("handle") in handles and R.nft_dnat_rule(r.get("expr"))
+            if d and d[1] == "udp":
+                udp.add(d[2])
+        go_rules += mine
+    if go_rules:
+        nft.apply(R.nft_delete_script((), go_rules), "portmap nftables teardown")
+        log.info("deleted %d nftables rules of the reference plugin", len(go_rules))
+    for fam in fams:
         if ipt_teardown(fam, chains, udp):
             log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
-    flush_conntrack((4, 6), udp, log)
 
 
 def valid_attachments(conf):
@@ -482,12 +488,9 @@ def valid_attachments(conf):
 
 def gc(name, valid, log):
     """Remove the rules of this network's attachments that are not in ``valid``."""
-    from cnilib.firewall import iptables, naming, nft
-    keep = {naming.attachment_table("hp", name, cid, ifn) for cid, ifn in valid}
-    stale = [(f, t) for f, t in nft.tables(naming.network_table_prefix("hp", name)) if t not in keep]
-    if stale:
-        nft.apply(R.nft_delete_script(stale), "portmap nftables GC")
-        log.info("GC deleted %d nftables tables", len(stale))
+    from cnilib.firewall import iptables, nft, shared
+    if nft.available():
+        shared.gc(nft_table(), name, set(valid), log)
     live = {cid for cid, _i in valid}
     for fam in (4, 6):
         if proc.which(SAVE[fam]) is None:

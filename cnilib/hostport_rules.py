@@ -1,21 +1,33 @@
 """portmap's rule text for both backends: pure functions, no I/O.
 
 Everything here turns validated values (cnilib.hostport checks them) into
-the exact text handed to ``nft -f -`` or ``iptables-restore --noflush``,
-and reads back what ``nft -j list`` and ``iptables-save`` print, so the
-golden tests in tests/unit/test_hostport_rules.py pin every byte.
+the exact text handed to ``nft -f -`` or ``iptables-restore --noflush``
+(and the set elements cnilib.firewall.shared adds over netlink), and reads
+back what ``nft -j list`` and ``iptables-save`` print, so the golden tests
+in tests/unit/test_hostport_rules.py pin every byte.
 
-nftables: one table per attachment (family inet), named from hashes.
+nftables: one table for every attachment, ``inet pycni-hostport``:
 
-    table inet pycni-hp-<net>-<attachment>
-      hostports    one DNAT rule per mapping and container address family
-      prerouting   nat/prerouting -100: [conditions] fib daddr type local -> hostports
-      output       nat/output -100: the same, so the host and localhost reach hostPorts
-      postrouting  nat/postrouting 100 (snat): masquerade DNAT'ed connections from
-                   the container's subnet (hairpin) and from 127.0.0.0/8 (localhost)
-      localnet-guard  filter/prerouting -300 (snat, IPv4): drop 127.0.0.0/8
-                   destinations arriving on the interface whose route_localnet
-                   portmap turned on (the martian hole of cp#481)
+    prerouting / output   nat, priority -100: fib daddr type local jump hostports
+    hostports             ip daddr . meta l4proto . th dport vmap @hostip4   (hostIP mappings)
+                          ip6 daddr . meta l4proto . th dport vmap @hostip6
+                          meta nfproto ipv4 meta l4proto . th dport vmap @ports4
+                          meta nfproto ipv6 meta l4proto . th dport vmap @ports6
+    hp-<net hash>-<attachment hash>   one chain per attachment: its DNAT
+                          rules ([conditions] proto dport -> container address)
+    postrouting           nat, priority 100: ct status dnat ip daddr vmap @masq4 (ip6: @masq6)
+    hairpin-<subnet hash> masquerade sources of the container's subnet (hairpin)
+                          and, IPv4, 127.0.0.0/8 (localhost, route_localnet)
+    masq-all              masquerade (masqAll)
+    localnet-guard        filter/prerouting -300: drop 127.0.0.0/8 destinations
+                          arriving on an interface in @localnet, where portmap
+                          turned route_localnet on (the martian hole of cp#481)
+
+An attachment owns its chain and one element per (family, protocol,
+hostPort) in @ports4/6 (or per hostIP in @hostip4/6) jumping to it, plus
+one per container address in @masq4/6 jumping to its subnet's hairpin
+chain: a hostPort held by another attachment is a conflict, not a silent
+first-wins (user-pain #18).
 
 iptables: the reference's chains in the nat table, rules printed in the
 canonical form iptables-save uses, so a saved rule and a rendered one
@@ -83,66 +95,124 @@ def nft_comment(text):
     return '"%s"' % clean.encode()[:127].decode("ascii", "ignore")
 
 
-def nft_table_script(table, comment, mappings, ctrs, snat=True, masq_all=False,
-                     conditions=None, guard_iface=None, replace=False):
-    """The whole attachment table as one transaction.
+TABLE_NAME = "pycni-hostport"
+T = "inet " + TABLE_NAME
+CHAIN_PREFIX = "hp"
+LOCALNET_COMMENT = "pycni portmap: route_localnet is on here"
 
-    ``ctrs`` is {family: (ip, prefixlen)} of the container's addresses.
-    Fresh (``replace`` False) it *creates* the table, which fails with
-    EEXIST when a previous ADD left one: the caller then replaces it with
-    ``replace=True`` (add; delete; add, all in one transaction).  Creating
-    costs ~4 ms, any transaction that deletes ~15 ms, so the common path
-    pays only for what it does.
-    """
+
+SKELETON = [
+    ("hostports", None, ["ip daddr . meta l4proto . th dport vmap @hostip4",
+                         "ip6 daddr . meta l4proto . th dport vmap @hostip6",
+                         "meta nfproto ipv4 meta l4proto . th dport vmap @ports4",
+                         "meta nfproto ipv6 meta l4proto . th dport vmap @ports6"]),
+    ("prerouting", "type nat hook prerouting priority -100 ; policy accept ;",
+     ["fib daddr type local jump hostports"]),
+    ("output", "type nat hook output priority -100 ; policy accept ;",
+     ["fib daddr type local jump hostports"]),
+    ("postrouting", "type nat hook postrouting priority 100 ; policy accept ;",
+     ["ct status dnat ip daddr vmap @masq4", "ct status dnat ip6 daddr vmap @masq6"]),
+    ("masq-all", None, ["masquerade"]),
+    ("localnet-guard", "type filter hook prerouting priority -300 ; policy accept ;",
+     ["iifname @localnet ip daddr 127.0.0.0/8 drop"]),
+]
+SKELETON_RULES = {name: len(rules) for name, _hook, rules in SKELETON}
+
+
+def nft_skeleton():
+    """The shared table, its maps and base chains (idempotent: every base
+    chain is flushed and rewritten, never appended to)."""
+    out = ['add table %s { comment "pycni portmap: hostPort -> one chain per attachment" ; }' % T]
+    for name, typ in (("hostip4", "ipv4_addr . inet_proto . inet_service"),
+                      ("hostip6", "ipv6_addr . inet_proto . inet_service"),
+                      ("ports4", "inet_proto . inet_service"), ("ports6", "inet_proto . inet_service"),
+                      ("masq4", "ipv4_addr"), ("masq6", "ipv6_addr")):
+        out.append("add map %s %s { type %s : verdict ; }" % (T, name, typ))
+    out.append("add set %s localnet { type ifname ; }" % T)
+    for name, hook, rules in SKELETON:
+        out.append("add chain %s %s%s" % (T, name, " { %s }" % hook if hook else ""))
+        out.append("flush chain %s %s" % (T, name))
+        out += ["add rule %s %s %s" % (T, name, r) for r in rules]
+    return "\n".join(out) + "\n"
+
+
+def hairpin_chain(fam, ip, plen):
+    """(name, script) of the chain masquerading hairpin (and, IPv4,
+    localhost) connections DNAT'ed to a container of subnet ip/plen."""
+    from cnilib.firewall import naming
+    net = "%s/%d" % (addr.network(fam, ip, plen), plen)
+    name = "hairpin-" + naming.sha512_hex("pycni-subnet\0" + net)[:12]
+    ipx = NFIP[fam]
+    lines = ['add chain %s %s { comment "masquerade hostPort connections from %s" ; }' % (T, name, net),
+             "flush chain %s %s" % (T, name),
+             "add rule %s %s %s saddr %s masquerade" % (T, name, ipx, net)]
+    if fam == 4:
+        lines.append("add rule %s %s ip saddr 127.0.0.0/8 masquerade" % (T, name))
+    return name, "\n".join(lines) + "\n"
+
+
+def nft_chain_script(chain, comment, mappings, ctrs, conditions=None, guard_iface=None):
+    """The attachment's chain, (re)written whole: its DNAT rules for the
+    container addresses ``ctrs`` ({family: (ip, prefixlen)}).  With
+    ``guard_iface``, that interface joins @localnet."""
     conditions = conditions or {}
-    t = "inet " + table
-    out = []
-    if replace:
-        out += ["add table %s" % t, "delete table %s" % t, "add table %s { comment %s; }"
-                % (t, nft_comment(comment))]
-    else:
-        out.append("create table %s { comment %s; }" % (t, nft_comment(comment)))
-    out.append("add chain %s hostports" % t)
+    out = ["add chain %s %s { comment %s ; }" % (T, chain, nft_comment(comment)),
+           "flush chain %s %s" % (T, chain)]
     for fam in (4, 6):
         if fam not in ctrs:
             continue
         ip = ctrs[fam][0]
+        cond = " ".join(conditions.get(fam) or ())
         for m in mappings:
             if not m.applies(fam):
                 continue
             daddr = m.daddr(fam)
             match = ("%s daddr %s" % (NFIP[fam], daddr)) if daddr else ("meta nfproto %s" % NFPROTO[fam])
-            out.append("add rule %s hostports %s %s dport %d dnat %s to %s"
-                       % (t, match, m.protocol, m.host_port, NFIP[fam],
+            if cond:
+                match += " " + cond
+            out.append("add rule %s %s %s %s dport %d dnat %s to %s"
+                       % (T, chain, match, m.protocol, m.host_port, NFIP[fam],
                           join_host_port(fam, ip, m.container_port)))
-    for chain, hook in (("prerouting", "prerouting"), ("output", "output")):
-        out.append("add chain %s %s { type nat hook %s priority -100; policy accept; }" % (t, chain, hook))
-        for fam in (4, 6):
-            if fam in ctrs:
-                cond = " ".join(conditions.get(fam) or ())
-                out.append("add rule %s %s meta nfproto %s %sfib daddr type local jump hostports"
-                           % (t, chain, NFPROTO[fam], cond + " " if cond else ""))
+    if guard_iface and 4 in ctrs:
+        out.append('add element %s localnet { "%s" comment %s }' % (T, guard_iface, nft_comment(LOCALNET_COMMENT)))
+    return "\n".join(out) + "\n"
+
+
+def nft_elements(chain, mappings, ctrs, snat=True, masq_all=False):
+    """([Elem], [(chain, script)]) of an attachment: the dispatch elements
+    of its mappings, and with snat its addresses' masquerade elements with
+    the shared chains they jump to."""
+    from cnilib.firewall import shared
+    elems, seen, extra = [], set(), {}
+    for fam in (4, 6):
+        if fam not in ctrs:
+            continue
+        for m in mappings:
+            if not m.applies(fam):
+                continue
+            daddr = m.daddr(fam)
+            if daddr:
+                e = shared.Elem("hostip%d" % fam, shared.ip_port_key(fam, daddr, m.protocol, m.host_port), chain,
+                                "hostPort %s/%s" % (join_host_port(fam, daddr, m.host_port), m.protocol))
+            else:
+                e = shared.Elem("ports%d" % fam, shared.port_key(m.protocol, m.host_port), chain,
+                                "hostPort %d/%s (IPv%d)" % (m.host_port, m.protocol, fam))
+            if (e.set, e.key) not in seen:
+                seen.add((e.set, e.key))
+                elems.append(e)
     if snat:
-        out.append("add chain %s postrouting { type nat hook postrouting priority 100; policy accept; }" % t)
         for fam in (4, 6):
             if fam not in ctrs:
                 continue
             ip, plen = ctrs[fam]
-            ipx = NFIP[fam]
             if masq_all:
-                out.append("add rule %s postrouting meta nfproto %s %s daddr %s ct status dnat masquerade"
-                           % (t, NFPROTO[fam], ipx, ip))
-                continue
-            out.append("add rule %s postrouting %s saddr %s/%d %s daddr %s ct status dnat masquerade"
-                       % (t, ipx, addr.network(fam, ip, plen), plen, ipx, ip))
-            if fam == 4:
-                out.append("add rule %s postrouting ip saddr 127.0.0.0/8 ip daddr %s ct status dnat "
-                           "masquerade" % (t, ip))
-        if guard_iface and 4 in ctrs:
-            out.append("add chain %s localnet-guard { type filter hook prerouting priority -300; "
-                       "policy accept; }" % t)
-            out.append('add rule %s localnet-guard iifname "%s" ip daddr 127.0.0.0/8 drop' % (t, guard_iface))
-    return "\n".join(out) + "\n"
+                target = "masq-all"
+            else:
+                target, script = hairpin_chain(fam, ip, plen)
+                extra[target] = script
+            elems.append(shared.Elem("masq%d" % fam, shared.ip_key(fam, ip), target,
+                                     "hostPort masquerade for %s" % ip))
+    return elems, sorted(extra.items())
 
 
 def nft_delete_script(tables=(), go_rules=()):
@@ -195,10 +265,10 @@ def nft_rules(items, family=None, table=None, chain=None):
     return out
 
 
-def nft_table_mappings(items, table):
-    """Sorted DNAT tuples found in the hostports chain of our table."""
+def nft_chain_mappings(items, chain):
+    """Sorted DNAT tuples found in an attachment chain of our table."""
     got = []
-    for r in nft_rules(items, "inet", table, "hostports"):
+    for r in nft_rules(items, "inet", TABLE_NAME, chain):
         d = nft_dnat_rule(r.get("expr"))
         if d is not None:
             got.append(d)
@@ -206,7 +276,7 @@ def nft_table_mappings(items, table):
 
 
 def expected_mappings(mappings, ctrs):
-    """What nft_table_mappings must return for a correct table."""
+    """What nft_chain_mappings must return for a correct table."""
     out = []
     for fam in (4, 6):
         if fam not in ctrs:

@@ -5,14 +5,18 @@ multicast) leaves with the host's address.  State is keyed by (network,
 container ID, ifname) and DEL and GC find it by that key alone, never by
 addresses read back from a netns that may be gone.
 
-nftables (the default when ``nft`` works): one table per attachment,
-``inet pycni-masq-<net hash>-<attachment hash>``, holding one postrouting
-nat chain.  ADD writes it with ``add table; flush table; add chain; add
-rule...`` in one ``nft -f -`` transaction: re-running replaces the rules,
-never duplicates them, and a fresh ADD deletes nothing (any deletion in a
-commit makes the kernel wait an RCU grace period, ~15 ms here, which
-``add; delete; add`` would pay on every ADD).  DEL is ``add table; delete
-table``, O(1) and idempotent.
+nftables (the default when nft and nf_tables work): one table for every
+attachment, ``inet pycni-masq``, written once:
+
+    map saddr4 { ipv4_addr : verdict }  / saddr6      container IP -> jump its subnet's chain
+    chain postrouting  nat, srcnat:  ip saddr vmap @saddr4; ip6 saddr vmap @saddr6
+    chain subnet-<hash of the subnet>:  ip daddr <subnet> return;
+                                        ip daddr 224.0.0.0/4 return; masquerade
+
+An attachment is one element per IP, ``<ip> comment "pycni <key> net=..
+id=.. if=.." : jump subnet-<hash>``, added and removed over netlink with
+its record in the state dir (cnilib.firewall.shared): O(1) whatever the
+node holds, and DEL needs no listing.
 
 iptables (``ipMasqBackend: iptables``, or when nft is unusable): the
 reference's own chain ``CNI-<sha512(network + container ID)>`` and rules,
@@ -20,18 +24,22 @@ applied in one ``iptables-restore --noflush`` batch per family, adding only
 the lines iptables-save does not already show.
 
 DEL tears down every form the attachment can have, whichever backend made
-it: our table, the Go plugin's nftables rules (table ``inet
-cni_plugins_masquerade``, comment starting with its key) and the
-reference iptables chain with its POSTROUTING jumps, found by chain name.
+it: our elements, the previous design's table ``inet pycni-masq-<net
+hash>-<attachment hash>``, the Go plugin's nftables rules (table ``inet
+cni_plugins_masquerade``, comment starting with its key) and the reference
+iptables chain with its POSTROUTING jumps.  Whether the last two exist is
+asked over netlink first, so iptables-save runs only when they do.
 """
 
-from cnilib import errors, proc
-from cnilib.firewall import iptables, naming, nft
+from cnilib import errors
+from cnilib.firewall import iptables, naming, nft, shared
 
 GO_NFT_TABLE = "cni_plugins_masquerade"
 GO_NFT_CHAIN = "masq_checks"
 MCAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
-COMMENT_MAX = 128   # nftables' NFT_USERDATA_MAXLEN for comments
+TABLE_NAME = "pycni-masq"
+T = "inet " + TABLE_NAME
+SET = {4: "saddr4", 6: "saddr6"}
 
 
 def _split(cidr):
@@ -43,29 +51,47 @@ def _split(cidr):
 
 # ------------------------------------------------------------ rendering (pure)
 
-def table_name(network, container_id, ifname):
-    return naming.attachment_table("masq", network, container_id, ifname)
+def render_skeleton():
+    """The table, its maps and its base chain (idempotent: re-running
+    rewrites the two dispatch rules, never duplicates them)."""
+    return ("add table %s { comment \"pycni bridge ipMasq: container IP -> its subnet's chain\" ; }\n"
+            "add map %s saddr4 { type ipv4_addr : verdict ; }\n"
+            "add map %s saddr6 { type ipv6_addr : verdict ; }\n"
+            "add chain %s postrouting { type nat hook postrouting priority srcnat ; policy accept ; }\n"
+            "flush chain %s postrouting\n"
+            "add rule %s postrouting ip saddr vmap @saddr4\n"
+            "add rule %s postrouting ip6 saddr vmap @saddr6\n" % ((T,) * 7))
 
 
-def render_nft_setup(network, container_id, ifname, cidrs):
-    """The one transaction that (re)writes an attachment's masquerade table."""
-    t = "inet " + table_name(network, container_id, ifname)
-    comment = naming.attachment_comment("masq", network, container_id, ifname)[:COMMENT_MAX]
-    lines = ["add table %s { comment %s ; }" % (t, nft.quote(comment)),
-             "flush table %s" % t,
-             "add chain %s postrouting { type nat hook postrouting priority srcnat ; "
-             "policy accept ; }" % t]
+def subnet_chain(net):
+    """Chain name of a subnet ('10.22.0.0/24'): a hash, the subnet is in its comment."""
+    return "subnet-" + naming.sha512_hex("pycni-subnet\0" + net)[:12]
+
+
+def render_subnet_chain(fam, net):
+    c = subnet_chain(net)
+    p = "ip" if fam == 4 else "ip6"
+    return ("add chain %s %s { comment \"masquerade from %s to outside it\" ; }\n"
+            "flush chain %s %s\n"
+            "add rule %s %s %s daddr %s return\n"
+            "add rule %s %s %s daddr %s return\n"
+            "add rule %s %s masquerade\n"
+            % (T, c, net, T, c, T, c, p, net, T, c, p, MCAST[fam], T, c))
+
+
+def elements(cidrs):
+    """([Elem], [(chain, script)]) of an attachment's IPs ('ip/prefix')."""
+    elems, chains = [], {}
     for cidr in cidrs:
         fam, ip, net = _split(cidr)
-        p = "ip" if fam == 4 else "ip6"
-        lines.append("add rule %s postrouting %s saddr %s %s daddr != %s %s daddr != %s masquerade"
-                     % (t, p, ip, p, net, p, MCAST[fam]))
-    return "\n".join(lines) + "\n"
+        chain = subnet_chain(net)
+        elems.append(shared.Elem(SET[fam], shared.ip_key(fam, ip), chain, ip))
+        chains.setdefault(chain, render_subnet_chain(fam, net))
+    return elems, sorted(chains.items())
 
 
-def render_nft_teardown(network, container_id, ifname):
-    t = "inet " + table_name(network, container_id, ifname)
-    return "add table %s\ndelete table %s\n" % (t, t)
+TABLE = shared.Table("masq", "inet", TABLE_NAME, "masquerade", {"postrouting": 2}, render_skeleton,
+                     legacy="masq")
 
 
 def _go_comment_arg(network, container_id):
@@ -124,46 +150,39 @@ def go_chain_owners(network, saved):
 
 # ------------------------------------------------------------ operations
 
-def setup(backend, network, container_id, ifname, cidrs, log):
+def setup(backend, network, container_id, ifname, cidrs, log, netns=None):
     """Masquerade ``cidrs`` ('ip/prefix') of one attachment.  ``backend`` is
     'nftables', 'iptables' or None (nftables when nft works)."""
-    return finish_setup(start_setup(backend, network, container_id, ifname, cidrs), log)
+    return finish_setup(start_setup(backend, network, container_id, ifname, cidrs, netns), log)
 
 
-def start_setup(backend, network, container_id, ifname, cidrs):
-    """Start the nftables transaction and return at once, so that ADD sets
-    up the container while nft runs; ``finish_setup`` collects it (and falls
-    back to iptables when nft turns out unusable)."""
-    pending = None
-    if backend in (None, "nftables"):
-        script = render_nft_setup(network, container_id, ifname, cidrs)
-        try:
-            pending = proc.start(["nft", "-f", "-"], script.encode(), timeout=30)
-        except OSError:
-            pending = None
-    return {"backend": backend, "key": (network, container_id, ifname), "cidrs": cidrs,
-            "nft": pending, "done": None}
+def start_setup(backend, network, container_id, ifname, cidrs, netns=None):
+    """Choose the backend; ``finish_setup`` does the work once the
+    container is set up (ADD's undo list then knows it may have to remove
+    rules)."""
+    if backend is None:
+        backend = "nftables" if nft.available() else None
+    elif backend == "nftables" and not nft.available():
+        raise errors.Internal("masquerade rules for %s failed: nftables is not usable here"
+                              % container_id,
+                              "the nft binary is missing or the kernel has no nf_tables; "
+                              "install nftables or choose ipMasqBackend iptables")
+    return {"backend": backend, "key": (network, container_id, ifname), "cidrs": cidrs, "done": None,
+            "netns": netns}
 
 
 def finish_setup(t, log):
-    """Complete ``start_setup``; returns the backend used.  Safe to call twice."""
+    """Write the rules; returns the backend used.  Safe to call twice."""
     if t["done"] is not None:
         return t["done"]
     network, container_id, ifname = t["key"]
-    backend, p = t["backend"], t["nft"]
-    t["nft"] = None
-    if p is not None:
-        r = p.wait()
-        if r.rc == 0:
-            t["done"] = "nftables"
-            return "nftables"
-        if backend == "nftables" or nft.available():
-            raise errors.Internal("masquerade rules for %s failed: nft exit status %d: %s"
-                                  % (container_id, r.rc, r.err_text(600)))
-    elif backend == "nftables":
-        raise errors.Internal("masquerade rules for %s failed: the nft binary is not installed"
-                              % container_id, "install nftables or choose ipMasqBackend iptables")
-    if backend is None:
+    if t["backend"] == "nftables":
+        elems, chains = elements(t["cidrs"])
+        shared.attach(TABLE, t["key"], elems, log, data={"cidrs": list(t["cidrs"])}, extra=chains,
+                      netns=t["netns"])
+        t["done"] = "nftables"
+        return "nftables"
+    if t["backend"] is None:
         log.info("nft is not usable here: masquerading with iptables")
     _iptables_setup(network, container_id, t["cidrs"])
     t["done"] = "iptables"
@@ -171,11 +190,7 @@ def finish_setup(t, log):
 
 
 def abort_setup(t, log):
-    """Undo step of a failed ADD: let a started transaction finish, then
-    remove every form of the attachment's rules."""
-    p, t["nft"] = t["nft"], None
-    if p is not None:
-        p.wait()
+    """Undo step of a failed ADD: remove every form of the attachment's rules."""
     network, container_id, ifname = t["key"]
     teardown(network, container_id, ifname, log)
 
@@ -191,76 +206,64 @@ def _iptables_setup(network, container_id, cidrs):
 
 def teardown(network, container_id, ifname, log):
     """Remove every masquerade form of the attachment; missing parts are fine."""
-    finish_teardown(start_teardown(network, container_id, ifname), log)
+    finish_teardown(start_teardown(network, container_id, ifname, log), log)
 
 
-def start_teardown(network, container_id, ifname):
-    """Start the teardown's helpers (the nft deletion of our table, and the
-    listings that find what the Go plugin made) and return at once: DEL
-    deletes the container link meanwhile, and both wait on the kernel
-    together.  Finish with ``finish_teardown``."""
-    def spawn(argv, stdin=b""):
-        try:
-            return proc.start(argv, stdin, timeout=30)
-        except OSError:
-            return None     # not installed: nothing of that kind to remove
-    return {
-        "key": (network, container_id, ifname),
-        "nft": spawn(["nft", "-f", "-"], render_nft_teardown(network, container_id, ifname).encode()),
-        "go_nft": spawn(["nft", "-j", "list", "chain", "inet", GO_NFT_TABLE, GO_NFT_CHAIN]),
-        4: spawn(["iptables-save", "-t", "nat"]),
-        6: spawn(["ip6tables-save", "-t", "nat"]),
-    }
+def start_teardown(network, container_id, ifname, log):
+    """Remove our elements (by record, over netlink) and return with the
+    netlink socket still open for ``finish_teardown``'s lookups: bridge DEL
+    deletes the veth in between, so the kernel frees the elements while the
+    veth is unregistered (an RCU grace period each, overlapping)."""
+    from cnilib import rawnl
+    t = {"key": (network, container_id, ifname), "nf": None, "problems": []}
+    try:
+        t["nf"] = rawnl.NfTables()
+        shared.detach(TABLE, t["key"], log, nf=t["nf"])
+    except errors.CniError as exc:
+        t["problems"].append(exc.msg)
+    except OSError as exc:      # no nf_tables here: none of our elements can exist
+        log.debug("masquerade teardown: nf_tables not usable (%s)", exc)
+    return t
 
 
 def finish_teardown(t, log):
-    """Collect ``start_teardown``'s helpers and remove what they found.
-
-    A backend that is not installed is skipped so that DEL completes; an
-    error is raised only when a usable backend failed to remove rules."""
+    """Remove what the Go plugin and the iptables backend left (asked over
+    netlink first, so iptables-save runs only when there is something),
+    then close the socket; raise when a usable backend failed."""
     network, container_id, ifname = t["key"]
-    problems = []
-    done = {k: (p.wait() if p is not None else None) for k, p in t.items() if k != "key"}
-    r = done["nft"]
-    if r is not None and r.rc != 0 and nft.available():
-        problems.append("nft: %s" % r.err_text(300))
-    key = naming.go_nft_masq_key(network, container_id, ifname)
-    go = _go_nft_rule_deletes(_json_items(done["go_nft"]), lambda c: c.startswith(key))
-    if go:
-        try:
-            nft.apply(go, what="removal of the reference nftables masquerade rules of %s"
-                      % container_id)
-            log.info("removed %d reference nftables masquerade rule(s)", go.count("\n"))
-        except errors.CniError as exc:
-            problems.append(exc.msg)
+    problems = t["problems"]
     chain = naming.go_chain(network, container_id)
-    for fam in (4, 6):
-        r = done[fam]
-        if r is None or r.rc != 0:
-            continue
-        if not render_iptables_teardown(network, container_id, r.out.decode("utf-8", "replace")):
-            continue
+    nf, t["nf"] = t["nf"], None
+    try:
+        go_nft = nf is not None and nf.table_exists("inet", GO_NFT_TABLE)
+        fams = [f for f in (4, 6) if iptables.may_hold(f, "nat", [chain], nf)]
+    except OSError:
+        go_nft, fams = False, [f for f in (4, 6) if iptables.may_hold(f, "nat", [chain])]
+    finally:
+        if nf is not None:
+            nf.close()
+    if go_nft:
+        key = naming.go_nft_masq_key(network, container_id, ifname)
+        go = _go_nft_deletes(lambda c: c.startswith(key))
+        if go:
+            try:
+                nft.apply(go, what="removal of the reference nftables masquerade rules of %s"
+                          % container_id)
+                log.info("removed %d reference nftables masquerade rule(s)", go.count("\n"))
+            except errors.CniError as exc:
+                problems.append(exc.msg)
+    for fam in fams:
         try:
-            with iptables.lock():     # read again under the lock, then write
+            with iptables.lock():
                 lines = render_iptables_teardown(network, container_id, iptables.save(fam, "nat"))
                 iptables.restore(fam, "nat", lines, what="masquerade teardown for %s" % container_id)
-            log.info("removed iptables masquerade chain %s (IPv%d)", chain, fam)
+            if lines:
+                log.info("removed iptables masquerade chain %s (IPv%d)", chain, fam)
         except errors.CniError as exc:
             problems.append(exc.msg)
     if problems:
         raise errors.Internal("masquerade teardown of %s/%s failed: %s"
                               % (container_id, ifname, "; ".join(problems)))
-
-
-def _json_items(r):
-    """The "nftables" items of an ``nft -j list`` run ([] when it failed)."""
-    if r is None or r.rc != 0:
-        return []
-    from cnilib import jsonio
-    try:
-        return jsonio.loads(r.out).get("nftables", [])
-    except (ValueError, AttributeError):
-        return []
 
 
 def _go_nft_rule_deletes(items, match):
@@ -279,41 +282,44 @@ def _go_nft_deletes(match):
 
 
 def present(network, container_id, ifname):
-    """True when some masquerade form of the attachment exists (CHECK)."""
-    t = table_name(network, container_id, ifname)
-    if any(name == t for _, name in nft.tables(t)):
-        return True
+    """'' when some masquerade form of the attachment exists (CHECK), else
+    what is missing."""
+    att = (network, container_id, ifname)
+    rec, missing = shared.present(TABLE, att)
+    if rec is not None:
+        if missing:
+            return "missing in nftables table %s: %s" % (T, ", ".join(missing))
+        return ""
+    legacy = TABLE.legacy_table(att)
+    if any(name == legacy for _, name in nft.tables(legacy)):
+        return ""
     key = naming.go_nft_masq_key(network, container_id, ifname)
     if _go_nft_deletes(lambda c: c.startswith(key)):
-        return True
+        return ""
     chain = naming.go_chain(network, container_id)
     for fam in (4, 6):
+        if not iptables.may_hold(fam, "nat", [chain]):
+            continue
         try:
             if chain in iptables.chains(iptables.save(fam, "nat")):
-                return True
+                return ""
         except errors.CniError:
             continue
-    return False
+    return "expected elements in nftables table %s (no record of this attachment) or iptables chain %s" % (
+        T, chain)
 
 
 def gc(network, valid, log):
     """Remove the masquerade state of ``network``'s attachments not in
     ``valid`` (a set of (container ID, ifname)); returns what was removed."""
-    removed = []
-    keep = {table_name(network, cid, ifn) for cid, ifn in valid}
-    script = ""
-    for fam, name in nft.tables(naming.network_table_prefix("masq", network)):
-        if name not in keep:
-            script += "add table %s %s\ndelete table %s %s\n" % (fam, name, fam, name)
-            removed.append(name)
+    removed = shared.gc(TABLE, network, valid, log) if nft.available() else []
+    other = []
     go_keep = {naming.go_nft_masq_key(network, cid, ifn) for cid, ifn in valid}
     go_prefix = naming.sha512_hex(network)[:16] + "-"
     go = _go_nft_deletes(lambda c: c.startswith(go_prefix) and c[:33] not in go_keep)
     if go:
-        removed.append("%d reference nftables rule(s)" % go.count("\n"))
-    script += go
-    if script:
-        nft.apply(script, what="masquerade gc of network %s" % network)
+        nft.apply(go, what="masquerade gc of network %s" % network)
+        other.append("%d reference nftables rule(s)" % go.count("\n"))
     valid_ids = {cid for cid, _ in valid}
     with iptables.lock():
         for fam in (4, 6):
@@ -325,9 +331,9 @@ def gc(network, valid, log):
             for cid, chain in go_chain_owners(network, saved).items():
                 if cid not in valid_ids:
                     lines += render_iptables_teardown(network, cid, saved)
-                    removed.append(chain)
+                    other.append(chain)
             if lines:
                 iptables.restore(fam, "nat", lines, what="masquerade gc of network %s" % network)
-    for what in removed:
+    for what in other:
         log.info("gc: removed masquerade state %s", what)
-    return removed
+    return removed + other

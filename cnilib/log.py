@@ -41,17 +41,26 @@ class Log:
         if isinstance(ll, str) and ll.lower() in LEVELS and not self.env_level:
             self.level = LEVELS[ll.lower()]
 
+    def _add(self, tag, msg, a):
+        text = msg % a if a else msg
+        if self.level <= 10:
+            # at debug level every line carries its wall-clock time, so that
+            # the lines of parallel execs can be laid side by side
+            t = time.time()
+            tag = "%s.%03d %s" % (time.strftime("%H:%M:%S", time.gmtime(t)), int(t * 1000) % 1000, tag)
+        self.lines.append("  " + tag + text)
+
     def debug(self, msg, *a):
         if self.level <= 10:
-            self.lines.append("  debug: " + (msg % a if a else msg))
+            self._add("debug: ", msg, a)
 
     def info(self, msg, *a):
         if self.level <= 20:
-            self.lines.append("  " + (msg % a if a else msg))
+            self._add("", msg, a)
 
     def warning(self, msg, *a):
         if self.level <= 30:
-            self.lines.append("  warning: " + (msg % a if a else msg))
+            self._add("warning: ", msg, a)
 
     def flush(self, summary, trace=None):
         """Write the summary line plus any buffered detail lines."""

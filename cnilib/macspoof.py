@@ -1,39 +1,57 @@
 """macspoofchk: drop frames from a container whose source MAC is not its own.
 
-One nftables table per attachment, ``bridge pycni-spoof-<net hash>-<attachment
-hash>``, with one prerouting filter chain (priority -300, as the reference)
-holding ``iifname <host veth> ether saddr != <container MAC> drop``.  ADD
-writes it in one transaction (``add table; flush table; ...``, as
-cnilib.ipmasq does), DEL deletes the table by name: nothing to leak.
+One table for every attachment, ``bridge pycni-spoof``, written once:
+
+    set ports    { ifname }               the host veths under the check
+    set allowed  { ifname . ether_addr }  each veth with its container's MAC
+    chain prerouting  filter, priority -300 (as the reference):
+        iifname @ports iifname . ether saddr != @allowed drop
+
+An attachment is one element in each set, added and removed over netlink
+with its record (cnilib.firewall.shared), so nothing is listed and nothing
+leaks.  The previous design's table per attachment (``bridge
+pycni-spoof-<net hash>-<attachment hash>``) is removed by DEL and GC.
 
 The reference keeps its rules in the shared ``bridge nat`` table (a
 PREROUTING jump commented ``macspoofchk-<container ID>-<ifname>`` and two
 chains ``cni-br-iface-<container ID>-<ifname>[-mac]``); DEL removes those
-too, so an attachment made by the Go plugin is cleaned by this one.
+too, after a netlink lookup says they exist, so an attachment made by the
+Go plugin is cleaned by this one.
 """
 
 from cnilib import errors
-from cnilib.firewall import naming, nft
+from cnilib.firewall import nft, shared
+
+TABLE_NAME = "pycni-spoof"
+T = "bridge " + TABLE_NAME
 
 
-def table_name(network, container_id, ifname):
-    return naming.attachment_table("spoof", network, container_id, ifname)
-
-
-def render_setup(network, container_id, ifname, host_veth, mac):
-    t = "bridge " + table_name(network, container_id, ifname)
-    comment = naming.attachment_comment("spoof", network, container_id, ifname)[:128]
-    return ("add table %s { comment %s ; }\n"
-            "flush table %s\n"
+def render_skeleton():
+    return ('add table %s { comment "pycni macspoofchk: frames from a port must carry its '
+            'container\'s MAC" ; }\n'
+            "add set %s ports { type ifname ; }\n"
+            "add set %s allowed { type ifname . ether_addr ; }\n"
             "add chain %s prerouting { type filter hook prerouting priority -300 ; policy accept ; }\n"
-            "add rule %s prerouting iifname %s ether saddr != %s drop\n"
-            % (t, nft.quote(comment), t, t, t, nft.quote(host_veth), mac))
+            "flush chain %s prerouting\n"
+            "add rule %s prerouting iifname @ports iifname . ether saddr != @allowed drop\n"
+            % ((T,) * 6))
 
 
-def setup(network, container_id, ifname, host_veth, mac):
+TABLE = shared.Table("spoof", "bridge", TABLE_NAME, "macspoofchk", {"prerouting": 1}, render_skeleton,
+                     legacy="spoof")
+
+
+def elements(host_veth, mac):
+    mac = mac.lower()
+    return [shared.Elem("ports", shared.ifname_key(host_veth), None, host_veth),
+            shared.Elem("allowed", shared.ifname_mac_key(host_veth, mac), None,
+                        "%s . %s" % (host_veth, mac))]
+
+
+def setup(network, container_id, ifname, host_veth, mac, log, netns=None):
     try:
-        nft.apply(render_setup(network, container_id, ifname, host_veth, mac),
-                  what="macspoofchk rules for %s" % container_id)
+        shared.attach(TABLE, (network, container_id, ifname), elements(host_veth, mac), log,
+                      data={"veth": host_veth, "mac": mac}, netns=netns)
     except errors.CniError as exc:
         raise errors.Internal("failed to setup spoof-check: %s" % exc.msg, exc.details) from exc
 
@@ -57,23 +75,25 @@ def _go_deletes(container_id, ifname):
 
 
 def teardown(network, container_id, ifname, log):
-    t = "bridge " + table_name(network, container_id, ifname)
-    script = "add table %s\ndelete table %s\n" % (t, t) + _go_deletes(container_id, ifname)
+    from cnilib import rawnl
     try:
-        nft.apply(script, what="macspoofchk teardown for %s" % container_id)
+        with rawnl.NfTables() as nf:
+            shared.detach(TABLE, (network, container_id, ifname), log, nf=nf)
+            go = nf.chain_exists("bridge", "nat", "cni-br-iface-%s-%s" % (container_id, ifname))
+    except OSError as exc:
+        log.debug("macspoofchk teardown skipped: nf_tables is not usable (%s)", exc)
+        return
     except errors.CniError as exc:
-        if nft.available():
+        raise errors.Internal("failed to teardown spoof-check: %s" % exc.msg, exc.details) from exc
+    script = _go_deletes(container_id, ifname) if go else ""
+    if script:
+        try:
+            nft.apply(script, what="macspoofchk teardown for %s" % container_id)
+        except errors.CniError as exc:
             raise errors.Internal("failed to teardown spoof-check: %s" % exc.msg, exc.details) from exc
-        log.debug("macspoofchk teardown skipped: nft is not usable")
 
 
 def gc(network, valid, log):
-    keep = {table_name(network, cid, ifn) for cid, ifn in valid}
-    stale = [(f, n) for f, n in nft.tables(naming.network_table_prefix("spoof", network))
-             if n not in keep]
-    if stale:
-        nft.apply("".join("add table %s %s\ndelete table %s %s\n" % (f, n, f, n) for f, n in stale),
-                  what="macspoofchk gc of network %s" % network)
-        for _, n in stale:
-            log.info("gc: removed macspoofchk table %s", n)
-    return [n for _, n in stale]
+    if not nft.available():
+        return []
+    return shared.gc(TABLE, network, valid, log)

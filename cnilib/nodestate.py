@@ -15,8 +15,9 @@
   netns     the named netns under /var/run/netns and, for ids no name
             explains, /proc/<pid>/ns/net, each mapped to the id this netns
             gave it (RTM_GETNSID);
-  rules     ``nft -j list ruleset`` (the suite's per-attachment tables
-            pycni-<kind>-<net hash>-<attachment hash>) and ``iptables-save``
+  rules     ``nft -j list ruleset`` (the elements and chains of the suite's
+            shared tables, keyed by their comments, and the previous design's
+            tables pycni-<kind>-<net hash>-<attachment hash>) and ``iptables-save``
             (the reference chains CNI-<hash>, CNI-DN-<hash>, the firewall
             plugin's commented CNI-FORWARD rules).
 
@@ -547,6 +548,75 @@ def nft_rule_groups(chains):
     return out
 
 
+_SHARED_TABLES = {"pycni-masq": "masq", "pycni-hostport": "hp", "pycni-fw": "fw", "pycni-spoof": "spoof"}
+
+
+def _comment_names(comment):
+    """{net, id, if} from an element or chain comment naming an attachment."""
+    out = {}
+    for tok in (comment or "").split()[2:]:
+        k, sep, v = tok.partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def nft_shared_groups(items, chains):
+    """RuleGroups for the attachments in the suite's shared tables
+    (cnilib.firewall.shared): the set elements whose comment names one, and
+    portmap's chain hp-<key>, grouped by that key.  A portmap group's ports
+    are the DNAT rules of its chain that a dispatch element still sends
+    traffic to (a taken-over hostPort is no longer its)."""
+    from cnilib.firewall import naming, shared
+    groups, dispatched = {}, {}
+
+    def group(fam, tname, key, comment):
+        g = groups.get((fam, tname, key))
+        if g is None:
+            g = RuleGroup(_SHARED_TABLES[tname], "nft %s %s %s" % (fam, tname, key), [])
+            g.net_hash, g.att_hash = key.split("-")
+            groups[(fam, tname, key)] = g
+        if g.cid is None:
+            said = _comment_names(comment)
+            g.network, g.cid, g.ifname = said.get("net"), said.get("id"), said.get("if")
+        return g
+    hp_chains = []
+    for it in items or ():
+        c = it.get("chain") if isinstance(it, dict) else None
+        if isinstance(c, dict) and c.get("table") == "pycni-hostport":
+            key = naming.chain_key("hp", c.get("name") or "")
+            if key:
+                hp_chains.append((c, key))
+        s = (it.get("set") or it.get("map")) if isinstance(it, dict) else None
+        if not isinstance(s, dict) or s.get("table") not in _SHARED_TABLES:
+            continue
+        fam, tname = s.get("family"), s["table"]
+        types = s.get("type") if isinstance(s.get("type"), list) else [s.get("type")]
+        for e in s.get("elem") or ():
+            val, target = (e[0], e[1]) if isinstance(e, list) and len(e) == 2 else (e, None)
+            if not (isinstance(val, dict) and "elem" in val):
+                continue
+            comment, val = val["elem"].get("comment"), val["elem"].get("val")
+            key = naming.comment_key(comment)
+            if not key:
+                continue
+            g = group(fam, tname, key, comment)
+            g.delete.append(["nft", "delete", "element", fam, tname, s["name"],
+                             "{ %s }" % shared._elem_text(val, types)])
+            jump = (target or {}).get("jump", {}).get("target") if isinstance(target, dict) else None
+            parts = val.get("concat") if isinstance(val, dict) else None
+            if jump and parts and s["name"].startswith(("ports", "hostip")):
+                hip = parts[0] if len(parts) == 3 else None
+                dispatched.setdefault(jump, set()).add((parts[-2], hip, parts[-1]))
+    for c, key in hp_chains:
+        g = group(c["family"], c["table"], key, c.get("comment"))
+        g.delete.append(["nft", "delete", "chain", c["family"], c["table"], c["name"]])
+        routed = dispatched.get(c["name"], set())
+        g.ports = [p for p in _nft_dnat_ports((chains.get((c["family"], c["table"])) or {}).get(c["name"]))
+                   if (p[0], p[1], p[2]) in routed]
+    return sorted(groups.values(), key=lambda g: g.where)
+
+
 def parse_table_comment(text):
     """{net, id, if} from the text of ``nft list table`` (our comment), or {}."""
     for line in text.splitlines():
@@ -665,6 +735,7 @@ def read_rules(problems, nft_items=None, ipt_saves=None):
         except (OSError, TimeoutError, ValueError) as exc:
             failed("nft", "nft -j list ruleset: %s" % exc)
     chains, _comments = trace.parse_ruleset(nft_items)
+    raw["nft_items"] = nft_items
     ipt = {}
     if ipt_saves is None:
         ipt_saves = {}

@@ -170,6 +170,7 @@ def build(loc, nl=None, kernel=True, rules=None):
             node.nft_chains, node.ipt, node.raw_rules = nodestate.read_rules(
                 pr, *(rules or (None, None)))
             node.groups = nodestate.nft_rule_groups(node.nft_chains)
+            node.groups += nodestate.nft_shared_groups(node.raw_rules.get("nft_items"), node.nft_chains)
             for fam in sorted(node.ipt):
                 node.groups += nodestate.ipt_rule_groups(fam, node.ipt[fam])
             _join(node, nl)
@@ -288,7 +289,7 @@ def _join(node, nl):
     for g in node.groups:
         r = by_att.get(g.att_hash) if g.att_hash else by_go.get(g.go_chain)
         if r is None:
-            if g.att_hash and g.where.startswith("nft ") and not g.cid:
+            if g.att_hash and g.table and not g.cid:
                 said = nodestate.parse_table_comment(nodestate.nft_table_text(*g.table))
                 g.network, g.cid, g.ifname = said.get("net"), said.get("id"), said.get("if")
             r = row(g.network, g.cid, g.ifname)

@@ -5,10 +5,11 @@ ADD   IPAM -> bridge -> gateway address -> veth -> port flags -> container
       undoes, in reverse, what was done (IPAM through a delegated DEL).  The
       masquerade transaction is started right after IPAM and collected once
       the container is set up: nft runs while netlink works.
-DEL   container link and rules -> IPAM, succeeding in every partial state,
-      with or without a netns.  The rules' nftables commit is started just
-      before the link is deleted, so that the two kernel waits (an RCU grace
-      period each, ~15 ms) overlap; IPAM is released only after both.
+DEL   rules and container link -> IPAM, succeeding in every partial state,
+      with or without a netns.  The masquerade elements are found by the
+      attachment's record and removed over netlink just before the link is
+      deleted, so that the kernel frees both in one RCU grace period; IPAM
+      is released only after both.
 CHECK the container interface, its addresses and routes, its host veth on
       the bridge, and the masquerade rules, against prevResult.
 STATUS and GC are forwarded to the IPAM delegate; GC also removes the rules
@@ -85,6 +86,7 @@ def _add(a, c, mac, alias, undo):
             invoke.find(c["_ipam"], a.path)     # a missing IPAM plugin creates nothing
             # IPAM before the bridge: an IPAM config it refuses leaves no bridge behind
             ipam = invoke.delegate("ADD", c["_ipam"], a.stdin, a)
+            a.log.debug("IPAM %s gave %s", c["_ipam"], ", ".join(i["address"] for i in ipam.ips))
             undo.push("release the IPAM allocation",
                       lambda: invoke.delegate("DEL", c["_ipam"], a.stdin, a))
             failpoint.hit("bridge.add.after_ipam")
@@ -97,10 +99,10 @@ def _add(a, c, mac, alias, undo):
             result.ips, result.routes, result.dns = ipam.ips, ipam.routes, ipam.dns
             gws = bridgeconf.calc_gateways(result, c)
             if c["ipMasq"]:
-                # nft runs while the veth and the container are set up
+                # the backend is chosen now; the elements go in once the container is set up
                 from cnilib import ipmasq
                 masq = ipmasq.start_setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
-                                          [i["address"] for i in result.ips])
+                                          [i["address"] for i in result.ips], a.netns)
                 undo.push("remove masquerade rules", lambda: ipmasq.abort_setup(masq, a.log))
             if c["isGateway"]:
                 if c["vlan"]:
@@ -111,6 +113,7 @@ def _add(a, c, mac, alias, undo):
                     bridge.pin_mac(hnl, br, a.log)
         host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac, alias)
         undo.push("delete veth %s" % host.name, lambda: _delete_link(host.index))
+        a.log.debug("veth %s on %s", host.name, br.name)
         failpoint.hit("bridge.add.after_veth")
         bridge.setup_port(hnl, host, c)
         cont = netlink.link_get(cnl, a.ifname)
@@ -118,7 +121,7 @@ def _add(a, c, mac, alias, undo):
             raise errors.Internal("container interface %s vanished after creation" % a.ifname)
         if c["macspoofchk"]:
             from cnilib import macspoof
-            macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac)
+            macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac, a.log, a.netns)
             undo.push("remove macspoofchk rules",
                       lambda: macspoof.teardown(a.name, a.container_id, a.ifname, a.log))
         result.interfaces = [{"name": br.name, "mac": br.mac},
@@ -140,6 +143,7 @@ def _add(a, c, mac, alias, undo):
             failpoint.hit("bridge.add.after_rules")
         if not c["disableContainerInterface"]:
             host = bridge.wait_port_up(hnl, host)
+            a.log.debug("%s forwards", host.name)
             if c["_l3"]:
                 iface.announce(cnl, cont)
         else:
@@ -164,10 +168,10 @@ def cmd_del(a):
     from cnilib import netlink
     masq = None
     if c["_l3"] and c["ipMasq"]:
-        # started first so that its nftables commit and the veth deletion
-        # wait for the kernel together; IPAM is released only after both
+        # first, so that the kernel frees the elements while the veth goes
         from cnilib import ipmasq
-        masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname)
+        masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname, a.log)
+        a.log.debug("masquerade elements removed")
     try:
         if a.netns_fd is not None:
             with netlink.Netlink.in_netns(a.netns_fd) as cnl:
@@ -180,6 +184,7 @@ def cmd_del(a):
     finally:
         # the rules go even when the link could not: they are keyed, not addressed
         rules_error = _rules_teardown(a, c, masq)
+    a.log.debug("rules removed")
     if c["_l3"]:
         from cnilib import invoke
         invoke.delegate("DEL", c["_ipam"], a.stdin, a)

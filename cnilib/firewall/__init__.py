@@ -2,6 +2,9 @@
 
 naming    -- every chain, table and comment name, derived from hashes of
              validated keys, never from raw input
-nft       -- one ``nft -f -`` transaction per operation
+shared    -- one nftables table per plugin kind; an attachment is set
+             elements (and portmap's chain), owned by comment
+records   -- per-attachment records of those, in the state dir
+nft       -- one ``nft -f -`` transaction for rules with expressions
 iptables  -- one ``iptables-restore --noflush`` batch per operation
 """

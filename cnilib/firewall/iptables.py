@@ -92,3 +92,34 @@ def nft_backed():
     whether there is anything to look for before running iptables-save."""
     exe = proc.which(_BIN[4][0])
     return bool(exe) and "nft" in os.path.basename(os.path.realpath(exe))
+
+
+_LEGACY_NAMES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
+
+
+def may_hold(family, table, chains, nf=None):
+    """Whether ``iptables-save -t table`` could show one of ``chains``,
+    answered without running it, so that DEL execs iptables only where
+    there is something to remove.
+
+    iptables-nft keeps its chains in nf_tables (table ``ip``/``ip6``
+    ``table``): one netlink lookup per chain.  Legacy iptables: whether the
+    kernel holds that table at all.  No iptables installed: False.
+    """
+    if proc.which(_BIN[family][0]) is None:
+        return False
+    if nft_backed():
+        from cnilib import rawnl
+        fam = "ip" if family == 4 else "ip6"
+        try:
+            if nf is not None:
+                return any(nf.chain_exists(fam, table, c) for c in chains)
+            with rawnl.NfTables() as own:
+                return any(own.chain_exists(fam, table, c) for c in chains)
+        except OSError:
+            return True     # cannot tell: look
+    try:
+        with open(_LEGACY_NAMES[family]) as f:
+            return table in f.read().split()
+    except OSError:
+        return False

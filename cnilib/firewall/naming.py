@@ -43,7 +43,8 @@ def attachment_hash(network, container_id, ifname):
 
 
 def attachment_table(kind, network, container_id, ifname):
-    """nftables table of one attachment: pycni-<kind>-<net hash>-<attachment hash>.
+    """The previous design's nftables table of one attachment,
+    pycni-<kind>-<net hash>-<attachment hash>: DEL and GC still remove it.
 
     The network hash lets GC pick a network's tables out of ``nft list
     tables`` without reading any state.
@@ -55,9 +56,46 @@ def network_table_prefix(kind, network):
     return "pycni-%s-%s-" % (kind, net_hash(network))
 
 
-def attachment_comment(kind, network, container_id, ifname):
-    """Human-readable tag put on tables and rules (inputs are validated names)."""
-    return "pycni %s net=%s id=%s if=%s" % (kind, network, container_id, ifname)
+# ---- the shared tables' per-attachment objects (cnilib.firewall.shared)
+ELEMENT_COMMENT_MAX = 127   # nft's limit is 128 bytes with the terminating NUL
+
+
+def element_key(network, container_id, ifname):
+    """'<net hash>-<attachment hash>': what an element comment or a chain
+    name carries, so GC can tell a network's objects and whose they are."""
+    return "%s-%s" % (net_hash(network), attachment_hash(network, container_id, ifname))
+
+
+def element_comment(network, container_id, ifname):
+    """``pycni <key> net=<network> id=<container id> if=<ifname>``, cut to
+    nft's 127 bytes: the key always fits, the names as far as they do."""
+    text = "pycni %s net=%s id=%s if=%s" % (element_key(network, container_id, ifname),
+                                           network, container_id, ifname)
+    clean = "".join(c for c in text if c.isprintable() and c not in '"\\')
+    return clean.encode()[:ELEMENT_COMMENT_MAX].decode("utf-8", "ignore")
+
+
+def comment_key(comment):
+    """The '<net hash>-<attachment hash>' an element comment carries, or None."""
+    if not comment or not comment.startswith("pycni "):
+        return None
+    key = comment[6:].split(" ", 1)[0]
+    nh, sep, ah = key.partition("-")
+    if sep and len(nh) == 12 and len(ah) == 16 and all(c in "0123456789abcdef" for c in nh + ah):
+        return key
+    return None
+
+
+def attachment_chain(prefix, network, container_id, ifname):
+    """A per-attachment chain in a shared table: <prefix>-<net hash>-<attachment hash>."""
+    return "%s-%s" % (prefix, element_key(network, container_id, ifname))
+
+
+def chain_key(prefix, chain):
+    """The key of a chain attachment_chain named, or None."""
+    if not chain.startswith(prefix + "-"):
+        return None
+    return comment_key("pycni " + chain[len(prefix) + 1:])
 
 
 # ---- host veth ifalias: how an operator (and pycni whois/doctor, flannel's

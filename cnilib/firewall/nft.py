@@ -1,9 +1,12 @@
-"""nftables through the ``nft`` binary: one transaction per operation.
+"""nftables through the ``nft`` binary: the rules with expressions.
 
 A script passed to ``nft -f -`` is applied atomically: all of it or none.
-The idempotent idioms used by callers:
-  add table X; delete table X          -> X is gone, whether it existed or not
-  add table X; flush table X; ...      -> X holds exactly what follows
+The idempotent idiom used by callers (cnilib.firewall.shared skeletons,
+portmap's per-attachment chain):
+  add chain X; flush chain X; add rule X ...   -> X holds exactly what follows
+Set elements and lookups go over netlink instead (cnilib.rawnl.NfTables):
+the nft binary reads the tables into its cache first, which grows with
+what the node holds.
 """
 
 from cnilib import errors, proc
@@ -12,14 +15,12 @@ _available = None
 
 
 def available():
-    """True when ``nft`` runs here and can talk to the kernel."""
+    """True when the ``nft`` binary is installed and the kernel answers
+    nf_tables over netlink (a probe, not an exec of nft)."""
     global _available
     if _available is None:
-        try:
-            r = proc.run(["nft", "list", "tables"], timeout=10)
-            _available = r.rc == 0
-        except (OSError, TimeoutError):
-            _available = False
+        from cnilib import rawnl
+        _available = proc.which("nft") is not None and rawnl.nftables_available()
     return _available
 
 
@@ -54,15 +55,12 @@ def list_json(*what):
 
 
 def tables(prefix=""):
-    """[(family, name)] of tables whose name starts with ``prefix``."""
-    out = []
-    for item in list_json("tables"):
-        t = item.get("table")
-        if t and t.get("name", "").startswith(prefix):
-            out.append((t["family"], t["name"]))
-    return out
+    """[(family, name)] of tables whose name starts with ``prefix`` (one
+    netlink dump; [] when nf_tables does not answer)."""
+    from cnilib import rawnl
+    try:
+        with rawnl.NfTables() as nf:
+            return [(f, n) for f, n in nf.tables() if n.startswith(prefix)]
+    except OSError:
+        return []
 
-
-def quote(s):
-    """A double-quoted nft string (comments); inputs are validated names."""
-    return '"%s"' % s.replace("\\", "").replace('"', "")

@@ -81,7 +81,7 @@ class Store:
             raise
 
     def lock(self):
-        return fsutil.Flock(os.path.join(self.dir, LOCK), self.lock_timeout, "host-local lock")
+        return fsutil.Flock(os.path.join(self.dir, LOCK), self.lock_timeout, "host-local lock", self.log)
 
     def _path(self, name):
         return os.path.join(self.dir, fsutil.check_component(name, "lease name"))

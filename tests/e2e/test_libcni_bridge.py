@@ -5,6 +5,7 @@ plugins get no prevResult."""
 
 import json
 import os
+import re
 
 import pytest
 
@@ -27,10 +28,15 @@ def bclients(clients, tmp_path):
     return clients
 
 
+# what an attachment owns in nftables: a table of the previous design, or an
+# element of the shared tables whose comment names it
+OWNED = re.compile(r'pycni-[a-z]+-[0-9a-f]{12}-[0-9a-f]{16}|comment "pycni [0-9a-f]{12}-[0-9a-f]{16}')
+
+
 def _leftovers(host):
     links = [n for n in host.links() if n.startswith("veth")]
-    tables = [t for t in host.run("nft", "list", "tables").stdout.splitlines() if "pycni" in t]
-    return links, tables
+    owned = OWNED.findall(host.run("nft", "list", "ruleset").stdout)
+    return links, owned
 
 
 @pytest.mark.parametrize("v", ["0.3.1", "0.4.0", "1.0.0"])
@@ -64,3 +70,4 @@ def test_bridge_and_host_local_through_libcni(bclients, plugins, netns_factory, 
     assert _leftovers(clients.host) == ([], [])
     ok(clients.drive("del", conf, **kw))                # containerd's second DEL, no prevResult
     assert _leftovers(clients.host) == ([], [])
+    assert os.listdir(tmp_path / "pstate" / "nft" / "masq") == []

@@ -13,6 +13,7 @@ temp dir that hands out the address in its config and records every call.
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -132,6 +133,35 @@ class Node:
         return sorted("%s %s" % (t["table"]["family"], t["table"]["name"])
                       for t in json.loads(out)["nftables"] if "table" in t)
 
+    def nft_elements(self, table="pycni-masq", family="inet"):
+        """[(set, value, comment)] of one of the suite's shared tables."""
+        r = self.host.run("nft", "-j", "list", "table", family, table, check=False)
+        if r.returncode != 0:
+            return []
+        return [e for item in json.loads(r.stdout)["nftables"] for e in _set_elements(item)]
+
+    def masq_owners(self):
+        """{(ip, container ID)} of the masquerade elements."""
+        return {(v, c.split(" id=")[1].split(" ")[0]) for _s, v, c in self.nft_elements() if c}
+
+    def owned(self):
+        """Every nftables object an attachment owns, whoever made it: the
+        previous design's tables, elements whose comment names an
+        attachment, per-attachment chains, the Go plugins' tables."""
+        out = ["table %s" % t for t in self.nft_tables() if OLD_TABLE.search(t) or "cni_plugins" in t]
+        items = json.loads(self.host.run("nft", "-j", "list", "ruleset").stdout)["nftables"]
+        for item in items:
+            out += ["element %s %s %s" % (s, v, c) for s, v, c in _set_elements(item) if KEYED.match(c or "")]
+            c = item.get("chain")
+            if c and c["name"].startswith("hp-"):
+                out.append("chain %s %s" % (c["table"], c["name"]))
+        return out
+
+    def records(self):
+        """Files in the suite's per-attachment record dirs."""
+        root = os.path.join(self.env["PYCNI_STATE_DIR"], "nft")
+        return sorted(os.path.join(d, f) for d, _s, files in os.walk(root) for f in files)
+
     def nat_rules(self):
         lines = []
         for tool in ("iptables-save", "ip6tables-save"):
@@ -165,8 +195,26 @@ class Node:
         """Nothing of any attachment is left: veths, leases, rules."""
         assert self.veths() == []
         assert self.leases(name) == []
-        assert [t for t in self.nft_tables() if "pycni-" in t or "cni_plugins" in t] == []
+        assert self.owned() == []
+        assert self.records() == []
         assert self.nat_rules() == []
+
+
+OLD_TABLE = re.compile(r"pycni-[a-z]+-[0-9a-f]{12}-[0-9a-f]{16}$")
+KEYED = re.compile(r"pycni [0-9a-f]{12}-[0-9a-f]{16}")
+
+
+def _set_elements(item):
+    """[(set, value, comment)] of a set or map in ``nft -j`` output."""
+    s = item.get("set") or item.get("map")
+    out = []
+    for e in (s or {}).get("elem") or ():
+        v = e[0] if isinstance(e, list) else e
+        comment = None
+        if isinstance(v, dict) and "elem" in v:
+            v, comment = v["elem"]["val"], v["elem"].get("comment")
+        out.append((s["name"], json.dumps(v) if isinstance(v, dict) else str(v), comment))
+    return out
 
 
 @pytest.fixture

@@ -77,21 +77,20 @@ def test_masquerade_seen_from_outside(node, outside, backend):
     node.add(conf, ctr, cid="m1")
     assert source_seen(outside, ctr, "192.0.2.2") == "192.0.2.1"
     assert source_seen(outside, ctr, "2001:db8:99::2") == "2001:db8:99::1"
-    tables = [t for t in node.nft_tables() if "pycni-masq" in t]
     chain = naming.go_chain("bnet", "m1")
     if backend == "iptables":
-        assert tables == []
+        assert node.masq_owners() == set()
         assert any(r.startswith("-A POSTROUTING -s 10.22.0.2/32") and r.endswith("-j " + chain)
                    for r in node.nat_rules())
         assert any(r.startswith("-A POSTROUTING -s fd00:22::2/128") for r in node.nat_rules())
     else:
-        assert tables == ["inet " + naming.attachment_table("masq", "bnet", "m1", "eth0")]
+        assert node.masq_owners() == {("10.22.0.2", "m1"), ("fd00:22::2", "m1")}
         assert node.nat_rules() == []
     node.add(conf, node.container(), cid="m2")       # a second pod: its own rules
     node.delete(conf, ctr, cid="m1")
     node.delete(conf, ctr, cid="m1")                  # again: nothing to remove, no error
     assert not any(chain in r for r in node.nat_rules())
-    assert "inet " + naming.attachment_table("masq", "bnet", "m1", "eth0") not in node.nft_tables()
+    assert not any(cid == "m1" for _ip, cid in node.masq_owners())
 
 
 def test_without_ipmasq_the_pod_address_leaves(node, outside):
@@ -102,16 +101,16 @@ def test_without_ipmasq_the_pod_address_leaves(node, outside):
 
 def test_rerun_masquerade_never_duplicates(node):
     """ADD's rule writers replace, they do not append (both backends)."""
-    env = dict(os.environ, PYCNI_RUN_DIR=str(node.tmp / "run"))
+    env = dict(os.environ, **node.env)
     code = ("import sys; sys.path[0:0] = [%r]\n"
             "from cnilib import ipmasq\nfrom cnilib.log import Log\n"
             "for b in ('nftables', 'iptables'):\n"
             "    for _ in range(3):\n"
             "        ipmasq.setup(b, 'bnet', 'rr', 'eth0', ['10.22.0.9/24'], Log('t'))\n" % ROOT)
     node.host.run(sys.executable, "-I", "-c", code, env=env)
-    listed = node.host.run("nft", "list", "table", "inet",
-                           naming.attachment_table("masq", "bnet", "rr", "eth0")).stdout
-    assert listed.count("masquerade") == 1
+    listed = node.host.run("nft", "list", "table", "inet", "pycni-masq").stdout
+    assert listed.count("\t\tmasquerade\n") == 1 and listed.count("vmap") == 2
+    assert node.masq_owners() == {("10.22.0.9", "rr")}
     rules = [r for r in node.nat_rules() if r.startswith("-A ")]
     assert len(rules) == 3      # jump, accept, masquerade: once each
 

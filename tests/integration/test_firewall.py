@@ -12,6 +12,7 @@ import pytest
 
 import chained
 from chained import OUT4
+from cnilib.firewall import naming
 from cnitest import GO_CNI, assert_cni_error, run_plugin
 
 pytestmark = pytest.mark.root
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.root
 def node(netns_factory, tmp_path, go_plugins, statedir):
     n = chained.Node(netns_factory, tmp_path)
     n.run_dir = str(tmp_path / "run")
+    n.env = {"PYCNI_RUN_DIR": n.run_dir, "PYCNI_STATE_DIR": str(tmp_path / "pstate")}
     yield n
     n.close()
 
@@ -34,7 +36,7 @@ def fw(node, plugins, verb, conf, cid="c1"):
     ns = node.ctrs.get(cid)
     return run_plugin(os.path.join(plugins, "firewall"), verb, conf, containerid=cid,
                       netns=ns.path if ns else "", ifname="eth0", path=plugins,
-                      host_netns=node.host.name, extra_env={"PYCNI_RUN_DIR": node.run_dir})
+                      host_netns=node.host.name, extra_env=node.env)
 
 
 def fw_conf(node, cid, **kw):
@@ -100,13 +102,15 @@ def test_rules_of_the_go_plugin_are_removed(plugins, node):
 
 def test_nftables_backend(plugins, node):
     node.attach("c1")
-    # no DROP in iptables' FORWARD: the choice falls on an own nftables table
+    # no DROP in iptables' FORWARD: the choice falls on the shared nftables table
     assert fw(node, plugins, "ADD", fw_conf(node, "c1")).rc == 0
     text = node.ruleset()
-    assert "table inet pycni-fw-" in text and "CNI-FORWARD" not in text
+    assert "table inet pycni-fw {" in text and "CNI-FORWARD" not in text
+    assert '%s comment "pycni ' % node.ip("c1") in text and '%s comment "pycni ' % node.ip("c1", 6) in text
     assert fw(node, plugins, "CHECK", fw_conf(node, "c1")).rc == 0
     assert fw(node, plugins, "DEL", chained.chained_conf("firewall", None)).rc == 0
-    assert "pycni-fw-" not in node.ruleset()
+    text = node.ruleset()
+    assert "%s comment" % node.ip("c1") not in text and 'comment "pycni %s' % naming.net_hash("pmnet") not in text
     assert_cni_error(fw(node, plugins, "CHECK", fw_conf(node, "c1", backend="nftables")), 999)
 
 
@@ -130,7 +134,7 @@ def test_gc_removes_only_stale_attachments(plugins, node):
     gc = {"cniVersion": "1.1.0", "name": "pmnet", "type": "firewall",
           "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
     r = run_plugin(os.path.join(plugins, "firewall"), "GC", gc, path=plugins, host_netns=node.host.name,
-                   extra_env={"PYCNI_RUN_DIR": node.run_dir})
+                   extra_env=node.env)
     assert r.rc == 0, r
     assert len(keyed(node, "c1")) == 4 and keyed(node, "c2") == []
 

@@ -10,11 +10,13 @@ port is closed and no rule is left.
 
 import json
 import os
+import re
 
 import pytest
 
 import chained
 from chained import BRIDGE4, HOST4, HOST6, OUT4, OUT6
+from cnilib.firewall import naming
 from cnitest import ALL_VERSIONS, GO_CNI, assert_cni_error, run_plugin
 
 pytestmark = pytest.mark.root
@@ -28,12 +30,13 @@ MAPS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
 def node(netns_factory, tmp_path, go_plugins, statedir):
     n = chained.Node(netns_factory, tmp_path)
     n.run_dir = str(tmp_path / "run")
+    n.env = {"PYCNI_RUN_DIR": n.run_dir, "PYCNI_STATE_DIR": str(tmp_path / "pstate")}
     yield n
     n.close()
 
 
 def pm(node, plugins, verb, conf, cid="c1", ifname="eth0", env=None):
-    extra = {"PYCNI_RUN_DIR": node.run_dir}
+    extra = dict(node.env)
     extra.update(env or {})
     ns = node.ctrs.get(cid)
     return run_plugin(os.path.join(plugins, "portmap"), verb, conf, containerid=cid,
@@ -59,9 +62,15 @@ def norm(result):
     return {k: v for k, v in result.items() if v not in ({}, [], None)}
 
 
+# what an attachment's port mappings leave, in any backend or design: the
+# previous per-attachment tables, the iptables chain, a DNAT rule, our chain
+# or an element whose comment names an attachment (the shared skeleton of
+# inet pycni-hostport stays, as the Go plugin's cni_hostport table does)
+LEFTOVER = re.compile(r'pycni-hp-|CNI-DN-|dnat (ip6? )?to|--to-destination|chain hp-|comment "pycni [0-9a-f]{12}-')
+
+
 def no_portmap_rules(node):
-    text = node.ruleset()
-    return not any(w in text for w in ("pycni-hp-", "CNI-DN-", "dnat to", "dnat ip", "--to-destination"))
+    return LEFTOVER.search(node.ruleset()) is None
 
 
 def reachable(node, cid="c1"):
@@ -85,7 +94,6 @@ def test_hostports_reached_everywhere_then_closed(plugins, node, backend):
     node.attach("c1")
     node.attach("c2")
     node.serve("c1")
-    before = node.ruleset()
     r = pm(node, plugins, "ADD", pm_conf(node, "c1", backend))
     assert r.rc == 0, r
     assert r.json == norm(node.results["c1"])                  # prevResult passed through
@@ -110,9 +118,12 @@ def test_hostports_reached_everywhere_then_closed(plugins, node, backend):
     assert r.rc == 0 and r.stdout == "", r
     assert all(v.startswith("ERR") for v in reachable(node).values()), reachable(node)
     assert no_portmap_rules(node), node.ruleset()
+    after = node.ruleset()
     assert pm(node, plugins, "DEL", pm_conf(node, "c1", backend)).rc == 0        # DEL again
-    if backend == "nftables":
-        assert node.ruleset() == before
+    assert node.ruleset() == after
+    assert pm(node, plugins, "ADD", pm_conf(node, "c1", backend)).rc == 0
+    assert pm(node, plugins, "DEL", pm_conf(node, "c1", backend)).rc == 0
+    assert node.ruleset() == after          # what stays is shared, never per attachment
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -134,10 +145,15 @@ def test_del_without_mappings_or_prev_result_cleans_everything(plugins, node, ba
 def test_two_networks_keep_each_others_ports(plugins, node, backend):
     node.attach("c1")
     node.serve("c1")
+    # the second network's addresses, on the same veth for the test's sake
+    node.ctrs["c1"].run("ip", "addr", "add", "10.88.0.200/24", "dev", "eth0")
+    node.ctrs["c1"].run("ip", "addr", "add", "fd88::200/64", "dev", "eth0", "nodad")
     prev2 = json.loads(json.dumps(node.results["c1"]))
     for i in prev2["interfaces"]:
         if i.get("sandbox"):
             i["name"] = "net1"
+    for ip in prev2["ips"]:
+        ip["address"] = "10.88.0.200/24" if ":" not in ip["address"] else "fd88::200/64"
     one = pm_conf(node, "c1", backend, maps=[MAPS[0]])
     two = chained.chained_conf("portmap", prev2, name="othernet", backend=backend,
                                runtimeConfig={"portMappings": [{"hostPort": 9090, "containerPort": 80,
@@ -158,10 +174,10 @@ def test_check_fails_when_rules_are_gone_and_add_repairs(plugins, node, backend)
     node.attach("c1")
     conf = pm_conf(node, "c1", backend)
     assert pm(node, plugins, "ADD", conf).rc == 0
-    if backend == "nftables":
-        table = [ln.split()[2] for ln in node.ruleset().splitlines() if ln.startswith("table inet pycni-hp-")][0]
-        node.host.run("nft", "delete", "chain", "inet", table, "localnet-guard")
-        node.host.run("nft", "flush", "chain", "inet", table, "hostports")
+    if backend == "nftables":       # our chain flushed, and the shared dispatch too
+        chain = naming.attachment_chain("hp", "pmnet", "c1", "eth0")
+        node.host.run("nft", "flush", "chain", "inet", "pycni-hostport", chain)
+        node.host.run("nft", "flush", "chain", "inet", "pycni-hostport", "hostports")
     else:
         node.host.run("iptables", "-t", "nat", "-F", "PREROUTING")      # a firewall reload
     err = assert_cni_error(pm(node, plugins, "CHECK", conf), 999)
@@ -227,7 +243,7 @@ def test_gc_removes_only_stale_attachments(plugins, node):
     gc = {"cniVersion": "1.1.0", "name": "pmnet", "type": "portmap",
           "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
     r = run_plugin(os.path.join(plugins, "portmap"), "GC", gc, path=plugins, host_netns=node.host.name,
-                   extra_env={"PYCNI_RUN_DIR": node.run_dir})
+                   extra_env=node.env)
     assert r.rc == 0, r
     text = node.ruleset()
     assert "dport 8080" in text and "8090" not in text and "8091" not in text and "CNI-DN-" not in text

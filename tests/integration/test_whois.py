@@ -41,7 +41,7 @@ def test_whois_finds_every_pod_of_a_busy_node(cluster):
         assert r["cache"] and r["flannelSaved"] and len(r["leases"]) == 1
         if i % 4 == 0:
             assert [(p["protocol"], p["hostPort"], p["podPort"]) for p in r["hostPorts"]] == [("tcp", 10000 + i, 80)]
-            assert r["hostPorts"][0]["source"].startswith("nft inet pycni-hp-")
+            assert r["hostPorts"][0]["source"].startswith("nft inet pycni-hostport ")
         else:
             assert r["hostPorts"] == []
     # each way in names exactly that pod

@@ -283,9 +283,14 @@ class RelNode:
 
     def rules(self, ns=None):
         """Names of what our plugins keep per attachment in the packet filter:
-        nftables tables and iptables chains (shared chains excluded)."""
+        the attachment keys in element comments and portmap chains of the
+        shared nftables tables, the previous design's per-attachment tables,
+        and iptables chains (shared tables and chains excluded)."""
         ns = ns or self.host
-        found = set(re.findall(r"^table \w+ (pycni-[\w-]+)", self.nft(ns), re.M))
+        text = self.nft(ns)
+        found = set(re.findall(r"^table \w+ (pycni-[a-z]+-[0-9a-f]{12}-[0-9a-f]{16})", text, re.M))
+        found |= {"element " + k for k in re.findall(r'comment "pycni ([0-9a-f]{12}-[0-9a-f]{16})', text)}
+        found |= set(re.findall(r"^\s*chain (hp-[0-9a-f]{12}-[0-9a-f]{16})", text, re.M))
         found |= set(re.findall(r"^:(CNI-(?:DN-|SN-)?[0-9a-f]{10,}) ", self.iptables(ns), re.M))
         return found
 

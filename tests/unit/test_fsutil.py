@@ -55,6 +55,30 @@ def test_sweep_temps(tmp_path):
     assert not t.exists()
 
 
+def test_write_atomic_not_durable_skips_only_the_fsyncs(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: calls.append(fd))
+    p = str(tmp_path / "rec")
+    fsutil.write_atomic(p, "one", durable=False)
+    assert calls == [] and fsutil.read_file(p) == b"one"
+    fsutil.write_atomic(p, "two")
+    assert len(calls) == 2 and fsutil.read_file(p) == b"two"       # the file, then its directory
+    assert os.listdir(tmp_path) == ["rec"]
+
+
+def test_flock_logs_its_wait_and_hold_at_debug_level(tmp_path):
+    from cnilib.log import Log
+    log = Log("t", {"PYCNI_LOG_LEVEL": "debug"})
+    with fsutil.Flock(str(tmp_path / "lock"), what="test lock", log=log):
+        pass
+    assert [ln.split("debug: ")[1].split(" after ")[0] for ln in log.lines] == ["test lock taken", "test lock released"]
+    stamp = log.lines[0].split()[0]
+    assert len(stamp) == 12 and stamp[2] == ":" and stamp[8] == "."       # HH:MM:SS.mmm
+    quiet = Log("t", {})
+    quiet.info("no stamp at info level")
+    assert quiet.lines == ["  no stamp at info level"]
+
+
 @pytest.mark.parametrize("bad", ["", "/tmp/a\x00b", None, 5])
 def test_check_path_refuses_what_no_syscall_takes(bad):
     with pytest.raises(errors.InvalidConfig):

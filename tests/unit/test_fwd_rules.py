@@ -19,7 +19,6 @@ def test_names():
     assert NOTE == KEY + " net=cbr0 id=abc123 if=eth0"
     assert fwd.network_key_prefix("cbr0") == "pycni fw 5806acf520ba-"
     assert len(fwd.comment("n" * 128, "c" * 128, "eth0")) == 255
-    assert fwd.table("cbr0", "abc123", "eth0").startswith("pycni-fw-5806acf520ba-")
 
 
 def test_reference_lines():
@@ -97,20 +96,26 @@ def test_delete_batch():
     assert fwd.ipt_del_lines(SAVED, fwd.key("cbr0", "gone", "eth0")) == []
 
 
-def test_nft_script():
-    assert fwd.nft_script("T", "c", {4: ["10.88.0.2"], 6: ["fd00::2"]}) == (
-        'create table inet T { comment "c"; }\n'
-        "add chain inet T forward { type filter hook forward priority 0; policy accept; }\n"
-        "add rule inet T forward ip daddr 10.88.0.2 ct state established,related accept\n"
-        "add rule inet T forward ip saddr 10.88.0.2 accept\n"
-        "add rule inet T forward ip6 daddr fd00::2 ct state established,related accept\n"
-        "add rule inet T forward ip6 saddr fd00::2 accept\n")
-    assert fwd.nft_script("T", "c", {}, replace=True).startswith("add table inet T\ndelete table inet T\n")
+def test_nft_skeleton_and_elements():
+    assert fwd.render_skeleton() == (
+        'add table inet pycni-fw { comment "pycni firewall: accept the forwarded traffic of containers" ; }\n'
+        "add set inet pycni-fw ips4 { type ipv4_addr ; }\n"
+        "add set inet pycni-fw ips6 { type ipv6_addr ; }\n"
+        "add chain inet pycni-fw forward { type filter hook forward priority 0 ; policy accept ; }\n"
+        "flush chain inet pycni-fw forward\n"
+        "add rule inet pycni-fw forward ip daddr @ips4 ct state established,related accept\n"
+        "add rule inet pycni-fw forward ip saddr @ips4 accept\n"
+        "add rule inet pycni-fw forward ip6 daddr @ips6 ct state established,related accept\n"
+        "add rule inet pycni-fw forward ip6 saddr @ips6 accept\n")
+    elems = fwd.nft_elements({4: ["10.88.0.2"], 6: ["fd00::2"]})
+    assert [(e.set, e.key.hex(), e.chain, e.label) for e in elems] == [
+        ("ips4", "0a580002", None, "10.88.0.2"), ("ips6", "fd000000000000000000000000000002", None, "fd00::2")]
 
 
 class Args:
     def __init__(self, conf):
         self.conf, self.container_id, self.ifname, self.version = conf, "c1", "eth0", "1.0.0"
+        self.netns = ""
 
 
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "cni0"}, {"name": "eth0", "sandbox": "/x"}],

@@ -14,6 +14,7 @@ from cnilib.types import Result  # noqa: E402
 class Args:
     def __init__(self, conf, cid="c1", ifname="eth0", version="1.0.0"):
         self.conf, self.container_id, self.ifname, self.version = conf, cid, ifname, version
+        self.netns = ""
 
 
 PREV = {"cniVersion": "1.0.0",

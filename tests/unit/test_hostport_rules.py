@@ -159,42 +159,95 @@ def test_teardown_batch_from_a_reference_save():
 
 # ------------------------------------------------------------------ nftables
 
-NFT_GOLDEN = """\
-create table inet T { comment "pycni hp net=cbr0 id=abc123 if=eth0"; }
-add chain inet T hostports
-add rule inet T hostports meta nfproto ipv4 tcp dport 8080 dnat ip to 10.244.1.2:80
-add rule inet T hostports ip daddr 10.1.2.3 udp dport 8081 dnat ip to 10.244.1.2:81
-add rule inet T hostports meta nfproto ipv4 sctp dport 9000 dnat ip to 10.244.1.2:90
-add rule inet T hostports meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::2]:80
-add rule inet T hostports meta nfproto ipv6 sctp dport 9000 dnat ip6 to [fd00::2]:90
-add chain inet T prerouting { type nat hook prerouting priority -100; policy accept; }
-add rule inet T prerouting meta nfproto ipv4 ip saddr != 10.9.0.0/16 fib daddr type local jump hostports
-add rule inet T prerouting meta nfproto ipv6 fib daddr type local jump hostports
-add chain inet T output { type nat hook output priority -100; policy accept; }
-add rule inet T output meta nfproto ipv4 ip saddr != 10.9.0.0/16 fib daddr type local jump hostports
-add rule inet T output meta nfproto ipv6 fib daddr type local jump hostports
-add chain inet T postrouting { type nat hook postrouting priority 100; policy accept; }
-add rule inet T postrouting ip saddr 10.244.1.0/24 ip daddr 10.244.1.2 ct status dnat masquerade
-add rule inet T postrouting ip saddr 127.0.0.0/8 ip daddr 10.244.1.2 ct status dnat masquerade
-add rule inet T postrouting ip6 saddr fd00::/64 ip6 daddr fd00::2 ct status dnat masquerade
-add chain inet T localnet-guard { type filter hook prerouting priority -300; policy accept; }
-add rule inet T localnet-guard iifname "cni0" ip daddr 127.0.0.0/8 drop
+NFT_SKELETON = """\
+add table inet pycni-hostport { comment "pycni portmap: hostPort -> one chain per attachment" ; }
+add map inet pycni-hostport hostip4 { type ipv4_addr . inet_proto . inet_service : verdict ; }
+add map inet pycni-hostport hostip6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
+add map inet pycni-hostport ports4 { type inet_proto . inet_service : verdict ; }
+add map inet pycni-hostport ports6 { type inet_proto . inet_service : verdict ; }
+add map inet pycni-hostport masq4 { type ipv4_addr : verdict ; }
+add map inet pycni-hostport masq6 { type ipv6_addr : verdict ; }
+add set inet pycni-hostport localnet { type ifname ; }
+add chain inet pycni-hostport hostports
+flush chain inet pycni-hostport hostports
+add rule inet pycni-hostport hostports ip daddr . meta l4proto . th dport vmap @hostip4
+add rule inet pycni-hostport hostports ip6 daddr . meta l4proto . th dport vmap @hostip6
+add rule inet pycni-hostport hostports meta nfproto ipv4 meta l4proto . th dport vmap @ports4
+add rule inet pycni-hostport hostports meta nfproto ipv6 meta l4proto . th dport vmap @ports6
+add chain inet pycni-hostport prerouting { type nat hook prerouting priority -100 ; policy accept ; }
+flush chain inet pycni-hostport prerouting
+add rule inet pycni-hostport prerouting fib daddr type local jump hostports
+add chain inet pycni-hostport output { type nat hook output priority -100 ; policy accept ; }
+flush chain inet pycni-hostport output
+add rule inet pycni-hostport output fib daddr type local jump hostports
+add chain inet pycni-hostport postrouting { type nat hook postrouting priority 100 ; policy accept ; }
+flush chain inet pycni-hostport postrouting
+add rule inet pycni-hostport postrouting ct status dnat ip daddr vmap @masq4
+add rule inet pycni-hostport postrouting ct status dnat ip6 daddr vmap @masq6
+add chain inet pycni-hostport masq-all
+flush chain inet pycni-hostport masq-all
+add rule inet pycni-hostport masq-all masquerade
+add chain inet pycni-hostport localnet-guard { type filter hook prerouting priority -300 ; policy accept ; }
+flush chain inet pycni-hostport localnet-guard
+add rule inet pycni-hostport localnet-guard iifname @localnet ip daddr 127.0.0.0/8 drop
 """
 
+HP = "hp-5806acf520ba-58116a59a3570ffb"
+T = "inet pycni-hostport"
+NFT_CHAIN = """\
+add chain %(t)s %(c)s { comment "pycni 5806acf520ba-58116a59a3570ffb net=cbr0 id=abc123 if=eth0" ; }
+flush chain %(t)s %(c)s
+add rule %(t)s %(c)s meta nfproto ipv4 ip saddr != 10.9.0.0/16 tcp dport 8080 dnat ip to 10.244.1.2:80
+add rule %(t)s %(c)s ip daddr 10.1.2.3 ip saddr != 10.9.0.0/16 udp dport 8081 dnat ip to 10.244.1.2:81
+add rule %(t)s %(c)s meta nfproto ipv4 ip saddr != 10.9.0.0/16 sctp dport 9000 dnat ip to 10.244.1.2:90
+add rule %(t)s %(c)s meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::2]:80
+add rule %(t)s %(c)s meta nfproto ipv6 sctp dport 9000 dnat ip6 to [fd00::2]:90
+add element %(t)s localnet { "cni0" comment "pycni portmap: route_localnet is on here" }
+""" % {"t": T, "c": HP}
 
-def test_nft_table_script_golden():
-    got = R.nft_table_script("T", "pycni hp net=cbr0 id=abc123 if=eth0", go_mappings(), CTRS,
+
+def test_nft_skeleton_golden():
+    assert R.nft_skeleton() == NFT_SKELETON
+    assert R.SKELETON_RULES == {"hostports": 4, "prerouting": 1, "output": 1, "postrouting": 2,
+                                "masq-all": 1, "localnet-guard": 1}
+
+
+def test_nft_attachment_chain_golden():
+    from cnilib.firewall import naming
+    assert naming.attachment_chain("hp", "cbr0", "abc123", "eth0") == HP
+    got = R.nft_chain_script(HP, naming.element_comment("cbr0", "abc123", "eth0"), go_mappings(), CTRS,
                              conditions={4: ["ip", "saddr", "!=", "10.9.0.0/16"]}, guard_iface="cni0")
-    assert got == NFT_GOLDEN
+    assert got == NFT_CHAIN
+    v6 = R.nft_chain_script(HP, "c", go_mappings(), {6: CTRS[6]}, guard_iface="cni0")
+    assert "localnet" not in v6 and "ipv4" not in v6
 
 
-def test_nft_replace_and_variants():
-    got = R.nft_table_script("T", "c", go_mappings()[:1], {4: CTRS[4]}, replace=True, snat=False)
-    assert got.splitlines()[:3] == ["add table inet T", "delete table inet T", 'add table inet T { comment "c"; }']
-    assert "postrouting" not in got and "guard" not in got
-    v6 = R.nft_table_script("T", "c", go_mappings()[:1], {6: CTRS[6]}, masq_all=True, guard_iface="cni0")
-    assert "add rule inet T postrouting meta nfproto ipv6 ip6 daddr fd00::2 ct status dnat masquerade" in v6
-    assert "guard" not in v6 and "ipv4" not in v6
+def test_nft_elements_golden():
+    elems, extra = R.nft_elements(HP, go_mappings(), CTRS)
+    got = [(e.set, e.key.hex(), e.chain, e.label) for e in elems]
+    hairpin4, hairpin6 = R.hairpin_chain(4, *CTRS[4])[0], R.hairpin_chain(6, *CTRS[6])[0]
+    assert got == [
+        ("ports4", "06000000" "1f900000", HP, "hostPort 8080/tcp (IPv4)"),
+        ("hostip4", "0a010203" "11000000" "1f910000", HP, "hostPort 10.1.2.3:8081/udp"),
+        ("ports4", "84000000" "23280000", HP, "hostPort 9000/sctp (IPv4)"),
+        ("ports6", "06000000" "1f900000", HP, "hostPort 8080/tcp (IPv6)"),
+        ("ports6", "84000000" "23280000", HP, "hostPort 9000/sctp (IPv6)"),
+        ("masq4", "0af40102", hairpin4, "hostPort masquerade for 10.244.1.2"),
+        ("masq6", "fd000000000000000000000000000002", hairpin6, "hostPort masquerade for fd00::2")]
+    assert dict(extra)[hairpin4] == (
+        'add chain %(t)s %(h)s { comment "masquerade hostPort connections from 10.244.1.0/24" ; }\n'
+        "flush chain %(t)s %(h)s\n"
+        "add rule %(t)s %(h)s ip saddr 10.244.1.0/24 masquerade\n"
+        "add rule %(t)s %(h)s ip saddr 127.0.0.0/8 masquerade\n") % {"t": T, "h": hairpin4}
+    assert dict(extra)[hairpin6].endswith("add rule %s %s ip6 saddr fd00::/64 masquerade\n" % (T, hairpin6))
+
+
+def test_nft_elements_variants():
+    same_port = [R.Mapping(8080, 80), R.Mapping(8080, 81)]      # one key, the first rule wins
+    elems, _ = R.nft_elements(HP, same_port, {4: CTRS[4]}, snat=False)
+    assert [e.set for e in elems] == ["ports4"]
+    elems, extra = R.nft_elements(HP, go_mappings()[:1], {6: CTRS[6]}, masq_all=True)
+    assert [(e.set, e.chain) for e in elems] == [("ports6", HP), ("masq6", "masq-all")] and extra == []
 
 
 def test_nft_comment_is_bounded_and_quote_free():
@@ -208,16 +261,16 @@ def test_nft_delete_script():
         "delete table inet T\ndelete rule ip cni_hostport hostports handle 7\n")
 
 
-# what nft -j list table prints (nftables 1.0.6) for part of the golden table
+# what nft -j list table prints (nftables 1.0.6) for part of the golden chain
 LISTING = [
     {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
-    {"table": {"family": "inet", "name": "T", "handle": 1}},
-    {"chain": {"family": "inet", "table": "T", "name": "hostports", "handle": 1}},
-    {"rule": {"family": "inet", "table": "T", "chain": "hostports", "handle": 2, "expr": [
+    {"table": {"family": "inet", "name": "pycni-hostport", "handle": 1}},
+    {"chain": {"family": "inet", "table": "pycni-hostport", "name": HP, "handle": 1}},
+    {"rule": {"family": "inet", "table": "pycni-hostport", "chain": HP, "handle": 2, "expr": [
         {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
         {"dnat": {"family": "ip", "addr": "10.244.1.2", "port": 80}}]}},
-    {"rule": {"family": "inet", "table": "T", "chain": "hostports", "handle": 3, "expr": [
+    {"rule": {"family": "inet", "table": "pycni-hostport", "chain": HP, "handle": 3, "expr": [
         {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.1.2.3"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 8081}},
         {"dnat": {"family": "ip", "addr": "10.244.1.2", "port": 81}}]}},
@@ -231,10 +284,10 @@ LISTING = [
 
 
 def test_nft_listing_is_read_back():
-    assert R.nft_table_mappings(LISTING, "T") == [
+    assert R.nft_chain_mappings(LISTING, HP) == [
         (4, "tcp", 8080, None, "10.244.1.2", 80), (4, "udp", 8081, "10.1.2.3", "10.244.1.2", 81)]
     two = go_mappings()[:2]
-    assert R.expected_mappings(two, {4: CTRS[4]}) == R.nft_table_mappings(LISTING, "T")
+    assert R.expected_mappings(two, {4: CTRS[4]}) == R.nft_chain_mappings(LISTING, HP)
     assert R.go_nft_rules_of(LISTING, "abc123") == [("ip", "cni_hostport", "hostports", 9)]
     assert R.go_nft_rules_of(LISTING, "nobody") == []
 
