@@ -51,6 +51,31 @@ def _peer(conn):
     return struct.unpack("3i", data)  # pid, uid, gid
 
 
+CLONE_NEWNS = 0x00020000
+
+
+def _enter_caller(pid, netns):
+    """Take the caller's view of the node: its mount namespace and working
+    directory (so CNI_NETNS, CNI_PATH, dataDir and every state path resolve
+    as they would for an exec: a runtime in a private mount namespace, or
+    under ``ip netns exec``, sees netns mounts the agent's namespace does not
+    have), then its network namespace."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    net = os.open("/proc/%d/ns/net" % pid, flags)
+    mnt = cwd = None
+    try:
+        if os.stat("/proc/%d/ns/mnt" % pid).st_ino != os.stat("/proc/self/ns/mnt").st_ino:
+            mnt = os.open("/proc/%d/ns/mnt" % pid, flags)
+            cwd = os.open("/proc/%d/cwd" % pid, flags | os.O_DIRECTORY)
+            netns.setns(mnt, CLONE_NEWNS)
+            os.fchdir(cwd)
+        netns.setns(net)
+    finally:
+        for fd in (net, mnt, cwd):
+            if fd is not None:
+                os.close(fd)
+
+
 def _worker(conn):
     """Child side: one request, in the caller's netns, then exit."""
     # the agent ignores SIGCHLD (the kernel reaps its workers); a worker that
@@ -73,9 +98,7 @@ def _worker(conn):
         os.environ.update(env)
         failpoint.reset()
         failpoint.hit("agent-worker")
-        fd = os.open("/proc/%d/ns/net" % pid, os.O_RDONLY | os.O_CLOEXEC)
-        netns.setns(fd)
-        os.close(fd)
+        _enter_caller(pid, netns)
         modname = PLUGINS.get(plugin)
         if modname is None:
             raise ValueError("unknown plugin %r" % plugin)

@@ -16,11 +16,10 @@ pytestmark = pytest.mark.root
 CONF = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback"}
 
 
-@pytest.fixture
-def agent(tmp_path, statedir):
+def _start_agent(tmp_path, prefix=()):
     sock = str(tmp_path / "agent" / "agent.sock")
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, "-m", "cnilib.agent", "--socket", sock], env=env,
+    p = subprocess.Popen(list(prefix) + [sys.executable, "-m", "cnilib.agent", "--socket", sock], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     for _ in range(200):
         if os.path.exists(sock):
@@ -29,10 +28,29 @@ def agent(tmp_path, statedir):
     else:
         p.kill()
         pytest.fail("agent did not start: %s" % p.stderr.read().decode())
-    yield sock
+    return p, sock
+
+
+def _stop_agent(p, sock):
     p.terminate()
     p.wait(timeout=10)
     assert not os.path.exists(sock)
+
+
+@pytest.fixture
+def agent(tmp_path, statedir):
+    p, sock = _start_agent(tmp_path)
+    yield sock
+    _stop_agent(p, sock)
+
+
+@pytest.fixture
+def agent_private_mounts(tmp_path, statedir):
+    """An agent in a mount namespace of its own that receives no mounts from
+    ours: netns made after it started are mounted only where the caller is."""
+    p, sock = _start_agent(tmp_path, ("unshare", "--mount", "--propagation", "private"))
+    yield sock
+    _stop_agent(p, sock)
 
 
 def _run(plugins, verb, ctr, host, sock, **extra):
@@ -60,6 +78,20 @@ def test_agent_acts_in_callers_netns(plugins, agent, host):
                    extra_env={"PYCNI_AGENT_SOCKET": agent})
     assert_cni_error(r, 8)
     assert "UP" in host.links()["lo"]["flags"]
+
+
+def test_agent_resolves_paths_in_callers_mount_namespace(plugins, agent_private_mounts, host,
+                                                         netns_factory):
+    # containerd's netns mounts (or `ip netns exec`'s view) need not exist in
+    # the agent's mount namespace: the worker must see the caller's
+    ctr = netns_factory(lo_up=False)
+    r = _run(plugins, "ADD", ctr, host, agent_private_mounts,
+             PYCNI_FAILPOINTS="agent-fallback=error")
+    assert r.rc == 0, r
+    assert "UP" in ctr.links()["lo"]["flags"]
+    r = _run(plugins, "DEL", ctr, host, agent_private_mounts)
+    assert r.rc == 0, r
+    assert "UP" not in ctr.links()["lo"]["flags"]
 
 
 def test_worker_death_falls_back(plugins, agent, host, netns_factory):

@@ -24,7 +24,8 @@ from relnode import NETWORKS, PY_ONLY, count, diff, failpoints_in_code
 pytestmark = pytest.mark.root
 
 FAILPOINTS = failpoints_in_code()
-NOT_HERE = {"agent-worker": "the agent's worker dies (tests/integration/test_agent.py)"}
+NOT_HERE = {"agent-worker": "the agent's worker dies (tests/integration/test_agent.py)",
+            "agent-fallback": "the shim works in-process (tests/integration/test_agent.py)"}
 # code that runs as a delegate in each network: exec'ing it instead of running
 # it in-process changes which process a kill takes down
 DELEGATED = {"cbr0": ("plugins/bridge.py", "plugins/host_local.py", "cnilib/ipam/"),
