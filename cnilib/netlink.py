@@ -225,14 +225,7 @@ def _link_attrs(m):
     """(index, flags, {IFLA type: raw value}) of one raw RTM_NEWLINK message
     (header included); a later duplicate of an attribute wins, as in pyroute2."""
     _fam, _pad, _type, index, flags, _change = struct.unpack_from("=BBHiII", m, 16)
-    raw, pos, end = {}, 32, len(m)
-    while pos + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", m, pos)
-        if alen < 4:
-            break
-        raw[atype & 0x3FFF] = m[pos + 4:pos + alen]
-        pos += (alen + 3) & ~3
-    return index, flags, raw
+    return index, flags, _nested(m[32:])
 
 
 def _text(v):
