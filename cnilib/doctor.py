@@ -43,39 +43,8 @@ Exit status: 0 no check failed (WARN and SKIP included), 1 a check failed,
 2 doctor could not run (bad options, or a check could not read what it needs
 and nothing failed).
 
-``--json`` prints one object; its JSON Schema (JSON_SCHEMA below, also in the
-README) is::
-
-    {"$schema": "https://json-schema.org/draft/2020-12/schema",
-     "title": "pycni doctor report (pycni-doctor/1)",
-     "type": "object",
-     "required": ["schema", "version", "exit", "summary", "checks", "locations", "problems"],
-     "additionalProperties": false,
-     "properties": {
-       "schema": {"const": "pycni-doctor/1"},
-       "version": {"type": "string"},
-       "exit": {"enum": [0, 1, 2]},
-       "summary": {"type": "object", "required": ["PASS", "WARN", "FAIL", "SKIP"],
-                   "additionalProperties": false,
-                   "properties": {"PASS": {"type": "integer", "minimum": 0},
-                                  "WARN": {"type": "integer", "minimum": 0},
-                                  "FAIL": {"type": "integer", "minimum": 0},
-                                  "SKIP": {"type": "integer", "minimum": 0}}},
-       "checks": {"type": "array", "items": {
-         "type": "object",
-         "required": ["id", "title", "status", "summary", "evidence", "fix", "error"],
-         "additionalProperties": false,
-         "properties": {
-           "id": {"type": "string", "pattern": "^[a-z0-9-]+$"},
-           "title": {"type": "string"},
-           "status": {"enum": ["PASS", "WARN", "FAIL", "SKIP"]},
-           "summary": {"type": "string"},
-           "evidence": {"type": "array", "items": {"type": "string"}},
-           "fix": {"type": "array", "items": {"type": "string"}},
-           "error": {"type": ["string", "null"]}}}},
-       "locations": {"type": "object"},
-       "problems": {"type": "array", "items": {"type": "string"}}}}
-
+``--json`` prints one object, described by JSON_SCHEMA below (the README
+shows it too, and tests/unit/test_doctor_lib.py keeps the two equal).
 ``summary`` counts the statuses; ``evidence`` lines are what was observed;
 ``fix`` lines are commands (or one-line instructions) that cure a WARN or
 FAIL; ``error`` is set when the check itself could not run (it then shows

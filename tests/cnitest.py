@@ -27,6 +27,15 @@ def plugin_dir(form):
     return os.path.join(DIST, form)
 
 
+def read_text(path):
+    """The file's text, or "" when it does not exist (a log nothing wrote yet)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def is_root():
     return os.geteuid() == 0
 

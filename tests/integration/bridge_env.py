@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from cnitest import GO_CNI, run_plugin, sh, unique
+from cnitest import GO_CNI, read_text, run_plugin, sh, unique
 
 FAKE_IPAM = r'''
 import json, os, sys
@@ -177,11 +177,7 @@ class Node:
         return {p["ifname"]: p for p in json.loads(out or "[]")}
 
     def log_text(self):
-        try:
-            with open(self.log) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.log)
 
     def settle_veths(self):
         """Wait (bounded) until the kernel has destroyed the veths of deleted

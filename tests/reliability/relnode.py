@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from cnitest import Netns, PluginRun, forms, run_plugin
+from cnitest import Netns, PluginRun, forms, read_text, run_plugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLANNEL_ENV = ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
@@ -317,11 +317,7 @@ class RelNode:
             time.sleep(0.02)
 
     def log_text(self):
-        try:
-            with open(self.log) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_text(self.log)
 
 
 def _ip(ns, *argv):
