@@ -85,11 +85,6 @@ def _worker(conn):
         signal.signal(sig, signal.SIG_DFL)
     from cnilib import failpoint, netns, skel
     from cnilib.main import PLUGINS
-    # the server's dispositions are not the worker's: with SIGCHLD ignored
-    # the kernel reaps the helpers a plugin runs (nft, an IPAM exec) and
-    # their waitpid fails with ECHILD
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
     rc, out = 1, b""
     try:
         pid, uid, _gid = _peer(conn)
