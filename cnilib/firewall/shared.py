@@ -252,19 +252,14 @@ def detach(tbl, att, log, rec=None, nf=None):
         records.remove(tbl.kind, *att)
     legacy = tbl.legacy_table(att)
     own = naming.element_key(*att)
-    f, t = tbl.family, tbl.name
     for attempt in range(RETRIES):
-        ops = []
-        if rec is not None and nf.table_exists(f, t):
-            for e in map(Elem.from_json, rec.get("elems", ())):
-                cur = nf.element(f, t, e.set, e.key)
-                if cur is not None and naming.comment_key(cur["comment"]) == own:
-                    ops.append(("delete", f, t, e.set, e.key))
-            for chain in rec.get("chains", ()):
-                if nf.chain_exists(f, t, chain):
-                    ops.append(("delchain", f, t, chain))
-        if legacy and nf.table_exists(f, legacy):
-            ops.append(("deltable", f, legacy))
+        try:
+            ops = _teardown_ops(nf, tbl, rec, own, legacy)
+        except rawnl.NetlinkError as exc:
+            # a lookup that failed (not a missing object: those read as
+            # absent) must fail the DEL, not pass for "nothing to remove"
+            raise _nft_error(tbl, "looking up the %s elements of %s/%s" % (tbl.what, att[1], att[2]),
+                             exc) from exc
         try:
             nf.commit(ops, what="%s teardown of %s" % (tbl.what, att[1]))
             break
@@ -278,6 +273,22 @@ def detach(tbl, att, log, rec=None, nf=None):
     if rec is not None:
         records.remove(tbl.kind, *att)
     return rec
+
+
+def _teardown_ops(nf, tbl, rec, own, legacy):
+    f, t = tbl.family, tbl.name
+    ops = []
+    if rec is not None and nf.table_exists(f, t):
+        for e in map(Elem.from_json, rec.get("elems", ())):
+            cur = nf.element(f, t, e.set, e.key)
+            if cur is not None and naming.comment_key(cur["comment"]) == own:
+                ops.append(("delete", f, t, e.set, e.key))
+        for chain in rec.get("chains", ()):
+            if nf.chain_exists(f, t, chain):
+                ops.append(("delchain", f, t, chain))
+    if legacy and nf.table_exists(f, legacy):
+        ops.append(("deltable", f, legacy))
+    return ops
 
 
 def _sweep_one(tbl, att, log):
