@@ -54,18 +54,25 @@ def test_churn_leaks_nothing_and_never_hands_out_an_address_twice(tmp_path, netn
             if r.rc != 0:
                 failures.append(("ADD", cid, r))
             else:
-                ips = [ip["address"].split("/")[0] for ip in json.loads(r.stdout)["ips"]]
+                ips = [(net, ip["address"].split("/")[0]) for ip in json.loads(r.stdout)["ips"]]
                 with lock:
-                    for ip in ips:
-                        if ip in live:
-                            dups.append((ip, live[ip], cid))
-                        live[ip] = cid
-            with lock:
-                for ip in ips:
-                    live.pop(ip, None)
+                    for key in ips:
+                        # held by a pod whose DEL has not begun: a real duplicate
+                        holder = live.get(key)
+                        if holder is not None and not holder[1]:
+                            dups.append((key, holder[0], cid))
+                        live[key] = [cid, False]
+            with lock:      # from here the DEL may release them at any moment
+                for key in ips:
+                    if live.get(key, [None])[0] == cid:
+                        live[key][1] = True
             r = node.pycni("del", net, cid, netns=pod.path)
             if r.rc != 0:
                 failures.append(("DEL", cid, r))
+            with lock:
+                for key in ips:
+                    if live.get(key, [None])[0] == cid:
+                        del live[key]
 
     threads = [threading.Thread(target=worker, args=(pod,)) for pod in slots]
     t0 = time.monotonic()
