@@ -13,10 +13,8 @@ Everything a runtime touches lives in a sandbox made for one test:
 * a PID namespace whose init (nsholder.py) takes every daemon and
   container with it when it exits.
 
-The plugin directory handed to the runtime is assembled from what exists:
-our plugins of the form under test where they are built, the Go reference
-plugins otherwise, so the harness runs before the whole suite exists.
-``PluginDir.go`` names the types that came from Go; the tests print it.
+The plugin directory handed to the runtime holds our plugins of the form
+under test and nothing else: a type that is not built is an error.
 """
 
 import io
@@ -37,43 +35,17 @@ BUSYBOX = "/bin/busybox"
 # ------------------------------------------------------------ plugin dir
 
 
-class PluginDir:
-    """A temp dir of symlinks: ours where built, Go's for the rest."""
-
-    def __init__(self, path, ours, go):
-        self.path, self.ours, self.go = path, ours, go
-
-    def describe(self):
-        return "plugins in %s: ours %s; Go reference %s" % (
-            self.path, ",".join(self.ours) or "-", ",".join(self.go) or "-")
-
-
-def assemble_plugin_dir(form, dest, types, allow_go=None):
-    """Link each of ``types`` into ``dest`` from dist/<form>, else /usr/lib/cni.
-
-    Only a type the suite has no source for yet (no plugins/<type>.py) falls
-    back to Go: one that exists but is not built is an error, so a broken
-    build never hides behind the reference plugin.  ``allow_go`` False (or
-    PYCNI_E2E_OURS_ONLY=1) refuses the fallback altogether: the issue's final
-    form, where the runtime sees our directory alone.
-    """
-    if allow_go is None:
-        allow_go = os.environ.get("PYCNI_E2E_OURS_ONLY") != "1"
+def assemble_plugin_dir(form, dest, types):
+    """Link each of ``types`` into ``dest`` from dist/<form> and return
+    ``dest``; a type that is not built is an error (./build.sh)."""
     os.makedirs(dest, exist_ok=True)
     src_dir = cnitest.plugin_dir(form)
-    ours, go = [], []
     for t in types:
         mine = os.path.join(src_dir, t)
-        if os.path.exists(mine):
-            os.symlink(mine, os.path.join(dest, t))
-            ours.append(t)
-        elif allow_go and not os.path.exists(
-                os.path.join(cnitest.ROOT, "plugins", t.replace("-", "_") + ".py")):
-            os.symlink(os.path.join(cnitest.GO_CNI, t), os.path.join(dest, t))
-            go.append(t)
-        else:
+        if not os.path.exists(mine):
             raise FileNotFoundError("plugin %s is not built in %s (./build.sh)" % (t, src_dir))
-    return PluginDir(dest, ours, go)
+        os.symlink(mine, os.path.join(dest, t))
+    return dest
 
 
 # ------------------------------------------------------------ images
