@@ -25,8 +25,18 @@ import sys
 
 from cnilib import agentwire
 
-PRELOAD = ("cnilib.netlink", "cnilib.validate", "cnilib.schemacheck", "cnilib._schemas", "cnilib.invoke", "cnilib.types", "cnilib.netns",
-           "cnilib.sysctl", "cnilib.proc", "cnilib.fsutil", "ipaddress", "hashlib", "ctypes")
+# what the workers would otherwise import per request (the plugins import
+# lazily, on the verb's path): loaded once here, before any worker enters a
+# caller's mount namespace, where another copy of the code may be installed
+PRELOAD = ("cnilib.netlink", "cnilib.rawnl", "cnilib.validate", "cnilib.schemacheck", "cnilib._schemas",
+           "cnilib.invoke", "cnilib.types", "cnilib.netns", "cnilib.sysctl", "cnilib.proc",
+           "cnilib.fsutil", "cnilib.args", "cnilib.paths", "cnilib.jsonio", "cnilib.version",
+           "cnilib.bridgeconf", "cnilib.bridge", "cnilib.iface", "cnilib.ipmasq", "cnilib.macspoof",
+           "cnilib.flannel", "cnilib.tuning",
+           "cnilib.firewall.nft", "cnilib.firewall.iptables", "cnilib.firewall.shared",
+           "cnilib.firewall.records", "cnilib.firewall.naming", "cnilib.firewall.addr",
+           "cnilib.ipam.config", "cnilib.ipam.allocator", "cnilib.ipam.store", "cnilib.ipam.addr",
+           "ipaddress", "hashlib")
 
 
 def preload(log=print):

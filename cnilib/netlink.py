@@ -921,10 +921,7 @@ def port_aliases(nl, master):
 # file (a name under /var/run/netns, /proc/<pid>/ns/net) into that same id.
 # Only the attributes it needs are decoded, from one dump per run.
 
-from pyroute2.netlink.rtnl.nsidmsg import nsidmsg  # noqa: E402
-
 RTM_NEWNSID, RTM_GETNSID = 88, 90
-_DECODERS[RTM_NEWNSID] = nsidmsg
 
 
 class LinkBrief:
@@ -974,6 +971,9 @@ NETNSA_NSID, NETNSA_FD = "NETNSA_NSID", "NETNSA_FD"
 def netns_id(nl, fd):
     """The id this socket's netns gave the netns open on ``fd``, or None
     when it gave none (no link here points into that netns)."""
+    # imported here: only whois and doctor ask, and a plugin exec should not pay for it
+    from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
+    _DECODERS[RTM_NEWNSID] = nsidmsg
     m = nsidmsg()
     m["attrs"] = [(NETNSA_FD, fd)]
     try:

@@ -43,3 +43,10 @@ def test_a_foreign_magic_is_refused():
     finally:
         a.close()
         b.close()
+
+
+def test_agent_preload_finds_every_module_it_names():
+    from cnilib import agent
+    msgs = []
+    agent.preload(msgs.append)
+    assert msgs == []
