@@ -11,7 +11,7 @@ anyway is covered by GC's sweep, which reads the element comments).
 
 import os
 
-from cnilib import errors, fsutil, jsonio, paths
+from cnilib import errors, failpoint, fsutil, jsonio, paths
 from cnilib.firewall import naming
 
 
@@ -61,6 +61,7 @@ def save(kind, network, container_id, ifname, data):
     rec = dict(data, net=network, cid=container_id)
     rec["if"] = ifname
     d = _dir(kind)
+    failpoint.hit("fw-record-before-write")
     try:
         fsutil.ensure_dir(d)
         # not fsync'd: the nftables state it describes does not survive a
@@ -70,6 +71,7 @@ def save(kind, network, container_id, ifname, data):
     except OSError as exc:
         raise errors.IOFailure("cannot write the %s record of %s/%s in %s: %s"
                                % (kind, container_id, ifname, d, exc.strerror or exc)) from exc
+    failpoint.hit("fw-record-after-write")
     return rec
 
 

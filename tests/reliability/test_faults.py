@@ -129,7 +129,7 @@ def test_the_add_paths_pass_the_failpoints_the_issue_names(mnode):
                   "flannel-after-delegate-add", "portmap-after-rules", "portmap-ipt-after-family",
                   "hostlocal-before-lease-link", "hostlocal-after-lease-write",
                   "hostlocal-after-last-reserved", "runner-before-cache-write",
-                  "runner-after-cache-write"):
+                  "runner-after-cache-write", "fw-record-before-write", "fw-record-after-write"):
         assert point in add, point
     # flannel's ADD order: save, delegate (bridge: IPAM, veth, addresses), then portmap
     order = t["cbr0"]["ADD"]
