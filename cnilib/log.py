@@ -80,25 +80,32 @@ class Log:
                 pass
             return
         try:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                             | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(self.path) or ".", 0o750, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                             | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+            fd = self._open()
             try:
                 if os.fstat(fd).st_size > MAX_BYTES:
-                    # keep one generation; a concurrent writer may lose a line
+                    # keep one generation, and write this line to the new file
                     try:
                         os.rename(self.path, self.path + ".1")
+                        os.close(fd)
+                        fd = -1
+                        fd = self._open()
                     except OSError:
                         pass
-                os.write(fd, data)
+                if fd >= 0:
+                    os.write(fd, data)
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         except (OSError, ValueError):     # ValueError: a logFile with a NUL byte
             pass
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            return os.open(self.path, flags, 0o640)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(self.path) or ".", 0o750, exist_ok=True)
+            return os.open(self.path, flags, 0o640)
 
 
 def stamp():

@@ -1,0 +1,38 @@
+"""The suite's log file: the config's logLevel, the size cap, and the
+plugins' --version."""
+
+import os
+
+from cnilib import log as cnilog
+from cnilib import skel
+
+
+def test_loglevel_key_sets_the_level_unless_the_env_does(tmp_path):
+    lg = cnilog.Log("bridge", {"PYCNI_LOG": str(tmp_path / "l")})
+    lg.configure({"logLevel": "debug"})
+    lg.debug("seen")
+    assert lg.lines and lg.lines[0].endswith("debug: seen")
+    lg = cnilog.Log("bridge", {"PYCNI_LOG": str(tmp_path / "l"), "PYCNI_LOG_LEVEL": "warning"})
+    lg.configure({"logLevel": "debug"})
+    lg.debug("not seen")
+    lg.info("not seen either")
+    assert lg.lines == []
+
+
+def test_the_file_is_capped_with_one_generation_and_the_line_goes_to_the_new_file(tmp_path, monkeypatch):
+    path = tmp_path / "pycni.log"
+    monkeypatch.setattr(cnilog, "MAX_BYTES", 100)
+    lg = cnilog.Log("bridge", {"PYCNI_LOG": str(path)})
+    lg.flush("x" * 150)
+    assert path.read_text() == "x" * 150 + "\n"
+    lg.flush("after the cap")
+    assert path.read_text() == "after the cap\n"
+    assert (tmp_path / "pycni.log.1").read_text() == "x" * 150 + "\n"
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+
+
+def test_a_plugin_prints_its_about_line_for_version(capfd):
+    plugin = skel.Plugin("fake", add=lambda a: None, delete=lambda a: None, check=lambda a: None)
+    assert skel.run(plugin, ["fake", "--version"]) == 0
+    out = capfd.readouterr().out
+    assert "CNI fake plugin" in out and "1.1.0" in out and out.count("\n") == 1
