@@ -315,6 +315,20 @@ def test_status_and_gc_forward_to_ipam(node):
         conf["ipam"]["notReadyFile"] = os.path.join(node.tmp, "notready")
         err = assert_cni_error(node.run("STATUS", conf), 50)
         assert "fake pool exhausted" in err["msg"]
+    else:
+        # GC reached host-local with the list: the lease of "gone" is freed, "keep"'s stays
+        owners = []
+        for d in {conf["ipam"]["dataDir"], conf2["ipam"]["dataDir"]}:
+            for root, _dirs, files in os.walk(d):
+                owners += [open(os.path.join(root, f)).read().splitlines()[0] for f in files
+                           if f[0].isdigit() and not f.startswith("last_reserved")]
+        assert owners == ["keep"], owners
+        # host-local not ready (its dataDir cannot hold leases): bridge says so, with the reason
+        blocker = os.path.join(node.tmp, "not-a-dir")
+        open(blocker, "w").close()
+        bad = dict(conf, ipam=dict(conf["ipam"], dataDir=os.path.join(blocker, "leases")))
+        err = assert_cni_error(node.run("STATUS", bad), 50)
+        assert "host-local cannot write leases" in err["msg"] and "not-a-dir" in err["msg"]
     # a GC without the list removes nothing
     r = node.run("GC", conf)
     assert r.rc == 0 and {cid for _ip, cid in node.masq_owners()} == {"keep"}
