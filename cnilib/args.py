@@ -87,3 +87,33 @@ def cni_args_block(conf):
         if isinstance(c, dict):
             return c
     return {}
+
+
+VALID_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
+def valid_attachments(conf):
+    """GC's live attachments as {(containerID, ifname)}, from
+    cni.dev/valid-attachments (or the older cni.dev/attachments); None when
+    the config has neither (then GC frees nothing), an empty set for null
+    or [].  A malformed list is a CNI error: GC must never guess."""
+    for key in VALID_KEYS:
+        if key not in conf:
+            continue
+        items = conf[key]
+        if items is None:
+            return set()
+        if not isinstance(items, list):
+            raise errors.InvalidConfig("%s is a JSON %s, expected a list" % (key, type(items).__name__),
+                                       "expected [{\"containerID\": ..., \"ifname\": ...}, ...] or null")
+        out = set()
+        for i, item in enumerate(items):
+            cid = item.get("containerID") if isinstance(item, dict) else None
+            ifname = item.get("ifname") if isinstance(item, dict) else None
+            if not isinstance(cid, str) or not cid or not isinstance(ifname, str) or not ifname:
+                raise errors.InvalidConfig(
+                    "%s[%d] is not an attachment" % (key, i),
+                    "expected {\"containerID\": \"...\", \"ifname\": \"...\"}; nothing was released")
+            out.add((cid.strip(), ifname))
+        return out
+    return None

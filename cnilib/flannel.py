@@ -433,19 +433,11 @@ def saved_entries(data_dir):
 
 
 def valid_attachments(conf):
-    """Container IDs of ``cni.dev/valid-attachments`` (or the older
-    ``cni.dev/attachments``); None when the runtime sent neither."""
-    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in conf else "cni.dev/attachments"
-    if key not in conf:
-        return None
-    items = conf[key]
-    if items is None:
-        return set()
-    if not isinstance(items, list):
-        raise errors.InvalidConfig("%s is a JSON %s, expected a list" % (key, type(items).__name__),
-                                   "expected [{\"containerID\": ..., \"ifname\": ...}, ...]")
-    return {i["containerID"] for i in items
-            if isinstance(i, dict) and isinstance(i.get("containerID"), str)}
+    """Container IDs of the GC list (cnilib.args.valid_attachments); None
+    when the runtime sent none: flannel's saved files are per container."""
+    from cnilib.args import valid_attachments as pairs
+    got = pairs(conf)
+    return None if got is None else {cid for cid, _ifname in got}
 
 
 # ------------------------------------------------------------ links without state

@@ -465,25 +465,6 @@ def _teardown(nf, att, chains, udp, log):
             log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
 
 
-def valid_attachments(conf):
-    """[(containerID, ifname)] of cni.dev/valid-attachments (or the older
-    cni.dev/attachments); None when the runtime sent neither."""
-    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
-        if key in conf:
-            raw = conf[key]
-            if raw is None:
-                return []
-            if not isinstance(raw, list):
-                raise errors.InvalidConfig("%s is a JSON %s, expected a list" % (key, type(raw).__name__))
-            out = []
-            for item in raw:
-                if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
-                        or not isinstance(item.get("ifname"), str):
-                    raise errors.InvalidConfig("%s has an invalid entry %r" % (key, item),
-                                               'expected {"containerID": "...", "ifname": "..."}')
-                out.append((item["containerID"], item["ifname"]))
-            return out
-    return None
 
 
 def gc(name, valid, log):

@@ -83,8 +83,8 @@ def _add(a, c, mac, alias, undo):
         # before IPAM: undoing a repeated ADD must not release the live one's lease
         bridge.check_free(cnl, a.ifname, a.netns)
         if c["_l3"]:
-            invoke.find(c["_ipam"], a.path)     # a missing IPAM plugin creates nothing
-            # IPAM before the bridge: an IPAM config it refuses leaves no bridge behind
+            # IPAM before the bridge: a missing IPAM plugin or a config it
+            # refuses leaves no bridge behind (delegate finds it first)
             ipam = invoke.delegate("ADD", c["_ipam"], a.stdin, a)
             a.log.debug("IPAM %s gave %s", c["_ipam"], ", ".join(i["address"] for i in ipam.ips))
             undo.push("release the IPAM allocation",
@@ -243,7 +243,8 @@ def cmd_status(a):
 
 def cmd_gc(a):
     c = _conf(a)
-    valid = _valid_attachments(a.conf)
+    from cnilib.args import valid_attachments
+    valid = valid_attachments(a.conf)
     problems = []
     if c["_l3"]:
         from cnilib import invoke
@@ -266,31 +267,6 @@ def cmd_gc(a):
         first = problems[0]
         raise errors.from_code(first.code, "; ".join(p.msg for p in problems), first.details)
     return None
-
-
-def _valid_attachments(conf):
-    """{(containerID, ifname)} from cni.dev/valid-attachments (or the
-    cni.dev/attachments spelling); None when neither key is there, which
-    means: remove nothing."""
-    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
-        if key in conf:
-            items = conf[key]
-            break
-    else:
-        return None
-    if items is None:
-        return set()
-    if not isinstance(items, list):
-        raise errors.InvalidConfig("%s is a JSON %s, expected a list" % (key, type(items).__name__))
-    out = set()
-    for i, att in enumerate(items):
-        cid = att.get("containerID") if isinstance(att, dict) else None
-        ifn = att.get("ifname") if isinstance(att, dict) else None
-        if not isinstance(cid, str) or not isinstance(ifn, str):
-            raise errors.InvalidConfig("%s[%d] is not {\"containerID\": ..., \"ifname\": ...}"
-                                       % (key, i))
-        out.add((cid, ifn))
-    return out
 
 
 PLUGIN = skel.Plugin("bridge", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,

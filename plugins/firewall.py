@@ -50,9 +50,9 @@ def cmd_check(a):
 
 
 def cmd_gc(a):
-    from cnilib import hostport
+    from cnilib.args import valid_attachments
     cfg = fwd.parse(a, need_prev=False)
-    valid = hostport.valid_attachments(a.conf)
+    valid = valid_attachments(a.conf)
     if valid is None:
         a.log.warning("GC without cni.dev/valid-attachments: nothing removed")
         return

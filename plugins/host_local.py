@@ -81,8 +81,8 @@ def cmd_check(a):
 
 
 def cmd_gc(a):
-    from cnilib.ipam import config
-    valid = config.valid_attachments(a.conf)
+    from cnilib.args import valid_attachments
+    valid = valid_attachments(a.conf)
     if valid is None:
         a.log.info("GC without cni.dev/valid-attachments: nothing released")
         return None

@@ -61,7 +61,8 @@ def cmd_check(a):
 
 def cmd_gc(a):
     cfg = hostport.parse(a, need_prev=False)
-    valid = hostport.valid_attachments(a.conf)
+    from cnilib.args import valid_attachments
+    valid = valid_attachments(a.conf)
     if valid is None:
         a.log.warning("GC without cni.dev/valid-attachments: nothing removed")
         return

@@ -183,7 +183,7 @@ def cmd_check(a):
 def cmd_gc(a):
     data_dir = a.conf.get("dataDir")
     data_dir = data_dir if isinstance(data_dir, str) and data_dir else tuning.DEFAULT_DATA_DIR
-    from cnilib.ipam.config import valid_attachments
+    from cnilib.args import valid_attachments
     keep = valid_attachments(a.conf)    # either spelling of the key, entries checked
     if keep is None:
         # no list is not an empty list: forgetting every record would lose

@@ -29,7 +29,6 @@ IPAM_KEYS = ("type", "subnet", "rangeStart", "rangeEnd", "gateway", "ranges", "r
              "dataDir", "resolvConf")
 RANGE_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway")
 RUNTIME_KEYS = ("ips", "ipRanges")
-VALID_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 IP_HINT = "expected an IPv4 or IPv6 address, optionally with a prefix length (10.1.1.5 or 10.1.1.5/24)"
 
 
@@ -365,26 +364,3 @@ def read_resolv_conf(path):
 
 
 
-def valid_attachments(conf):
-    """GC's live attachments as {(containerID, ifname)}; None when the config
-    has no list at all (then GC frees nothing), an empty set for null or []."""
-    for key in VALID_KEYS:
-        if key not in conf:
-            continue
-        items = conf[key]
-        if items is None:
-            return set()
-        if not isinstance(items, list):
-            raise errors.InvalidConfig("%s is a JSON %s, expected a list" % (key, type(items).__name__),
-                                       "expected [{\"containerID\": ..., \"ifname\": ...}, ...] or null")
-        out = set()
-        for i, item in enumerate(items):
-            cid = item.get("containerID") if isinstance(item, dict) else None
-            ifname = item.get("ifname") if isinstance(item, dict) else None
-            if not isinstance(cid, str) or not cid or not isinstance(ifname, str) or not ifname:
-                raise errors.InvalidConfig(
-                    "%s[%d] is not an attachment" % (key, i),
-                    "expected {\"containerID\": \"...\", \"ifname\": \"...\"}; nothing was released")
-            out.add((cid.strip(), ifname))
-        return out
-    return None

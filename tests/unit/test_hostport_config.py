@@ -114,12 +114,14 @@ def test_container_addresses_like_the_reference():
 
 
 def test_valid_attachments():
-    assert hostport.valid_attachments({}) is None
-    assert hostport.valid_attachments({"cni.dev/valid-attachments": None}) == []
-    assert hostport.valid_attachments({"cni.dev/attachments": [{"containerID": "a", "ifname": "eth0"}]}) == [
-        ("a", "eth0")]
-    with pytest.raises(errors.InvalidConfig):
-        hostport.valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
+    from cnilib.args import valid_attachments
+    assert valid_attachments({}) is None
+    assert valid_attachments({"cni.dev/valid-attachments": None}) == set()
+    assert valid_attachments({"cni.dev/attachments": [{"containerID": "a", "ifname": "eth0"}]}) == {
+        ("a", "eth0")}
+    for bad in ([{"containerID": 1}], [{"containerID": "a", "ifname": ""}], {"a": 1}):
+        with pytest.raises(errors.InvalidConfig):
+            valid_attachments({"cni.dev/valid-attachments": bad})
 
 
 def test_address_helpers():
