@@ -10,11 +10,14 @@ share one filesystem, as in flannel-fabric.md section 8).
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+import chained
 from cnitest import (ALL_VERSIONS, GO_CNI, UNDERLAY4, UNDERLAY6, assert_cni_error, join_underlay,
                      run_fabric, run_plugin)
 
@@ -175,6 +178,30 @@ def test_pods_talk_across_nodes(plugins, go_plugins, netns_factory, tmp_path, ru
     r = pods[0].run("ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(payload + 1), "10.244.2.2",
                     check=False)
     assert r.returncode != 0
+
+    # a hostPort on node1 (portmap chained after flannel) reached from the pod on node2
+    n1 = nodes[0]
+    pm_conf = chained.chained_conf("portmap", results[0], name=NET_NAME,
+                                   runtimeConfig={"portMappings": [
+                                       {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]})
+    pm = run_plugin(os.path.join(n1.plugins, "portmap"), "ADD", pm_conf, containerid="pod-node1",
+                    netns=pods[0].path, ifname="eth0", path=n1.plugins, host_netns=n1.ns.name,
+                    extra_env=n1.env)
+    assert pm.rc == 0, pm
+    server = subprocess.Popen(["ip", "netns", "exec", pods[0].name, sys.executable, "-c", chained.SERVER,
+                               "pod1", "80"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        for host in [UNDERLAY4[0]] + ([UNDERLAY6[0]] if v6 else []):
+            got = pods[1].run(sys.executable, "-c", chained.CLIENT, "tcp", host, "8080", check=False).stdout
+            assert got.startswith("pod1 "), (host, got)
+    finally:
+        server.kill()
+        server.wait()
+    pm = run_plugin(os.path.join(n1.plugins, "portmap"), "DEL", pm_conf, containerid="pod-node1",
+                    netns=pods[0].path, ifname="eth0", path=n1.plugins, host_netns=n1.ns.name,
+                    extra_env=n1.env)
+    assert pm.rc == 0, pm
 
     for n, ctr in zip(nodes, pods):
         r = n.run("DEL", "pod-%s" % n.name, ctr)
