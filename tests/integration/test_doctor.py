@@ -329,6 +329,35 @@ def test_leftover_portmap_chain_of_a_dead_pod_whose_hostport_was_taken_over(fabr
     assert statuses(n1.doctor()[1])["leftover-rules"] == "PASS"
 
 
+def test_leftover_masquerade_and_firewall_rules_of_a_dead_pod(fabric):
+    """A bridge + firewall network (ipMasq, nftables) whose pod dies without
+    DEL and whose cache entry is lost: doctor names its masquerade and
+    firewall elements, and the fixes it prints remove them."""
+    n1, _n2 = fabric.nodes
+    n1.write_conflist("20-fwnet.conflist", {"cniVersion": "1.1.0", "name": "fwnet", "plugins": [
+        {"type": "bridge", "bridge": "cni-fw", "isGateway": True, "ipMasq": True,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]],
+                  "dataDir": n1.ipam_dir}},
+        {"type": "firewall", "backend": "nftables"}]})
+    pod = fabric.netns_factory()
+    res = json.loads(n1.sh(n1.pycni, "add", "fwnet", pod.path, env=n1.env()).stdout)
+    ip = res["ips"][0]["address"].split("/")[0]
+    _rc, rep = n1.doctor()
+    assert statuses(rep)["leftover-rules"] == "PASS", rep
+    os.remove(n1.cache_file_of(pod))                  # the runtime forgot it ...
+    pod.delete()                                      # ... and its netns went away
+    lease = os.path.join(n1.ipam_dir, "fwnet", ip)
+    os.remove(lease)                                  # only the rules are left
+    _rc, rep = n1.doctor()
+    c = assert_names(rep, "leftover-rules", "WARN")
+    text = "\n".join(c["evidence"])
+    assert "inet pycni-fw" in text and "(firewall) of fwnet/" in text, text
+    assert "inet pycni-masq" in text and "(bridge ipMasq) of fwnet/" in text, text
+    for f in c["fix"]:
+        run_fix(n1, f)
+    assert statuses(n1.doctor()[1])["leftover-rules"] == "PASS"
+
+
 # ---------------------------------------------------------------- configs and files
 
 def test_shadowing_conflists(fabric):
