@@ -177,7 +177,7 @@ def ensure_gateway_addrs(nl, link, gws, conf, network, own_ips, log):
                 continue
             brd = iface.broadcast(str(ip), plen) if fam == 4 and plen < 31 else None
             try:
-                added |= netlink.addr_add_flags(nl, link.index, str(ip), plen, brd, nodad=fam == 6)
+                added |= netlink.addr_add(nl, link.index, str(ip), plen, brd, nodad=fam == 6)
             except netlink.NetlinkError as exc:
                 raise errors.Internal("failed to set bridge addr: could not add IP address %s/%d "
                                       "to %r: %s" % (ip, plen, link.name, exc.strerror)) from exc

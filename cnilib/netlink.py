@@ -1,31 +1,40 @@
 """Netlink: the suite's only door to the kernel's routing and link tables.
 
-This is the one module that imports pyroute2.  It uses pyroute2 for what
-pyroute2 is best at, the message and attribute marshalling
-(``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``, ``ndmsg``), and drives a plain
-synchronous netlink socket itself:
+Every request a plugin makes on a pod's path (links, veth pairs, bridges
+and their ports, addresses, routes) and every reply it reads is packed and
+parsed here by hand, over a plain synchronous rtnetlink socket:
 
-* ``import pyroute2`` runs an __init__ that loads ~60 modules (143 ms);
-  a package stub skips it and loads only the message classes (~25 ms);
+* importing pyroute2's message classes costs ~25 ms of a ~40 ms exec
+  (they pull in logging, re, enum and multiprocessing), and its encoder
+  and full decode ~0.2 ms a message; the hand-packed requests cost a few
+  microseconds and import nothing;
 * pyroute2 0.9's IPRoute runs an asyncio loop per call and forks a helper
   (exec'ing ldconfig) to reach another netns; a socket opened after
   ``setns`` reaches it for ~0.5 ms instead.
 
-pyroute2 is pinned (see pyproject.toml) because the stub relies on its
-package layout; tests/unit/test_imports.py checks the stub still works.
+This is the one module that imports pyroute2, and only on demand: for the
+VXLAN device of the flannel fabric, bridge VLAN filtering, netns ids, and
+``Link.msg`` (a full decode, for diagnostics and for the tests, which hold
+every hand-made parse to pyroute2's decode of the same bytes).  A package
+stub skips pyroute2's __init__ (~60 modules, 143 ms) and loads only the
+message classes; pyroute2 is pinned (see pyproject.toml) because the stub
+relies on its package layout, and tests/unit/test_imports.py checks it.
 
 Errors are ``NetlinkError`` (an OSError: compare ``.errno`` with the errno
 module, never with numbers); the kernel's extended-ack text is kept in the
 message.
 """
 
+import errno
 import os
 import struct
 import sys
 
+import _socket
+
 from cnilib import netns as _netns
 
-# ------------------------------------------------------------ pyroute2 stub
+# ------------------------------------------------------------ pyroute2, on demand
 
 
 def _load_pyroute2():
@@ -47,14 +56,13 @@ def _load_pyroute2():
             sys.modules["pyroute2"] = mod
 
 
-_load_pyroute2()
+def msgclass(name):
+    """pyroute2's rtnetlink message class ``name`` (ifinfmsg, ifaddrmsg,
+    rtmsg, ndmsg, nsidmsg), loaded through the stub on first use."""
+    _load_pyroute2()
+    mod = __import__("pyroute2.netlink.rtnl." + name, fromlist=[name])
+    return getattr(mod, name)
 
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
-from pyroute2.netlink.rtnl.ndmsg import ndmsg  # noqa: E402
-from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
-
-import _socket  # noqa: E402
 
 AF_UNSPEC, AF_INET, AF_INET6, AF_BRIDGE, AF_NETLINK = 0, 2, 10, 7, 16
 NETLINK_ROUTE = 0
@@ -68,6 +76,7 @@ NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
 NLM_F_ACK_TLVS = 0x200
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLA_F_NESTED = 0x8000
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -78,11 +87,11 @@ IFF_UP, IFF_PROMISC = 0x1, 0x100
 RTEXT_FILTER_VF, RTEXT_FILTER_SKIP_STATS = 1, 8
 
 _HDR = struct.Struct("=IHHII")
-_DECODERS = {
-    RTM_NEWLINK: ifinfmsg, RTM_DELLINK: ifinfmsg,
-    RTM_NEWADDR: ifaddrmsg, RTM_DELADDR: ifaddrmsg,
-    RTM_NEWROUTE: rtmsg, RTM_DELROUTE: rtmsg,
-    RTM_NEWNEIGH: ndmsg, RTM_DELNEIGH: ndmsg,
+_DECODERS = {     # message type -> pyroute2 class name, for the callers that want pyroute2 objects
+    RTM_NEWLINK: "ifinfmsg", RTM_DELLINK: "ifinfmsg",
+    RTM_NEWADDR: "ifaddrmsg", RTM_DELADDR: "ifaddrmsg",
+    RTM_NEWROUTE: "rtmsg", RTM_DELROUTE: "rtmsg",
+    RTM_NEWNEIGH: "ndmsg", RTM_DELNEIGH: "ndmsg",
 }
 
 
@@ -93,6 +102,87 @@ class NetlinkError(OSError):
 
 class DumpInterrupted(Exception):
     pass
+
+
+# ------------------------------------------------------------ packing
+
+_ATTR = struct.Struct("=HH")
+_IFINFO = struct.Struct("=BBHiII")        # ifinfomsg: family, pad, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")         # ifaddrmsg: family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")      # rtmsg: family, dst_len, src_len, tos, table,
+#                                           protocol, scope, type, flags
+_NDMSG = struct.Struct("=BBHiHBB")        # ndmsg: family, pad, pad, ifindex, state, flags, type
+
+
+def _attr(atype, payload):
+    return _ATTR.pack(4 + len(payload), atype) + payload + b"\0" * (-len(payload) % 4)
+
+
+def _a_u8(atype, v):
+    return _attr(atype, struct.pack("=B", v))
+
+
+def _a_u32(atype, v):
+    return _attr(atype, struct.pack("=I", v))
+
+
+def _a_str(atype, text):
+    return _attr(atype, text.encode() + b"\0")
+
+
+def _a_mac(atype, mac):
+    return _attr(atype, bytes.fromhex(mac.replace(":", "").replace("-", "")))
+
+
+def _family(address):
+    return AF_INET6 if ":" in address else AF_INET
+
+
+def _a_ip(atype, address):
+    return _attr(atype, _socket.inet_pton(_family(address), address))
+
+
+def _ifinfo(index=0, family=AF_UNSPEC, flags=0, change=0):
+    return _IFINFO.pack(family, 0, 0, index, flags, change)
+
+
+# ------------------------------------------------------------ parsing
+
+
+def _nested(data, off=0):
+    """{type: raw value} of a run of attributes (a later duplicate wins, as
+    in pyroute2's get_attr)."""
+    out, pos, end = {}, off, len(data or b"")
+    while pos + 4 <= end:
+        alen, atype = _ATTR.unpack_from(data, pos)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = data[pos + 4:pos + alen]
+        pos += (alen + 3) & ~3
+    return out
+
+
+def _text(v):
+    return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace") if v is not None else None
+
+
+def _u32(v):
+    return struct.unpack_from("=I", v)[0] if v is not None and len(v) >= 4 else None
+
+
+def _ip(v):
+    """Text of an address attribute (4 or 16 bytes), or None."""
+    if v is None:
+        return None
+    if len(v) == 4:
+        return _socket.inet_ntop(AF_INET, bytes(v))
+    if len(v) == 16:
+        return _socket.inet_ntop(AF_INET6, bytes(v))
+    return None
+
+
+def _mac(v):
+    return ":".join("%02x" % c for c in v) if v is not None else None
 
 
 # ------------------------------------------------------------ transport
@@ -135,27 +225,28 @@ class Netlink:
         return False
 
     # -- raw request ----------------------------------------------------
-    def request(self, msg, msg_type, flags=0, what="", raw=False):
-        """Send ``msg`` and collect the reply.
+    def request(self, msg, msg_type, flags=0, what="", raw=True):
+        """Send ``msg`` (the body as bytes, or a pyroute2 message) and
+        collect the reply.
 
-        Returns the decoded messages of a dump or an echo (with ``raw``,
-        each message's bytes, header included, undecoded), [] for a plain
-        ACK.  Raises NetlinkError for an error reply.
+        Returns each message of a dump or an echo as bytes, header included
+        (with ``raw=False``, decoded by pyroute2), [] for a plain ACK.
+        Raises NetlinkError for an error reply.
         """
         for attempt in range(5):
             try:
                 return self._request(msg, msg_type, flags, what, raw)
             except DumpInterrupted:
                 continue
-        raise NetlinkError(4, "netlink dump of %s kept being interrupted" % (what or "objects"))
+        raise NetlinkError(errno.EINTR, "netlink dump of %s kept being interrupted" % (what or "objects"))
 
-    def _request(self, msg, msg_type, flags, what, raw=False):
+    def _request(self, msg, msg_type, flags, what, raw):
         self.seq += 1
         seq = self.seq
         hflags = NLM_F_REQUEST | flags | (0 if flags & NLM_F_DUMP == NLM_F_DUMP else NLM_F_ACK)
-        if isinstance(msg, bytes):      # a body encoded by the caller (link_get)
+        if isinstance(msg, bytes):
             self.sock.send(_HDR.pack(16 + len(msg), msg_type, hflags, seq, 0) + msg)
-        else:
+        else:                           # a pyroute2 message (fabric, VLANs, netns ids)
             msg["header"]["type"] = msg_type
             msg["header"]["flags"] = hflags
             msg["header"]["sequence_number"] = seq
@@ -188,9 +279,9 @@ class Netlink:
                 if raw:
                     out.append(bytes(data[off:off + length]))
                 else:
-                    cls = _DECODERS.get(mtype)
-                    if cls is not None:
-                        m = cls(data[off:off + length])
+                    name = _DECODERS.get(mtype)
+                    if name is not None:
+                        m = msgclass(name)(data[off:off + length])
                         m.decode()
                         out.append(m)
                 off += (length + 3) & ~3
@@ -205,7 +296,7 @@ def _error_text(err, data, off, length, mflags, what):
         pos = off + 16 + 4 + 16
         end = off + length
         while pos + 4 <= end:
-            alen, atype = struct.unpack_from("=HH", data, pos)
+            alen, atype = _ATTR.unpack_from(data, pos)
             if alen < 4:
                 break
             if atype == 1:  # NLMSGERR_ATTR_MSG
@@ -219,33 +310,21 @@ def _error_text(err, data, off, length, mflags, what):
 # ------------------------------------------------------------ links
 
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
+# IFLA_* attribute types
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_PROTINFO, IFLA_TXQLEN, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS = 12, 13, 16, 18, 20
+IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 26, 28, 29, 37
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+VETH_INFO_PEER = 1
+IFLA_BR_VLAN_FILTERING = 7
+IFLA_BRPORT_STATE, IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 1, 4, 33
 
 
 def _link_attrs(m):
     """(index, flags, {IFLA type: raw value}) of one raw RTM_NEWLINK message
-    (header included); a later duplicate of an attribute wins, as in pyroute2."""
-    _fam, _pad, _type, index, flags, _change = struct.unpack_from("=BBHiII", m, 16)
-    return index, flags, _nested(m[32:])
-
-
-def _text(v):
-    return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace") if v is not None else None
-
-
-def _u32(v):
-    return struct.unpack_from("=I", v)[0] if v is not None and len(v) >= 4 else None
-
-
-def _nested(data):
-    """{type: raw value} of the attributes inside a nested attribute."""
-    out, pos, end = {}, 0, len(data or b"")
-    while pos + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, pos)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = data[pos + 4:pos + alen]
-        pos += (alen + 3) & ~3
-    return out
+    (header included)."""
+    _fam, _pad, _type, index, flags, _change = _IFINFO.unpack_from(m, 16)
+    return index, flags, _nested(m, 32)
 
 
 def _nested_strings(data, wanted):
@@ -253,37 +332,36 @@ def _nested_strings(data, wanted):
     return {k: _text(v) for k, v in _nested(data).items() if k in wanted}
 
 
-
 class Link:
     """What the suite reads of a link (RTM_NEWLINK), parsed from the raw
-    message: pyroute2's full decode of a link costs ~0.2 ms and bridge ADD
-    reads half a dozen.  ``msg`` decodes it with pyroute2 on demand, for the
-    few readers of nested attributes (linkinfo data, bridge port flags)."""
+    message.  ``msg`` decodes it with pyroute2 on demand, for the readers
+    of nested attributes that are off a pod's path (the vxlan device's
+    data) and for the tests."""
 
     __slots__ = ("index", "name", "kind", "mac", "mtu", "flags", "operstate", "master",
-                 "peer_index", "link_netnsid", "alias", "linkinfo", "_raw", "_msg")
+                 "peer_index", "link_netnsid", "alias", "txqlen", "linkinfo", "_raw", "_msg")
 
     def __init__(self, raw):
         self._raw, self._msg = raw, None
         self.index, self.flags, a = _link_attrs(raw)
-        self.name = _text(a.get(3))
-        mac = a.get(1)
-        self.mac = ":".join("%02x" % c for c in mac) if mac is not None else None
-        self.mtu = _u32(a.get(4))
-        self.master = _u32(a.get(10)) or 0
-        self.peer_index = _u32(a.get(5)) or 0
-        nsid = a.get(37)
+        self.name = _text(a.get(IFLA_IFNAME))
+        self.mac = _mac(a.get(IFLA_ADDRESS))
+        self.mtu = _u32(a.get(IFLA_MTU))
+        self.txqlen = _u32(a.get(IFLA_TXQLEN))
+        self.master = _u32(a.get(IFLA_MASTER)) or 0
+        self.peer_index = _u32(a.get(IFLA_LINK)) or 0
+        nsid = a.get(IFLA_LINK_NETNSID)
         self.link_netnsid = struct.unpack_from("=i", nsid)[0] if nsid is not None and len(nsid) >= 4 else None
-        op = a.get(16)
+        op = a.get(IFLA_OPERSTATE)
         self.operstate = (OPERSTATES[op[0]] if op[0] < len(OPERSTATES) else "UNKNOWN") if op else None
-        self.alias = _text(a.get(20))
-        self.linkinfo = a.get(18)         # IFLA_LINKINFO, raw (brport_flags)
-        self.kind = _text(_nested(self.linkinfo).get(1))
+        self.alias = _text(a.get(IFLA_IFALIAS))
+        self.linkinfo = a.get(IFLA_LINKINFO)         # raw (brport_flags)
+        self.kind = _text(_nested(self.linkinfo).get(IFLA_INFO_KIND))
 
     @property
     def msg(self):
         if self._msg is None:
-            m = ifinfmsg(self._raw)
+            m = msgclass("ifinfmsg")(self._raw)
             m.decode()
             self._msg = m
         return self._msg
@@ -300,28 +378,18 @@ class Link:
         return "<Link %d %s kind=%s>" % (self.index, self.name, self.kind)
 
 
-def _linkmsg(index=0, family=AF_UNSPEC, attrs=(), flags=0, change=0):
-    m = ifinfmsg()
-    m["family"] = family
-    m["index"] = index
-    m["flags"] = flags
-    m["change"] = change
-    m["attrs"] = list(attrs)
-    return m
+_SKIP_STATS = _a_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 
 
 def link_get(nl, name=None, index=0):
     """The link called ``name`` (or with ``index``), or None."""
-    # ifinfomsg, IFLA_EXT_MASK (29), IFLA_IFNAME (3): encoded here, as
-    # pyroute2's encoder costs more than the kernel's answer
-    body = struct.pack("=BBHiIIHHI", AF_UNSPEC, 0, 0, index, 0, 0, 8, 29, RTEXT_FILTER_SKIP_STATS)
+    body = _ifinfo(index) + _SKIP_STATS
     if name is not None:
-        n = name.encode() + b"\0"
-        body += struct.pack("=HH", 4 + len(n), 3) + n + b"\0" * (-len(n) % 4)
+        body += _a_str(IFLA_IFNAME, name)
     try:
-        got = nl.request(body, RTM_GETLINK, what="get link %s" % (name or index), raw=True)
+        got = nl.request(body, RTM_GETLINK, what="get link %s" % (name or index))
     except NetlinkError as exc:
-        if exc.errno in (19, 2):  # ENODEV, ENOENT
+        if exc.errno in (errno.ENODEV, errno.ENOENT):
             return None
         raise
     return Link(got[0]) if got else None
@@ -329,15 +397,14 @@ def link_get(nl, name=None, index=0):
 
 def links(nl):
     """Every link of the netns."""
-    got = nl.request(_linkmsg(attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]),
-                     RTM_GETLINK, NLM_F_DUMP, what="dump links", raw=True)
-    return [Link(m) for m in got]
+    return [Link(m) for m in nl.request(_ifinfo() + _SKIP_STATS, RTM_GETLINK, NLM_F_DUMP,
+                                        what="dump links")]
 
 
 def link_set(nl, index, up=None, mtu=None, master=None, mac=None, name=None,
              alias=None, promisc=None, netns_fd=None, what=None):
     """Change a link's attributes; only the arguments given are touched."""
-    attrs = []
+    attrs = b""
     flags = change = 0
     if up is not None:
         change |= IFF_UP
@@ -346,29 +413,28 @@ def link_set(nl, index, up=None, mtu=None, master=None, mac=None, name=None,
         change |= IFF_PROMISC
         flags |= IFF_PROMISC if promisc else 0
     if mtu is not None:
-        attrs.append(("IFLA_MTU", mtu))
+        attrs += _a_u32(IFLA_MTU, mtu)
     if master is not None:
-        attrs.append(("IFLA_MASTER", master))
+        attrs += _a_u32(IFLA_MASTER, master)
     if mac is not None:
-        attrs.append(("IFLA_ADDRESS", mac))
+        attrs += _a_mac(IFLA_ADDRESS, mac)
     if name is not None:
-        attrs.append(("IFLA_IFNAME", name))
+        attrs += _a_str(IFLA_IFNAME, name)
     if alias is not None:
-        attrs.append(("IFLA_IFALIAS", alias))
+        attrs += _a_str(IFLA_IFALIAS, alias)
     if netns_fd is not None:
-        attrs.append(("IFLA_NET_NS_FD", netns_fd))
-    nl.request(_linkmsg(index=index, attrs=attrs, flags=flags, change=change),
-               RTM_NEWLINK, what=what or "set link %d" % index)
+        attrs += _a_u32(IFLA_NET_NS_FD, netns_fd)
+    nl.request(_ifinfo(index, flags=flags, change=change) + attrs, RTM_NEWLINK,
+               what=what or "set link %d" % index)
 
 
 def link_del(nl, index=0, name=None):
     """Delete a link; True if it existed.  ENODEV/ENOENT mean it is gone already."""
-    attrs = [("IFLA_IFNAME", name)] if name is not None else []
+    body = _ifinfo(index) + (_a_str(IFLA_IFNAME, name) if name is not None else b"")
     try:
-        nl.request(_linkmsg(index=index, attrs=attrs), RTM_DELLINK,
-                   what="delete link %s" % (name or index))
+        nl.request(body, RTM_DELLINK, what="delete link %s" % (name or index))
     except NetlinkError as exc:
-        if exc.errno in (19, 2):
+        if exc.errno in (errno.ENODEV, errno.ENOENT):
             return False
         raise
     return True
@@ -376,18 +442,19 @@ def link_del(nl, index=0, name=None):
 
 # ------------------------------------------------------------ addresses
 
+IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 3, 4, 8
+IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
+
 
 class Addr:
     __slots__ = ("family", "address", "prefixlen", "index", "scope", "flags", "label")
 
-    def __init__(self, m):
-        self.family = m["family"]
-        self.prefixlen = m["prefixlen"]
-        self.index = m["index"]
-        self.scope = m["scope"]
-        self.flags = m.get_attr("IFA_FLAGS") or m["flags"]
-        self.address = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
-        self.label = m.get_attr("IFA_LABEL")
+    def __init__(self, raw):
+        self.family, self.prefixlen, flags, self.scope, self.index = _IFADDR.unpack_from(raw, 16)
+        a = _nested(raw, 24)
+        self.flags = _u32(a.get(IFA_FLAGS)) or flags
+        self.address = _ip(a.get(IFA_LOCAL)) or _ip(a.get(IFA_ADDRESS))
+        self.label = _text(a.get(IFA_LABEL))
 
     @property
     def cidr(self):
@@ -399,36 +466,32 @@ class Addr:
 
 def addrs(nl, index=0, family=AF_UNSPEC):
     """Addresses of link ``index`` (every link when 0), optionally one family."""
-    m = ifaddrmsg()
-    m["family"] = family
-    got = nl.request(m, RTM_GETADDR, NLM_F_DUMP, what="dump addresses")
+    got = nl.request(_IFADDR.pack(family, 0, 0, 0, 0), RTM_GETADDR, NLM_F_DUMP,
+                     what="dump addresses")
     out = [Addr(a) for a in got]
     if index:
         out = [a for a in out if a.index == index]
     return out
 
 
-def _addrmsg(index, address, prefixlen, broadcast=None):
-    fam = AF_INET6 if ":" in address else AF_INET
-    m = ifaddrmsg()
-    m["family"] = fam
-    m["prefixlen"] = prefixlen
-    m["index"] = index
-    attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+def _addrmsg(index, address, prefixlen, broadcast=None, flags=0):
+    body = (_IFADDR.pack(_family(address), prefixlen, flags, 0, index)
+            + _a_ip(IFA_LOCAL, address) + _a_ip(IFA_ADDRESS, address))
     if broadcast:
-        attrs.append(("IFA_BROADCAST", broadcast))
-    m["attrs"] = attrs
-    return m
+        body += _a_ip(IFA_BROADCAST, broadcast)
+    return body
 
 
-def addr_add(nl, index, address, prefixlen, broadcast=None, exist_ok=True):
-    """Add address/prefixlen to link ``index``; an existing one is fine by default."""
+def addr_add(nl, index, address, prefixlen, broadcast=None, exist_ok=True, nodad=False):
+    """Add address/prefixlen to link ``index``; an existing one is fine by
+    default (False is returned then).  ``nodad`` skips IPv6 duplicate
+    address detection (IFA_F_NODAD)."""
     try:
-        nl.request(_addrmsg(index, address, prefixlen, broadcast), RTM_NEWADDR,
-                   NLM_F_CREATE | NLM_F_EXCL,
+        nl.request(_addrmsg(index, address, prefixlen, broadcast, IFA_F_NODAD if nodad else 0),
+                   RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL,
                    what="add address %s/%d to link %d" % (address, prefixlen, index))
     except NetlinkError as exc:
-        if exist_ok and exc.errno == 17:  # EEXIST
+        if exist_ok and exc.errno == errno.EEXIST:
             return False
         raise
     return True
@@ -440,7 +503,7 @@ def addr_del(nl, index, address, prefixlen):
         nl.request(_addrmsg(index, address, prefixlen), RTM_DELADDR,
                    what="delete address %s/%d from link %d" % (address, prefixlen, index))
     except NetlinkError as exc:
-        if exc.errno in (99, 19, 2):  # EADDRNOTAVAIL, ENODEV, ENOENT
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
             return False
         raise
     return True
@@ -453,25 +516,23 @@ RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
 
 
 class Route:
     __slots__ = ("family", "dst", "dst_len", "gateway", "oif", "table", "priority", "scope",
                  "proto", "type", "prefsrc", "flags")
 
-    def __init__(self, m):
-        self.family = m["family"]
-        self.dst_len = m["dst_len"]
-        self.dst = m.get_attr("RTA_DST")
-        self.gateway = m.get_attr("RTA_GATEWAY")
-        self.oif = m.get_attr("RTA_OIF") or 0
-        self.table = m.get_attr("RTA_TABLE") or m["table"]
-        self.priority = m.get_attr("RTA_PRIORITY") or 0
-        self.scope = m["scope"]
-        self.proto = m["proto"]
-        self.type = m["type"]
-        self.flags = m["flags"]
-        self.prefsrc = m.get_attr("RTA_PREFSRC")
+    def __init__(self, raw):
+        (self.family, self.dst_len, _src_len, _tos, table, self.proto, self.scope, self.type,
+         self.flags) = _RTMSG.unpack_from(raw, 16)
+        a = _nested(raw, 28)
+        self.dst = _ip(a.get(RTA_DST))
+        self.gateway = _ip(a.get(RTA_GATEWAY))
+        self.oif = _u32(a.get(RTA_OIF)) or 0
+        self.table = _u32(a.get(RTA_TABLE)) or table
+        self.priority = _u32(a.get(RTA_PRIORITY)) or 0
+        self.prefsrc = _ip(a.get(RTA_PREFSRC))
 
     @property
     def cidr(self):
@@ -485,56 +546,45 @@ class Route:
 
 def _split_cidr(cidr):
     addr, _, plen = cidr.partition("/")
-    fam = AF_INET6 if ":" in addr else AF_INET
+    fam = _family(addr)
     return fam, addr, int(plen) if plen else (128 if fam == AF_INET6 else 32)
 
 
 def routes(nl, family=AF_UNSPEC, table=RT_TABLE_MAIN):
     """Routes of ``table`` (main by default)."""
-    m = rtmsg()
-    m["family"] = family
-    got = nl.request(m, RTM_GETROUTE, NLM_F_DUMP, what="dump routes")
+    got = nl.request(_RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), RTM_GETROUTE, NLM_F_DUMP,
+                     what="dump routes")
     out = [Route(r) for r in got]
     return [r for r in out if table is None or r.table == table]
 
 
 def route_get(nl, address):
     """The route the kernel would use to reach ``address`` (``ip route get``)."""
-    fam = AF_INET6 if ":" in address else AF_INET
-    m = rtmsg()
-    m["family"] = fam
-    m["dst_len"] = 128 if fam == AF_INET6 else 32
-    m["attrs"] = [("RTA_DST", address)]
-    got = nl.request(m, RTM_GETROUTE, what="route get %s" % address)
+    fam = _family(address)
+    body = _RTMSG.pack(fam, 128 if fam == AF_INET6 else 32, 0, 0, 0, 0, 0, 0, 0) + _a_ip(RTA_DST, address)
+    got = nl.request(body, RTM_GETROUTE, what="route get %s" % address)
     return Route(got[0]) if got else None
 
 
 def _routemsg(dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0, scope=None,
               onlink=False, proto=RTPROT_BOOT, prefsrc=None):
     fam, addr, plen = _split_cidr(dst)
-    m = rtmsg()
-    m["family"] = fam
-    m["dst_len"] = plen
-    m["table"] = table if table < 256 else 252
-    m["proto"] = proto
-    m["type"] = RTN_UNICAST
     if scope is None:
         scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-    m["scope"] = scope
-    m["flags"] = RTNH_F_ONLINK if onlink else 0
-    attrs = [("RTA_TABLE", table)]
+    body = (_RTMSG.pack(fam, plen, 0, 0, table if table < 256 else 252, proto, scope, RTN_UNICAST,
+                        RTNH_F_ONLINK if onlink else 0)
+            + _a_u32(RTA_TABLE, table))
     if plen:
-        attrs.append(("RTA_DST", addr))
+        body += _a_ip(RTA_DST, addr)
     if gateway:
-        attrs.append(("RTA_GATEWAY", gateway))
+        body += _a_ip(RTA_GATEWAY, gateway)
     if oif:
-        attrs.append(("RTA_OIF", oif))
+        body += _a_u32(RTA_OIF, oif)
     if priority:
-        attrs.append(("RTA_PRIORITY", priority))
+        body += _a_u32(RTA_PRIORITY, priority)
     if prefsrc:
-        attrs.append(("RTA_PREFSRC", prefsrc))
-    m["attrs"] = attrs
-    return m
+        body += _a_ip(RTA_PREFSRC, prefsrc)
+    return body
 
 
 def route_add(nl, dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0, scope=None,
@@ -547,7 +597,7 @@ def route_add(nl, dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0, sco
         nl.request(_routemsg(dst, gateway, oif, table, priority, scope, onlink, prefsrc=prefsrc),
                    RTM_NEWROUTE, flags, what=what)
     except NetlinkError as exc:
-        if exist_ok and exc.errno == 17:
+        if exist_ok and exc.errno == errno.EEXIST:
             return False
         raise
     return True
@@ -559,7 +609,7 @@ def route_del(nl, dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0):
         nl.request(_routemsg(dst, gateway, oif, table, priority, scope=RT_SCOPE_UNIVERSE),
                    RTM_DELROUTE, what="delete route %s" % dst)
     except NetlinkError as exc:
-        if exc.errno in (3, 2, 19):  # ESRCH, ENOENT, ENODEV
+        if exc.errno in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
             return False
         raise
     return True
@@ -571,9 +621,12 @@ def route_del(nl, dst, gateway=None, oif=0, table=RT_TABLE_MAIN, priority=0):
 # the underlay, and per peer a permanent neighbour (the peer's VTEP address
 # -> its VTEP MAC) and a forwarding entry (that MAC -> the peer's public IP,
 # family AF_BRIDGE with NTF_SELF: the vxlan device's own fdb, not a bridge's).
+# The vxlan device is made and read with pyroute2: once per node, never on
+# a pod's path.
 
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
+NDA_DST, NDA_LLADDR = 1, 2
 _NEIGH_REPLACE = NLM_F_CREATE | NLM_F_REPLACE
 
 
@@ -611,10 +664,11 @@ def vxlan_add(nl, name, vni, local, underlay_index, port, mtu, mac, learning=Fal
             ("IFLA_VXLAN_LINK", underlay_index),
             ("IFLA_VXLAN_PORT", port),
             ("IFLA_VXLAN_LEARNING", 1 if learning else 0)]
-    attrs = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", mac),
-             ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vxlan"),
-                                          ("IFLA_INFO_DATA", {"attrs": data})]})]
-    nl.request(_linkmsg(attrs=attrs), RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
+    m = msgclass("ifinfmsg")()
+    m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", mac),
+                  ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vxlan"),
+                                               ("IFLA_INFO_DATA", {"attrs": data})]})]
+    nl.request(m, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
                what="add vxlan link %s (id %d local %s dev %d)" % (name, vni, local, underlay_index))
 
 
@@ -623,79 +677,71 @@ class Neigh:
 
     __slots__ = ("family", "index", "dst", "lladdr", "state", "flags")
 
-    def __init__(self, m):
-        self.family = m["family"]
-        self.index = m["ifindex"]
-        self.state = m["state"]
-        self.flags = m["flags"]
-        self.dst = m.get_attr("NDA_DST")
-        self.lladdr = m.get_attr("NDA_LLADDR")
+    def __init__(self, raw):
+        self.family, _p1, _p2, self.index, self.state, self.flags, _t = _NDMSG.unpack_from(raw, 16)
+        a = _nested(raw, 28)
+        self.dst = _ip(a.get(NDA_DST))
+        self.lladdr = _mac(a.get(NDA_LLADDR))
 
     def __repr__(self):
         return "<Neigh %s lladdr %s dev %d state 0x%x>" % (self.dst, self.lladdr, self.index, self.state)
 
 
 def _neighmsg(family, index, attrs, state=NUD_PERMANENT, flags=0):
-    m = ndmsg()
-    m["family"] = family
-    m["ifindex"] = index
-    m["state"] = state
-    m["flags"] = flags
-    m["ndm_type"] = RTN_UNICAST
-    m["attrs"] = attrs
-    return m
+    return _NDMSG.pack(family, 0, 0, index, state, flags, RTN_UNICAST) + attrs
 
 
 def neighs(nl, index=0, family=AF_UNSPEC):
     """Neighbour entries (of link ``index`` when given) of ``family``: AF_BRIDGE
     gives fdb entries, AF_UNSPEC only the IPv4 and IPv6 neighbours."""
-    m = ndmsg()
-    m["family"] = family
-    got = nl.request(m, RTM_GETNEIGH, NLM_F_DUMP, what="dump neighbours")
+    got = nl.request(_NDMSG.pack(family, 0, 0, 0, 0, 0, 0), RTM_GETNEIGH, NLM_F_DUMP,
+                     what="dump neighbours")
     out = [Neigh(n) for n in got]
     return [n for n in out if not index or n.index == index]
 
 
 def neigh_replace(nl, index, dst, lladdr):
     """``ip neigh replace DST lladdr LLADDR dev INDEX nud permanent``."""
-    fam = AF_INET6 if ":" in dst else AF_INET
-    nl.request(_neighmsg(fam, index, [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]),
+    nl.request(_neighmsg(_family(dst), index, _a_ip(NDA_DST, dst) + _a_mac(NDA_LLADDR, lladdr)),
                RTM_NEWNEIGH, _NEIGH_REPLACE,
                what="replace neighbour %s lladdr %s dev %d" % (dst, lladdr, index))
 
 
 def neigh_del(nl, index, dst):
     """Delete a neighbour entry; True if it existed."""
-    fam = AF_INET6 if ":" in dst else AF_INET
     try:
-        nl.request(_neighmsg(fam, index, [("NDA_DST", dst)], state=0), RTM_DELNEIGH,
+        nl.request(_neighmsg(_family(dst), index, _a_ip(NDA_DST, dst), state=0), RTM_DELNEIGH,
                    what="delete neighbour %s dev %d" % (dst, index))
     except NetlinkError as exc:
-        if exc.errno in (2, 19):  # ENOENT, ENODEV
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
             return False
         raise
     return True
 
 
+def _fdbmsg(index, lladdr, dst):
+    return _neighmsg(AF_BRIDGE, index, _a_mac(NDA_LLADDR, lladdr) + _a_ip(NDA_DST, dst),
+                     flags=NTF_SELF)
+
+
 def fdb_replace(nl, index, lladdr, dst):
     """``bridge fdb replace LLADDR dev INDEX dst DST self permanent``."""
-    nl.request(_neighmsg(AF_BRIDGE, index, [("NDA_LLADDR", lladdr), ("NDA_DST", dst)],
-                         flags=NTF_SELF),
-               RTM_NEWNEIGH, _NEIGH_REPLACE,
+    nl.request(_fdbmsg(index, lladdr, dst), RTM_NEWNEIGH, _NEIGH_REPLACE,
                what="replace fdb entry %s dst %s dev %d" % (lladdr, dst, index))
 
 
 def fdb_del(nl, index, lladdr, dst):
     """Delete an fdb entry of a vxlan device; True if it existed."""
     try:
-        nl.request(_neighmsg(AF_BRIDGE, index, [("NDA_LLADDR", lladdr), ("NDA_DST", dst)],
-                             flags=NTF_SELF),
-                   RTM_DELNEIGH, what="delete fdb entry %s dst %s dev %d" % (lladdr, dst, index))
+        nl.request(_fdbmsg(index, lladdr, dst), RTM_DELNEIGH,
+                   what="delete fdb entry %s dst %s dev %d" % (lladdr, dst, index))
     except NetlinkError as exc:
-        if exc.errno in (2, 19):
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
             return False
         raise
     return True
+
+
 # ---- tuning: link attributes the tuning plugin reads and sets
 
 IFF_ALLMULTI = 0x200
@@ -703,7 +749,7 @@ IFF_ALLMULTI = 0x200
 
 def link_txqlen(link):
     """The transmit queue length of a Link (IFLA_TXQLEN)."""
-    return link.msg.get_attr("IFLA_TXQLEN")
+    return link.txqlen
 
 
 def link_allmulti(link):
@@ -711,32 +757,28 @@ def link_allmulti(link):
 
 
 def link_set_allmulti(nl, index, on, what=None):
-    nl.request(_linkmsg(index=index, flags=IFF_ALLMULTI if on else 0, change=IFF_ALLMULTI),
+    nl.request(_ifinfo(index, flags=IFF_ALLMULTI if on else 0, change=IFF_ALLMULTI),
                RTM_NEWLINK, what=what or "set allmulticast %s on link %d" % ("on" if on else "off", index))
 
 
 def link_set_txqlen(nl, index, qlen, what=None):
-    nl.request(_linkmsg(index=index, attrs=[("IFLA_TXQLEN", qlen)]), RTM_NEWLINK,
+    nl.request(_ifinfo(index) + _a_u32(IFLA_TXQLEN, qlen), RTM_NEWLINK,
                what=what or "set txqueuelen %d on link %d" % (qlen, index))
 
 
 # ---- bridges, veth pairs, bridge ports and per-link address dumps (bridge plugin)
 
-import errno  # noqa: E402
-
-NLA_F_NESTED = 0x8000
 NETLINK_GET_STRICT_CHK = 12
 RTEXT_FILTER_BRVLAN = 2
 BRIDGE_FLAGS_MASTER = 1
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
-IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
 
 
-def _linkinfo(kind, data=None):
-    info = [("IFLA_INFO_KIND", kind)]
+def _linkinfo(kind, data=b""):
+    info = _a_str(IFLA_INFO_KIND, kind)
     if data:
-        info.append(("IFLA_INFO_DATA", {"attrs": data}))
-    return ("IFLA_LINKINFO", {"attrs": info})
+        info += _attr(IFLA_INFO_DATA, data)
+    return _attr(IFLA_LINKINFO, info)
 
 
 def bridge_add(nl, name, mtu=0, mac=None, vlan_filtering=False):
@@ -747,14 +789,14 @@ def bridge_add(nl, name, mtu=0, mac=None, vlan_filtering=False):
     A ``mac`` given here is pinned: the kernel then never moves the
     bridge's MAC to follow the lowest port MAC.
     """
-    attrs = [("IFLA_IFNAME", name)]
+    attrs = _a_str(IFLA_IFNAME, name)
     if mtu:
-        attrs.append(("IFLA_MTU", mtu))
+        attrs += _a_u32(IFLA_MTU, mtu)
     if mac:
-        attrs.append(("IFLA_ADDRESS", mac))
-    attrs.append(_linkinfo("bridge", [("IFLA_BR_VLAN_FILTERING", 1)] if vlan_filtering else None))
+        attrs += _a_mac(IFLA_ADDRESS, mac)
+    attrs += _linkinfo("bridge", _a_u8(IFLA_BR_VLAN_FILTERING, 1) if vlan_filtering else b"")
     try:
-        nl.request(_linkmsg(attrs=attrs, flags=IFF_UP, change=IFF_UP), RTM_NEWLINK,
+        nl.request(_ifinfo(flags=IFF_UP, change=IFF_UP) + attrs, RTM_NEWLINK,
                    NLM_F_CREATE | NLM_F_EXCL, what="create bridge %s" % name)
     except NetlinkError as exc:
         if exc.errno == errno.EEXIST:
@@ -768,21 +810,21 @@ def veth_add(nl, name, peer_name, peer_netns_fd=None, mtu=0, peer_mac=None, mast
     (up, enslaved to ``master``) and ``peer_name`` created directly in the
     netns ``peer_netns_fd`` (down, with ``peer_mac``).  EEXIST is raised:
     either name may be the one taken."""
-    peer = [("IFLA_IFNAME", peer_name)]
+    peer = _ifinfo() + _a_str(IFLA_IFNAME, peer_name)     # VETH_INFO_PEER: an ifinfomsg + attrs
     if mtu:
-        peer.append(("IFLA_MTU", mtu))
+        peer += _a_u32(IFLA_MTU, mtu)
     if peer_mac:
-        peer.append(("IFLA_ADDRESS", peer_mac))
+        peer += _a_mac(IFLA_ADDRESS, peer_mac)
     if peer_netns_fd is not None:
-        peer.append(("IFLA_NET_NS_FD", peer_netns_fd))
-    attrs = [("IFLA_IFNAME", name)]
+        peer += _a_u32(IFLA_NET_NS_FD, peer_netns_fd)
+    attrs = _a_str(IFLA_IFNAME, name)
     if mtu:
-        attrs.append(("IFLA_MTU", mtu))
+        attrs += _a_u32(IFLA_MTU, mtu)
     if master:
-        attrs.append(("IFLA_MASTER", master))
-    attrs.append(_linkinfo("veth", [("VETH_INFO_PEER", {"attrs": peer})]))
+        attrs += _a_u32(IFLA_MASTER, master)
+    attrs += _linkinfo("veth", _attr(VETH_INFO_PEER, peer))
     flags = IFF_UP if up else 0
-    nl.request(_linkmsg(attrs=attrs, flags=flags, change=flags), RTM_NEWLINK,
+    nl.request(_ifinfo(flags=flags, change=flags) + attrs, RTM_NEWLINK,
                NLM_F_CREATE | NLM_F_EXCL, what="create veth %s with peer %s" % (name, peer_name))
 
 
@@ -790,15 +832,14 @@ def brport_set(nl, index, hairpin=None, isolated=None):
     """Set bridge-port flags of link ``index``: RTM_SETLINK for AF_BRIDGE
     with a nested IFLA_PROTINFO (the kernel treats a non-nested one as the
     old STP-state format)."""
-    info = []
+    info = b""
     if hairpin is not None:
-        info.append(("IFLA_BRPORT_MODE", 1 if hairpin else 0))
+        info += _a_u8(IFLA_BRPORT_MODE, 1 if hairpin else 0)
     if isolated is not None:
-        info.append(("IFLA_BRPORT_ISOLATED", 1 if isolated else 0))
+        info += _a_u8(IFLA_BRPORT_ISOLATED, 1 if isolated else 0)
     if not info:
         return
-    nl.request(_linkmsg(index=index, family=AF_BRIDGE,
-                        attrs=[("IFLA_PROTINFO", {"attrs": info}, NLA_F_NESTED)]),
+    nl.request(_ifinfo(index, family=AF_BRIDGE) + _attr(IFLA_PROTINFO | NLA_F_NESTED, info),
                RTM_SETLINK, what="set bridge port flags of link %d" % index)
 
 
@@ -809,21 +850,28 @@ def brport_flags(link):
     """{'hairpin': bool, 'isolated': bool, 'state': int} of a bridge port read
     with link_get (IFLA_INFO_SLAVE_DATA), or None when ``link`` is not one."""
     info = _nested(link.linkinfo)
-    data = info.get(5)                                  # IFLA_INFO_SLAVE_DATA
-    if data is None or _text(info.get(4)) != "bridge":  # IFLA_INFO_SLAVE_KIND
+    data = info.get(IFLA_INFO_SLAVE_DATA)
+    if data is None or _text(info.get(IFLA_INFO_SLAVE_KIND)) != "bridge":
         return None
     port = _nested(data)
     u8 = lambda k: port[k][0] if port.get(k) else None  # noqa: E731
-    # IFLA_BRPORT_MODE 4 (hairpin), IFLA_BRPORT_ISOLATED 33, IFLA_BRPORT_STATE 1
-    return {"hairpin": bool(u8(4)), "isolated": bool(u8(33)), "state": u8(1)}
+    return {"hairpin": bool(u8(IFLA_BRPORT_MODE)), "isolated": bool(u8(IFLA_BRPORT_ISOLATED)),
+            "state": u8(IFLA_BRPORT_STATE)}
+
+
+# VLAN filtering: pyroute2 packs and reads these (only VLAN configurations
+# pay for loading it)
 
 
 def _vlan_request(nl, index, msg_type, entries, what):
     spec = [("IFLA_BRIDGE_FLAGS", BRIDGE_FLAGS_MASTER)]
     for vid, flags in entries:
         spec.append(("IFLA_BRIDGE_VLAN_INFO", {"flags": flags, "vid": vid}))
-    nl.request(_linkmsg(index=index, family=AF_BRIDGE, attrs=[("IFLA_AF_SPEC", {"attrs": spec})]),
-               msg_type, what=what)
+    m = msgclass("ifinfmsg")()
+    m["family"] = AF_BRIDGE
+    m["index"] = index
+    m["attrs"] = [("IFLA_AF_SPEC", {"attrs": spec})]
+    nl.request(m, msg_type, what=what)
 
 
 def bridge_vlan_add(nl, index, vid, pvid=False, untagged=False):
@@ -843,8 +891,10 @@ def bridge_vlan_del(nl, index, vids):
 def bridge_vlans(nl, index):
     """[(vid, flags)] of bridge port ``index``.  The kernel cannot filter
     this dump by port, so only VLAN configurations pay for it."""
-    got = nl.request(_linkmsg(family=AF_BRIDGE, attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_BRVLAN)]),
-                     RTM_GETLINK, NLM_F_DUMP, what="dump bridge vlans")
+    m = msgclass("ifinfmsg")()
+    m["family"] = AF_BRIDGE
+    m["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_BRVLAN)]
+    got = nl.request(m, RTM_GETLINK, NLM_F_DUMP, what="dump bridge vlans", raw=False)
     out = []
     for m in got:
         if m["index"] != index:
@@ -859,7 +909,7 @@ def bridge_vlans(nl, index):
 
 def link_addrs(nl, index, family=AF_UNSPEC):
     """Addresses of link ``index``, filtered by the kernel (a strict-checked
-    dump), so a host with hundreds of veths does not decode every link-local
+    dump), so a host with hundreds of veths does not parse every link-local
     address to read the bridge's two."""
     if not getattr(nl, "strict", False):
         try:
@@ -867,48 +917,22 @@ def link_addrs(nl, index, family=AF_UNSPEC):
         except OSError:
             return addrs(nl, index, family)
         nl.strict = True
-    m = ifaddrmsg()
-    m["family"] = family
-    m["index"] = index
-    got = nl.request(m, RTM_GETADDR, NLM_F_DUMP, what="dump addresses of link %d" % index)
-    return [Addr(a) for a in got if a["index"] == index]
-
-
-def addr_add_flags(nl, index, address, prefixlen, broadcast=None, nodad=False):
-    """Add address/prefixlen to link ``index``; False when it was there.
-    ``nodad`` skips IPv6 duplicate address detection (IFA_F_NODAD)."""
-    m = _addrmsg(index, address, prefixlen, broadcast)
-    if nodad:
-        m["flags"] = IFA_F_NODAD
-    try:
-        nl.request(m, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL,
-                   what="add address %s/%d to link %d" % (address, prefixlen, index))
-    except NetlinkError as exc:
-        if exc.errno == errno.EEXIST:
-            return False
-        raise
-    return True
-
-
-def _raw_dump(nl, msg, msg_type, what):
-    """Run a dump and return each reply's raw bytes, undecoded: for the
-    callers that need a few attributes of hundreds of links (decoding one
-    link with pyroute2 costs ~0.2 ms)."""
-    return nl.request(msg, msg_type, NLM_F_DUMP, what=what, raw=True)
+    got = nl.request(_IFADDR.pack(family, 0, 0, 0, index), RTM_GETADDR, NLM_F_DUMP,
+                     what="dump addresses of link %d" % index)
+    return [a for a in map(Addr, got) if a.index == index]
 
 
 def port_aliases(nl, master):
-    """[(index, name, alias)] of the links enslaved to ``master``, read from
-    the raw dump (IFLA_IFNAME 3, IFLA_MASTER 10, IFLA_IFALIAS 20)."""
-    raw = _raw_dump(nl, _linkmsg(attrs=[("IFLA_MASTER", master),
-                                        ("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]),
-                    RTM_GETLINK, "ports of link %d" % master)
+    """[(index, name, alias)] of the links enslaved to ``master``, from a
+    dump the kernel filters by master."""
+    got = nl.request(_ifinfo() + _a_u32(IFLA_MASTER, master) + _SKIP_STATS, RTM_GETLINK,
+                     NLM_F_DUMP, what="ports of link %d" % master)
     out = []
-    for m in raw:
+    for m in got:
         index, _flags, attrs = _link_attrs(m)
-        if _u32(attrs.get(10)) != master:
+        if _u32(attrs.get(IFLA_MASTER)) != master:
             continue
-        out.append((index, _text(attrs.get(3)) or "", _text(attrs.get(20)) or None))
+        out.append((index, _text(attrs.get(IFLA_IFNAME)) or "", _text(attrs.get(IFLA_IFALIAS)) or None))
     return out
 
 
@@ -959,33 +983,27 @@ def parse_link_brief(m):
 
 
 def link_index(nl):
-    """Every link of the netns as LinkBrief, from one undecoded dump."""
-    raw = _raw_dump(nl, _linkmsg(attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]),
-                    RTM_GETLINK, "links")
-    return [parse_link_brief(m) for m in raw]
+    """Every link of the netns as LinkBrief, from one dump."""
+    return [parse_link_brief(m) for m in nl.request(_ifinfo() + _SKIP_STATS, RTM_GETLINK,
+                                                    NLM_F_DUMP, what="links")]
 
 
-NETNSA_NSID, NETNSA_FD = "NETNSA_NSID", "NETNSA_FD"
+NETNSA_NSID, NETNSA_FD = 1, 3
 
 
 def netns_id(nl, fd):
     """The id this socket's netns gave the netns open on ``fd``, or None
     when it gave none (no link here points into that netns)."""
-    # imported here: only whois and doctor ask, and a plugin exec should not pay for it
-    from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
-    _DECODERS[RTM_NEWNSID] = nsidmsg
-    m = nsidmsg()
-    m["attrs"] = [(NETNSA_FD, fd)]
-    try:
-        got = nl.request(m, RTM_GETNSID, what="get netns id")
+    try:   # rtgenmsg (1 byte, padded to 4), NETNSA_FD
+        got = nl.request(b"\0\0\0\0" + _a_u32(NETNSA_FD, fd), RTM_GETNSID, what="get netns id")
     except NetlinkError as exc:
         if exc.errno in (errno.EINVAL, errno.ENOENT, errno.EBADF):
             return None
         raise
     if not got:
         return None
-    nsid = got[0].get_attr(NETNSA_NSID)
-    if nsid is None:
+    v = _nested(got[0], 20).get(NETNSA_NSID)
+    if v is None or len(v) < 4:
         return None
-    nsid = nsid - (1 << 32) if nsid >= 1 << 31 else nsid
+    (nsid,) = struct.unpack_from("=i", v)
     return nsid if nsid >= 0 else None

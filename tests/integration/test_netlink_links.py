@@ -1,8 +1,10 @@
-"""cnilib.netlink reads links from the raw RTM_NEWLINK bytes (pyroute2's
-full decode costs ~0.2 ms a link); every field must equal what pyroute2's
-decode of the same message says, on the kinds of links the suite meets."""
+"""cnilib.netlink parses links, addresses, routes and neighbours from the
+raw reply bytes (pyroute2's full decode costs ~0.2 ms a message, and
+importing it ~25 ms); every field must equal what pyroute2's decode of the
+same message says, on the kinds of objects the suite meets."""
 
 import os
+import struct
 
 import pytest
 
@@ -74,5 +76,65 @@ def test_raw_link_fields_equal_pyroute2_decode(host, ctr):
             assert briefs["vh-t"].alias == one.alias and briefs["vh-t"].peer_index == one.peer_index
             assert sorted(netlink.port_aliases(nl, by_name["br-t"].index)) == sorted(
                 [(one.index, "vh-t", one.alias), (by_name["vi-t"].index, "vi-t", None)])
+    finally:
+        os.close(fd)
+
+
+def _decoded(nl, body, msg_type):
+    """The same dump, decoded by pyroute2."""
+    return nl.request(body, msg_type, netlink.NLM_F_DUMP, raw=False)
+
+
+def test_raw_addresses_routes_neighbours_equal_pyroute2_decode(host):
+    h = host.run
+    h("ip", "link", "add", "br-a", "type", "bridge")
+    h("ip", "link", "set", "br-a", "up")
+    h("ip", "addr", "add", "10.77.0.1/24", "brd", "10.77.0.255", "dev", "br-a")
+    h("ip", "addr", "add", "fd77::1/64", "dev", "br-a", "nodad")
+    h("ip", "route", "add", "10.78.0.0/16", "via", "10.77.0.9", "dev", "br-a", "metric", "7")
+    h("ip", "route", "add", "10.79.0.0/24", "dev", "br-a", "src", "10.77.0.1", "table", "1000")
+    h("ip", "route", "add", "fd78::/48", "via", "fd77::9", "dev", "br-a")
+    h("ip", "neigh", "replace", "10.77.0.9", "lladdr", "aa:bb:cc:00:00:09", "dev", "br-a", "nud", "permanent")
+    h("ip", "link", "add", "vx-a", "type", "vxlan", "id", "1", "dstport", "8472", "nolearning")
+    h("bridge", "fdb", "append", "aa:bb:cc:00:00:0a", "dev", "vx-a", "dst", "192.0.2.10", "self", "permanent")
+    fd = os.open(host.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netlink.Netlink.in_netns(fd) as nl:
+            ours = netlink.addrs(nl)
+            theirs = _decoded(nl, b"\0" * 8, netlink.RTM_GETADDR)
+            assert len(ours) == len(theirs) >= 4
+            for a, m in zip(ours, theirs):
+                assert (a.family, a.prefixlen, a.index, a.scope, a.flags, a.address, a.label) == (
+                    m["family"], m["prefixlen"], m["index"], m["scope"],
+                    m.get_attr("IFA_FLAGS") or m["flags"],
+                    m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"), m.get_attr("IFA_LABEL"))
+            br = netlink.link_get(nl, "br-a").index
+            assert sorted(a.cidr for a in netlink.link_addrs(nl, br) if a.scope == 0) == \
+                ["10.77.0.1/24", "fd77::1/64"]
+            ours = netlink.routes(nl, table=None)
+            theirs = _decoded(nl, b"\0" * 12, netlink.RTM_GETROUTE)
+            assert len(ours) == len(theirs) >= 5
+            for r, m in zip(ours, theirs):
+                assert (r.family, r.dst_len, r.dst, r.gateway, r.oif, r.table, r.priority, r.scope,
+                        r.proto, r.type, r.flags, r.prefsrc) == (
+                    m["family"], m["dst_len"], m.get_attr("RTA_DST"), m.get_attr("RTA_GATEWAY"),
+                    m.get_attr("RTA_OIF") or 0, m.get_attr("RTA_TABLE") or m["table"],
+                    m.get_attr("RTA_PRIORITY") or 0, m["scope"], m["proto"], m["type"], m["flags"],
+                    m.get_attr("RTA_PREFSRC"))
+            got = {r.cidr: r for r in netlink.routes(nl, table=1000)}
+            assert got["10.79.0.0/24"].prefsrc == "10.77.0.1"
+            assert netlink.route_get(nl, "10.78.1.1").gateway == "10.77.0.9"
+            for fam in (netlink.AF_UNSPEC, netlink.AF_BRIDGE):
+                ours = netlink.neighs(nl, family=fam)
+                theirs = _decoded(nl, struct.pack("=B11x", fam), netlink.RTM_GETNEIGH)
+                assert len(ours) == len(theirs) >= 1
+                for n, m in zip(ours, theirs):
+                    assert (n.family, n.index, n.state, n.flags, n.dst, n.lladdr) == (
+                        m["family"], m["ifindex"], m["state"], m["flags"], m.get_attr("NDA_DST"),
+                        m.get_attr("NDA_LLADDR"))
+            assert any(n.lladdr == "aa:bb:cc:00:00:0a" and n.dst == "192.0.2.10"
+                       for n in netlink.neighs(nl, family=netlink.AF_BRIDGE))
+            vx = netlink.link_get(nl, "vx-a")
+            assert netlink.vxlan_info(vx).vni == 1 and netlink.link_txqlen(vx) == vx.msg.get_attr("IFLA_TXQLEN")
     finally:
         os.close(fd)

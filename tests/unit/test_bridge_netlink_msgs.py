@@ -5,11 +5,13 @@ cannot run in the integration tier; their bytes and their order are checked
 here instead.
 """
 
+import struct
+
 import pytest
 
 from cnilib import bridge, bridgeconf, netlink
 
-ifinfmsg = netlink.ifinfmsg     # the message class netlink.py loads
+ifinfmsg = netlink.msgclass("ifinfmsg")     # what netlink.py packs VLAN requests with
 
 
 class FakeNL:
@@ -19,11 +21,15 @@ class FakeNL:
         self.sent = []
         self.vlans = list(vlans)
 
-    def request(self, msg, msg_type, flags=0, what=""):
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = flags
-        msg.encode()
-        back = ifinfmsg(msg.data)
+    def request(self, msg, msg_type, flags=0, what="", raw=True):
+        if isinstance(msg, bytes):      # packed by hand: pyroute2 must read it back
+            data = struct.pack("=IHHII", 16 + len(msg), msg_type, flags, 1, 0) + msg
+        else:
+            msg["header"]["type"] = msg_type
+            msg["header"]["flags"] = flags
+            msg.encode()
+            data = msg.data
+        back = ifinfmsg(data)
         back.decode()
         self.sent.append((msg_type, flags, back))
         if msg_type == netlink.RTM_GETLINK:
