@@ -2,8 +2,8 @@
 
 The thick-plugin model Multus uses, made optional: when the agent runs,
 every plugin exec becomes a ~7 ms shim (cnilib.agentwire) and the work runs
-in a worker forked from a process that already has pyroute2, the schemas and
-every plugin loaded; when it does not run, the plugins do the work
+in a worker forked from a process that already has the schemas and every
+plugin loaded; when it does not run, the plugins do the work
 themselves.  Nothing about the result differs.
 
 * One worker per request, forked: setns is per-thread and a crash stays in

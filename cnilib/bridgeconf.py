@@ -2,8 +2,7 @@
 
 ``load_conf`` (the schema plus the rules that relate keys), ``container_mac``,
 ``veth_alias`` and ``calc_gateways``.  Kept apart from cnilib.bridge so that
-a config error is reported without loading netlink (pyroute2's message
-classes cost ~20 ms to import).
+a config error is reported without loading netlink, nftables or ipaddress.
 """
 
 import os

@@ -24,9 +24,10 @@ TOOLS = {
 
 
 AGENT_VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
-# plugins whose work loads netlink (pyroute2's message classes, ~25 ms):
-# only they gain from the warm agent; host-local, portmap and firewall are
-# cheaper in-process than through a socket and a fork
+# plugins whose work touches links (bridge, flannel, tuning, loopback): the
+# ones the warm agent was made for (bridge ADD still gains ~5 ms of imports
+# and set-up); host-local, portmap and firewall are cheaper in-process than
+# through a socket and a fork
 AGENT_PLUGINS = frozenset(("bridge", "loopback", "tuning", "flannel"))
 
 

@@ -76,28 +76,32 @@ def save(kind, network, container_id, ifname, data):
 
 
 def netns_identity(path):
-    """{"netns": path, "netns_ino": inode} of the attachment's netns, so a
-    later ADD can tell whether the holder of a key is still alive; {} when
-    the path is unknown or unreadable."""
+    """{"netns": path, "netns_ino": inode, "netns_dev": device} of the
+    attachment's netns, so a later ADD can tell whether the holder of a key
+    is still alive; {} when the path is unknown or unreadable."""
     if not path:
         return {}
     try:
-        return {"netns": path, "netns_ino": os.stat(path).st_ino}
+        st = os.stat(path)
     except OSError:
         return {}
+    return {"netns": path, "netns_ino": st.st_ino, "netns_dev": st.st_dev}
 
 
 def alive(rec):
     """Whether the attachment of ``rec`` still has its netns: False when the
     recorded path is gone or now names another namespace, None when the
-    record does not say (then it counts as alive)."""
-    path, ino = rec.get("netns"), rec.get("netns_ino")
+    record does not say (then it counts as alive).  The device is compared
+    too (records before it was kept compare the inode alone): a mount point
+    left behind on tmpfs may carry any inode number."""
+    path, ino, dev = rec.get("netns"), rec.get("netns_ino"), rec.get("netns_dev")
     if not isinstance(path, str) or not isinstance(ino, int):
         return None
     try:
-        return os.stat(path).st_ino == ino
+        st = os.stat(path)
     except OSError:
         return False
+    return st.st_ino == ino and (not isinstance(dev, int) or st.st_dev == dev)
 
 
 def remove(kind, network, container_id, ifname):

@@ -151,13 +151,20 @@ def _allocate_set(idx, rs, want, store, cid, ifname, taken, mine):
                 % (cid, ifname))
     last = addr.parse(store.last_reserved(idx) or "")
     fam = rs.family
-    for n in candidates(rs, last):
-        if (fam, n) in taken:
-            continue
-        ip = addr.fmt(fam, n)
-        if store.reserve(ip, cid, ifname) is True:
-            return ip, rs.range_for(fam, n)
-        taken.add((fam, n))
+    for full_read in (False, True):
+        if full_read:
+            # the listing counts a torn lease (a writer killed before writing
+            # it) as taken: before giving up, read every lease, so that
+            # reserve() reclaims the torn ones
+            taken.clear()
+            taken.update(_taken(store.scan()))
+        for n in candidates(rs, last):
+            if (fam, n) in taken:
+                continue
+            ip = addr.fmt(fam, n)
+            if store.reserve(ip, cid, ifname) is True:
+                return ip, rs.range_for(fam, n)
+            taken.add((fam, n))
     raise exhausted(idx, rs, taken, store)
 
 
@@ -167,10 +174,19 @@ def allocate(cfg, store, cid, ifname):
     store.create()
     out, made = [], []
     with store.lock():
-        leases = store.scan()
-        taken = _taken(leases)
-        # as in the reference, an id-only (legacy) lease of cid counts as this attachment's
-        mine = [n for n, o in leases.items() if o == (cid, ifname) or o == (cid, None)]
+        # when the index accounts for every lease, the names in use come
+        # from the listing and this attachment's leases from its index
+        # entry: no lease is read.  Otherwise (the Go plugin or an older
+        # pycni wrote there, a crash between lease and index, a torn file)
+        # every lease is read, as the reference does (see ipam.store).
+        taken = store.names()
+        if store.index_accounts_for(len(taken), len(cfg.ranges)):
+            mine = store.indexed(cid, ifname)
+        else:
+            leases = store.scan()
+            taken = _taken(leases)
+            # as in the reference, an id-only (legacy) lease of cid counts as this attachment's
+            mine = [n for n, o in leases.items() if o == (cid, ifname) or o == (cid, None)]
         try:
             for idx, rs in enumerate(cfg.ranges):
                 ip, r = _allocate_set(idx, rs, wanted.get(idx), store, cid, ifname, taken, mine)
@@ -182,6 +198,8 @@ def allocate(cfg, store, cid, ifname):
                 store.log.debug("reserved %s in range set %d (%s) for %s/%s", ip, idx, rs, cid, ifname)
                 out.append({"address": "%s/%d" % (ip, r.prefix), "gateway": r.gateway_str()})
                 _warn_if_nearly_full(idx, rs, taken, store)
+            store.index(cid, ifname, made)
+            store.stamp()
         except BaseException:
             try:
                 store.release(made)

@@ -71,7 +71,7 @@ class Node:
         d = os.path.join(self.ipam_dir, NET_NAME)
         if not os.path.isdir(d):
             return []
-        return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
+        return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith(("last_reserved_ip", ".pycni-attachments")))
 
     def pod_veths(self):
         out = self.ns.run("ip", "-j", "link", "show", "type", "veth").stdout

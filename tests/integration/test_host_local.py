@@ -37,7 +37,7 @@ def hl(plugins, statedir, host, ctr, tmp_path):
         def leases(self, name="net1"):
             d = data / name
             return sorted(n for n in os.listdir(d) if n not in ("lock",)
-                          and not n.startswith("last_reserved_ip.")) if d.is_dir() else []
+                          and not n.startswith(("last_reserved_ip.", ".pycni-attachments"))) if d.is_dir() else []
 
         def owner(self, ip, name="net1"):
             return (data / name / ip).read_bytes()
@@ -128,7 +128,8 @@ def test_sigkill_mid_add_leaves_state_the_next_add_and_del_handle(hl, point):
     # the dead process held the lock: the next ADD is not wedged, and it sweeps the temp file
     r = hl.run("ADD", conf, cid="next")
     assert r.rc == 0, r
-    assert not [n for n in os.listdir(hl.netdir) if n.startswith(".")]
+    assert not [n for n in os.listdir(hl.netdir) if n.startswith(".") and n != ".pycni-attachments"]
+    assert not [n for n in os.listdir(hl.netdir / ".pycni-attachments") if n.startswith(".")]
     held = {ip for ip in hl.leases() if hl.owner(ip).startswith(b"victim")}
     assert not held & set(a.split("/")[0] for a in addresses(r.json))
     assert hl.run("DEL", conf, cid="victim").rc == 0

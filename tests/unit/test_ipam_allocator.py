@@ -6,7 +6,7 @@ import pytest
 
 from cnilib import errors
 from cnilib.ipam import addr, allocator, config
-from cnilib.ipam.store import Store
+from cnilib.ipam.store import INDEX_DIR, Store
 from cnilib.log import Log
 
 
@@ -36,7 +36,16 @@ def release(store, cid, ifname="eth0"):
 
 
 def files(store):
-    return sorted(os.listdir(store.dir))
+    """The lease layout the Go plugin shares (the suite's index dir aside)."""
+    return sorted(n for n in os.listdir(store.dir) if n != INDEX_DIR)
+
+
+def index_of(store, cid, ifname="eth0"):
+    try:
+        with open(os.path.join(store.dir, INDEX_DIR, "%s@%s" % (cid, ifname))) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return None
 
 
 def v4(cidr="10.1.2.0/24", **kw):
@@ -172,6 +181,39 @@ def test_duplicate_add_is_refused(store):
     assert add(cfg, store, "a", "eth1") == ["10.1.2.3/24"]     # another interface is another attachment
 
 
+def test_duplicate_add_is_found_through_the_index_alone(store, monkeypatch):
+    """ADD reads no lease but the ones its index entry names."""
+    cfg = load([[{"subnet": "10.1.2.0/24"}], [{"subnet": "fd00::/64"}]])
+    for i in range(20):
+        add(cfg, store, "c%d" % i)
+    assert index_of(store, "c7") == ["10.1.2.9", "fd00::9"]
+    read = []
+    real = store.owner
+    monkeypatch.setattr(store, "owner", lambda name: read.append(name) or real(name))
+    monkeypatch.setattr(store, "scan", lambda sweep=True: pytest.fail("ADD read every lease"))
+    with pytest.raises(errors.Internal, match="10.1.2.9 has been allocated to c7"):
+        add(cfg, store, "c7")
+    assert read == ["10.1.2.9", "fd00::9"]
+    add(cfg, store, "new")
+    assert read == ["10.1.2.9", "fd00::9"]
+
+
+def test_index_is_only_a_hint(store):
+    cfg = load(v4())
+    add(cfg, store, "a")
+    # the lease went elsewhere behind the index's back (the Go plugin's DEL, say)
+    os.unlink(os.path.join(store.dir, "10.1.2.2"))
+    with open(os.path.join(store.dir, "10.1.2.2"), "wb") as f:
+        f.write(b"b\r\neth0")
+    assert add(cfg, store, "a") == ["10.1.2.3/24"]
+    assert index_of(store, "a") == ["10.1.2.3"]
+    # a lease with no index entry (the Go plugin's ADD, an older pycni) is freed by DEL
+    with open(os.path.join(store.dir, "10.1.2.40"), "wb") as f:
+        f.write(b"go\r\neth0")
+    assert release(store, "go") == ["10.1.2.40"]
+    assert sorted(release(store, "a")) == ["10.1.2.3"] and index_of(store, "a") is None
+
+
 def test_legacy_lease_counts_as_a_duplicate(store):
     cfg = load(v4())
     store.create()
@@ -179,6 +221,24 @@ def test_legacy_lease_counts_as_a_duplicate(store):
         f.write(b"old")
     with pytest.raises(errors.Internal, match="10.1.2.9 has been allocated to old"):
         add(cfg, store, "old")
+
+
+def test_leases_the_index_does_not_account_for_are_all_read(store, monkeypatch):
+    """A lease with no index entry (the Go plugin's, an older pycni's, or a
+    crash between lease and entry) sends ADD back to reading every lease."""
+    cfg = load(v4())
+    add(cfg, store, "a")
+    with open(os.path.join(store.dir, "10.1.2.40"), "wb") as f:
+        f.write(b"go\r\neth0")
+    scans = []
+    real = store.scan
+    monkeypatch.setattr(store, "scan", lambda sweep=True: scans.append(1) or real(sweep))
+    with pytest.raises(errors.Internal, match="10.1.2.40 has been allocated to go"):
+        add(cfg, store, "go")
+    assert scans == [1]
+    assert release(store, "go") == ["10.1.2.40"]          # DEL reads every lease, always
+    del scans[:]
+    assert add(cfg, store, "b") == ["10.1.2.3/24"] and scans == []    # accounted for again
 
 
 # --------------------------------------------------------------- requested addresses
@@ -299,3 +359,19 @@ def test_dead_writers_temp_files_are_swept(store):
         f.write(b"dead\r\neth0")
     add(cfg, store, "a")
     assert not os.path.exists(tmp)
+
+
+def test_another_writer_is_noticed_even_when_the_counts_match(store):
+    """The Go plugin's DEL of our pod and its ADD of another leave one lease
+    and one (stale) index entry: the lease dir's mtime, stamped into the
+    index dir by every ADD/DEL/GC here, tells ADD to read every lease."""
+    cfg = load(v4())
+    add(cfg, store, "ours")
+    os.unlink(os.path.join(store.dir, "10.1.2.2"))              # Go's DEL
+    with open(os.path.join(store.dir, "10.1.2.3"), "wb") as f:  # Go's ADD
+        f.write(b"go\r\neth0")
+    st = os.stat(store.dir)
+    os.utime(os.path.join(store.dir, INDEX_DIR), ns=(st.st_mtime_ns - 1, st.st_mtime_ns - 1))
+    assert not store.index_accounts_for(1, 1)
+    with pytest.raises(errors.Internal, match="10.1.2.3 has been allocated to go"):
+        add(cfg, store, "go")

@@ -135,3 +135,27 @@ def test_unwritable_reports_why_without_creating(tmp_path):
     (tmp_path / "file").write_text("x")
     why = Store(str(tmp_path / "file" / "sub"), "net1", log).unwritable()
     assert "not a directory" in why
+
+
+def test_gc_sweeps_the_index_entries_of_dead_attachments(st):
+    seed_gc(st)
+    with st.lock():
+        st.index("live", "eth0", ["10.0.0.2"])
+        st.index("dead", "eth0", ["10.0.0.4"])
+        st.index("x.y-z", "e@th", ["10.0.0.9"])
+        put(st, os.path.join(lstore.INDEX_DIR, fsutil.TMP_PREFIX + "1-dead"), b"10.0.0.9\n")
+        st.gc({("live", "eth0"), ("x.y-z", "e@th")})
+    assert sorted(os.listdir(os.path.join(st.dir, lstore.INDEX_DIR))) == ["live@eth0", "x.y-z@e@th"]
+    assert st.indexed("live", "eth0") == ["10.0.0.2"]
+    assert st.indexed("x.y-z", "e@th") == []        # names a lease nobody holds
+
+
+def test_index_entry_never_matches_a_go_lease_lookup(st):
+    """The Go plugin walks the directory recursively and compares a file's
+    trimmed content with "<cid>\\r\\n<ifname>" (or the bare cid)."""
+    with st.lock():
+        st.index("abc", "eth0", ["10.0.0.2", "fd00::2"])
+    with open(os.path.join(st.dir, lstore.INDEX_DIR, "abc@eth0"), "rb") as f:
+        text = f.read().decode().strip()
+    assert text not in ("abc\r\neth0", "abc")
+    assert lstore.parse_lease(text.encode()) not in (("abc", "eth0"), ("abc", None))

@@ -1,6 +1,8 @@
 """The shared nftables tables' bookkeeping, without a kernel: element keys,
 records, the add/take-over/conflict plan, and GC's sweep of a listing."""
 
+import os
+
 import pytest
 
 from cnilib import errors
@@ -178,3 +180,16 @@ def test_whois_groups_the_shared_tables_by_attachment():
     assert old.att_hash == naming.attachment_hash(*OTHER) and old.where.startswith("nft inet pycni-hostport ")
     assert old.delete == [["nft", "delete", "element", "inet", "pycni-hostport", "masq4", "{ 10.0.0.3 }"],
                           ["nft", "delete", "chain", "inet", "pycni-hostport", hp_old]]
+
+
+def test_a_holder_is_its_netns_by_device_and_inode(tmp_path):
+    ns = tmp_path / "netns"
+    ns.write_text("")
+    st = os.stat(ns)
+    ident = records.netns_identity(str(ns))
+    assert ident == {"netns": str(ns), "netns_ino": st.st_ino, "netns_dev": st.st_dev}
+    assert records.alive(dict(ident)) is True
+    # the same inode number on another file system is another file
+    assert records.alive(dict(ident, netns_dev=st.st_dev + 1)) is False
+    # a record written before the device was kept compares the inode alone
+    assert records.alive({"netns": str(ns), "netns_ino": st.st_ino}) is True
