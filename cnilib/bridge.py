@@ -52,7 +52,8 @@ def ensure_bridge(nl, conf, log):
                     name, br.mtu, conf["mtu"], conf["mtu"])
     if conf["promiscMode"] and not br.promisc:
         netlink.link_set(nl, br.index, promisc=True, what="set %s promisc on" % name)
-    _sysctl_quiet("net/ipv6/conf/%s/accept_ra" % name, "0")
+    if br.devconf6(netlink.DEVCONF_ACCEPT_RA) != 0:        # read from the link, not /proc
+        _sysctl_quiet("net/ipv6/conf/%s/accept_ra" % name, "0")
     if not br.up:
         netlink.link_set(nl, br.index, up=True, what="set %s up" % name)
     return br
@@ -93,7 +94,8 @@ def setup_veth(nl, cnl, netns_fd, ifname, br, conf, mac, alias=None):
 
 def setup_port(nl, port, conf):
     """accept_ra off, hairpin/isolated and VLANs of a new bridge port."""
-    _sysctl_quiet("net/ipv6/conf/%s/accept_ra" % port.name, "0")
+    if port.devconf6(netlink.DEVCONF_ACCEPT_RA) != 0:      # a new link: the default, 1
+        _sysctl_quiet("net/ipv6/conf/%s/accept_ra" % port.name, "0", only_if_different=False)
     if conf["hairpinMode"] or conf["portIsolation"]:
         try:
             netlink.brport_set(nl, port.index, hairpin=conf["hairpinMode"],
@@ -159,19 +161,20 @@ def ensure_gateway_addrs(nl, link, gws, conf, network, own_ips, log):
     lease in its subnet.  Otherwise the ADD fails naming both addresses
     and the fix.  Returns True when an address was added.
     """
-    import ipaddress
-
     from cnilib import iface
+    from cnilib.ipam import addr
     added = False
     for fam in (4, 6):
-        want = [(ipaddress.ip_address(ip), plen) for ip, plen in gws[fam]]
+        want = [(addr.canonical(ip), plen) for ip, plen in gws[fam]]
         if not want:
             continue
         af = netlink.AF_INET if fam == 4 else netlink.AF_INET6
-        have = [(ipaddress.ip_address(a.address), a.prefixlen) for a in netlink.link_addrs(nl, link.index, af)]
+        have = [(addr.canonical(a.address), a.prefixlen) for a in netlink.link_addrs(nl, link.index, af)]
         stale = [h for h in have if h not in want and _conflicts(h, want)]
         if stale:
-            _repair_stale(nl, link, stale, want, conf, network, own_ips, log)
+            import ipaddress        # only here: a bridge that kept an old address
+            _repair_stale(nl, link, [(ipaddress.ip_address(i), p) for i, p in stale],
+                          [(ipaddress.ip_address(i), p) for i, p in want], conf, network, own_ips, log)
         for ip, plen in want:
             if (ip, plen) in have:
                 continue
@@ -181,20 +184,21 @@ def ensure_gateway_addrs(nl, link, gws, conf, network, own_ips, log):
             except netlink.NetlinkError as exc:
                 raise errors.Internal("failed to set bridge addr: could not add IP address %s/%d "
                                       "to %r: %s" % (ip, plen, link.name, exc.strerror)) from exc
-        enable_forwarding(fam)
+        enable_forwarding(fam, nl)
     return added
 
 
 def _conflicts(have, want):
     """IPv4: any other address conflicts.  IPv6: only one whose subnet
-    overlaps a wanted one (link-local addresses are fine)."""
-    import ipaddress
-    ip, plen = have
-    if ip.version == 4:
+    overlaps a wanted one (link-local addresses are fine).  Addresses are
+    canonical strings, as ensure_gateway_addrs builds them."""
+    from cnilib.ipam import addr
+    fam, n = addr.parse(have[0])
+    if fam == 4:
         return True
-    net = ipaddress.ip_network("%s/%d" % (ip, plen), strict=False)
     for w, wplen in want:
-        if net.overlaps(ipaddress.ip_network("%s/%d" % (w, wplen), strict=False)):
+        m = addr.mask(6, min(have[1], wplen))
+        if n & m == addr.parse(w)[1] & m:
             return True
     return False
 
@@ -267,7 +271,11 @@ def _stale_blockers(nl, link, ip, plen, conf, network, own_ips):
     return out
 
 
-def enable_forwarding(fam):
+def enable_forwarding(fam, nl=None):
+    """ip_forward (or IPv6 all.forwarding) on; read over netlink first, as
+    a /proc open costs ~1 ms in a netns with a thousand links."""
+    if nl is not None and netlink.forwarding(nl, netlink.AF_INET if fam == 4 else netlink.AF_INET6) == 1:
+        return
     name = "net/ipv4/ip_forward" if fam == 4 else "net/ipv6/conf/all/forwarding"
     try:
         sysctl.write(name, "1")
@@ -337,9 +345,9 @@ def gc_veths(nl, conf, network, valid, log):
     return gone
 
 
-def _sysctl_quiet(name, value):
+def _sysctl_quiet(name, value, only_if_different=True):
     try:
-        sysctl.write(name, value)
+        sysctl.write(name, value, only_if_different)
     except errors.CniError:
         pass
 

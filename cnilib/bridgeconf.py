@@ -141,15 +141,14 @@ def calc_gateways(result, conf):
     Returns {4: [(gw, prefixlen)], 6: [...]}: the addresses the bridge
     needs (empty without isGateway).
     """
-    import ipaddress
+    from cnilib.ipam import addr
     gws = {4: [], 6: []}
     default_found = {4: False, 6: False}
     for ip in result.ips:
-        iface = ipaddress.ip_interface(ip["address"])
-        fam = iface.version
+        fam, n, prefix = addr.cidr(ip["address"])
         ip["interface"] = 2
         if not ip.get("gateway") and conf["isGateway"]:
-            ip["gateway"] = str(iface.network.network_address + 1)
+            ip["gateway"] = addr.fmt(fam, (n & addr.mask(fam, prefix)) + 1)
         if conf["isDefaultGateway"] and not default_found[fam]:
             dflt = "0.0.0.0/0" if fam == 4 else "::/0"
             for r in result.routes:
@@ -163,7 +162,10 @@ def calc_gateways(result, conf):
                 result.routes.append(route)
                 default_found[fam] = True
         if conf["isGateway"]:
-            g = (str(ipaddress.ip_address(ip["gateway"])), iface.network.prefixlen)
+            gw = addr.canonical(ip["gateway"])
+            if gw is None:
+                raise ValueError("invalid gateway address: %r" % (ip["gateway"],))
+            g = (gw, prefix)
             if g not in gws[fam]:
                 gws[fam].append(g)
     return gws

@@ -56,8 +56,8 @@ def ips_for(result, ifname):
 
 def canonical_net(cidr):
     """'10.1.2.3/16' -> '10.1.0.0/16' (the kernel refuses host bits in a route dst)."""
-    import ipaddress
-    return str(ipaddress.ip_network(cidr, strict=False))
+    from cnilib.ipam import addr
+    return addr.network(cidr)
 
 
 def configure(nl, netns_fd, link, result, sysctls=()):
@@ -72,6 +72,7 @@ def configure(nl, netns_fd, link, result, sysctls=()):
                  ("net/ipv6/conf/%s/disable_ipv6" % ifname, "0"),
                  ("net/ipv6/conf/%s/keep_addr_on_down" % ifname, "1"),
                  ("net/ipv6/conf/%s/ndisc_notify" % ifname, "1")]
+    todo = [(n, v) for n, v in todo if not _known(nl, link, n, v)]
     if todo:
         with netns.Enter(netns_fd):
             for name, value in todo:
@@ -156,11 +157,35 @@ def broadcast(addr, plen):
     return "%d.%d.%d.%d" % (n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255)
 
 
+_DEVCONF6 = {"accept_ra": netlink.DEVCONF_ACCEPT_RA, "disable_ipv6": netlink.DEVCONF_DISABLE_IPV6,
+             "accept_dad": netlink.DEVCONF_ACCEPT_DAD}
+
+
+def _known(nl, link, name, value):
+    """True when sysctl ``name`` of ``link`` needs no /proc access: it
+    already holds ``value`` (per the link message), or it is arp_notify,
+    which netlink sets.  The first /proc open in a new netns costs ~1 ms
+    on a host with a thousand of them."""
+    parts = name.split("/")
+    if len(parts) != 5 or parts[3] != link.name or not value.isdigit():
+        return False
+    if parts[:3] == ["net", "ipv6", "conf"] and parts[4] in _DEVCONF6:
+        return link.devconf6(_DEVCONF6[parts[4]]) == int(value)
+    if parts[:3] == ["net", "ipv4", "conf"] and parts[4] == "arp_notify":
+        try:
+            netlink.link_set_arp_notify(nl, link.index, value != "0")
+        except netlink.NetlinkError:
+            return False        # /proc then, with its own error handling
+        return True
+    return False
+
+
 def _sysctl(name, value, required=False):
     """Write a container sysctl.  Like the reference, only the IPv6 enable
-    is fatal: the others are tuning that a kernel without IPv6 lacks."""
+    is fatal: the others are tuning that a kernel without IPv6 lacks (and
+    are written without reading them first: one /proc open, not two)."""
     try:
-        sysctl.write(name, value)
+        sysctl.write(name, value, only_if_different=required)
     except errors.CniError as exc:
         if required:
             raise errors.Internal("failed to enable IPv6 for interface (%s=%s): %s"

@@ -49,6 +49,23 @@ def parse_cidr(s):
     return got[0], got[1], prefix, written6 and got[0] == 4
 
 
+def cidr(s):
+    """(family, int, prefix) of 'ip/len' as Go reads it (an IPv4-mapped
+    address is IPv4, its prefix counted in IPv4 bits); ValueError when it is
+    not one.  What the bridge path uses instead of ``ipaddress``."""
+    got = parse_cidr(s)
+    if got is None or (got[3] and got[2] < 96):
+        raise ValueError("invalid CIDR address: %r" % (s,))
+    fam, n, prefix, mapped = got
+    return fam, n, prefix - 96 if mapped else prefix
+
+
+def network(s):
+    """'10.1.2.3/16' -> '10.1.0.0/16'; ValueError when ``s`` is no CIDR."""
+    fam, n, prefix = cidr(s)
+    return "%s/%d" % (fmt(fam, n & mask(fam, prefix)), prefix)
+
+
 def fmt(family, n):
     """The address as Go prints it."""
     if family == 4 or n >> 32 == 0xFFFF:

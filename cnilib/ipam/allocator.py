@@ -119,6 +119,8 @@ def _in_use(rs, taken):
 
 def _warn_if_nearly_full(idx, rs, taken, store):
     cap = rs.capacity()
+    if len(taken) * 10 < cap * 9:       # cannot be 90% full: skip counting per range
+        return
     used = _in_use(rs, taken)
     if used * 10 >= cap * 9:
         store.log.warning("range set %d (%s) is %d%% full: %d of %d addresses in use",

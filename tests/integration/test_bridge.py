@@ -205,6 +205,14 @@ def test_dual_stack_ping_and_default_routes(node):
     assert ping(a, "fd00:22::1")                    # the bridge's gateway, no DAD wait
     assert [r for r in ctr_routes(a, "-6") if r["dst"] == "default"][0]["gateway"] == "fd00:22::1"
     assert ctr_link(a) and a.run("sysctl", "-n", "net.ipv6.conf.eth0.accept_dad").stdout.strip() == "0"
+    # the sysctls the reference sets, whether through /proc or netlink here
+    sysctl = lambda ns, name: ns.run("sysctl", "-n", name).stdout.strip()  # noqa: E731
+    assert sysctl(a, "net.ipv4.conf.eth0.arp_notify") == "1"
+    host_veth = ra["interfaces"][1]["name"]
+    assert sysctl(node.host, "net.ipv6.conf.%s.accept_ra" % host_veth) == "0"
+    assert sysctl(node.host, "net.ipv6.conf.%s.accept_ra" % ra["interfaces"][0]["name"]) == "0"
+    assert sysctl(node.host, "net.ipv4.ip_forward") == "1"
+    assert sysctl(node.host, "net.ipv6.conf.all.forwarding") == "1"
     assert node.check(conf, a, ra, cid="ca").rc == 0
     node.delete(conf, a, cid="ca")
     node.delete(conf, b, cid="cb")

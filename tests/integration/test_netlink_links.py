@@ -134,6 +134,22 @@ def test_raw_addresses_routes_neighbours_equal_pyroute2_decode(host):
                         m.get_attr("NDA_LLADDR"))
             assert any(n.lladdr == "aa:bb:cc:00:00:0a" and n.dst == "192.0.2.10"
                        for n in netlink.neighs(nl, family=netlink.AF_BRIDGE))
+            # sysctls read from the link message and RTM_GETNETCONF, as /proc says
+            h("sysctl", "-qw", "net.ipv6.conf.br-a.accept_ra=2", "net.ipv6.conf.br-a.accept_dad=0",
+              "net.ipv4.ip_forward=1")
+            br_link = netlink.link_get(nl, "br-a")
+            for key, idx in (("accept_ra", netlink.DEVCONF_ACCEPT_RA),
+                             ("disable_ipv6", netlink.DEVCONF_DISABLE_IPV6),
+                             ("accept_dad", netlink.DEVCONF_ACCEPT_DAD)):
+                want = h("sysctl", "-n", "net.ipv6.conf.br-a." + key).stdout.strip()
+                assert br_link.devconf6(idx) == int(want), key
+            assert netlink.forwarding(nl, netlink.AF_INET) == 1
+            assert netlink.forwarding(nl, netlink.AF_INET6) == int(
+                h("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip())
+            netlink.link_set_arp_notify(nl, br, True)
+            assert h("sysctl", "-n", "net.ipv4.conf.br-a.arp_notify").stdout.strip() == "1"
+            netlink.link_set_arp_notify(nl, br, False)
+            assert h("sysctl", "-n", "net.ipv4.conf.br-a.arp_notify").stdout.strip() == "0"
             vx = netlink.link_get(nl, "vx-a")
             assert netlink.vxlan_info(vx).vni == 1 and netlink.link_txqlen(vx) == vx.msg.get_attr("IFLA_TXQLEN")
     finally:
