@@ -49,6 +49,11 @@ def preload(log=print):
             importlib.import_module(mod)
         except ImportError as exc:
             log("agent: cannot preload %s: %s" % (mod, exc))
+    from cnilib import netlink
+    try:
+        netlink.msgclass("ifinfmsg")    # bridge VLAN requests are packed with pyroute2's
+    except ImportError as exc:
+        log("agent: cannot preload pyroute2's ifinfmsg: %s" % exc)
     from cnilib import netns
     try:
         netns.setns(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))  # loads ctypes/libc

@@ -50,3 +50,5 @@ def test_agent_preload_finds_every_module_it_names():
     msgs = []
     agent.preload(msgs.append)
     assert msgs == []
+    import sys
+    assert "pyroute2.netlink.rtnl.ifinfmsg" in sys.modules     # the VLAN requests' encoder
