@@ -123,7 +123,11 @@ def test_hairpin_and_port_isolation(node):
     assert pa["hairpin"] is True and pa["isolated"] is True
     assert pb["hairpin"] is False and pb["isolated"] is False
     # isolated ports cannot talk to each other, only to non-isolated ones
-    assert ping(b, "10.22.0.2")
+    c = node.container()
+    rc = node.add(node.conf(portIsolation=True), c, cid="cc")
+    ip_a, ip_c = (r["ips"][0]["address"].split("/")[0] for r in (ra, rc))
+    assert ping(b, ip_a) and ping(b, ip_c)
+    assert not ping(a, ip_c) and not ping(c, ip_a)
 
 
 def test_promiscuous_bridge(node):

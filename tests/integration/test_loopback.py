@@ -30,8 +30,9 @@ def test_add_check_del(plugins, statedir, host, netns_factory, v):
         assert res["ip4"]["ip"] == "127.0.0.1/8"
     else:
         assert res["interfaces"] == [{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": ctr.path}]
-        assert {"address": "127.0.0.1/8", "interface": 0} in [
-            {k: ip[k] for k in ("address", "interface")} for ip in res["ips"]]
+        got = [{k: ip[k] for k in ("address", "interface")} for ip in res["ips"]]
+        assert {"address": "127.0.0.1/8", "interface": 0} in got
+        assert {"address": "::1/128", "interface": 0} in got      # IPv6 is on in the netns
     assert lo_state(ctr)
     if v >= "0.4.0":
         assert run_plugin(exe, "CHECK", dict(conf, prevResult=res), **kw).rc == 0
