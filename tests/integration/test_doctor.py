@@ -353,9 +353,16 @@ def test_leftover_masquerade_and_firewall_rules_of_a_dead_pod(fabric):
     text = "\n".join(c["evidence"])
     assert "inet pycni-fw" in text and "(firewall) of fwnet/" in text, text
     assert "inet pycni-masq" in text and "(bridge ipMasq) of fwnet/" in text, text
+    # whois shows the same leftovers as the row of a gone attachment
+    _rc, who = n1.whois()
+    rows = [r for r in who["attachments"] if r["network"] == "fwnet"]
+    assert len(rows) == 1 and not rows[0]["live"] and "rules" in rows[0]["orphan"], rows
+    wheres = " | ".join(g["where"] for g in rows[0]["rules"])
+    assert "inet pycni-fw" in wheres and "inet pycni-masq" in wheres, wheres
     for f in c["fix"]:
         run_fix(n1, f)
     assert statuses(n1.doctor()[1])["leftover-rules"] == "PASS"
+    assert not [r for r in n1.whois()[1]["attachments"] if r["network"] == "fwnet"]
 
 
 # ---------------------------------------------------------------- configs and files
