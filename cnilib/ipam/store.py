@@ -106,23 +106,29 @@ class Store:
         return os.path.join(self.dir, fsutil.check_component(name, "lease name"))
 
     # -- reading ---------------------------------------------------------------
-    def scan(self, sweep=True):
-        """{lease file name: owner} for every file named like an address.
-
-        With ``sweep`` (lock held) temp files of dead writers are removed.
-        """
-        out = {}
+    def _listed(self, sweep):
+        """[(name, (family, int))] of every address-named entry of the
+        directory listing; with ``sweep`` (lock held) temp files of dead
+        writers are removed on the way."""
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
-            return out
+            return []
+        out = []
         for name in names:
             if name.startswith(fsutil.TMP_PREFIX):
                 if sweep and fsutil.remove(os.path.join(self.dir, name)):
                     self.log.warning("removed %s/%s left by a writer that died", self.dir, name)
                 continue
-            if name == LOCK or name.startswith(LAST_PREFIX) or addr.parse(name) is None:
-                continue
+            got = addr.parse(name)
+            if got is not None:
+                out.append((name, got))
+        return out
+
+    def scan(self, sweep=True):
+        """{lease file name: owner} for every file named like an address."""
+        out = {}
+        for name, _got in self._listed(sweep):
             try:
                 owner = parse_lease(fsutil.read_file(os.path.join(self.dir, name), MAX_LEASE))
             except OSError:
@@ -132,23 +138,9 @@ class Store:
         return out
 
     def names(self):
-        """{(family, int)} of every address-named entry, read from the
-        directory listing alone (a torn lease counts as taken here); temp
-        files of dead writers are removed (lock held)."""
-        out = set()
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return out
-        for name in names:
-            if name.startswith(fsutil.TMP_PREFIX):
-                if fsutil.remove(os.path.join(self.dir, name)):
-                    self.log.warning("removed %s/%s left by a writer that died", self.dir, name)
-                continue
-            got = addr.parse(name)
-            if got is not None:
-                out.add(got)
-        return out
+        """{(family, int)} of every address-named entry, from the listing
+        alone (a torn lease counts as taken here); sweeps like scan()."""
+        return {got for _name, got in self._listed(True)}
 
     def owner(self, name):
         """Owner of lease ``name``; None if there is no such file."""
