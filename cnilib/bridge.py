@@ -184,7 +184,7 @@ def ensure_gateway_addrs(nl, link, gws, conf, network, own_ips, log):
             except netlink.NetlinkError as exc:
                 raise errors.Internal("failed to set bridge addr: could not add IP address %s/%d "
                                       "to %r: %s" % (ip, plen, link.name, exc.strerror)) from exc
-        enable_forwarding(fam, nl)
+        enable_forwarding(nl, fam)
     return added
 
 
@@ -271,10 +271,10 @@ def _stale_blockers(nl, link, ip, plen, conf, network, own_ips):
     return out
 
 
-def enable_forwarding(fam, nl=None):
+def enable_forwarding(nl, fam):
     """ip_forward (or IPv6 all.forwarding) on; read over netlink first, as
     a /proc open costs ~1 ms in a netns with a thousand links."""
-    if nl is not None and netlink.forwarding(nl, netlink.AF_INET if fam == 4 else netlink.AF_INET6) == 1:
+    if netlink.forwarding(nl, netlink.AF_INET if fam == 4 else netlink.AF_INET6) == 1:
         return
     name = "net/ipv4/ip_forward" if fam == 4 else "net/ipv6/conf/all/forwarding"
     try:

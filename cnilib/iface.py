@@ -1,9 +1,13 @@
 """Apply an IPAM result to an interface in a container: the reference's
 ``ipam.ConfigureIface``, step by step, over one netlink socket.
 
-1. sysctls first, in one setns round trip: the caller's (arp_notify,
-   accept_dad) and, when the result has IPv6, disable_ipv6=0 on lo and the
-   interface plus keep_addr_on_down=1 and ndisc_notify=1;
+1. sysctls first: the bridge's (arp_notify=1, accept_dad=0, or 1 with
+   enhanced_dad=1 when ``dad``) and, when the result has IPv6,
+   disable_ipv6=0 on lo and the interface plus keep_addr_on_down=1 and
+   ndisc_notify=1.  arp_notify goes over netlink, accept_dad and
+   disable_ipv6 are read from the link message and written only when they
+   differ; the rest through /proc in one setns round trip (the first
+   /proc open in a new netns costs ~1 ms on a host with a thousand);
 2. every address whose ``interface`` index names this interface, added
    while the link is still down, so that bringing it up announces them
    (arp_notify makes the kernel send a gratuitous ARP on NETDEV_UP);
@@ -60,19 +64,27 @@ def canonical_net(cidr):
     return addr.network(cidr)
 
 
-def configure(nl, netns_fd, link, result, sysctls=()):
+def configure(nl, netns_fd, link, result, dad=False):
     """Configure ``link`` (a netlink.Link read through ``nl``, the socket in
     the container netns ``netns_fd``) from ``result``; see the module doc."""
     ifname = link.name
     mine = ips_for(result, ifname)
     has_v6 = any(ip_family(ip["address"]) == 6 for ip in mine)
-    todo = list(sysctls)
+    conf6 = "net/ipv6/conf/%s/" % ifname
+    todo = []
+    if link.devconf6(netlink.DEVCONF_ACCEPT_DAD) != (1 if dad else 0):
+        todo.append((conf6 + "accept_dad", "1" if dad else "0"))
+    if dad:
+        todo.append((conf6 + "enhanced_dad", "1"))
+    try:
+        netlink.link_set_arp_notify(nl, link.index, True)
+    except netlink.NetlinkError:
+        todo.append(("net/ipv4/conf/%s/arp_notify" % ifname, "1"))
     if has_v6:
-        todo += [("net/ipv6/conf/lo/disable_ipv6", "0"),
-                 ("net/ipv6/conf/%s/disable_ipv6" % ifname, "0"),
-                 ("net/ipv6/conf/%s/keep_addr_on_down" % ifname, "1"),
-                 ("net/ipv6/conf/%s/ndisc_notify" % ifname, "1")]
-    todo = [(n, v) for n, v in todo if not _known(nl, link, n, v)]
+        todo.append(("net/ipv6/conf/lo/disable_ipv6", "0"))
+        if link.devconf6(netlink.DEVCONF_DISABLE_IPV6) != 0:
+            todo.append((conf6 + "disable_ipv6", "0"))
+        todo += [(conf6 + "keep_addr_on_down", "1"), (conf6 + "ndisc_notify", "1")]
     if todo:
         with netns.Enter(netns_fd):
             for name, value in todo:
@@ -155,29 +167,6 @@ def broadcast(addr, plen):
     n = (parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]
     n |= (1 << (32 - plen)) - 1
     return "%d.%d.%d.%d" % (n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255)
-
-
-_DEVCONF6 = {"accept_ra": netlink.DEVCONF_ACCEPT_RA, "disable_ipv6": netlink.DEVCONF_DISABLE_IPV6,
-             "accept_dad": netlink.DEVCONF_ACCEPT_DAD}
-
-
-def _known(nl, link, name, value):
-    """True when sysctl ``name`` of ``link`` needs no /proc access: it
-    already holds ``value`` (per the link message), or it is arp_notify,
-    which netlink sets.  The first /proc open in a new netns costs ~1 ms
-    on a host with a thousand of them."""
-    parts = name.split("/")
-    if len(parts) != 5 or parts[3] != link.name or not value.isdigit():
-        return False
-    if parts[:3] == ["net", "ipv6", "conf"] and parts[4] in _DEVCONF6:
-        return link.devconf6(_DEVCONF6[parts[4]]) == int(value)
-    if parts[:3] == ["net", "ipv4", "conf"] and parts[4] == "arp_notify":
-        try:
-            netlink.link_set_arp_notify(nl, link.index, value != "0")
-        except netlink.NetlinkError:
-            return False        # /proc then, with its own error handling
-        return True
-    return False
 
 
 def _sysctl(name, value, required=False):

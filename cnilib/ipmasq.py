@@ -45,8 +45,8 @@ SET = {4: "saddr4", 6: "saddr6"}
 def _split(cidr):
     """'10.1.0.5/24' -> (family, '10.1.0.5', '10.1.0.0/24')."""
     from cnilib.ipam import addr
-    fam, n, prefix = addr.cidr(cidr)
-    return fam, addr.fmt(fam, n), "%s/%d" % (addr.fmt(fam, n & addr.mask(fam, prefix)), prefix)
+    fam, n, _prefix = addr.cidr(cidr)
+    return fam, addr.fmt(fam, n), addr.network(cidr)
 
 
 # ------------------------------------------------------------ rendering (pure)

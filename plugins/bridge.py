@@ -130,11 +130,7 @@ def _add(a, c, mac, alias, undo):
         if gw_link is not br:
             result.interfaces.append({"name": gw_link.name, "mac": gw_link.mac})
         if c["_l3"]:
-            dad = ([("net/ipv6/conf/%s/accept_dad" % a.ifname, "1"),
-                    ("net/ipv6/conf/%s/enhanced_dad" % a.ifname, "1")] if c["enabledad"]
-                   else [("net/ipv6/conf/%s/accept_dad" % a.ifname, "0")])
-            iface.configure(cnl, a.netns_fd, cont, result,
-                            sysctls=dad + [("net/ipv4/conf/%s/arp_notify" % a.ifname, "1")])
+            iface.configure(cnl, a.netns_fd, cont, result, dad=c["enabledad"])
         elif not c["disableContainerInterface"]:
             netlink.link_set(cnl, cont.index, up=True, what="set %s up" % a.ifname)
         failpoint.hit("bridge.add.after_addrs")
