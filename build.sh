@@ -65,7 +65,7 @@ build_py() {
   mkdir -p "$out.new/pycni.d"
   cp -a cnilib plugins "$out.new/pycni.d/"
   find "$out.new/pycni.d" -name __pycache__ -prune -exec rm -rf {} +
-  rm -rf "$out.new/pycni.d/cnilib/schema"   # pydantic models: build/test time only
+  rm -rf "$out.new/pycni.d/cnilib/cni/schema"   # pydantic models: build/test time only
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$out.new/pycni.d" \
       "$(grep '^pyroute2==' requirements.txt)"
   rm -rf "$out.new/pycni.d/bin" "$out.new/pycni.d"/*.dist-info
@@ -96,8 +96,8 @@ build_bin() {
   rm -rf "$work" "$out"
   mkdir -p "$work"
   local hidden=()
-  for f in cnilib/*.py cnilib/*/*.py plugins/*.py; do
-    case $f in cnilib/schema/*) continue ;; esac
+  for f in $(find cnilib plugins -name '*.py' | sort); do
+    case $f in cnilib/cni/schema/*) continue ;; esac
     m=${f%.py}; m=${m//\//.}; m=${m%.__init__}
     hidden+=(--hidden-import "$m")
   done
@@ -109,7 +109,7 @@ EOF
       --name pycni --contents-directory .pycni --specpath "$work" \
       --paths "$TOP" "${hidden[@]}" \
       --collect-submodules pyroute2.netlink.rtnl \
-      --exclude-module pydantic --exclude-module pydantic_core --exclude-module cnilib.schema \
+      --exclude-module pydantic --exclude-module pydantic_core --exclude-module cnilib.cni.schema \
       --exclude-module tkinter \
       "$work/entry.py" >/dev/null
   # PyInstaller runs its inspect and multiprocessing runtime hooks before
@@ -129,7 +129,7 @@ EOF
 }
 
 check_schemas() {
-  "$VENV/bin/python" -m cnilib.schema --check || die "cnilib/_schemas.py is stale: run .venv/bin/python -m cnilib.schema"
+  "$VENV/bin/python" -m cnilib.cni.schema --check || die "cnilib/cni/_schemas.py is stale: run .venv/bin/python -m cnilib.cni.schema"
 }
 
 build() {

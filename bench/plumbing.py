@@ -176,7 +176,7 @@ class Agent:
         env = {"PATH": SYSTEM_PATH, "PYTHONPATH": os.path.join(py_dir, "pycni.d")}
         self.log = open(self.logpath, "w")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, python, "-S", "-m", "cnilib.agent", "--socket", self.sock],
+            ["ip", "netns", "exec", netns, python, "-S", "-m", "cnilib.agent.server", "--socket", self.sock],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
         for _ in range(400):
             if os.path.exists(self.sock) or self.proc.poll() is not None:

@@ -27,7 +27,7 @@ import errno
 import os
 import time
 
-from cnilib import errors, fsutil, jsonio
+from cnilib.base import errors, fsutil, jsonio
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
@@ -257,7 +257,7 @@ def check_delegate_block(conf):
         raise errors.InvalidConfig("'delegate' dictionary must not have 'ipam' field, it'll be set by flannel",
                                    "put IPAM settings in the top-level 'ipam' object instead")
     if "type" in d:
-        from cnilib import invoke
+        from cnilib.cni import invoke
         invoke.check_type_name(d["type"], "delegate type")
 
 
@@ -412,7 +412,7 @@ def load_saved(data_dir, container_id):
         return Saved(path, "corrupt", data, why="not JSON: %s" % exc)
     if not isinstance(conf, dict):
         return Saved(path, "corrupt", data, why="not a JSON object")
-    from cnilib import invoke
+    from cnilib.cni import invoke
     try:
         invoke.check_type_name(conf.get("type"))
     except errors.InvalidConfig as exc:
@@ -433,9 +433,9 @@ def saved_entries(data_dir):
 
 
 def valid_attachments(conf):
-    """Container IDs of the GC list (cnilib.args.valid_attachments); None
+    """Container IDs of the GC list (cnilib.cni.args.valid_attachments); None
     when the runtime sent none: flannel's saved files are per container."""
-    from cnilib.args import valid_attachments as pairs
+    from cnilib.cni.args import valid_attachments as pairs
     got = pairs(conf)
     return None if got is None else {cid for cid, _ifname in got}
 
@@ -461,7 +461,7 @@ def remove_attachment_links(a, network):
     side by name in its netns (that takes the host peer with it), then any
     host veth whose ifalias names (container ID, ifname).  Returns what it
     removed; missing links are fine."""
-    from cnilib import netlink
+    from cnilib.kernel import netlink
     removed = []
     if a.netns_fd is not None:
         with netlink.Netlink.in_netns(a.netns_fd) as nl:
@@ -482,7 +482,8 @@ def remove_attachment_links(a, network):
 def delegate_supports(type_name, a, wanted):
     """True when the delegate's VERSION lists ``wanted`` (GC and STATUS are
     1.1.0 verbs; the Go plugins before v1.5 reject them)."""
-    from cnilib import invoke, proc
+    from cnilib.base import proc
+    from cnilib.cni import invoke
     exe = invoke.find(type_name, a.path)
     env = dict(a.env)
     env["CNI_COMMAND"] = "VERSION"

@@ -8,20 +8,7 @@ Only the chosen plugin's module is imported.
 import os
 import sys
 
-# command name -> module; a plugin module exposes PLUGIN (a skel.Plugin)
-PLUGINS = {
-    "loopback": "plugins.loopback",
-    "flannel": "plugins.flannel",
-    "portmap": "plugins.portmap",
-    "firewall": "plugins.firewall",
-    "host-local": "plugins.host_local",
-    "tuning": "plugins.tuning",
-    "bridge": "plugins.bridge",
-}
-TOOLS = {
-    "pycni": "cnilib.cli",
-}
-
+from cnilib.cni.registry import PLUGINS, TOOLS
 
 AGENT_VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 # plugins whose work touches links (bridge, flannel, tuning, loopback): the
@@ -55,24 +42,24 @@ def main(name=None):
     stdin = None
     if (name in AGENT_PLUGINS and os.environ.get("CNI_COMMAND") in AGENT_VERBS
             and len(argv) < 2 and os.environ.get("PYCNI_AGENT_SOCKET") != "off"):
-        from cnilib import agentwire
-        stdin = agentwire.read_input(0)    # None when unreadable: skel reports it
-        if stdin is not None and len(stdin) <= agentwire.MAX_INPUT:
-            got = agentwire.call(name, stdin)
+        from cnilib.agent import wire
+        stdin = wire.read_input(0)    # None when unreadable: skel reports it
+        if stdin is not None and len(stdin) <= wire.MAX_INPUT:
+            got = wire.call(name, stdin)
             if isinstance(got, tuple):
-                agentwire.write_all(1, got[1])
+                wire.write_all(1, got[1])
                 os._exit(got[0])
             if "PYCNI_FAILPOINTS" in os.environ:   # the agent did not answer: work here
-                from cnilib import failpoint
+                from cnilib.base import failpoint
                 failpoint.hit("agent-fallback")
             if got == "died" and os.environ.get("CNI_COMMAND") == "ADD":
                 # the agent's worker died mid-ADD: undo whatever it did, then
                 # do the ADD here, so the attachment converges to one ADD
-                from cnilib import skel
+                from cnilib.cni import skel
                 mod = __import__(modname, fromlist=["PLUGIN"])
                 skel.execute(mod.PLUGIN, dict(os.environ, CNI_COMMAND="DEL"), stdin_data=stdin)
     mod = __import__(modname, fromlist=["PLUGIN"])
-    from cnilib import skel
+    from cnilib.cni import skel
     rc = skel.run(mod.PLUGIN, argv, stdin=stdin)
     # skip interpreter finalization: stdout is written with os.write already
     os._exit(rc)

@@ -29,7 +29,7 @@ upgrade.
 
 import os
 
-from cnilib import errors, fsutil, jsonio
+from cnilib.base import errors, fsutil, jsonio
 
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 DEFAULT_ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
@@ -59,7 +59,7 @@ class Settings:
 
 def settings(a):
     """Validate the config and merge the overrides into a Settings."""
-    from cnilib import args, validate
+    from cnilib.cni import args, validate
     conf = validate.validate("tuning", a.conf)
     s = Settings(dict(conf.get("sysctl") or {}), conf.get("mac"), conf["promisc"], conf["mtu"],
                  conf.get("allmulti"), conf.get("txQLen"), conf.get("dataDir") or DEFAULT_DATA_DIR)

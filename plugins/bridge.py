@@ -15,18 +15,19 @@ CHECK the container interface, its addresses and routes, its host veth on
 STATUS and GC are forwarded to the IPAM delegate; GC also removes the rules
 and any host veth left of attachments that are no longer valid.
 
-The work lives in cnilib.bridgeconf (config, pure rules), cnilib.bridge
-(host side), cnilib.iface, cnilib.ipmasq and cnilib.macspoof; this module
+The work lives in cnilib.bridge.netconf (config, pure rules), cnilib.bridge.links
+(host side), cnilib.bridge.iface, cnilib.firewall.masquerade and cnilib.firewall.macspoof; this module
 only orders it.  Heavy imports happen inside
 the handlers, after the config has been validated.
 """
 
-from cnilib import errors, failpoint, skel
+from cnilib.base import errors, failpoint
+from cnilib.cni import skel
 
 
 def _conf(a):
-    from cnilib import bridgeconf
-    return bridgeconf.load_conf(a.conf)
+    from cnilib.bridge import netconf
+    return netconf.load_conf(a.conf)
 
 
 def _dns(conf, ipam_dns):
@@ -64,9 +65,9 @@ def cmd_add(a):
         raise errors.IncompatibleVersion(
             "bridge without IPAM cannot answer cniVersion %s" % a.version,
             "results of 0.1.0 and 0.2.0 need an IP address; use cniVersion 0.3.0 or later")
-    from cnilib import bridgeconf
-    mac = bridgeconf.container_mac(a.conf, a.cni_args)
-    alias = bridgeconf.veth_alias(a.name, a.container_id, a.ifname, a.cni_args)
+    from cnilib.bridge import netconf
+    mac = netconf.container_mac(a.conf, a.cni_args)
+    alias = netconf.veth_alias(a.name, a.container_id, a.ifname, a.cni_args)
     undo = _Undo(a.log)
     try:
         return _add(a, c, mac, alias, undo)
@@ -76,12 +77,14 @@ def cmd_add(a):
 
 
 def _add(a, c, mac, alias, undo):
-    from cnilib import bridge, bridgeconf, iface, invoke, netlink
-    from cnilib.types import Result
+    from cnilib.bridge import iface, links, netconf
+    from cnilib.cni import invoke
+    from cnilib.cni.types import Result
+    from cnilib.kernel import netlink
     result = Result()
     with netlink.Netlink() as hnl, netlink.Netlink.in_netns(a.netns_fd) as cnl:
         # before IPAM: undoing a repeated ADD must not release the live one's lease
-        bridge.check_free(cnl, a.ifname, a.netns)
+        links.check_free(cnl, a.ifname, a.netns)
         if c["_l3"]:
             # IPAM before the bridge: a missing IPAM plugin or a config it
             # refuses leaves no bridge behind (delegate finds it first)
@@ -93,34 +96,34 @@ def _add(a, c, mac, alias, undo):
             if not ipam.ips:
                 raise errors.Internal("IPAM plugin returned missing IP config",
                                       "%s returned no IP address" % c["_ipam"])
-        br = bridge.ensure_bridge(hnl, c, a.log)
+        br = links.ensure_bridge(hnl, c, a.log)
         gw_link = br
         if c["_l3"]:
             result.ips, result.routes, result.dns = ipam.ips, ipam.routes, ipam.dns
-            gws = bridgeconf.calc_gateways(result, c)
+            gws = netconf.calc_gateways(result, c)
             if c["ipMasq"]:
                 # the backend is chosen now; the elements go in once the container is set up
-                from cnilib import ipmasq
-                masq = ipmasq.start_setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
+                from cnilib.firewall import masquerade
+                masq = masquerade.start_setup(c["ipMasqBackend"], a.name, a.container_id, a.ifname,
                                           [i["address"] for i in result.ips], a.netns)
-                undo.push("remove masquerade rules", lambda: ipmasq.abort_setup(masq, a.log))
+                undo.push("remove masquerade rules", lambda: masquerade.abort_setup(masq, a.log))
             if c["isGateway"]:
                 if c["vlan"]:
-                    gw_link = bridge.ensure_vlan_iface(hnl, br, c, a.log)
-                added = bridge.ensure_gateway_addrs(hnl, gw_link, gws, c, a.name,
+                    gw_link = links.ensure_vlan_iface(hnl, br, c, a.log)
+                added = links.ensure_gateway_addrs(hnl, gw_link, gws, c, a.name,
                                                     [i["address"] for i in result.ips], a.log)
                 if added and gw_link is br:
-                    bridge.pin_mac(hnl, br, a.log)
-        host = bridge.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac, alias)
+                    links.pin_mac(hnl, br, a.log)
+        host = links.setup_veth(hnl, cnl, a.netns_fd, a.ifname, br, c, mac, alias)
         undo.push("delete veth %s" % host.name, lambda: _delete_link(host.index))
         a.log.debug("veth %s on %s", host.name, br.name)
         failpoint.hit("bridge.add.after_veth")
-        bridge.setup_port(hnl, host, c)
+        links.setup_port(hnl, host, c)
         cont = netlink.link_get(cnl, a.ifname)
         if cont is None:
             raise errors.Internal("container interface %s vanished after creation" % a.ifname)
         if c["macspoofchk"]:
-            from cnilib import macspoof
+            from cnilib.firewall import macspoof
             macspoof.setup(a.name, a.container_id, a.ifname, host.name, cont.mac, a.log, a.netns)
             undo.push("remove macspoofchk rules",
                       lambda: macspoof.teardown(a.name, a.container_id, a.ifname, a.log))
@@ -135,10 +138,10 @@ def _add(a, c, mac, alias, undo):
             netlink.link_set(cnl, cont.index, up=True, what="set %s up" % a.ifname)
         failpoint.hit("bridge.add.after_addrs")
         if c["_l3"] and c["ipMasq"]:
-            a.log.debug("masquerade via %s", ipmasq.finish_setup(masq, a.log))
+            a.log.debug("masquerade via %s", masquerade.finish_setup(masq, a.log))
             failpoint.hit("bridge.add.after_rules")
         if not c["disableContainerInterface"]:
-            host = bridge.wait_port_up(hnl, host)
+            host = links.wait_port_up(hnl, host)
             a.log.debug("%s forwards", host.name)
             if c["_l3"]:
                 iface.announce(cnl, cont)
@@ -154,19 +157,19 @@ def _add(a, c, mac, alias, undo):
 
 def _delete_link(index):
     """Undo step: its own socket, as ADD's sockets are closed by then."""
-    from cnilib import netlink
+    from cnilib.kernel import netlink
     with netlink.Netlink() as nl:
         netlink.link_del(nl, index=index)
 
 
 def cmd_del(a):
     c = _conf(a)
-    from cnilib import netlink
+    from cnilib.kernel import netlink
     masq = None
     if c["_l3"] and c["ipMasq"]:
         # first, so that the kernel frees the elements while the veth goes
-        from cnilib import ipmasq
-        masq = ipmasq.start_teardown(a.name, a.container_id, a.ifname, a.log)
+        from cnilib.firewall import masquerade
+        masq = masquerade.start_teardown(a.name, a.container_id, a.ifname, a.log)
         a.log.debug("masquerade elements removed")
     try:
         if a.netns_fd is not None:
@@ -174,15 +177,15 @@ def cmd_del(a):
                 if netlink.link_del(cnl, name=a.ifname):
                     a.log.debug("deleted %s in %s", a.ifname, a.netns)
         else:
-            from cnilib import bridge
+            from cnilib.bridge import links
             with netlink.Netlink() as hnl:
-                bridge.remove_leftover_veths(hnl, c, a.name, a.container_id, a.ifname, a.log)
+                links.remove_leftover_veths(hnl, c, a.name, a.container_id, a.ifname, a.log)
     finally:
         # the rules go even when the link could not: they are keyed, not addressed
         rules_error = _rules_teardown(a, c, masq)
     a.log.debug("rules removed")
     if c["_l3"]:
-        from cnilib import invoke
+        from cnilib.cni import invoke
         invoke.delegate("DEL", c["_ipam"], a.stdin, a)
     if rules_error is not None:
         raise rules_error
@@ -194,13 +197,13 @@ def _rules_teardown(a, c, masq):
     instead of raising it, so that IPAM is still released."""
     first = None
     if masq is not None:
-        from cnilib import ipmasq
+        from cnilib.firewall import masquerade
         try:
-            ipmasq.finish_teardown(masq, a.log)
+            masquerade.finish_teardown(masq, a.log)
         except errors.CniError as exc:
             first = exc
     if c["macspoofchk"]:
-        from cnilib import macspoof
+        from cnilib.firewall import macspoof
         try:
             macspoof.teardown(a.name, a.container_id, a.ifname, a.log)
         except errors.CniError as exc:
@@ -210,23 +213,23 @@ def _rules_teardown(a, c, masq):
 
 def cmd_check(a):
     c = _conf(a)
-    from cnilib import invoke
+    from cnilib.cni import invoke
     if c["_l3"]:
         invoke.delegate("CHECK", c["_ipam"], a.stdin, a)
     prev = a.conf.get("prevResult")
     if not prev:
         raise errors.InvalidConfig("Required prevResult missing",
                                    "CHECK needs the ADD result in prevResult")
-    from cnilib import bridge
+    from cnilib.bridge import links
     res = invoke.parse_result(prev, a.version, "prevResult")
-    bridge.check_attachment(a, c, res)
+    links.check_attachment(a, c, res)
     return None
 
 
 def cmd_status(a):
     c = _conf(a)
     if c["_l3"]:
-        from cnilib import invoke
+        from cnilib.cni import invoke
         try:
             invoke.delegate("STATUS", c["_ipam"], a.stdin, a)
         except errors.CniError as exc:
@@ -239,11 +242,11 @@ def cmd_status(a):
 
 def cmd_gc(a):
     c = _conf(a)
-    from cnilib.args import valid_attachments
+    from cnilib.cni.args import valid_attachments
     valid = valid_attachments(a.conf)
     problems = []
     if c["_l3"]:
-        from cnilib import invoke
+        from cnilib.cni import invoke
         try:
             invoke.delegate("GC", c["_ipam"], a.stdin, a)
         except errors.CniError as exc:
@@ -251,14 +254,16 @@ def cmd_gc(a):
     if valid is None:
         a.log.warning("GC without cni.dev/valid-attachments: masquerade state left alone")
     else:
-        from cnilib import bridge, ipmasq, macspoof, netlink
-        for fn in (ipmasq.gc, macspoof.gc):
+        from cnilib.bridge import links
+        from cnilib.firewall import macspoof, masquerade
+        from cnilib.kernel import netlink
+        for fn in (masquerade.gc, macspoof.gc):
             try:
                 fn(a.name, valid, a.log)
             except errors.CniError as exc:
                 problems.append(exc)
         with netlink.Netlink() as nl:
-            bridge.gc_veths(nl, c, a.name, valid, a.log)
+            links.gc_veths(nl, c, a.name, valid, a.log)
     if problems:
         first = problems[0]
         raise errors.from_code(first.code, "; ".join(p.msg for p in problems), first.details)

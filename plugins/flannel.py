@@ -8,7 +8,9 @@ and STATUS are forwarded to delegates that speak 1.1.0.  The work lives in
 cnilib.flannel.
 """
 
-from cnilib import errors, failpoint, flannel, fsutil, invoke, skel, validate
+from cnilib import flannel
+from cnilib.base import errors, failpoint, fsutil
+from cnilib.cni import invoke, skel, validate
 
 
 def _conf(a):
@@ -62,7 +64,7 @@ def _undo(a, type_name, data, path):
 
 
 def _remove(a, path):
-    from cnilib import fsutil
+    from cnilib.base import fsutil
     try:
         fsutil.remove(path)
     except OSError as exc:
@@ -159,7 +161,7 @@ def cmd_gc(a):
         a.log.warning("GC without cni.dev/valid-attachments: keeping every saved file")
         return None
     data_dir = conf["dataDir"]
-    from cnilib import fsutil
+    from cnilib.base import fsutil
     fsutil.sweep_temps(data_dir)
     gone = []
     for cid in flannel.saved_entries(data_dir):

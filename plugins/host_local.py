@@ -13,8 +13,10 @@ The work lives in cnilib.ipam; this module only wires it to the verbs.  It
 never touches a network namespace (uses_netns=False) and needs no netlink.
 """
 
-from cnilib import errors, skel
-from cnilib.types import Result
+from cnilib.base import errors
+from cnilib.cni import skel
+from cnilib.cni.types import Result
+
 
 def _store(a, data_dir):
     from cnilib.ipam.store import Store
@@ -73,7 +75,7 @@ def cmd_check(a):
             "no lease in %s holds container %s interface %s" % (st.dir, a.container_id, a.ifname))
     prev = a.conf.get("prevResult")
     if prev:
-        from cnilib import invoke
+        from cnilib.cni import invoke
         from cnilib.ipam import allocator
         result = invoke.parse_result(prev, a.version, "prevResult")
         allocator.check_result(cfg, held, result, a.container_id, a.ifname)
@@ -81,7 +83,7 @@ def cmd_check(a):
 
 
 def cmd_gc(a):
-    from cnilib.args import valid_attachments
+    from cnilib.cni.args import valid_attachments
     valid = valid_attachments(a.conf)
     if valid is None:
         a.log.info("GC without cni.dev/valid-attachments: nothing released")

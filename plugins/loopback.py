@@ -5,12 +5,13 @@ CNI_IFNAME is ignored, as in the reference: the plugin only ever touches
 netns, so a DEL can never take the host's ``lo`` down.
 """
 
-from cnilib import errors, skel, validate
-from cnilib.types import Result
+from cnilib.base import errors
+from cnilib.cni import skel, validate
+from cnilib.cni.types import Result
 
 
 def _netlink():
-    from cnilib import netlink
+    from cnilib.kernel import netlink
     return netlink
 
 
@@ -42,7 +43,7 @@ def cmd_add(a):
         v4, v6 = _loopback_addrs(nl, netlink, lo)
     prev = a.conf.get("prevResult")
     if prev:
-        from cnilib import invoke
+        from cnilib.cni import invoke
         return invoke.parse_result(prev, a.version, "prevResult")
     ips = [{"address": c, "interface": 0} for c in (v4, v6) if c]
     return Result(interfaces=[{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": a.netns}],

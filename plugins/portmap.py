@@ -5,68 +5,70 @@ and first IPv6 address of the previous result, then turns on
 route_localnet where localhost hostPorts need it and drops stale UDP
 conntrack entries; the result is the previous one, unchanged.  No mappings:
 nothing is touched and nothing is exec'd.  DEL removes everything under
-the attachment's key from both backends.  The work is in cnilib.hostport.
+the attachment's key from both backends.  The work is in cnilib.firewall.portmap.
 """
 
-from cnilib import errors, failpoint, hostport, skel
+from cnilib.base import errors, failpoint
+from cnilib.cni import skel
+from cnilib.firewall import portmap
 
 
 def cmd_add(a):
-    cfg = hostport.parse(a, need_prev=True)
+    cfg = portmap.parse(a, need_prev=True)
     if not cfg.mappings:
         return cfg.prev
     if not cfg.ctrs:
         a.log.warning("prevResult has no address on %s: no port mappings installed", a.ifname)
         return cfg.prev
-    backend = hostport.choose(cfg)
-    iface = hostport.guard_iface(cfg)
+    backend = portmap.choose(cfg)
+    iface = portmap.guard_iface(cfg)
     if backend == "nftables":
-        hostport.nft_add(cfg, iface, a.log)
+        portmap.nft_add(cfg, iface, a.log)
     else:
-        hostport.ipt_add(cfg, a.log)
+        portmap.ipt_add(cfg, a.log)
     try:
         failpoint.hit("portmap-after-rules")
         if iface:
-            hostport.enable_route_localnet(iface)
+            portmap.enable_route_localnet(iface)
     except BaseException:
         try:
-            hostport.teardown(cfg.name, cfg.cid, cfg.ifname, cfg.mappings, a.log)
+            portmap.teardown(cfg.name, cfg.cid, cfg.ifname, cfg.mappings, a.log)
         except errors.CniError as exc:
             a.log.warning("undoing the failed ADD: %s", exc)
         raise
-    hostport.flush_conntrack(list(cfg.ctrs), cfg.udp_ports(), a.log)
+    portmap.flush_conntrack(list(cfg.ctrs), cfg.udp_ports(), a.log)
     return cfg.prev
 
 
 def cmd_del(a):
     try:
-        mappings = hostport.parse(a, need_prev=False).mappings
+        mappings = portmap.parse(a, need_prev=False).mappings
     except errors.InvalidConfig as exc:
         # the key alone is enough to clean up: a config that ADD would have
         # refused must not wedge the container's teardown
         a.log.warning("DEL with an invalid config (%s): removing by key alone", exc.msg)
         mappings = []
-    hostport.teardown(a.name, a.container_id, a.ifname, mappings, a.log)
+    portmap.teardown(a.name, a.container_id, a.ifname, mappings, a.log)
 
 
 def cmd_check(a):
-    cfg = hostport.parse(a, need_prev=True)
+    cfg = portmap.parse(a, need_prev=True)
     if not cfg.mappings or not cfg.ctrs:
         return
-    if hostport.choose(cfg) == "nftables":
-        hostport.nft_check(cfg)
+    if portmap.choose(cfg) == "nftables":
+        portmap.nft_check(cfg)
     else:
-        hostport.ipt_check(cfg)
+        portmap.ipt_check(cfg)
 
 
 def cmd_gc(a):
-    cfg = hostport.parse(a, need_prev=False)
-    from cnilib.args import valid_attachments
+    cfg = portmap.parse(a, need_prev=False)
+    from cnilib.cni.args import valid_attachments
     valid = valid_attachments(a.conf)
     if valid is None:
         a.log.warning("GC without cni.dev/valid-attachments: nothing removed")
         return
-    hostport.gc(cfg.name, valid, a.log)
+    portmap.gc(cfg.name, valid, a.log)
 
 
 PLUGIN = skel.Plugin("portmap", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,

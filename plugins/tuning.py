@@ -6,11 +6,13 @@ it; DEL puts the saved attributes back; CHECK compares; GC forgets saved
 values of attachments that are gone.  The work is in cnilib.tuning.
 """
 
-from cnilib import errors, failpoint, skel, tuning
+from cnilib import tuning
+from cnilib.base import errors, failpoint
+from cnilib.cni import skel
 
 
 def _netlink():
-    from cnilib import netlink
+    from cnilib.kernel import netlink
     return netlink
 
 
@@ -20,7 +22,7 @@ def _prev_result(a):
         raise errors.InvalidConfig(
             "Required prevResult missing",
             "tuning must be chained after a plugin that creates the interface (e.g. bridge)")
-    from cnilib import invoke
+    from cnilib.cni import invoke
     return invoke.parse_result(prev, a.version, "prevResult")
 
 
@@ -35,7 +37,7 @@ def cmd_add(a):
     names = {k: tuning.sysctl_name(k, a.ifname) for k in s.sysctl}
     tuning.check_allowlist(list(s.sysctl))
     result = _prev_result(a)
-    from cnilib import netns, sysctl
+    from cnilib.kernel import netns, sysctl
     written, before, created = [], None, None
     try:
         with netns.Enter(a.netns_fd):
@@ -66,7 +68,7 @@ def cmd_add(a):
 
 
 def _write_sysctl(name, key, value):
-    from cnilib import sysctl
+    from cnilib.kernel import sysctl
     try:
         sysctl.write(name, value)
     except errors.CniError as exc:
@@ -86,7 +88,7 @@ def _container_link(netlink, nl, a):
 
 def _undo(a, s, written, before, created):
     """A failed ADD leaves the container as it found it."""
-    from cnilib import netns, sysctl
+    from cnilib.kernel import netns, sysctl
     try:
         with netns.Enter(a.netns_fd):
             for name, old in reversed(written):
@@ -117,7 +119,7 @@ def _update_mac(result, a, mac):
 def cmd_del(a):
     # the keys' types and CNI_ARGS are checked as on ADD; the values are not
     # (a MAC or sysctl that ADD would refuse must not block the teardown)
-    from cnilib import validate
+    from cnilib.cni import validate
     data_dir = validate.validate("tuning", a.conf).get("dataDir") or tuning.DEFAULT_DATA_DIR
     a.cni_args  # noqa: B018  (unknown keys are an error, as on ADD)
     path = tuning.backup_path(data_dir, a.name, a.container_id, a.ifname)
@@ -129,7 +131,7 @@ def cmd_del(a):
         _drop_unreadable(a, data_dir, path, legacy)
         return None
     if a.netns_fd is not None:
-        from cnilib import netns
+        from cnilib.kernel import netns
         netlink = _netlink()
         with netns.Enter(a.netns_fd):
             with netlink.Netlink() as nl:
@@ -140,7 +142,7 @@ def cmd_del(a):
     if found == path:
         tuning.remove_backup(data_dir, a.name, path)
     else:
-        from cnilib import fsutil
+        from cnilib.base import fsutil
         fsutil.remove(legacy)
     return None
 
@@ -149,7 +151,8 @@ def _drop_unreadable(a, data_dir, path, legacy):
     """A record that exists but cannot be read (empty, torn, not JSON) has
     nothing to restore; left in place it would outlive the container."""
     import os
-    from cnilib import fsutil
+
+    from cnilib.base import fsutil
     for p in (path, legacy):
         if os.path.lexists(p):
             a.log.warning("dropping the unreadable tuning record %s: nothing to restore", p)
@@ -164,7 +167,7 @@ def cmd_check(a):
     s = tuning.settings(a)
     names = {k: tuning.sysctl_name(k, a.ifname) for k in s.sysctl}
     _prev_result(a)
-    from cnilib import netns, sysctl
+    from cnilib.kernel import netns, sysctl
     netlink = _netlink()
     with netns.Enter(a.netns_fd):
         for key, want in s.sysctl.items():
@@ -183,7 +186,7 @@ def cmd_check(a):
 def cmd_gc(a):
     data_dir = a.conf.get("dataDir")
     data_dir = data_dir if isinstance(data_dir, str) and data_dir else tuning.DEFAULT_DATA_DIR
-    from cnilib.args import valid_attachments
+    from cnilib.cni.args import valid_attachments
     keep = valid_attachments(a.conf)    # either spelling of the key, entries checked
     if keep is None:
         # no list is not an empty list: forgetting every record would lose

@@ -2,8 +2,9 @@
 exec nft, iptables-restore or a delegate IPAM plugin do, and names its exit
 status in the result.  Registered in an agent by tests/integration/test_agent.py."""
 
-from cnilib import proc, skel
-from cnilib.types import Result
+from cnilib.base import proc
+from cnilib.cni import skel
+from cnilib.cni.types import Result
 
 
 def cmd_add(a):

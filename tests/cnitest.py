@@ -188,11 +188,11 @@ def join_underlay(n1, n2, v6=False, mtu=1500):
 
 
 def run_fabric(node, *args, env=None):
-    """``python -m cnilib.fabric ARGS`` inside node netns ``node`` (from the source tree)."""
+    """``python -m cnilib.ops.fabric ARGS`` inside node netns ``node`` (from the source tree)."""
     import sys
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run(["ip", "netns", "exec", node.name, sys.executable, "-m", "cnilib.fabric"]
+    return subprocess.run(["ip", "netns", "exec", node.name, sys.executable, "-m", "cnilib.ops.fabric"]
                           + [str(a) for a in args], cwd=ROOT, env=e, capture_output=True,
                           text=True, timeout=120)
 

@@ -9,7 +9,7 @@ and serialise their read-modify-write under ``lock()``.
 import fcntl
 import os
 
-from cnilib import errors, fsutil, proc
+from cnilib.base import errors, fsutil, proc
 
 _BIN = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 _available = {}
@@ -71,7 +71,7 @@ class lock:
     """flock serialising the suite's own iptables read-modify-write cycles."""
 
     def __init__(self, path=None):
-        from cnilib import paths
+        from cnilib.base import paths
         self.path = path or os.path.join(paths.run_dir(), "iptables.lock")
         self.fd = None
 
@@ -109,12 +109,12 @@ def may_hold(family, table, chains, nf=None):
     if proc.which(_BIN[family][0]) is None:
         return False
     if nft_backed():
-        from cnilib import rawnl
+        from cnilib.kernel import nftables
         fam = "ip" if family == 4 else "ip6"
         try:
             if nf is not None:
                 return any(nf.chain_exists(fam, table, c) for c in chains)
-            with rawnl.NfTables() as own:
+            with nftables.NfTables() as own:
                 return any(own.chain_exists(fam, table, c) for c in chains)
         except OSError:
             return True     # cannot tell: look

@@ -4,12 +4,12 @@ A script passed to ``nft -f -`` is applied atomically: all of it or none.
 The idempotent idiom used by callers (cnilib.firewall.shared skeletons,
 portmap's per-attachment chain):
   add chain X; flush chain X; add rule X ...   -> X holds exactly what follows
-Set elements and lookups go over netlink instead (cnilib.rawnl.NfTables):
+Set elements and lookups go over netlink instead (cnilib.kernel.nftables.NfTables):
 the nft binary reads the tables into its cache first, which grows with
 what the node holds.
 """
 
-from cnilib import errors, proc
+from cnilib.base import errors, proc
 
 _available = None
 
@@ -19,8 +19,8 @@ def available():
     nf_tables over netlink (a probe, not an exec of nft)."""
     global _available
     if _available is None:
-        from cnilib import rawnl
-        _available = proc.which("nft") is not None and rawnl.nftables_available()
+        from cnilib.kernel import nftables
+        _available = proc.which("nft") is not None and nftables.nftables_available()
     return _available
 
 
@@ -41,7 +41,7 @@ def apply(script, what="nftables transaction"):
 
 def list_json(*what):
     """``nft -j list <what...>`` parsed; [] when the object does not exist."""
-    from cnilib import jsonio
+    from cnilib.base import jsonio
     try:
         r = proc.run(["nft", "-j", "list"] + list(what), timeout=30)
     except (OSError, TimeoutError):
@@ -57,9 +57,9 @@ def list_json(*what):
 def tables(prefix=""):
     """[(family, name)] of tables whose name starts with ``prefix`` (one
     netlink dump; [] when nf_tables does not answer)."""
-    from cnilib import rawnl
+    from cnilib.kernel import nftables
     try:
-        with rawnl.NfTables() as nf:
+        with nftables.NfTables() as nf:
             return [(f, n) for f, n in nf.tables() if n.startswith(prefix)]
     except OSError:
         return []

@@ -11,7 +11,7 @@ anyway is covered by GC's sweep, which reads the element comments).
 
 import os
 
-from cnilib import errors, failpoint, fsutil, jsonio, paths
+from cnilib.base import errors, failpoint, fsutil, jsonio, paths
 from cnilib.firewall import naming
 
 

@@ -5,7 +5,7 @@ Why: with a table per attachment every ``nft`` run reads every table into
 its cache, so each operation slowed down as pods accumulated (8 ms with no
 table, 42 ms with 100, 265 ms with 1000).  Here the tables, their sets and
 their rules are written once (``nft -f -``, idempotent), and an attachment
-adds or removes its elements over netlink (cnilib.rawnl.NfTables): well
+adds or removes its elements over netlink (cnilib.kernel.nftables.NfTables): well
 under a millisecond whatever the table holds, no nft process, no cache, and
 deleting an element makes no commit wait for an RCU grace period.
 
@@ -28,8 +28,9 @@ valid attachment go, so a lost record never leaks.
 
 import _socket
 
-from cnilib import errors, rawnl
+from cnilib.base import errors
 from cnilib.firewall import naming, records
+from cnilib.kernel import nftables
 
 EEXIST, ENOENT = 17, 2
 RETRIES = 3
@@ -216,7 +217,7 @@ def _attach(tbl, att, elems, log, data, extra, chain_script, chains):
         records.save(tbl.kind, *att, dict(rec, elems=rec["elems"] + [e.to_json() for e in drop]))
     else:
         records.save(tbl.kind, *att, rec)
-    with rawnl.NfTables() as nf:
+    with nftables.NfTables() as nf:
         script = ensure_skeleton(nf, tbl, extra) + chain_script
         if script:
             nft.apply(script, what="%s rules in %s" % (tbl.what, tbl.ref))
@@ -225,7 +226,7 @@ def _attach(tbl, att, elems, log, data, extra, chain_script, chains):
             try:
                 nf.commit(ops, what="%s elements of %s" % (tbl.what, att[1]))
                 break
-            except rawnl.NetlinkError as exc:
+            except nftables.NetlinkError as exc:
                 if exc.errno in (EEXIST, ENOENT) and attempt + 1 < RETRIES:
                     continue        # raced with another attachment's batch: look again
                 raise _nft_error(tbl, "adding the %s elements of %s/%s" % (tbl.what, att[1], att[2]),
@@ -244,7 +245,7 @@ def detach(tbl, att, log, rec=None, nf=None):
     bridge DEL does around the veth deletion.
     """
     if nf is None:
-        with rawnl.NfTables() as own_nf:
+        with nftables.NfTables() as own_nf:
             return detach(tbl, att, log, rec, own_nf)
     rec = rec or records.load(tbl.kind, *att)
     if rec is None and records.unreadable(tbl.kind, *att):
@@ -255,7 +256,7 @@ def detach(tbl, att, log, rec=None, nf=None):
     for attempt in range(RETRIES):
         try:
             ops = _teardown_ops(nf, tbl, rec, own, legacy)
-        except rawnl.NetlinkError as exc:
+        except nftables.NetlinkError as exc:
             # a lookup that failed (not a missing object: those read as
             # absent) must fail the DEL, not pass for "nothing to remove"
             raise _nft_error(tbl, "looking up the %s elements of %s/%s" % (tbl.what, att[1], att[2]),
@@ -263,7 +264,7 @@ def detach(tbl, att, log, rec=None, nf=None):
         try:
             nf.commit(ops, what="%s teardown of %s" % (tbl.what, att[1]))
             break
-        except rawnl.NetlinkError as exc:
+        except nftables.NetlinkError as exc:
             if exc.errno == ENOENT and attempt + 1 < RETRIES:
                 continue        # something else removed one meanwhile: look again
             raise _nft_error(tbl, "removing the %s elements of %s/%s" % (tbl.what, att[1], att[2]),
@@ -321,7 +322,7 @@ def present(tbl, att):
     own = naming.element_key(*att)
     f, t = tbl.family, tbl.name
     missing = []
-    with rawnl.NfTables() as nf:
+    with nftables.NfTables() as nf:
         targets = set()
         for e in map(Elem.from_json, rec.get("elems", ())):
             cur = nf.element(f, t, e.set, e.key)
@@ -411,7 +412,7 @@ def gc(tbl, network, valid, log):
     if tbl.legacy:
         keep_tables = {naming.attachment_table(tbl.legacy, network, cid, ifn) for cid, ifn in valid}
         old_prefix = naming.network_table_prefix(tbl.legacy, network)
-        with rawnl.NfTables() as nf:
+        with nftables.NfTables() as nf:
             stale = [n for f, n in nf.tables() if f == tbl.family and n.startswith(old_prefix)
                      and n not in keep_tables]
             nf.commit([("deltable", tbl.family, n) for n in stale], what="%s gc" % tbl.what)

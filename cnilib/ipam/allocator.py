@@ -19,8 +19,7 @@ hostlocal-after-lease-write, hostlocal-after-last-reserved; and
 hostlocal-mid-release after each lease a DEL, GC or undo removes.
 """
 
-from cnilib import errors, failpoint
-from cnilib.ipam import addr
+from cnilib.base import addr, errors, failpoint
 from cnilib.ipam.store import TORN
 
 

@@ -20,9 +20,9 @@ as Go's JSON decoder matches them.  Nothing here touches the disk except
 ``read_resolv_conf``.
 """
 
-from cnilib import errors, validate, version
-from cnilib.args import normalize_keys
-from cnilib.ipam import addr
+from cnilib.base import addr, errors
+from cnilib.cni import validate, version
+from cnilib.cni.args import normalize_keys
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 IPAM_KEYS = ("type", "subnet", "rangeStart", "rangeEnd", "gateway", "ranges", "routes",

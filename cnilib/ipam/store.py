@@ -19,7 +19,7 @@ leases.  What differs is how they get there:
   * an empty or NUL-filled lease (a Go plugin killed between create and
     write, or a crash that lost the data) is not a lease: whoever needs the
     address reclaims it under the lock and logs it;
-  * every change happens under the lock (cnilib.fsutil.Flock: bounded wait,
+  * every change happens under the lock (cnilib.base.fsutil.Flock: bounded wait,
     code 11; the kernel drops it when its holder dies), so under the lock a
     leftover temp file is always a dead writer's and is removed.
 
@@ -46,8 +46,7 @@ lost then frees an address nobody holds, and one left empty is reclaimed.
 import errno
 import os
 
-from cnilib import errors, failpoint, fsutil
-from cnilib.ipam import addr
+from cnilib.base import addr, errors, failpoint, fsutil
 
 LOCK = "lock"
 LAST_PREFIX = "last_reserved_ip."

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from cnitest import PluginRun, fake_calls, install_fake_plugins
 
 HERE = os.path.dirname(os.path.abspath(__file__))

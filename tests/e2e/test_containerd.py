@@ -28,9 +28,8 @@ import shutil
 import time
 import uuid
 
-import pytest
-
 import cnitest
+import pytest
 import runtimes
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

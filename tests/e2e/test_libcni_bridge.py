@@ -8,7 +8,6 @@ import os
 import re
 
 import pytest
-
 from cnitest import unique
 
 pytestmark = pytest.mark.root

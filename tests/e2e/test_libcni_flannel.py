@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import pytest
-
 from cnitest import ROOT
 
 pytestmark = pytest.mark.root

@@ -11,9 +11,9 @@ import json
 import os
 
 import pytest
-
 from cnitest import ALL_VERSIONS
-from cnilib.cli import cnitool_container_id
+
+from cnilib.ops.cli import cnitool_container_id
 
 pytestmark = pytest.mark.root
 

@@ -23,9 +23,8 @@ import json
 import os
 import shutil
 
-import pytest
-
 import cnitest
+import pytest
 import runtimes
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

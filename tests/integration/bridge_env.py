@@ -18,7 +18,6 @@ import sys
 import time
 
 import pytest
-
 from cnitest import GO_CNI, read_text, run_plugin, sh, unique
 
 FAKE_IPAM = r'''

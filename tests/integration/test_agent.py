@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from cnitest import ROOT, assert_cni_error, run_plugin
 
 pytestmark = pytest.mark.root
@@ -19,7 +18,7 @@ CONF = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback"}
 def _start_agent(tmp_path, prefix=()):
     sock = str(tmp_path / "agent" / "agent.sock")
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen(list(prefix) + [sys.executable, "-m", "cnilib.agent", "--socket", sock], env=env,
+    p = subprocess.Popen(list(prefix) + [sys.executable, "-m", "cnilib.agent.server", "--socket", sock], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     for _ in range(200):
         if os.path.exists(sock):
@@ -125,10 +124,10 @@ def test_worker_can_run_child_programs(tmp_path, statedir, host, ctr):
     # delegate IPAM plugin), although the agent itself ignores SIGCHLD
     sock = str(tmp_path / "agent2" / "agent.sock")
     boot = ("import sys; sys.path.insert(0, %r)\n"
-            "from cnilib import main\n"
-            "main.PLUGINS['spawner'] = 'agent_spawn_plugin'\n"
-            "from cnilib import agent\n"
-            "sys.exit(agent.main(['--socket', %r]))" % (os.path.join(ROOT, "tests"), sock))
+            "from cnilib.cni import registry\n"
+            "registry.PLUGINS['spawner'] = 'agent_spawn_plugin'\n"
+            "from cnilib.agent import server\n"
+            "sys.exit(server.main(['--socket', %r]))" % (os.path.join(ROOT, "tests"), sock))
     p = subprocess.Popen([sys.executable, "-c", boot], env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -138,10 +137,10 @@ def test_worker_can_run_child_programs(tmp_path, statedir, host, ctr):
             time.sleep(0.05)
         else:
             pytest.fail("agent did not start: %s" % p.stderr.read().decode())
-        call = ("from cnilib import agentwire; import sys\n"
+        call = ("from cnilib.agent import wire; import sys\n"
                 "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c1', 'CNI_NETNS': %r, 'CNI_IFNAME': 'eth0',\n"
                 "       'CNI_PATH': '', 'PYCNI_AGENT_SOCKET': %r, 'PYCNI_LOG': %r}\n"
-                "print(agentwire.call('spawner', b'{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"spawner\"}', env))"
+                "print(wire.call('spawner', b'{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"spawner\"}', env))"
                 % (ctr.path, sock, os.environ["PYCNI_LOG"]))
         out = host.run(sys.executable, "-c", call, env=dict(os.environ, PYTHONPATH=ROOT)).stdout
         assert "child-rc-0" in out, out

@@ -11,9 +11,8 @@ import threading
 
 import pytest
 from bridge_env import ctr_link, ctr_routes, node, ping, vlan_filtering_supported  # noqa: F401
-from test_agent import agent  # noqa: F401
-
 from cnitest import ALL_VERSIONS, assert_cni_error
+from test_agent import agent  # noqa: F401
 
 pytestmark = pytest.mark.root
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 from bridge_env import node  # noqa: F401
+from cnitest import GO_CNI, ROOT
 
 from cnilib.firewall import naming
-from cnitest import GO_CNI, ROOT
 
 pytestmark = pytest.mark.root
 
@@ -103,10 +103,10 @@ def test_rerun_masquerade_never_duplicates(node):
     """ADD's rule writers replace, they do not append (both backends)."""
     env = dict(os.environ, **node.env)
     code = ("import sys; sys.path[0:0] = [%r]\n"
-            "from cnilib import ipmasq\nfrom cnilib.log import Log\n"
+            "from cnilib.firewall import masquerade\nfrom cnilib.base.log import Log\n"
             "for b in ('nftables', 'iptables'):\n"
             "    for _ in range(3):\n"
-            "        ipmasq.setup(b, 'bnet', 'rr', 'eth0', ['10.22.0.9/24'], Log('t'))\n" % ROOT)
+            "        masquerade.setup(b, 'bnet', 'rr', 'eth0', ['10.22.0.9/24'], Log('t'))\n" % ROOT)
     node.host.run(sys.executable, "-I", "-c", code, env=env)
     listed = node.host.run("nft", "list", "table", "inet", "pycni-masq").stdout
     assert listed.count("\t\tmasquerade\n") == 1 and listed.count("vmap") == 2

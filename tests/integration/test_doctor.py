@@ -7,11 +7,11 @@ import json
 import os
 
 import pytest
-
-from cnilib import doctor
-from cnilib.firewall import naming
 from cnitest import schema_errors
 from doctor_env import NET_NAME, NETWORK, Cluster, check, statuses
+
+from cnilib.firewall import naming
+from cnilib.ops import doctor
 
 pytestmark = pytest.mark.root
 

@@ -8,12 +8,12 @@ DEL removes exactly that attachment's rules, with or without a prevResult.
 
 import os
 
-import pytest
-
 import chained
+import pytest
 from chained import OUT4
-from cnilib.firewall import naming
 from cnitest import GO_CNI, assert_cni_error, run_plugin
+
+from cnilib.firewall import naming
 
 pytestmark = pytest.mark.root
 
@@ -49,8 +49,8 @@ def ping(node, src, dst):
 
 
 def keyed(node, cid):
-    from cnilib import fwd
-    k = fwd.key("pmnet", cid, "eth0")
+    from cnilib.firewall import forward
+    k = forward.key("pmnet", cid, "eth0")
     return [ln for c in ("iptables-save", "ip6tables-save")
             for ln in node.host.run(c, "-t", "filter").stdout.splitlines() if k in ln]
 

@@ -1,5 +1,5 @@
 """flannel through the built plugins: two node namespaces joined by an underlay
-veth, ``cnilib.fabric`` doing flanneld's part on each, pods attached with
+veth, ``cnilib.ops.fabric`` doing flanneld's part on each, pods attached with
 flannel -> bridge -> host-local, and real traffic between them.
 
 Whatever ``bridge``/``host-local`` comes first on CNI_PATH is the delegate:
@@ -15,11 +15,18 @@ import sys
 import threading
 import time
 
-import pytest
-
 import chained
-from cnitest import (ALL_VERSIONS, GO_CNI, UNDERLAY4, UNDERLAY6, assert_cni_error, join_underlay,
-                     run_fabric, run_plugin)
+import pytest
+from cnitest import (
+    ALL_VERSIONS,
+    GO_CNI,
+    UNDERLAY4,
+    UNDERLAY6,
+    assert_cni_error,
+    join_underlay,
+    run_fabric,
+    run_plugin,
+)
 
 pytestmark = pytest.mark.root
 

@@ -5,7 +5,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from cnitest import ALL_VERSIONS, GO_CNI, assert_cni_error, run_plugin
 
 pytestmark = pytest.mark.root
@@ -325,9 +324,9 @@ def test_gc_under_the_lock_never_loses_a_live_lease(hl):
 
 
 def test_in_process_delegation_as_bridge_does(hl, plugins, ctr):
-    """bridge runs host-local through cnilib.invoke.delegate (in-process for the py form)."""
-    from cnilib import invoke, skel
-    from cnilib.log import Log
+    """bridge runs host-local through cnilib.cni.invoke.delegate (in-process for the py form)."""
+    from cnilib.base.log import Log
+    from cnilib.cni import invoke, skel
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": ctr.path, "CNI_IFNAME": "eth0",
            "CNI_PATH": plugins, "CNI_ARGS": "", "PYCNI_LOG": "off"}
     a = skel.CmdArgs(skel.Plugin("bridge"), "ADD", env, Log("bridge", env))

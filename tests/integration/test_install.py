@@ -4,7 +4,6 @@ import os
 import subprocess
 
 import pytest
-
 from cnitest import ROOT
 
 pytestmark = pytest.mark.root

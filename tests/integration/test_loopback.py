@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from cnitest import ALL_VERSIONS, assert_cni_error, run_plugin
 
 pytestmark = pytest.mark.root

@@ -1,4 +1,4 @@
-"""cnilib.netlink parses links, addresses, routes and neighbours from the
+"""cnilib.kernel.netlink parses links, addresses, routes and neighbours from the
 raw reply bytes (pyroute2's full decode costs ~0.2 ms a message, and
 importing it ~25 ms); every field must equal what pyroute2's decode of the
 same message says, on the kinds of objects the suite meets."""
@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from cnilib import netlink
+from cnilib.kernel import netlink
 
 pytestmark = pytest.mark.root
 

@@ -12,13 +12,13 @@ import json
 import os
 import sys
 
+import chained
 import pytest
 from bridge_env import node  # noqa: F401
-
-import chained
 from chained import HOST4, OUT4
-from cnilib.firewall import naming
 from cnitest import ROOT, assert_cni_error, run_plugin
+
+from cnilib.firewall import naming
 
 pytestmark = pytest.mark.root
 
@@ -28,7 +28,7 @@ MAPS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
 
 def lib(ns, env, code):
     """Run ``code`` (with cnilib importable, ``log`` a Log) inside netns ``ns``."""
-    prog = ("import sys; sys.path[0:0] = [%r]\nfrom cnilib.log import Log\nlog = Log('test', {})\n%s\n"
+    prog = ("import sys; sys.path[0:0] = [%r]\nfrom cnilib.base.log import Log\nlog = Log('test', {})\n%s\n"
             % (ROOT, code))
     return ns.run(sys.executable, "-I", "-c", prog, env=dict(os.environ, **env))
 
@@ -129,9 +129,9 @@ def test_a_node_with_300_attachments(node):
     through the plugin, and GC leaves nothing of the 300."""
     conf = node.conf("1.1.0", ipam=node.ipam("1.1.0", subnet="10.22.0.0/22"), isGateway=True, ipMasq=True)
     lib(node.host, node.env,
-        "from cnilib import ipmasq\n"
+        "from cnilib.firewall import masquerade\n"
         "for i in range(300):\n"
-        "    ipmasq.setup('nftables', 'bnet', 'bulk%d' % i, 'eth0',\n"
+        "    masquerade.setup('nftables', 'bnet', 'bulk%d' % i, 'eth0',\n"
         "                 ['10.22.%d.%d/22' % (1 + i // 250, 1 + i % 250)], log)\n")
     assert len(node.masq_owners()) == 300 and len(node.records()) == 300
     ctr = node.container()
@@ -241,14 +241,14 @@ def test_portmap_with_300_attachments(plugins, pmnode):
     n.attach("c1")
     n.serve("c1")
     lib(n.host, n.env,
-        "from cnilib import hostport\n"
-        "from cnilib import hostport_rules as R\n"
-        "cfg = hostport.Config()\n"
+        "from cnilib.firewall import portmap\n"
+        "from cnilib.firewall import portmap_rules as R\n"
+        "cfg = portmap.Config()\n"
         "for i in range(300):\n"
         "    cfg.name, cfg.cid, cfg.ifname = 'pmnet', 'bulk%d' % i, 'eth0'\n"
         "    cfg.mappings = [R.Mapping(20000 + i, 80, 'tcp'), R.Mapping(20000 + i, 53, 'udp')]\n"
         "    cfg.ctrs = {4: ('10.88.%d.%d' % (1 + i // 250, 1 + i % 250), 24)}\n"
-        "    hostport.nft_add(cfg, None, log)\n")
+        "    portmap.nft_add(cfg, None, log)\n")
     assert len(hp_records(n)) == 300 and len(hp_owned(n)) == 300 * 4
     conf = pm_conf(n, "c1", cniVersion="1.1.0")
     assert pm(n, plugins, "ADD", conf, "c1").rc == 0

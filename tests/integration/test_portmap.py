@@ -12,12 +12,12 @@ import json
 import os
 import re
 
-import pytest
-
 import chained
+import pytest
 from chained import BRIDGE4, HOST4, HOST6, OUT4, OUT6
-from cnilib.firewall import naming
 from cnitest import ALL_VERSIONS, GO_CNI, assert_cni_error, run_plugin
+
+from cnilib.firewall import naming
 
 pytestmark = pytest.mark.root
 

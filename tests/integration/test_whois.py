@@ -4,7 +4,6 @@ and container ID; orphans in every layer marked."""
 import os
 
 import pytest
-
 from cnitest import run_plugin
 from doctor_env import NET_NAME, Cluster
 

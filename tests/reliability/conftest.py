@@ -3,10 +3,9 @@ test, or per module and install form for the long parametrized runs."""
 
 import os
 
+import cnitest
 import pytest
 from relnode import FIGURES, NetnsSet, RelNode
-
-import cnitest
 
 
 @pytest.fixture

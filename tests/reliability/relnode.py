@@ -23,7 +23,6 @@ import subprocess
 import time
 
 import pytest
-
 from cnitest import Netns, PluginRun, forms, read_text, run_plugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

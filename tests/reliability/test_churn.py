@@ -17,10 +17,9 @@ import os
 import threading
 import time
 
+import cnitest
 import pytest
 from relnode import FIGURES, NETWORKS, RelNode, diff
-
-import cnitest
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

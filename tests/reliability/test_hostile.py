@@ -15,11 +15,10 @@ Codes: 1 incompatible version, 4 bad environment, 6 undecodable stdin,
 import json
 import os
 
-import pytest
-from relnode import NetnsSet, RelNode, count, diff
-
 import cnitest
+import pytest
 from cnitest import assert_cni_error
+from relnode import NetnsSet, RelNode, count, diff
 
 pytestmark = pytest.mark.root
 

@@ -1,6 +1,6 @@
 """Property-based tests over config parsing and CNI_ARGS (no root needed).
 
-Every plugin runs in-process through ``cnilib.skel.execute`` on generated
+Every plugin runs in-process through ``cnilib.cni.skel.execute`` on generated
 input: valid configs with keys replaced by arbitrary JSON, arbitrary JSON
 documents, arbitrary bytes, arbitrary CNI_ARGS / ifname / container ID.
 The answer must be a success or a well-formed CNI error (JSON with an int
@@ -22,10 +22,11 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from relnode import count
 
-from cnilib import errors, main, skel
+from cnilib import main
+from cnilib.base import errors
+from cnilib.cni import skel
 
 PLUGINS = sorted(main.PLUGINS)
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
@@ -56,16 +57,18 @@ class _SealedNetlink:
 @pytest.fixture
 def sealed(monkeypatch, tmp_path):
     """Every side effect raises Reached; state paths point into tmp_path."""
-    from cnilib import flannel, fsutil, netlink, netns, proc, rawnl, sysctl
+    from cnilib import flannel
+    from cnilib.base import fsutil, proc
     from cnilib.firewall import iptables
+    from cnilib.kernel import netlink, netns, nftables, sysctl
     monkeypatch.setattr(netlink, "Netlink", _SealedNetlink)
     for mod, names in ((proc, ("run", "start")), (sysctl, ("write",)), (netns, ("setns",)),
-                       (rawnl, ("conntrack_delete_dports", "conntrack_count")),
+                       (nftables, ("conntrack_delete_dports", "conntrack_count")),
                        (fsutil, ("write_atomic", "ensure_dir", "remove", "sweep_temps")),
                        (flannel, ("wait_subnet_env",))):
         for n in names:
             monkeypatch.setattr(mod, n, _reached)
-    monkeypatch.setattr(rawnl._Sock, "__init__", _reached)
+    monkeypatch.setattr(nftables._Sock, "__init__", _reached)
     monkeypatch.setattr(netns.Enter, "__enter__", _reached)
     monkeypatch.setattr(fsutil.Flock, "__enter__", _reached)
     monkeypatch.setattr(iptables.lock, "__enter__", _reached)
@@ -218,7 +221,7 @@ def test_arbitrary_environment_gets_a_result_or_a_cni_error(sealed, name, args, 
 @PROP
 @given(raw=st.one_of(TEXT, NASTY, ARGS), known=st.sets(st.sampled_from(["IP", "MAC", "FOO"])))
 def test_cni_args_parse_to_a_dict_or_an_environment_error(raw, known):
-    from cnilib import args
+    from cnilib.cni import args
     try:
         got = args.parse_cni_args(raw, known)
     except errors.InvalidEnvironment as exc:
@@ -233,7 +236,7 @@ def test_cni_args_parse_to_a_dict_or_an_environment_error(raw, known):
 @PROP
 @given(doc=st.dictionaries(st.one_of(TEXT, st.sampled_from(KEYS)), JSON, max_size=6))
 def test_schema_validation_returns_a_dict_or_a_config_error(schema, doc):
-    from cnilib import validate
+    from cnilib.cni import validate
     try:
         got = validate.validate(schema, doc)
     except errors.CniError as exc:

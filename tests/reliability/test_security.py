@@ -21,9 +21,8 @@ import re
 import stat
 
 import pytest
-from relnode import PY_ONLY, NETWORKS, ROOT, diff
-
 from cnitest import assert_cni_error
+from relnode import NETWORKS, PY_ONLY, ROOT, diff
 
 pytestmark = pytest.mark.root
 

@@ -18,7 +18,7 @@ import json
 import os
 
 import pytest
-from relnode import PY_ONLY, NETWORKS, diff
+from relnode import NETWORKS, PY_ONLY, diff
 
 pytestmark = pytest.mark.root
 

@@ -2,14 +2,14 @@
 
 import socket
 
-from cnilib import agentwire
+from cnilib.agent import wire
 
 
 def _roundtrip(plugin, env, stdin):
     a, b = socket.socketpair()
     try:
-        a.sendall(agentwire.encode_request(plugin, env, stdin))
-        return agentwire.read_request(b)
+        a.sendall(wire.encode_request(plugin, env, stdin))
+        return wire.read_request(b)
     finally:
         a.close()
         b.close()
@@ -35,7 +35,7 @@ def test_a_foreign_magic_is_refused():
     try:
         a.sendall(b"PYCNI1" + b"\0" * 8)
         try:
-            agentwire.read_request(b)
+            wire.read_request(b)
         except ValueError:
             pass
         else:
@@ -46,9 +46,9 @@ def test_a_foreign_magic_is_refused():
 
 
 def test_agent_preload_finds_every_module_it_names():
-    from cnilib import agent
+    from cnilib.agent import server
     msgs = []
-    agent.preload(msgs.append)
+    server.preload(msgs.append)
     assert msgs == []
     import sys
     assert "pyroute2.netlink.rtnl.ifinfmsg" in sys.modules     # the VLAN requests' encoder

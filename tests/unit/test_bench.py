@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from cnitest import ROOT
 
 from bench import stats, workloads
 from bench.__main__ import parse_args
 from bench.stats import Row, Target
-from cnitest import ROOT
 
 
 def test_percentile_interpolates_between_ranks():
@@ -211,14 +211,14 @@ def test_importtime_parse_and_summary():
     text = "\n".join([
         "import time: self [us] | cumulative | imported package",
         "import time:       100 |        100 |   _json",
-        "import time:       200 |        300 | cnilib.jsonio",
+        "import time:       200 |        300 | cnilib.base.jsonio",
         "import time:      2000 |       3500 |     re",
         "import time:      1000 |       5000 |   pyroute2.netlink",
-        "import time:      4000 |      9000 | cnilib.netlink",
+        "import time:      4000 |      9000 | cnilib.kernel.netlink",
         "unrelated line"])
     entries = importtime.parse(text)
     assert entries[0] == (1, "_json", 100, 100) and entries[3] == (1, "pyroute2.netlink", 1000, 5000)
     assert entries[2][0] == 2
     total, heavy = importtime.summary(entries, top=3)
     assert total == pytest.approx(9.3)
-    assert heavy == [("cnilib.netlink", 9.0), ("pyroute2.netlink", 5.0), ("re", 3.5)]
+    assert heavy == [("cnilib.kernel.netlink", 9.0), ("pyroute2.netlink", 5.0), ("re", 3.5)]

@@ -3,8 +3,9 @@ what each path imports (no root)."""
 
 import pytest
 
-from cnilib import bridgeconf, errors
-from cnilib.types import Result
+from cnilib.base import errors
+from cnilib.bridge import netconf
+from cnilib.cni.types import Result
 
 BASE = {"cniVersion": "1.0.0", "name": "net1", "type": "bridge",
         "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}
@@ -17,7 +18,7 @@ def conf(**kw):
 
 
 def test_defaults():
-    c = bridgeconf.load_conf(conf())
+    c = netconf.load_conf(conf())
     assert c["bridge"] == "cni0"
     for key in ("isGateway", "isDefaultGateway", "forceAddress", "ipMasq", "hairpinMode",
                 "promiscMode", "preserveDefaultVlan", "enabledad", "macspoofchk",
@@ -28,19 +29,19 @@ def test_defaults():
 
 
 def test_default_gateway_implies_gateway():
-    c = bridgeconf.load_conf(conf(isDefaultGateway=True))
+    c = netconf.load_conf(conf(isDefaultGateway=True))
     assert c["isGateway"] is True
 
 
 def test_layer2_without_ipam():
-    c = bridgeconf.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge"})
+    c = netconf.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge"})
     assert not c["_l3"]
-    c = bridgeconf.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "ipam": {}})
+    c = netconf.load_conf({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "ipam": {}})
     assert not c["_l3"]
 
 
 def test_keys_match_without_case_like_go():
-    c = bridgeconf.load_conf(conf(MTU=1400, isgateway=True, HairpinMode=True))
+    c = netconf.load_conf(conf(MTU=1400, isgateway=True, HairpinMode=True))
     assert c["mtu"] == 1400 and c["isGateway"] and c["hairpinMode"]
 
 
@@ -70,43 +71,43 @@ def test_keys_match_without_case_like_go():
 ])
 def test_bad_configs_are_code_7(bad, needle):
     with pytest.raises(errors.InvalidConfig) as ei:
-        bridgeconf.load_conf(conf(**bad))
+        netconf.load_conf(conf(**bad))
     assert ei.value.code == 7
     assert needle in str(ei.value)
 
 
 def test_trunk_is_sorted_and_deduplicated():
-    c = bridgeconf.load_conf(conf(vlanTrunk=[{"id": 30}, {"minID": 10, "maxID": 12}, {"id": 11}]))
+    c = netconf.load_conf(conf(vlanTrunk=[{"id": 30}, {"minID": 10, "maxID": 12}, {"id": 11}]))
     assert c["_trunk"] == [10, 11, 12, 30]
-    assert bridgeconf.load_conf(conf(vlanTrunk=[]))["_trunk"] == []
+    assert netconf.load_conf(conf(vlanTrunk=[]))["_trunk"] == []
 
 
 def test_mac_precedence_and_validation():
     c = conf(args={"cni": {"mac": "0a:00:00:00:00:02"}}, runtimeConfig={"mac": "0A:00:00:00:00:03"})
-    assert bridgeconf.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:03"
+    assert netconf.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:03"
     c = conf(args={"cni": {"mac": "0a:00:00:00:00:02"}})
-    assert bridgeconf.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:02"
-    assert bridgeconf.container_mac(conf(), {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:01"
-    assert bridgeconf.container_mac(conf(), {}) is None
+    assert netconf.container_mac(c, {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:02"
+    assert netconf.container_mac(conf(), {"MAC": "0a:00:00:00:00:01"}) == "0a:00:00:00:00:01"
+    assert netconf.container_mac(conf(), {}) is None
     for bad in ("01:00:5e:00:00:01", "00:00:00:00:00:00", "zz:00:00:00:00:01", "0a:00:00:00:01",
                 "0a-00-00-00-00-01"):
         with pytest.raises(errors.InvalidConfig):
-            bridgeconf.container_mac(conf(runtimeConfig={"mac": bad}), {})
+            netconf.container_mac(conf(runtimeConfig={"mac": bad}), {})
     with pytest.raises(errors.InvalidEnvironment):
-        bridgeconf.container_mac(conf(), {"MAC": "nope"})
+        netconf.container_mac(conf(), {"MAC": "nope"})
 
 
 def test_veth_alias_names_the_attachment():
     from cnilib.firewall import naming
-    a = bridgeconf.veth_alias("net1", "abc123", "eth0", {})
+    a = netconf.veth_alias("net1", "abc123", "eth0", {})
     assert a == "pycni net=net1 cid=abc123 if=eth0"
-    a = bridgeconf.veth_alias("net1", "abc123", "eth0",
+    a = netconf.veth_alias("net1", "abc123", "eth0",
                           {"K8S_POD_NAMESPACE": "kube-system", "K8S_POD_NAME": "core dns;$(x)"})
     assert a == "pycni net=net1 cid=abc123 if=eth0 pod=kube-system/core_dns___x_"
     assert naming.veth_alias_names(a, "net1", "abc123", "eth0")
     for other in (("net2", "abc123", "eth0"), ("net1", "abc12", "eth0"), ("net1", "abc123", "eth1")):
         assert not naming.veth_alias_names(a, *other)
-    long = bridgeconf.veth_alias("n" * 128, "c" * 128, "eth0", {})
+    long = netconf.veth_alias("n" * 128, "c" * 128, "eth0", {})
     assert len(long) <= 255 and naming.veth_alias_names(long, "n" * 128, "c" * 128, "eth0")
     assert not naming.veth_alias_names(long, "n" * 128, "c" * 127, "eth0")
     assert not naming.veth_alias_names(None, "n", "c", "eth0")
@@ -117,13 +118,13 @@ def ipam_result(ips, routes=()):
 
 
 def cfg(**kw):
-    c = bridgeconf.load_conf(conf(**kw))
+    c = netconf.load_conf(conf(**kw))
     return c
 
 
 def test_calc_gateways_fills_gateway_and_index():
     r = ipam_result([{"address": "10.1.0.5/24"}])
-    gws = bridgeconf.calc_gateways(r, cfg(isGateway=True))
+    gws = netconf.calc_gateways(r, cfg(isGateway=True))
     assert r.ips == [{"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 2}]
     assert r.routes == []
     assert gws == {4: [("10.1.0.1", 24)], 6: []}
@@ -131,7 +132,7 @@ def test_calc_gateways_fills_gateway_and_index():
 
 def test_calc_gateways_without_is_gateway_keeps_ipam_gateway_off_the_bridge():
     r = ipam_result([{"address": "10.1.0.5/24", "gateway": "10.1.0.254"}])
-    gws = bridgeconf.calc_gateways(r, cfg())
+    gws = netconf.calc_gateways(r, cfg())
     assert r.ips[0]["gateway"] == "10.1.0.254" and r.ips[0]["interface"] == 2
     assert gws == {4: [], 6: []}
 
@@ -139,14 +140,14 @@ def test_calc_gateways_without_is_gateway_keeps_ipam_gateway_off_the_bridge():
 def test_calc_gateways_default_route_once_per_family():
     r = ipam_result([{"address": "10.1.0.5/24"}, {"address": "10.2.0.5/16"},
                      {"address": "fd00:1::5/64"}])
-    gws = bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
+    gws = netconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "::/0", "gw": "fd00:1::1"}]
     assert gws == {4: [("10.1.0.1", 24), ("10.2.0.1", 16)], 6: [("fd00:1::1", 64)]}
 
 
 def test_calc_gateways_respects_an_ipam_default_route_with_gw():
     r = ipam_result([{"address": "10.1.0.5/24"}], [{"dst": "0.0.0.0/0", "gw": "10.1.0.254"}])
-    bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
+    netconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "0.0.0.0/0", "gw": "10.1.0.254"}]
 
 
@@ -154,24 +155,24 @@ def test_calc_gateways_avoids_the_duplicate_default_route_trap():
     """IPAM's 0.0.0.0/0 without gw gets the gateway filled in when applied;
     the reference appends a second, identical route and the ADD fails on EEXIST."""
     r = ipam_result([{"address": "10.1.0.5/24"}], [{"dst": "0.0.0.0/0"}])
-    bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
+    netconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "0.0.0.0/0"}]
 
 
 def test_calc_gateways_other_family_default_does_not_count():
     r = ipam_result([{"address": "10.1.0.5/24"}, {"address": "fd00::5/64"}], [{"dst": "::/0"}])
-    bridgeconf.calc_gateways(r, cfg(isDefaultGateway=True))
+    netconf.calc_gateways(r, cfg(isDefaultGateway=True))
     assert r.routes == [{"dst": "::/0"}, {"dst": "0.0.0.0/0", "gw": "10.1.0.1"}]
 
 
 def test_calc_gateways_same_gateway_listed_once():
     r = ipam_result([{"address": "10.1.0.5/24"}, {"address": "10.1.0.6/24"}])
-    gws = bridgeconf.calc_gateways(r, cfg(isGateway=True))
+    gws = netconf.calc_gateways(r, cfg(isGateway=True))
     assert gws[4] == [("10.1.0.1", 24)]
 
 
 def test_first_gateways_and_interface_filter():
-    from cnilib import iface
+    from cnilib.bridge import iface
     r = Result(interfaces=[{"name": "cni0"}, {"name": "veth1"}, {"name": "eth0"}],
                ips=[{"address": "10.1.0.5/24", "interface": 2},
                     {"address": "10.9.0.5/24", "interface": 1},
@@ -212,7 +213,7 @@ def test_version_and_config_errors_stay_light(command, stdin):
     mods = _modules_after(
         "import os\nos.environ.update(CNI_COMMAND=%r, CNI_CONTAINERID='c', CNI_NETNS='',"
         " CNI_IFNAME='eth0', CNI_PATH='/nonexistent', PYCNI_LOG='off')\n"
-        "from cnilib import skel\nimport plugins.bridge as p\n"
+        "from cnilib.cni import skel\nimport plugins.bridge as p\n"
         "rc, out = skel.execute(p.PLUGIN, os.environ, stdin_data=%r)\n"
         "assert (rc == 0) == (%r == 'VERSION'), out\n"
         "assert rc == 0 or b'\"code\":7' in out, out" % (command, stdin, command))

@@ -9,7 +9,8 @@ import struct
 
 import pytest
 
-from cnilib import bridge, bridgeconf, netlink
+from cnilib.bridge import links, netconf
+from cnilib.kernel import netlink
 
 ifinfmsg = netlink.msgclass("ifinfmsg")     # what netlink.py packs VLAN requests with
 
@@ -55,13 +56,13 @@ class Port:
 
 
 def conf(**kw):
-    c = bridgeconf.load_conf(dict({"cniVersion": "1.0.0", "name": "n", "type": "bridge"}, **kw))
+    c = netconf.load_conf(dict({"cniVersion": "1.0.0", "name": "n", "type": "bridge"}, **kw))
     return c
 
 
 def test_access_port_replaces_the_default_vlan():
     nl = FakeNL(vlans=[(1, 6)])
-    bridge.set_port_vlans(nl, Port, conf(vlan=100))
+    links.set_port_vlans(nl, Port, conf(vlan=100))
     kinds = [t for t, _, _ in nl.sent]
     assert kinds == [netlink.RTM_GETLINK, netlink.RTM_DELLINK, netlink.RTM_SETLINK]
     dump, dele, add = (m for _, _, m in nl.sent)
@@ -74,7 +75,7 @@ def test_access_port_replaces_the_default_vlan():
 
 def test_trunk_without_access_vlan_gets_native_vlan_1():
     nl = FakeNL(vlans=[(1, 6)])
-    bridge.set_port_vlans(nl, Port, conf(vlanTrunk=[{"minID": 10, "maxID": 11}], preserveDefaultVlan=True))
+    links.set_port_vlans(nl, Port, conf(vlanTrunk=[{"minID": 10, "maxID": 11}], preserveDefaultVlan=True))
     adds = [_vlan_infos(m) for t, _, m in nl.sent if t == netlink.RTM_SETLINK]
     assert adds == [[(10, 0)], [(11, 0)], [(1, 6)]]
     assert all(t != netlink.RTM_DELLINK for t, _, _ in nl.sent)     # default kept
@@ -82,7 +83,7 @@ def test_trunk_without_access_vlan_gets_native_vlan_1():
 
 def test_no_vlan_config_sends_nothing():
     nl = FakeNL()
-    bridge.set_port_vlans(nl, Port, conf())
+    links.set_port_vlans(nl, Port, conf())
     assert nl.sent == []
 
 

@@ -6,9 +6,9 @@ import os
 import re
 
 import pytest
-
-from cnilib import skel, version
 from cnitest import ROOT
+
+from cnilib.cni import skel, version
 
 FILES = sorted(glob.glob(os.path.join(ROOT, "conf", "*.conf")) +
                glob.glob(os.path.join(ROOT, "conf", "*.conflist")))

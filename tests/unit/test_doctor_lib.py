@@ -5,9 +5,11 @@ import os
 import re
 
 import pytest
-
-from cnilib import doctor, errors, flannel, runner
 from cnitest import schema_errors
+
+from cnilib import flannel
+from cnilib.base import errors
+from cnilib.ops import doctor, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

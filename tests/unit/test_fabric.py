@@ -1,9 +1,9 @@
-"""cnilib.fabric without root: node descriptions, VTEP MACs, subnet.env, rules."""
+"""cnilib.ops.fabric without root: node descriptions, VTEP MACs, subnet.env, rules."""
 
 import pytest
 
-from cnilib import fabric
-from cnilib.fabric import FabricError, Plan, parse_nodes
+from cnilib.ops import fabric
+from cnilib.ops.fabric import FabricError, Plan, parse_nodes
 
 NODES = [{"name": "node1", "publicIP": "192.0.2.1", "subnet": "10.244.1.0/24"},
          {"name": "node2", "publicIP": "192.0.2.2", "subnet": "10.244.2.0/24"}]

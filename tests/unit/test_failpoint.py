@@ -1,8 +1,8 @@
-"""cnilib.failpoint: inert when unset, named actions, the ``*`` wildcard and tracing."""
+"""cnilib.base.failpoint: inert when unset, named actions, the ``*`` wildcard and tracing."""
 
 import pytest
 
-from cnilib import failpoint
+from cnilib.base import failpoint
 
 
 @pytest.fixture

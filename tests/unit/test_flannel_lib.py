@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from cnilib import errors, flannel
+from cnilib import flannel
+from cnilib.base import errors
 from cnilib.flannel import SubnetEnvError, parse_subnet_env
 
 V4 = ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
@@ -331,7 +332,7 @@ def test_version_path_is_light():
     from test_imports import HEAVY, _modules_after
     mods = _modules_after(
         "import os\nos.environ.update(CNI_COMMAND='VERSION', PYCNI_LOG='off')\n"
-        "from cnilib import skel\nimport plugins.flannel as p\n"
+        "from cnilib.cni import skel\nimport plugins.flannel as p\n"
         "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{\"cniVersion\":\"1.0.0\"}')")
     assert sorted(m for m in mods if m.split(".")[0] in HEAVY) == []
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from cnilib import errors, fsutil
+from cnilib.base import errors, fsutil
 
 
 def test_write_atomic_and_read(tmp_path):
@@ -67,7 +67,7 @@ def test_write_atomic_not_durable_skips_only_the_fsyncs(tmp_path, monkeypatch):
 
 
 def test_flock_logs_its_wait_and_hold_at_debug_level(tmp_path):
-    from cnilib.log import Log
+    from cnilib.base.log import Log
     log = Log("t", {"PYCNI_LOG_LEVEL": "debug"})
     with fsutil.Flock(str(tmp_path / "lock"), what="test lock", log=log):
         pass

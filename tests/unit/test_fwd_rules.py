@@ -6,39 +6,40 @@ The reference-style lines are what Debian's firewall plugin 1.1.1
 
 import pytest
 
-pytest.importorskip("pydantic")     # before cnilib.validate installs its pydantic_core stub
+pytest.importorskip("pydantic")     # before cnilib.cni.validate installs its pydantic_core stub
 
-from cnilib import errors, fwd  # noqa: E402
+from cnilib.base import errors
+from cnilib.firewall import forward  # noqa: E402
 
-KEY = fwd.key("cbr0", "abc123", "eth0")
-NOTE = fwd.comment("cbr0", "abc123", "eth0")
+KEY = forward.key("cbr0", "abc123", "eth0")
+NOTE = forward.comment("cbr0", "abc123", "eth0")
 
 
 def test_names():
     assert KEY == "pycni fw 5806acf520ba-58116a59a3570ffb"
     assert NOTE == KEY + " net=cbr0 id=abc123 if=eth0"
-    assert fwd.network_key_prefix("cbr0") == "pycni fw 5806acf520ba-"
-    assert len(fwd.comment("n" * 128, "c" * 128, "eth0")) == 255
+    assert forward.network_key_prefix("cbr0") == "pycni fw 5806acf520ba-"
+    assert len(forward.comment("n" * 128, "c" * 128, "eth0")) == 255
 
 
 def test_reference_lines():
-    assert fwd.jump_rules() == [
+    assert forward.jump_rules() == [
         ('-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD', True),
         ('-A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN', True)]
-    assert fwd.reference_rules(["10.88.0.3"], 4) == [
+    assert forward.reference_rules(["10.88.0.3"], 4) == [
         "-A CNI-FORWARD -d 10.88.0.3/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "-A CNI-FORWARD -s 10.88.0.3/32 -j ACCEPT"]
 
 
 def test_keyed_accept_rules():
-    assert fwd.accept_rules(["fd00::2"], 6, NOTE) == [
+    assert forward.accept_rules(["fd00::2"], 6, NOTE) == [
         '-A CNI-FORWARD -d fd00::2/128 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "%s" '
         "-j ACCEPT" % NOTE,
         '-A CNI-FORWARD -s fd00::2/128 -m comment --comment "%s" -j ACCEPT' % NOTE]
 
 
 def test_isolation_rules_follow_the_reference():
-    rules = fwd.isolation_rules("cni0", isolated=True)
+    rules = forward.isolation_rules("cni0", isolated=True)
     assert [(c, first) for c, _l, first in rules] == [
         ("FORWARD", True), ("CNI-ISOLATION-STAGE-1", True), ("CNI-ISOLATION-STAGE-1", True),
         ("CNI-ISOLATION-STAGE-1", False), ("CNI-ISOLATION-STAGE-2", True), ("CNI-ISOLATION-STAGE-2", False)]
@@ -46,7 +47,7 @@ def test_isolation_rules_follow_the_reference():
                            '"CNI firewall plugin rules (ingressPolicy: isolated)" -j CNI-ISOLATION-STAGE-2')
     assert rules[2][1].endswith("-i cni0 -o cni0 -m comment --comment "
                                 '"CNI firewall plugin rules (ingressPolicy: isolated)" -j DROP')
-    assert len(fwd.isolation_rules("cni0", isolated=False)) == 5
+    assert len(forward.isolation_rules("cni0", isolated=False)) == 5
 
 
 SAVED = """*filter
@@ -67,37 +68,37 @@ COMMIT
 
 
 def test_rules_are_found_by_exact_key():
-    assert len(fwd.rules_with_key(SAVED, KEY)) == 2                 # not the one whose key only starts alike
-    keyed = fwd.keyed_rules(SAVED, fwd.network_key_prefix("cbr0"))
+    assert len(forward.rules_with_key(SAVED, KEY)) == 2                 # not the one whose key only starts alike
+    keyed = forward.keyed_rules(SAVED, forward.network_key_prefix("cbr0"))
     assert [k for _r, k in keyed] == [KEY, KEY, KEY + "0"]
 
 
 def test_add_batch_first_time_and_again():
-    new = fwd.accept_rules(["10.88.0.2"], 4, NOTE)
-    first = fwd.ipt_add_lines("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", "CNI-ADMIN", new, KEY)
+    new = forward.accept_rules(["10.88.0.2"], 4, NOTE)
+    first = forward.ipt_add_lines("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", "CNI-ADMIN", new, KEY)
     assert first == [":CNI-FORWARD - [0:0]", ":CNI-ADMIN - [0:0]",
                      '-I FORWARD 1 -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD',
                      '-I CNI-FORWARD 1 -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN'] + new
-    again = fwd.ipt_add_lines(SAVED, "CNI-ADMIN", new, KEY)
+    again = forward.ipt_add_lines(SAVED, "CNI-ADMIN", new, KEY)
     assert again == ["-D" + r[2:] for r in new] + new
-    iso = fwd.isolation_rules("cni0", False)
-    lines = fwd.ipt_add_lines(SAVED, "CNI-ADMIN", new, KEY, iso)
+    iso = forward.isolation_rules("cni0", False)
+    lines = forward.ipt_add_lines(SAVED, "CNI-ADMIN", new, KEY, iso)
     assert ":CNI-ISOLATION-STAGE-1 - [0:0]" in lines and lines[-1].startswith("-A CNI-ISOLATION-STAGE-2 ")
 
 
 def test_delete_batch():
-    ref = fwd.reference_rules(["10.88.0.3", "10.88.0.77"], 4)
-    assert fwd.ipt_del_lines(SAVED, KEY, ref) == [
+    ref = forward.reference_rules(["10.88.0.3", "10.88.0.77"], 4)
+    assert forward.ipt_del_lines(SAVED, KEY, ref) == [
         "-D CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "
         '"%s" -j ACCEPT' % NOTE,
         '-D CNI-FORWARD -s 10.88.0.2/32 -m comment --comment "%s" -j ACCEPT' % NOTE,
         "-D CNI-FORWARD -d 10.88.0.3/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "-D CNI-FORWARD -s 10.88.0.3/32 -j ACCEPT"]
-    assert fwd.ipt_del_lines(SAVED, fwd.key("cbr0", "gone", "eth0")) == []
+    assert forward.ipt_del_lines(SAVED, forward.key("cbr0", "gone", "eth0")) == []
 
 
 def test_nft_skeleton_and_elements():
-    assert fwd.render_skeleton() == (
+    assert forward.render_skeleton() == (
         'add table inet pycni-fw { comment "pycni firewall: accept the forwarded traffic of containers" ; }\n'
         "add set inet pycni-fw ips4 { type ipv4_addr ; }\n"
         "add set inet pycni-fw ips6 { type ipv6_addr ; }\n"
@@ -107,7 +108,7 @@ def test_nft_skeleton_and_elements():
         "add rule inet pycni-fw forward ip saddr @ips4 accept\n"
         "add rule inet pycni-fw forward ip6 daddr @ips6 ct state established,related accept\n"
         "add rule inet pycni-fw forward ip6 saddr @ips6 accept\n")
-    elems = fwd.nft_elements({4: ["10.88.0.2"], 6: ["fd00::2"]})
+    elems = forward.nft_elements({4: ["10.88.0.2"], 6: ["fd00::2"]})
     assert [(e.set, e.key.hex(), e.chain, e.label) for e in elems] == [
         ("ips4", "0a580002", None, "10.88.0.2"), ("ips6", "fd000000000000000000000000000002", None, "fd00::2")]
 
@@ -123,10 +124,10 @@ PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "cni0"}, {"name": "eth0",
 
 
 def test_parse():
-    cfg = fwd.parse(Args({"cniVersion": "1.0.0", "name": "n", "type": "firewall", "prevResult": PREV,
+    cfg = forward.parse(Args({"cniVersion": "1.0.0", "name": "n", "type": "firewall", "prevResult": PREV,
                           "ingressPolicy": "same-bridge", "backend": ""}), need_prev=True)
     assert cfg.ips == {4: ["10.88.0.2"], 6: ["fd00::2"]} and cfg.bridge == "cni0" and cfg.backend is None
-    assert fwd.parse(Args({"cniVersion": "1.0.0", "name": "n", "type": "firewall"}), need_prev=False).ips == {}
+    assert forward.parse(Args({"cniVersion": "1.0.0", "name": "n", "type": "firewall"}), need_prev=False).ips == {}
 
 
 @pytest.mark.parametrize("extra,msg", [
@@ -140,5 +141,5 @@ def test_parse_refusals(extra, msg):
     conf = {"cniVersion": "1.0.0", "name": "n", "type": "firewall", "prevResult": PREV}
     conf.update(extra)
     with pytest.raises(errors.InvalidConfig) as e:
-        fwd.parse(Args(conf), need_prev=True)
+        forward.parse(Args(conf), need_prev=True)
     assert msg in e.value.msg + e.value.details

@@ -2,13 +2,16 @@
 
 import pytest
 
-# the real pydantic first: cnilib.validate would otherwise install its light
+# the real pydantic first: cnilib.cni.validate would otherwise install its light
 # pydantic_core stub in sys.modules, which breaks later imports of pydantic
 pytest.importorskip("pydantic")
 
-from cnilib import errors, hostport  # noqa: E402
-from cnilib.firewall import addr  # noqa: E402
-from cnilib.types import Result  # noqa: E402
+from cnilib.base import errors
+from cnilib.cni.types import Result  # noqa: E402
+from cnilib.firewall import (
+    addr,  # noqa: E402
+    portmap,  # noqa: E402
+)
 
 
 class Args:
@@ -34,7 +37,7 @@ def conf(mappings=None, **kw):
 
 
 def parse(c, need_prev=True):
-    return hostport.parse(Args(c), need_prev)
+    return portmap.parse(Args(c), need_prev)
 
 
 def test_keys_in_any_case_and_defaults():
@@ -109,12 +112,12 @@ def test_options_pick_the_backend():
 
 def test_container_addresses_like_the_reference():
     r = Result.parse(PREV, "1.0.0")
-    assert hostport.container_addrs(r, "eth0") == {4: ("10.88.0.5", 24), 6: ("fd00::5", 64)}
-    assert hostport.container_addrs(r, "net1") == {6: ("fd00::5", 64)}
+    assert portmap.container_addrs(r, "eth0") == {4: ("10.88.0.5", 24), 6: ("fd00::5", 64)}
+    assert portmap.container_addrs(r, "net1") == {6: ("fd00::5", 64)}
 
 
 def test_valid_attachments():
-    from cnilib.args import valid_attachments
+    from cnilib.cni.args import valid_attachments
     assert valid_attachments({}) is None
     assert valid_attachments({"cni.dev/valid-attachments": None}) == set()
     assert valid_attachments({"cni.dev/attachments": [{"containerID": "a", "ifname": "eth0"}]}) == {

@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from cnilib import hostport_rules as R
 from cnilib.firewall import addr
+from cnilib.firewall import portmap_rules as R
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "portmap")
 CHAIN = "CNI-DN-3e9a3d0f9583cdc0e7133"
@@ -304,14 +304,14 @@ def _nla(atype, payload, nested=False):
 def test_conntrack_message_is_read():
     import struct
 
-    from cnilib import rawnl
+    from cnilib.kernel import nftables
     proto = _nla(2, _nla(1, b"\x11") + _nla(2, struct.pack("!H", 40000)) + _nla(3, struct.pack("!H", 8081)),
                  nested=True)
     orig = _nla(1, _nla(1, _nla(1, b"\x0a\x4d\x00\x02"), nested=True) + proto, nested=True)
     body = struct.pack("=BBH", 2, 0, 0) + orig + _nla(18, struct.pack("!H", 0))
-    p, port, attrs = rawnl._orig_proto_dport(body)
+    p, port, attrs = nftables._orig_proto_dport(body)
     assert (p, port) == (17, 8081)
-    assert set(attrs) == {rawnl.CTA_TUPLE_ORIG, rawnl.CTA_ZONE}
+    assert set(attrs) == {nftables.CTA_TUPLE_ORIG, nftables.CTA_ZONE}
 
 
 def test_plugins_import_light():

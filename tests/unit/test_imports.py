@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from cnitest import ROOT
 
 SITE = [p for p in sys.path if p.endswith("site-packages")]
@@ -27,7 +26,7 @@ HEAVY = ("pyroute2", "pydantic", "pydantic_core", "re", "json", "subprocess", "l
 def test_version_path_is_light():
     mods = _modules_after(
         "import os\nos.environ.update(CNI_COMMAND='VERSION', PYCNI_LOG='off')\n"
-        "from cnilib import skel\nimport plugins.loopback as p\n"
+        "from cnilib.cni import skel\nimport plugins.loopback as p\n"
         "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{\"cniVersion\":\"1.0.0\"}')")
     heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
     assert heavy == [], heavy
@@ -36,7 +35,7 @@ def test_version_path_is_light():
 def test_error_path_does_not_load_netlink():
     mods = _modules_after(
         "import os\nos.environ.update(CNI_COMMAND='ADD', PYCNI_LOG='off')\n"
-        "from cnilib import skel\nimport plugins.loopback as p\n"
+        "from cnilib.cni import skel\nimport plugins.loopback as p\n"
         "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{}')")
     assert not any(m.startswith(("pyroute2", "pydantic")) for m in mods)
 
@@ -62,13 +61,13 @@ def test_only_netlink_imports_pyroute2():
 
 def test_netlink_loads_no_pyroute2_until_asked():
     """A pod's path (links, veths, addresses, routes) is packed by hand."""
-    mods = _modules_after("from cnilib import netlink")
+    mods = _modules_after("from cnilib.kernel import netlink")
     heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
     assert heavy == [], heavy
 
 
 def test_netlink_stub_skips_pyroute2_init():
-    mods = _modules_after("from cnilib import netlink\nnetlink.msgclass('ifinfmsg')")
+    mods = _modules_after("from cnilib.kernel import netlink\nnetlink.msgclass('ifinfmsg')")
     assert "pyroute2.iproute" not in mods and "pyroute2.ndb" not in mods
     assert "pyroute2.netlink.rtnl.ifinfmsg" in mods
 
@@ -85,7 +84,7 @@ def test_plugins_never_import_each_other():
 
 def test_schemas_are_fresh():
     pytest.importorskip("pydantic")
-    r = subprocess.run([sys.executable, "-m", "cnilib.schema", "--check"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "cnilib.cni.schema", "--check"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -93,7 +92,7 @@ def test_schemas_are_fresh():
 def test_validation_is_light():
     """Validating a config loads neither pydantic(-core) nor re (~8 ms per exec)."""
     mods = _modules_after(
-        "from cnilib import validate\n"
+        "from cnilib.cni import validate\n"
         "validate.validate('netconf', {'name': 'n', 'cniVersion': '1.0.0', 'type': 'x'})")
     heavy = sorted(m for m in mods if m.split(".")[0] in ("pydantic", "pydantic_core", "re", "enum",
                                                            "typing", "datetime"))
@@ -104,7 +103,7 @@ def test_validating_first_does_not_break_a_later_pydantic_import():
     """The run-time stub for pydantic_core must not shadow the real package."""
     pytest.importorskip("pydantic")
     mods = _modules_after(
-        "from cnilib import validate\nvalidate.validate('netconf', {'name': 'n'})\n"
+        "from cnilib.cni import validate\nvalidate.validate('netconf', {'name': 'n'})\n"
         "import pydantic\nclass M(pydantic.BaseModel):\n    x: int\nassert M(x=1).x == 1\n"
         "assert validate.validate('netconf', {'name': 'n'})['name'] == 'n'")
     assert "pydantic" in mods

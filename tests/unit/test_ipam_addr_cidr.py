@@ -1,12 +1,13 @@
-"""cnilib.ipam.addr's CIDR helpers: what the bridge path uses instead of
+"""cnilib.base.addr's CIDR helpers: what the bridge path uses instead of
 ``ipaddress`` (3-4 ms to import); held to ``ipaddress`` on ordinary input."""
 
 import ipaddress
 
 import pytest
 
-from cnilib import bridgeconf, ipmasq
-from cnilib.ipam import addr
+from cnilib.base import addr
+from cnilib.bridge import netconf
+from cnilib.firewall import masquerade
 
 
 @pytest.mark.parametrize("s", ["10.1.2.3/24", "10.1.2.3/32", "10.1.2.3/0", "192.168.0.255/31",
@@ -16,7 +17,7 @@ def test_cidr_and_network_agree_with_ipaddress(s):
     fam, n, prefix = addr.cidr(s)
     assert (fam, n, prefix) == (i.version, int(i.ip), i.network.prefixlen)
     assert addr.network(s) == str(i.network)
-    assert ipmasq._split(s) == (i.version, str(i.ip), str(i.network))
+    assert masquerade._split(s) == (i.version, str(i.ip), str(i.network))
 
 
 def test_mapped_addresses_read_as_go_does():
@@ -40,7 +41,7 @@ def test_calc_gateways_matches_ipaddress_arithmetic():
     conf = {"isGateway": True, "isDefaultGateway": True}
     r = R([{"address": "10.244.1.7/24"}, {"address": "fd00:10:244:1::7/64"},
            {"address": "10.9.0.5/16", "gateway": "10.9.0.254"}])
-    gws = bridgeconf.calc_gateways(r, conf)
+    gws = netconf.calc_gateways(r, conf)
     assert [ip["gateway"] for ip in r.ips] == ["10.244.1.1", "fd00:10:244:1::1", "10.9.0.254"]
     assert gws == {4: [("10.244.1.1", 24), ("10.9.0.254", 16)], 6: [("fd00:10:244:1::1", 64)]}
     assert r.routes == [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}]

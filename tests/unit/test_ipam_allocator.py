@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from cnilib import errors
-from cnilib.ipam import addr, allocator, config
+from cnilib.base import addr, errors
+from cnilib.base.log import Log
+from cnilib.ipam import allocator, config
 from cnilib.ipam.store import INDEX_DIR, Store
-from cnilib.log import Log
 
 
 def load(ranges=None, version="1.0.0", cni_args=None, **ipam):

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnilib import errors
-from cnilib.ipam import addr, config
+from cnilib.base import addr, errors
+from cnilib.ipam import config
 
 
 def conf(ipam=None, version="1.0.0", **top):

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-
-from cnilib import skel
 from cnitest import ROOT
+
+from cnilib.cni import skel
 from plugins import host_local
 
 SITE = [p for p in sys.path if p.endswith("site-packages")]
@@ -143,7 +143,7 @@ def test_import_path_has_no_pyroute2_nor_heavy_modules(tmp_path):
     prog = ("import sys, os; sys.path[0:0] = %r\n"
             "os.environ.update(CNI_COMMAND='ADD', CNI_CONTAINERID='c1', CNI_NETNS='/x',"
             " CNI_IFNAME='eth0', CNI_PATH='/x', PYCNI_LOG='off')\n"
-            "from cnilib import skel\nimport plugins.host_local as p\n"
+            "from cnilib.cni import skel\nimport plugins.host_local as p\n"
             "rc, out = skel.execute(p.PLUGIN, os.environ, stdin_data=%r)\nassert rc == 0, out\n"
             "print('\\n'.join(sorted(sys.modules)))" % ([ROOT] + SITE, conf.encode()))
     out = subprocess.run([sys.executable, "-I", "-S", "-c", prog], capture_output=True,

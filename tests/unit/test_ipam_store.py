@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from cnilib import errors, fsutil
+from cnilib.base import errors, fsutil
+from cnilib.base.log import Log
 from cnilib.ipam import store as lstore
 from cnilib.ipam.store import TORN, Store
-from cnilib.log import Log
 
 
 @pytest.fixture

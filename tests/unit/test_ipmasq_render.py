@@ -1,7 +1,6 @@
 """Masquerade and macspoofchk rule text, golden (no root, no nft/iptables run)."""
 
-from cnilib import ipmasq, macspoof
-from cnilib.firewall import naming
+from cnilib.firewall import macspoof, masquerade, naming
 
 CHAIN = "CNI-3e9a3d0f9583cdc0e7133af3"     # the reference's chain for cbr0 + abc123
 C = '-m comment --comment "name: \\"cbr0\\" id: \\"abc123\\""'
@@ -35,40 +34,40 @@ COMMIT
 
 
 def test_nft_skeleton_is_written_once_and_idempotently():
-    assert ipmasq.render_skeleton() == SKELETON
-    assert ipmasq.TABLE.ready == {"postrouting": 2}
+    assert masquerade.render_skeleton() == SKELETON
+    assert masquerade.TABLE.ready == {"postrouting": 2}
 
 
 def test_subnet_chain_keeps_the_reference_semantics():
-    c4 = ipmasq.subnet_chain("10.244.1.0/24")
+    c4 = masquerade.subnet_chain("10.244.1.0/24")
     assert c4 == "subnet-" + naming.sha512_hex("pycni-subnet\0" + "10.244.1.0/24")[:12]
-    assert ipmasq.render_subnet_chain(4, "10.244.1.0/24") == (
+    assert masquerade.render_subnet_chain(4, "10.244.1.0/24") == (
         'add chain inet pycni-masq %(c)s { comment "masquerade from 10.244.1.0/24 to outside it" ; }\n'
         "flush chain inet pycni-masq %(c)s\n"
         "add rule inet pycni-masq %(c)s ip daddr 10.244.1.0/24 return\n"
         "add rule inet pycni-masq %(c)s ip daddr 224.0.0.0/4 return\n"
         "add rule inet pycni-masq %(c)s masquerade\n") % {"c": c4}
-    assert "ip6 daddr ff00::/8 return" in ipmasq.render_subnet_chain(6, "fd00:1::/64")
+    assert "ip6 daddr ff00::/8 return" in masquerade.render_subnet_chain(6, "fd00:1::/64")
 
 
 def test_an_attachment_is_one_element_per_ip():
-    elems, chains = ipmasq.elements(["10.244.1.2/24", "fd00:1::2/64", "10.244.1.3/24"])
+    elems, chains = masquerade.elements(["10.244.1.2/24", "fd00:1::2/64", "10.244.1.3/24"])
     assert [(e.set, e.key.hex(), e.chain, e.label) for e in elems] == [
-        ("saddr4", "0af40102", ipmasq.subnet_chain("10.244.1.0/24"), "10.244.1.2"),
-        ("saddr6", "fd000001000000000000000000000002", ipmasq.subnet_chain("fd00:1::/64"), "fd00:1::2"),
-        ("saddr4", "0af40103", ipmasq.subnet_chain("10.244.1.0/24"), "10.244.1.3")]
-    assert sorted(c for c, _s in chains) == sorted({ipmasq.subnet_chain("10.244.1.0/24"),
-                                                    ipmasq.subnet_chain("fd00:1::/64")})
+        ("saddr4", "0af40102", masquerade.subnet_chain("10.244.1.0/24"), "10.244.1.2"),
+        ("saddr6", "fd000001000000000000000000000002", masquerade.subnet_chain("fd00:1::/64"), "fd00:1::2"),
+        ("saddr4", "0af40103", masquerade.subnet_chain("10.244.1.0/24"), "10.244.1.3")]
+    assert sorted(c for c, _s in chains) == sorted({masquerade.subnet_chain("10.244.1.0/24"),
+                                                    masquerade.subnet_chain("fd00:1::/64")})
 
 
 def test_iptables_setup_matches_the_reference_lines():
-    assert ipmasq.render_iptables_setup(4, "cbr0", "abc123", ["10.244.1.2/24", "fd00:1::2/64"], "") == [
+    assert masquerade.render_iptables_setup(4, "cbr0", "abc123", ["10.244.1.2/24", "fd00:1::2/64"], "") == [
         ":%s - [0:0]" % CHAIN,
         "-A %s -d 10.244.1.0/24 %s -j ACCEPT" % (CHAIN, C),
         "-A %s ! -d 224.0.0.0/4 %s -j MASQUERADE" % (CHAIN, C),
         "-A POSTROUTING -s 10.244.1.2/32 %s -j %s" % (C, CHAIN),
     ]
-    assert ipmasq.render_iptables_setup(6, "cbr0", "abc123", ["10.244.1.2/24", "fd00:1::2/64"], "") == [
+    assert masquerade.render_iptables_setup(6, "cbr0", "abc123", ["10.244.1.2/24", "fd00:1::2/64"], "") == [
         ":%s - [0:0]" % CHAIN,
         "-A %s -d fd00:1::/64 %s -j ACCEPT" % (CHAIN, C),
         "-A %s ! -d ff00::/8 %s -j MASQUERADE" % (CHAIN, C),
@@ -78,25 +77,25 @@ def test_iptables_setup_matches_the_reference_lines():
 
 def test_iptables_setup_adds_nothing_that_is_there():
     """Re-running ADD never duplicates (and never re-declares, which would flush the chain)."""
-    assert ipmasq.render_iptables_setup(4, "cbr0", "abc123", ["10.244.1.2/24"], GO_SAVED) == []
-    assert ipmasq.render_iptables_setup(4, "cbr0", "abc123", ["10.244.1.3/24"], GO_SAVED) == [
+    assert masquerade.render_iptables_setup(4, "cbr0", "abc123", ["10.244.1.2/24"], GO_SAVED) == []
+    assert masquerade.render_iptables_setup(4, "cbr0", "abc123", ["10.244.1.3/24"], GO_SAVED) == [
         "-A POSTROUTING -s 10.244.1.3/32 %s -j %s" % (C, CHAIN)]
 
 
 def test_iptables_teardown_finds_jumps_by_chain_not_by_address():
-    assert ipmasq.render_iptables_teardown("cbr0", "abc123", GO_SAVED) == [
+    assert masquerade.render_iptables_teardown("cbr0", "abc123", GO_SAVED) == [
         "-D POSTROUTING -s 10.244.1.2/32 %s -j %s" % (C, CHAIN),
         "-D POSTROUTING -s 10.244.1.0/24 %s -j %s" % (C, CHAIN),
         "-F " + CHAIN, "-X " + CHAIN]
-    assert ipmasq.render_iptables_teardown("cbr0", "nothere", GO_SAVED) == []
-    assert ipmasq.render_iptables_teardown("cbr0", "abc123", "") == []
+    assert masquerade.render_iptables_teardown("cbr0", "nothere", GO_SAVED) == []
+    assert masquerade.render_iptables_teardown("cbr0", "abc123", "") == []
 
 
 def test_go_chain_owners_reads_the_comments():
-    owners = ipmasq.go_chain_owners("cbr0", GO_SAVED)
+    owners = masquerade.go_chain_owners("cbr0", GO_SAVED)
     assert owners == {"abc123": CHAIN, "gone7": naming.go_chain("cbr0", "gone7")}
     # other9's jump targets a chain that is not the hash of (network, id): not ours to judge
-    assert ipmasq.go_chain_owners("othernet", GO_SAVED) == {}
+    assert masquerade.go_chain_owners("othernet", GO_SAVED) == {}
 
 
 def test_macspoof_skeleton_and_elements():

@@ -3,8 +3,8 @@ plugins' --version."""
 
 import os
 
-from cnilib import log as cnilog
-from cnilib import skel
+from cnilib.base import log as cnilog
+from cnilib.cni import skel
 
 
 def test_loglevel_key_sets_the_level_unless_the_env_does(tmp_path):

@@ -1,4 +1,4 @@
-"""cnilib.netlink packs a pod's requests and parses the replies by hand;
+"""cnilib.kernel.netlink packs a pod's requests and parses the replies by hand;
 pyroute2 (the suite's netlink library, loaded here as the reference) must
 read every request back as meant, and the hand parsers must agree with
 pyroute2's decode of messages pyroute2 packed.  No root needed."""
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from cnilib import netlink
+from cnilib.kernel import netlink
 
 
 class Capture:

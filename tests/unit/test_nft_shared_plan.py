@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from cnilib import errors
+from cnilib.base import errors
+from cnilib.base.log import Log
 from cnilib.firewall import naming, records, shared
-from cnilib.log import Log
 
 ATT = ("cbr0", "abc123", "eth0")
 OTHER = ("cbr0", "zzz999", "eth0")
@@ -152,8 +152,7 @@ def test_a_holder_whose_netns_is_gone_is_dead(tmp_path):
 
 
 def test_whois_groups_the_shared_tables_by_attachment():
-    from cnilib import nodestate
-    from cnilib.firewall import trace
+    from cnilib.ops import fwtrace, nodestate
     hp_old, hp_new = naming.attachment_chain("hp", *OTHER), naming.attachment_chain("hp", *ATT)
 
     def dnat(chain, port, ip):
@@ -172,7 +171,7 @@ def test_whois_groups_the_shared_tables_by_attachment():
         {"chain": {"family": "inet", "table": "pycni-hostport", "name": hp_new}},
         dnat(hp_old, 8081, "10.0.0.3"), dnat(hp_new, 8081, "10.0.0.4"),
     ]
-    chains, _ = trace.parse_ruleset(items)
+    chains, _ = fwtrace.parse_ruleset(items)
     new, old = sorted(nodestate.nft_shared_groups(items, chains), key=lambda g: g.cid != "abc123")
     assert (new.kind, new.network, new.cid, new.ifname) == ("hp", "cbr0", "abc123", "eth0")
     assert new.ports == [("tcp", None, 8081, "10.0.0.4", 80)]

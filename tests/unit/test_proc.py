@@ -1,10 +1,10 @@
-"""cnilib.proc: run and start helpers without a shell."""
+"""cnilib.base.proc: run and start helpers without a shell."""
 
 import os
 
 import pytest
 
-from cnilib import proc
+from cnilib.base import proc
 
 
 def test_run_feeds_large_stdin_and_collects_output():

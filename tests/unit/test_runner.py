@@ -8,9 +8,10 @@ import os
 import stat
 
 import pytest
-
-from cnilib import cli, errors, runner
 from cnitest import cache_file, fake_calls, install_fake_plugins
+
+from cnilib.base import errors
+from cnilib.ops import cli, runner
 
 
 def write(path, obj):

@@ -1,4 +1,4 @@
-"""cnilib.schemacheck against pydantic-core, on inputs generated from each schema.
+"""cnilib.cni.schemacheck against pydantic-core, on inputs generated from each schema.
 
 The plugins evaluate the compiled schemas in pure Python; pydantic-core is
 the reference.  For every schema, hypothesis builds values that follow the
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnilib import schemacheck
-from cnilib._schemas import SCHEMAS
+from cnilib.cni import schemacheck
+from cnilib.cni._schemas import SCHEMAS
 
 pydantic_core = pytest.importorskip("pydantic_core")
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from cnilib import args as cniargs
-from cnilib import errors, skel
-from cnilib.types import Result
+from cnilib.base import errors
+from cnilib.cni import args as cniargs
+from cnilib.cni import skel
+from cnilib.cni.types import Result
 
 CALLS = []
 

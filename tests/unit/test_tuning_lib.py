@@ -5,8 +5,10 @@ import os
 
 import pytest
 
-from cnilib import errors, skel, tuning
-from cnilib.log import Log
+from cnilib import tuning
+from cnilib.base import errors
+from cnilib.base.log import Log
+from cnilib.cni import skel
 
 
 @pytest.mark.parametrize("key,ifname,want", [
@@ -139,12 +141,12 @@ def test_version_and_error_paths_stay_light():
     from test_imports import HEAVY, _modules_after
     mods = _modules_after(
         "import os\nos.environ.update(CNI_COMMAND='VERSION', PYCNI_LOG='off')\n"
-        "from cnilib import skel\nimport plugins.tuning as p\n"
+        "from cnilib.cni import skel\nimport plugins.tuning as p\n"
         "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{\"cniVersion\":\"1.0.0\"}')")
     assert sorted(m for m in mods if m.split(".")[0] in HEAVY) == []
     mods = _modules_after(
         "import os\nos.environ.update(CNI_COMMAND='ADD', CNI_CONTAINERID='c', CNI_NETNS='/x', "
         "CNI_IFNAME='eth0', PYCNI_LOG='off')\n"
-        "from cnilib import skel\nimport plugins.tuning as p\n"
+        "from cnilib.cni import skel\nimport plugins.tuning as p\n"
         "skel.execute(p.PLUGIN, os.environ, stdin_data=b'{}')")
     assert not any(m.startswith(("pyroute2", "pydantic")) for m in mods)

@@ -2,7 +2,7 @@
 
 Regenerate the expected files with ``PYCNI_REGEN_GOLDEN=1 pytest
 tests/unit/test_versions.py`` and review the diff: the rules are libcni's
-converters (cnilib/types.py docstring).
+converters (cnilib/cni/types.py docstring).
 """
 
 import json
@@ -10,9 +10,10 @@ import os
 
 import pytest
 
-from cnilib import errors, version
-from cnilib.invoke import parse_result
-from cnilib.types import Result
+from cnilib.base import errors
+from cnilib.cni import version
+from cnilib.cni.invoke import parse_result
+from cnilib.cni.types import Result
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "results")
 VERSIONS = version.SUPPORTED

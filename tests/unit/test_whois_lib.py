@@ -6,8 +6,9 @@ import json
 import os
 import struct
 
-from cnilib import netlink, nodestate, whois
-from cnilib.firewall import naming, trace
+from cnilib.firewall import naming
+from cnilib.kernel import netlink
+from cnilib.ops import fwtrace, nodestate, whois
 
 
 def write(path, data):
@@ -121,7 +122,7 @@ def test_rules_join_by_hash_and_go_chain(tmp_path):
                  {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
                  {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
                  {"dnat": {"family": "ip", "addr": "10.1.0.9", "port": 80}}]}}]
-    chains, _ = trace.parse_ruleset(items)
+    chains, _ = fwtrace.parse_ruleset(items)
     node.groups = nodestate.nft_rule_groups(chains)
     chain = naming.go_chain("net", "gone")
     dn = naming.go_chain("net", "c1", "CNI-DN-")
@@ -131,7 +132,7 @@ def test_rules_join_by_hash_and_go_chain(tmp_path):
             "-m multiport --dports 9090 -j %s\n"
             "-A %s -p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.1.0.9:90\n"
             "-A %s -d 10.1.0.0/24 -j ACCEPT\nCOMMIT\n") % (chain, dn, chain, dn, dn, chain)
-    node.groups += nodestate.ipt_rule_groups(4, trace.parse_save(save))
+    node.groups += nodestate.ipt_rule_groups(4, fwtrace.parse_save(save))
     whois._join(node, None)
     rows = {r.key: r for r in node.rows}
     live = rows[("net", "c1", "eth0")]

@@ -1,0 +1,61 @@
+"""Run-time validation against the compiled schemas (see cnilib.cni.schema).
+
+The models in cnilib/cni/schema/ are compiled at build time into plain data
+(cnilib/cni/_schemas.py) and evaluated here by cnilib.cni.schemacheck: pure
+Python, no pydantic or pydantic-core import on a plugin's exec path.
+"""
+
+from cnilib.base import errors
+
+
+def schema(name):
+    from cnilib.cni._schemas import SCHEMAS
+    return SCHEMAS[name]
+
+
+def _where(loc):
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += "[%d]" % part
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _shown(value):
+    try:
+        from cnilib.base import jsonio
+        text = jsonio.dumps(value)
+    except Exception:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe(exc, what):
+    """One line per problem: key path, what is wrong, what was found."""
+    problems = []
+    for err in exc.errors():
+        loc = _where(err.get("loc", ()))
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "missing":
+            problems.append("key %s is required" % loc)
+        else:
+            problems.append("key %s: %s, found %s" % (loc, msg[0].lower() + msg[1:], _shown(err.get("input"))))
+    first = problems[0]
+    more = "" if len(problems) == 1 else " (and %d more)" % (len(problems) - 1)
+    return "invalid %s: %s%s" % (what, first, more), "; ".join(problems)
+
+
+def validate(name, data, what=None, error=errors.InvalidConfig):
+    """Validate ``data`` against schema ``name``; return it with defaults filled.
+
+    Raises ``error`` (InvalidConfig, code 7, by default) naming every key
+    that is wrong.
+    """
+    from cnilib.cni import schemacheck
+    try:
+        return schemacheck.validate(schema(name), data)
+    except schemacheck.Invalid as exc:
+        msg, details = describe(exc, what or ("%s network config" % name))
+        raise error(msg, details) from exc
