@@ -198,7 +198,10 @@ case $cmd in
   build) build ;;
   deps) deps ;;
   test)
-    deps; build
+    deps
+    log "ruff check"
+    "$VENV/bin/ruff" check --quiet . || die "ruff check found problems (see above)"
+    build
     exec "$VENV/bin/python" -m pytest "$@" ;;
   demo)
     deps; PYCNI_SKIP_BUNDLE=1 build

@@ -231,7 +231,8 @@ def machine(py_dir=None):
     }
     interp = launcher_python(py_dir) if py_dir and os.path.isdir(py_dir) else None
     if interp:
-        info["plugin_python"] = _cmd([interp, "-I", "-S", "-c", "import platform; print(platform.python_version())"])
+        info["plugin_python"] = _cmd([interp,
+                                      "-I", "-S", "-c", "import platform; print(platform.python_version())"])
         info["plugin_interpreter"] = interp
     info["go_plugins"] = _cmd(["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"])
     info["libcni"] = _cmd(["dpkg-query", "-W", "-f", "${Version}", "golang-github-appc-cni-dev"])

@@ -39,9 +39,9 @@ def impls():
 
 def inside(rounds):
     results = {}
-    env0 = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_CONTAINERID": "benchctr", "CNI_NETNS": "/proc/1/ns/net",
-            "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni", "PYCNI_LOG": "off",
-            "PYCNI_RUN_DIR": "/tmp/pycni-bench-run"}
+    env0 = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_CONTAINERID": "benchctr",
+            "CNI_NETNS": "/proc/1/ns/net", "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
+            "PYCNI_LOG": "off", "PYCNI_RUN_DIR": "/tmp/pycni-bench-run"}
     for i in range(rounds + 1):
         for name, exe, backend in impls():
             conf = {"cniVersion": "0.4.0", "name": "benchnet", "type": "portmap",

@@ -19,7 +19,7 @@ def _batch(lines):
     """Run ``ip`` commands in one process; keep going past failures."""
     if not lines:
         return
-    subprocess.run(["ip", "-force", "-batch", "-"], input="".join(l + "\n" for l in lines),
+    subprocess.run(["ip", "-force", "-batch", "-"], input="".join(line + "\n" for line in lines),
                    text=True, capture_output=True, check=False)
 
 
@@ -157,7 +157,7 @@ def snapshot(netns, dirs):
     """
     p = subprocess.run(["ip", "-n", netns, "-o", "link", "show", "type", "veth"],
                        capture_output=True, text=True)
-    veths = [l.split(":")[1].strip().split("@")[0] for l in p.stdout.splitlines() if ":" in l]
+    veths = [line.split(":")[1].strip().split("@")[0] for line in p.stdout.splitlines() if ":" in line]
     state = []
     for d in dirs.get("state", ()):
         state += _files(d)

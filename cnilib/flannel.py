@@ -251,10 +251,12 @@ def check_delegate_block(conf):
         raise errors.InvalidConfig("'delegate' dictionary, if present, must have (string) 'type' field",
                                    "found type %s" % jsonio.dumps(d["type"])[:80])
     if "name" in d:
-        raise errors.InvalidConfig("'delegate' dictionary must not have 'name' field, it'll be set by flannel",
+        raise errors.InvalidConfig("'delegate' dictionary must not have 'name' field, "
+                                   "it'll be set by flannel",
                                    "remove delegate.name; the delegate gets the network's name")
     if "ipam" in d:
-        raise errors.InvalidConfig("'delegate' dictionary must not have 'ipam' field, it'll be set by flannel",
+        raise errors.InvalidConfig("'delegate' dictionary must not have 'ipam' field, "
+                                   "it'll be set by flannel",
                                    "put IPAM settings in the top-level 'ipam' object instead")
     if "type" in d:
         from cnilib.cni import invoke

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from cnitest import GO_CNI, Netns, run_plugin, sh
+from cnitest import GO_CNI, run_plugin, sh
 
 HOST4, HOST6 = "10.77.0.1", "fd77::1"
 OUT4, OUT6 = "10.77.0.2", "fd77::2"

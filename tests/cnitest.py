@@ -71,12 +71,12 @@ class Netns:
 
     def links(self):
         out = self.run("ip", "-j", "link", "show").stdout
-        return {l["ifname"]: l for l in json.loads(out or "[]")}
+        return {line["ifname"]: line for line in json.loads(out or "[]")}
 
     def addrs(self, dev):
         out = self.run("ip", "-j", "addr", "show", "dev", dev).stdout
-        return [("%s/%d" % (a["local"], a["prefixlen"])) for l in json.loads(out or "[]")
-                for a in l.get("addr_info", [])]
+        return [("%s/%d" % (a["local"], a["prefixlen"])) for line in json.loads(out or "[]")
+                for a in line.get("addr_info", [])]
 
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)

@@ -117,7 +117,7 @@ class Pending:
                     os.waitpid(pid, 0)
                     raise TimeoutError("%s ran longer than %.0f s and was killed"
                                        % (argv[0], self.timeout))
-                for fd, ev in poller.poll(left * 1000):
+                for fd, _ev in poller.poll(left * 1000):
                     if fd == in_w:
                         try:
                             n = os.write(in_w, data[:65536])

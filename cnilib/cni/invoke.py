@@ -115,5 +115,6 @@ def delegate(command, type_name, stdin_data, a, env_overrides=None):
     try:
         data = jsonio.loads(out)
     except ValueError as exc:
-        raise errors.DecodingFailure("%s ADD printed a result that is not JSON: %s" % (type_name, exc)) from None
+        raise errors.DecodingFailure("%s ADD printed a result that is not JSON: %s"
+                                     % (type_name, exc)) from None
     return parse_result(data, a.version, "result of %s" % type_name)

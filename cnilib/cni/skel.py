@@ -300,8 +300,9 @@ def execute(plugin, env, stdin_fd=0, stdin_data=None):
     finally:
         a.close()
         ms = (time.perf_counter() - t0) * 1000
+        net = a.conf.get("name") if isinstance(a.conf, dict) else ""
         log.flush("%s %s[%d] %s net=%s cid=%s if=%s %s %.1fms" % (
-            stamp(), plugin.name, os.getpid(), command, _field(a.conf.get("name") if isinstance(a.conf, dict) else ""),
+            stamp(), plugin.name, os.getpid(), command, _field(net),
             _field(a.container_id), _field(a.ifname), outcome, ms), trace)
     return rc, out
 

@@ -41,7 +41,8 @@ def describe(exc, what):
         if err.get("type") == "missing":
             problems.append("key %s is required" % loc)
         else:
-            problems.append("key %s: %s, found %s" % (loc, msg[0].lower() + msg[1:], _shown(err.get("input"))))
+            problems.append("key %s: %s, found %s"
+                            % (loc, msg[0].lower() + msg[1:], _shown(err.get("input"))))
     first = problems[0]
     more = "" if len(problems) == 1 else " (and %d more)" % (len(problems) - 1)
     return "invalid %s: %s%s" % (what, first, more), "; ".join(problems)

@@ -43,7 +43,8 @@ SAVE = {4: "iptables-save", 6: "ip6tables-save"}
 
 def key(network, container_id, ifname):
     from cnilib.firewall import naming
-    return "pycni fw %s-%s" % (naming.net_hash(network), naming.attachment_hash(network, container_id, ifname))
+    return "pycni fw %s-%s" % (naming.net_hash(network),
+                               naming.attachment_hash(network, container_id, ifname))
 
 
 def network_key_prefix(network):
@@ -70,7 +71,8 @@ def _q(text):
 def jump_rules(admin=ADMIN):
     """[(canonical line, insert first?)] of the shared jumps."""
     return [('-A FORWARD -m comment --comment "CNI firewall plugin rules" -j %s' % FORWARD, True),
-            ('-A %s -m comment --comment "CNI firewall plugin admin overrides" -j %s' % (FORWARD, admin), True)]
+            ('-A %s -m comment --comment "CNI firewall plugin admin overrides" -j %s'
+             % (FORWARD, admin), True)]
 
 
 def accept_rules(ips, fam, note):
@@ -78,8 +80,8 @@ def accept_rules(ips, fam, note):
     plen = addr.host_prefix(fam)
     out = []
     for ip in ips:
-        out.append("-A %s -d %s/%d -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment %s -j ACCEPT"
-                   % (FORWARD, ip, plen, _q(note)))
+        out.append("-A %s -d %s/%d -m conntrack --ctstate RELATED,ESTABLISHED "
+                   "-m comment --comment %s -j ACCEPT" % (FORWARD, ip, plen, _q(note)))
         out.append("-A %s -s %s/%d -m comment --comment %s -j ACCEPT" % (FORWARD, ip, plen, _q(note)))
     return out
 
@@ -89,7 +91,8 @@ def reference_rules(ips, fam):
     plen = addr.host_prefix(fam)
     out = []
     for ip in ips:
-        out.append("-A %s -d %s/%d -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" % (FORWARD, ip, plen))
+        out.append("-A %s -d %s/%d -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+                   % (FORWARD, ip, plen))
         out.append("-A %s -s %s/%d -j ACCEPT" % (FORWARD, ip, plen))
     return out
 
@@ -100,10 +103,12 @@ def isolation_rules(bridge, isolated):
     pol = "CNI firewall plugin rules (ingressPolicy: %s)" % ("isolated" if isolated else "same-bridge")
     default = "CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)"
     out = [("FORWARD", "-A FORWARD -m comment --comment %s -j %s" % (_q(default), STAGE1), True),
-           (STAGE1, "-A %s -i %s ! -o %s -m comment --comment %s -j %s" % (STAGE1, bridge, bridge, _q(pol), STAGE2),
+           (STAGE1, "-A %s -i %s ! -o %s -m comment --comment %s -j %s"
+            % (STAGE1, bridge, bridge, _q(pol), STAGE2),
             True)]
     if isolated:
-        out.append((STAGE1, "-A %s -i %s -o %s -m comment --comment %s -j DROP" % (STAGE1, bridge, bridge, _q(pol)),
+        out.append((STAGE1, "-A %s -i %s -o %s -m comment --comment %s -j DROP"
+                    % (STAGE1, bridge, bridge, _q(pol)),
                     True))
     out += [(STAGE1, "-A %s -m comment --comment %s -j RETURN" % (STAGE1, _q(default)), False),
             (STAGE2, "-A %s -o %s -m comment --comment %s -j DROP" % (STAGE2, bridge, _q(default)), True),
@@ -177,7 +182,8 @@ def render_skeleton():
            "flush chain %s forward" % T]
     for fam in (4, 6):
         ipx = "ip" if fam == 4 else "ip6"
-        out.append("add rule %s forward %s daddr @%s ct state established,related accept" % (T, ipx, SET[fam]))
+        out.append("add rule %s forward %s daddr @%s ct state established,related accept"
+                   % (T, ipx, SET[fam]))
         out.append("add rule %s forward %s saddr @%s accept" % (T, ipx, SET[fam]))
     return "\n".join(out) + "\n"
 
@@ -357,13 +363,16 @@ def nft_check(cfg):
     from cnilib.firewall import nft, shared
     rec, missing = shared.present(_table(), cfg.att)
     if rec is None:
-        raise errors.Internal("the firewall elements of this attachment are missing from nftables table %s" % T,
+        raise errors.Internal("the firewall elements of this attachment are missing from nftables table %s"
+                              % T,
                               "no record of this attachment: run ADD again")
     want = sorted("%s %s" % (e.set, e.label) for e in nft_elements(cfg.ips))
     have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
     if missing or want != have:
-        raise errors.Internal("nftables table %s lacks %s" % (T, ", ".join(missing) or "addresses of this config"),
-                              "expected elements %s; the record lists %s" % (", ".join(want), ", ".join(have)))
+        raise errors.Internal("nftables table %s lacks %s"
+                              % (T, ", ".join(missing) or "addresses of this config"),
+                              "expected elements %s; the record lists %s" % (", ".join(want),
+                                                                             ", ".join(have)))
     rules = [r for it in nft.list_json("chain", "inet", TABLE_NAME, "forward")
              for r in [it.get("rule")] if isinstance(r, dict)]
     if len(rules) != 4:

@@ -314,7 +314,8 @@ def nft_check(cfg):
     have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
     if missing or want != have:
         raise errors.Internal("%s lacks %s" % (where, ", ".join(missing) or "elements of this config"),
-                              "expected elements %s; the record lists %s" % (", ".join(want), ", ".join(have)))
+                              "expected elements %s; the record lists %s" % (", ".join(want),
+                                                                             ", ".join(have)))
     items = nft.list_json("table", "inet", R.TABLE_NAME)
     got, exp = R.nft_chain_mappings(items, cfg.nft_chain), R.expected_mappings(cfg.mappings, cfg.ctrs)
     if got != exp:

@@ -174,7 +174,8 @@ def nft_chain_script(chain, comment, mappings, ctrs, conditions=None, guard_ifac
                        % (T, chain, match, m.protocol, m.host_port, NFIP[fam],
                           join_host_port(fam, ip, m.container_port)))
     if guard_iface and 4 in ctrs:
-        out.append('add element %s localnet { "%s" comment %s }' % (T, guard_iface, nft_comment(LOCALNET_COMMENT)))
+        out.append('add element %s localnet { "%s" comment %s }'
+                   % (T, guard_iface, nft_comment(LOCALNET_COMMENT)))
     return "\n".join(out) + "\n"
 
 
@@ -192,7 +193,8 @@ def nft_elements(chain, mappings, ctrs, snat=True, masq_all=False):
                 continue
             daddr = m.daddr(fam)
             if daddr:
-                e = shared.Elem("hostip%d" % fam, shared.ip_port_key(fam, daddr, m.protocol, m.host_port), chain,
+                e = shared.Elem("hostip%d" % fam, shared.ip_port_key(fam, daddr, m.protocol, m.host_port),
+                                chain,
                                 "hostPort %s/%s" % (join_host_port(fam, daddr, m.host_port), m.protocol))
             else:
                 e = shared.Elem("ports%d" % fam, shared.port_key(m.protocol, m.host_port), chain,

@@ -374,7 +374,8 @@ def sweep_script(tbl, items, dead, chain_prefix=None):
                     comment = None
                 key = naming.comment_key(comment)
                 if key and dead(key):
-                    elems.append("delete element %s %s { %s }\n" % (tbl.ref, s["name"], _elem_text(val, types)))
+                    elems.append("delete element %s %s { %s }\n"
+                                 % (tbl.ref, s["name"], _elem_text(val, types)))
         c = it.get("chain")
         if chain_prefix and isinstance(c, dict):
             key = naming.chain_key(chain_prefix, c.get("name", ""))

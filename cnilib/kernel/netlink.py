@@ -232,7 +232,7 @@ class Netlink:
         (with ``raw=False``, decoded by pyroute2), [] for a plain ACK.
         Raises NetlinkError for an error reply.
         """
-        for attempt in range(5):
+        for _attempt in range(5):
             try:
                 return self._request(msg, msg_type, flags, what, raw)
             except DumpInterrupted:

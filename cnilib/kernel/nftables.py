@@ -262,7 +262,8 @@ def _elem_attr(key, chain=None, comment=None):
     """One NFTA_LIST_ELEM: key bytes, optional jump verdict, optional comment."""
     body = _nest(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key))
     if chain is not None:
-        verdict = _attr(NFTA_VERDICT_CODE, struct.pack("!i", NFT_JUMP)) + _attr(NFTA_VERDICT_CHAIN, _strz(chain))
+        verdict = (_attr(NFTA_VERDICT_CODE, struct.pack("!i", NFT_JUMP))
+                   + _attr(NFTA_VERDICT_CHAIN, _strz(chain)))
         body += _nest(NFTA_SET_ELEM_DATA, _nest(NFTA_DATA_VERDICT, verdict))
     if comment is not None:
         raw = comment.encode()[:COMMENT_MAX] + b"\0"

@@ -216,7 +216,7 @@ class Demo:
     def write_conflists(self):
         with open(self.conflist) as f:
             base = json.load(f)
-        for name, n in self.nodes.items():
+        for n in self.nodes.values():
             conf = json.loads(json.dumps(base))
             fl = conf["plugins"][0]
             # the nodes share one filesystem: give each its own state paths
@@ -250,7 +250,7 @@ class Demo:
 
     def traffic(self):
         self.step("pod to pod across the nodes (VXLAN)")
-        (na, pa, ipa), (nb, pb, ipb) = self.pods[0], self.pods[2]
+        (_na, pa, ipa), (_nb, pb, ipb) = self.pods[0], self.pods[2]
         u1 = self.nodes["node1"]["netns"]
         cap = None
         if shutil.which("tcpdump"):
@@ -342,7 +342,8 @@ def main(argv=None):
     missing = [t for t in ("pycni", "flannel", "bridge", "host-local", "portmap")
                if not os.path.exists(os.path.join(plugin_dir, t))]
     if missing:
-        sys.stderr.write("pycni demo: %s missing from %s (run ./build.sh)\n" % (", ".join(missing), plugin_dir))
+        sys.stderr.write("pycni demo: %s missing from %s (run ./build.sh)\n"
+                         % (", ".join(missing), plugin_dir))
         return 2
     try:
         demo = Demo(plugin_dir, _conflist_path(plugin_dir), keep=args.keep_logs)

@@ -199,7 +199,7 @@ def conf_dir_findings(configs, subnet_env_of=lambda path: None, flannel_live=Fal
         fails.append("the first file, %s, does not load: containerd stops there and has no pod "
                      "network" % os.path.basename(first_path))
         fix.append("fix or move aside %s" % first_path)
-    for p, n in bad[1 if bad and bad[0][0] == first_path else 0:]:
+    for p, _n in bad[1 if bad and bad[0][0] == first_path else 0:]:
         warns.append("%s does not load (runtimes skip or stop at it)" % os.path.basename(p))
         fix.append("fix or move aside %s" % p)
     names = {}
@@ -326,8 +326,8 @@ class Context:
         self.node = whois.build(loc, self.nl)
         self.problems += self.node.problems
         self.links = self.node.links
-        self.by_name = {l.name: l for l in self.links}
-        self.by_index = {l.index: l for l in self.links}
+        self.by_name = {link.name: link for link in self.links}
+        self.by_index = {link.index: link for link in self.links}
         self.addrs = netlink.addrs(self.nl)
         self._envs = {}
         self._vxlan = self._fdb = None
@@ -394,7 +394,7 @@ class Context:
             return []
 
     def ports_of(self, bridge):
-        return [l for l in self.links if l.master == bridge.index]
+        return [link for link in self.links if link.master == bridge.index]
 
     def sysctl(self, name):
         from cnilib.kernel import sysctl
@@ -642,8 +642,8 @@ def check_rp_filter(ctx, c):
     for n in names:
         v = ctx.sysctl("net/ipv4/conf/%s/rp_filter" % n)
         eff = max(int(allv or 0), int(v or 0))
-        c.evidence.append("%s: rp_filter %s (all %s) -> %s" % (n, v, allv,
-                                                            {0: "off", 1: "strict", 2: "loose"}.get(eff, eff)))
+        shown = {0: "off", 1: "strict", 2: "loose"}.get(eff, eff)
+        c.evidence.append("%s: rp_filter %s (all %s) -> %s" % (n, v, allv, shown))
         if eff == 1:
             strict.append(n)
     asym = []
@@ -685,7 +685,7 @@ def _trace_packets(ctx):
     """[(label, Packet)] of pod traffic the FORWARD hook sees."""
     from cnilib.ops import fwtrace
     out = []
-    vx = {l.name for l, _i in ctx.vxlan_devs()}
+    vx = {link.name for link, _i in ctx.vxlan_devs()}
     default = None
     routes = ctx.routes()
     for net, local, br in ctx.pod_networks():
@@ -723,7 +723,8 @@ def _fix_for(decision, pkt, net):
     tool = "iptables" if pkt.family == 4 else "ip6tables"
     if decision.by.startswith("policy ") and "nft" not in decision.by:
         return ["%s -A FORWARD -s %s -j ACCEPT && %s -A FORWARD -d %s -j ACCEPT   # what flanneld's "
-                "FLANNEL-FWD holds (flanneld --iptables-forward-rules, on by default)" % (tool, net, tool, net),
+                "FLANNEL-FWD holds (flanneld --iptables-forward-rules, on by default)"
+                % (tool, net, tool, net),
                 "or: %s -P FORWARD ACCEPT   # the seed's cure; Docker sets DROP at every start" % tool]
     if decision.by.startswith("-A "):
         return ["%s -I FORWARD 1 -s %s -j ACCEPT && %s -I FORWARD 1 -d %s -j ACCEPT   # before: %s"
@@ -731,9 +732,10 @@ def _fix_for(decision, pkt, net):
                 "or remove it: %s -D %s" % (tool, decision.by[3:])]
     where = decision.where.split()
     if len(where) >= 5 and where[0] == "nft":
-        return ["nft insert rule %s %s %s ip%s saddr %s accept && nft insert rule %s %s %s ip%s daddr %s accept"
-                % (where[1], where[2], where[4], "" if pkt.family == 4 else "6", net,
-                   where[1], where[2], where[4], "" if pkt.family == 4 else "6", net)]
+        ipx = "" if pkt.family == 4 else "6"
+        return ["nft insert rule %s %s %s ip%s saddr %s accept && "
+                "nft insert rule %s %s %s ip%s daddr %s accept"
+                % (where[1], where[2], where[4], ipx, net, where[1], where[2], where[4], ipx, net)]
     return ["let %s through: %s" % (net, decision.by)]
 
 
@@ -799,7 +801,8 @@ def check_vxlan_port(ctx, c):
             for hooks, pkt, label in (
                     (("prerouting", "input"), fwtrace.Packet(peer, local, "udp", 40000, port, iif=under),
                      "from %s" % peer),
-                    (("output",), fwtrace.Packet(local, peer, "udp", 40000, port, oif=under), "to %s" % peer)):
+                    (("output",), fwtrace.Packet(local, peer, "udp", 40000, port, oif=under),
+                     "to %s" % peer)):
                 for hook in hooks:
                     d = fwtrace.decide(ctx.node.ipt.get(pkt.family), ctx.node.nft_chains, hook, pkt)
                     if d is None or (d.passes and d.certain):
@@ -844,8 +847,9 @@ def check_vxlan_local(ctx, c):
     for dev, info in devs:
         local = str(info.local) if info.local else None
         under = ctx.by_index.get(info.link)
+        dev_name = under.name if under else info.link or "(none)"
         c.evidence.append("%s: vxlan id %s local %s dev %s dstport %s" % (
-            dev.name, info.vni, local or "(unset)", under.name if under else info.link or "(none)", info.port))
+            dev.name, info.vni, local or "(unset)", dev_name, info.port))
         if local and local not in mine:
             statuses.append("FAIL")
             c.evidence.append("no interface of this node holds %s" % local)
@@ -864,7 +868,8 @@ def check_vxlan_local(ctx, c):
                 c.evidence.append("peer %s: no route" % peer)
                 continue
             oif = ctx.by_index.get(r.oif)
-            c.evidence.append("peer %s: route get -> dev %s src %s" % (peer, oif.name if oif else r.oif, r.prefsrc))
+            c.evidence.append("peer %s: route get -> dev %s src %s"
+                              % (peer, oif.name if oif else r.oif, r.prefsrc))
             if (info.link and r.oif != info.link) or (local and r.prefsrc and r.prefsrc != local):
                 bad.append((peer, oif, r.prefsrc))
         if bad:
@@ -918,7 +923,8 @@ def check_public_ip(ctx, c):
         if opt == "annotations":
             for mac, names in sorted(duplicates([(i[0], i[2]) for i in items]).items()):
                 statuses.append("FAIL")
-                c.evidence.append("VtepMAC %s is announced by %s (cloned machines?)" % (mac, ", ".join(names)))
+                c.evidence.append("VtepMAC %s is announced by %s (cloned machines?)"
+                                  % (mac, ", ".join(names)))
                 c.fix.append("ip link delete flannel.1 on %s and restart flanneld: it picks a new MAC"
                              % ", ".join(names[1:]))
         me = [(n, ip) for n, ip in ips if (ctx.args.node and n == ctx.args.node)]
@@ -944,7 +950,8 @@ def check_public_ip(ctx, c):
         for m, d in pairs:
             if local and d == local:
                 statuses.append("FAIL")
-                c.evidence.append("%s fdb: peer VTEP %s points at %s, this node's own address" % (dev.name, m, d))
+                c.evidence.append("%s fdb: peer VTEP %s points at %s, this node's own address"
+                                  % (dev.name, m, d))
                 c.fix.append("the node behind VTEP %s announces %s, this node's address: give it its "
                              "own (flanneld --iface / --public-ip)" % (m, d))
         if pairs and not any("fdb" in e for e in c.evidence):
@@ -987,18 +994,18 @@ def check_mtu(ctx, c):
             if br.mtu != want:
                 bad.append("%s mtu %d != FLANNEL_MTU %d" % (br_name, br.mtu, want))
                 c.fix.append("ip link set %s mtu %d" % (br_name, want))
-            veths = [l for l in ctx.ports_of(br) if l.kind == "veth"]
-            wrong = [l for l in veths if l.mtu != want]
+            veths = [link for link in ctx.ports_of(br) if link.kind == "veth"]
+            wrong = [link for link in veths if link.mtu != want]
             c.evidence.append("%d veth(s) on %s, %d with mtu != %d" % (len(veths), br_name, len(wrong), want))
             rows = {r.veth.name: r for r in ctx.node.rows if r.veth is not None}
-            for l in wrong:
-                r = rows.get(l.name)
+            for link in wrong:
+                r = rows.get(link.name)
                 who = " (%s)" % (r.pod or r.cid) if r is not None and (r.pod or r.cid) else ""
-                bad.append("veth %s%s mtu %d" % (l.name, who, l.mtu))
+                bad.append("veth %s%s mtu %d" % (link.name, who, link.mtu))
             if wrong:
                 c.fix.append("recreate the pods of %s (their eth0 has the old MTU too; pycni whois "
                              "<veth> names them), or ip link set <veth> mtu %d plus the same on eth0 "
-                             "inside the pod" % (", ".join(l.name for l in wrong), want))
+                             "inside the pod" % (", ".join(link.name for link in wrong), want))
     if bad:
         return c.set("FAIL", "MTU chain broken: " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""),
                      ["mismatch: " + b for b in bad])
@@ -1055,8 +1062,8 @@ def _capacity(ctx, network):
 def check_ipam_leaks(ctx, c):
     rows = [r for r in ctx.node.rows if "lease" in r.orphan]
     counts = {}
-    for l in ctx.node.leases:
-        counts[l.network] = counts.get(l.network, 0) + 1
+    for lease in ctx.node.leases:
+        counts[lease.network] = counts.get(lease.network, 0) + 1
     for net, n in sorted(counts.items()):
         cap = _capacity(ctx, net)
         leaked = sum(len(r.leases) for r in rows if r.network == net)
@@ -1069,12 +1076,13 @@ def check_ipam_leaks(ctx, c):
         return c.set("PASS", "every lease belongs to a live attachment")
     full = []
     for r in rows:
-        for l in r.leases:
-            c.evidence.append("%s %s held by %s/%s: no veth, no netns" % (r.network, l.ip, r.cid, r.ifname))
+        for lease in r.leases:
+            c.evidence.append("%s %s held by %s/%s: no veth, no netns"
+                              % (r.network, lease.ip, r.cid, r.ifname))
         if _can_del(ctx, r):
             f = _del_cmd(ctx, r)
         else:
-            f = "rm %s" % " ".join(_cmd([l.path]) for l in r.leases)
+            f = "rm %s" % " ".join(_cmd([lease.path]) for lease in r.leases)
         if f not in c.fix:
             c.fix.append(f)
     for net, n in counts.items():
@@ -1121,7 +1129,8 @@ def check_leftover_rules(ctx, c):
             c.evidence.append("%s (%s) of %s/%s/%s" % (g.where, g.what, r.network or "?", r.cid or "?",
                                                        r.ifname or "?"))
             for p in g.ports:
-                c.evidence.append("  DNAT %s %s%d -> %s:%s" % (p[0], (p[1] + ":") if p[1] else "", p[2], p[3], p[4]))
+                c.evidence.append("  DNAT %s %s%d -> %s:%s"
+                                  % (p[0], (p[1] + ":") if p[1] else "", p[2], p[3], p[4]))
                 other = live_ports.get((p[0], p[1], p[2]))
                 if other is not None:
                     conflict.append("hostPort %s/%d goes to the dead %s and the live %s (%s)" % (
@@ -1149,7 +1158,8 @@ def check_stale_records(ctx, c):
                 c.evidence.append("%s of %s/%s/%s: %s" % (
                     {"cache": "result cache entry", "saved": "flannel saved config",
                      "tuning": "tuning originals"}[o], r.network or "?", r.cid or "?", r.ifname or "?",
-                    obj.path) + (" (netns %s gone)" % r.cache.netns if o == "cache" and r.cache.netns else ""))
+                    obj.path)
+                    + (" (netns %s gone)" % r.cache.netns if o == "cache" and r.cache.netns else ""))
         if _can_del(ctx, r):
             c.fix.append(_del_cmd(ctx, r))
         else:
@@ -1167,7 +1177,8 @@ def check_state_files(ctx, c):
     for s in ctx.node.saved:
         if s.state in ("empty", "corrupt"):
             statuses.append("FAIL")
-            c.evidence.append("flannel saved config %s is %s%s" % (s.path, s.state, ": " + s.why if s.why else ""))
+            c.evidence.append("flannel saved config %s is %s%s"
+                              % (s.path, s.state, ": " + s.why if s.why else ""))
             c.fix.append("NETCONFPATH=%s CNI_PATH=%s " % (ctx.loc.conf_dir, ":".join(ctx.loc.bin_dirs))
                          + _pycni() + " del %s --container-id %s   # pycni's "
                          "flannel rebuilds the config from subnet.env and releases the lease; the Go "
@@ -1178,12 +1189,12 @@ def check_state_files(ctx, c):
             statuses.append("FAIL")
             c.evidence.append("result cache entry %s: %s" % (e.path, e.problem))
             c.fix.append("rm %s   # libcni before 1.2 fails every DEL/CHECK on it" % _cmd([e.path]))
-    for l in ctx.node.leases:
-        if l.torn:
+    for lease in ctx.node.leases:
+        if lease.torn:
             statuses.append("WARN")
-            c.evidence.append("lease %s holds no owner (empty or garbled)" % l.path)
+            c.evidence.append("lease %s holds no owner (empty or garbled)" % lease.path)
             c.fix.append("rm %s   # pycni's host-local also reclaims it when it needs the address"
-                         % _cmd([l.path]))
+                         % _cmd([lease.path]))
     for t in ctx.node.tuning:
         if not t.ok:
             statuses.append("WARN")
@@ -1416,7 +1427,8 @@ def _sysctls():
         ifs = []
     for i in ifs:
         for k in ("rp_filter", "forwarding"):
-            out.append("net.ipv4.conf.%s.%s = %s" % (i, k, _read_text("/proc/sys/net/ipv4/conf/%s/%s" % (i, k)).strip()))
+            out.append("net.ipv4.conf.%s.%s = %s"
+                       % (i, k, _read_text("/proc/sys/net/ipv4/conf/%s/%s" % (i, k)).strip()))
     return "\n".join(out) + "\n"
 
 
@@ -1445,7 +1457,8 @@ def _parser():
     p.add_argument("--only", metavar="ID[,ID]", help="run only these checks")
     p.add_argument("--nodes", metavar="FILE", help="the fabric's node list (pycni fabric --nodes)")
     p.add_argument("--annotations", metavar="FILE",
-                   help="node annotations as JSON (kubectl get nodes -o json, or {node: {annotation: value}})")
+                   help="node annotations as JSON (kubectl get nodes -o json, "
+                        "or {node: {annotation: value}})")
     p.add_argument("--node", metavar="NAME", help="this node's name in --nodes / --annotations")
     p.add_argument("--log", metavar="FILE", help="the suite's log for the bundle (default $PYCNI_LOG, "
                                                  "/var/log/pycni/pycni.log)")

@@ -120,7 +120,7 @@ def parse_nodes(data, source="nodes file"):
                 raise FabricError("%s: nodes %r and %r have the same %s %s" % (source, other, name, key, val))
             seen[(key, str(val))] = name
         nodes.append(node)
-    for fam, attr in ((4, "subnet"), (6, "subnet6")):
+    for attr in ("subnet", "subnet6"):
         have = [n for n in nodes if getattr(n, attr) is not None]
         for i, a in enumerate(have):
             for b in have[i + 1:]:
@@ -154,12 +154,14 @@ class Plan:
         self.network6 = _net(network6, 6, "--network-v6") if network6 else None
         by_name = {n.name: n for n in nodes}
         if me not in by_name:
-            raise FabricError("node %r is not in the nodes file (it has %s)" % (me, ", ".join(sorted(by_name))))
+            raise FabricError("node %r is not in the nodes file (it has %s)"
+                              % (me, ", ".join(sorted(by_name))))
         self.me = by_name[me]
         self.peers = [n for n in nodes if n.name != me]
         for n in nodes:
             if not n.subnet.subnet_of(self.network):
-                raise FabricError("node %r: subnet %s is outside the network %s" % (n.name, n.subnet, self.network))
+                raise FabricError("node %r: subnet %s is outside the network %s"
+                                  % (n.name, n.subnet, self.network))
             if self.network6 is None and n.subnet6 is not None:
                 raise FabricError("node %r has a subnetV6 but no --network-v6 was given" % n.name)
             if self.network6 is not None:
@@ -265,7 +267,8 @@ class Fabric:
         if plan.iface:
             link = netlink.link_get(nl, plan.iface)
             if link is None:
-                raise FabricError("underlay interface %s does not exist in this network namespace" % plan.iface)
+                raise FabricError("underlay interface %s does not exist in this network namespace"
+                                  % plan.iface)
         else:
             owner = [a.index for a in netlink.addrs(nl, family=netlink.AF_INET) if a.address == mine]
             if not owner:
@@ -429,7 +432,7 @@ class Fabric:
         fsutil.write_atomic(plan.subnet_file, text, 0o644)
         os.chmod(plan.subnet_file, 0o644)
         self.out("%s: %s" % (plan.subnet_file, " ".join(text.split())))
-        for fam, name, network, _subnet, subnet_attr, public_attr in plan.families():
+        for fam, _name, network, _subnet, subnet_attr, public_attr in plan.families():
             if plan.backend == "vxlan":
                 self.vxlan_peers(devs[fam], plan.peers, subnet_attr, public_attr)
             else:

@@ -454,7 +454,8 @@ def nft_rule_text(rule):
         k = next(iter(e))
         v = e[k]
         if k == "match":
-            parts.append("%s %s %s" % (_nft_term(v.get("left")), v.get("op", "=="), _nft_term(v.get("right"))))
+            parts.append("%s %s %s"
+                         % (_nft_term(v.get("left")), v.get("op", "=="), _nft_term(v.get("right"))))
         elif k in ("counter",):
             continue
         elif k in ("jump", "goto"):

@@ -45,7 +45,8 @@ _TABLE_RE = re.compile(r"^pycni-(hp|masq|fw|spoof)-([0-9a-f]{12})-([0-9a-f]{16})
 _GO_MASQ_RE = re.compile(r"^CNI-[0-9a-f]{24}$")
 _GO_DN_RE = re.compile(r"^CNI-DN-[0-9a-f]{21}$")
 _GO_COMMENT_RE = re.compile(r'--comment "(?:dnat )?name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\""')
-_FW_COMMENT_RE = re.compile(r'--comment "pycni fw ([0-9a-f]{12})-([0-9a-f]{16})(?: net=(\S+) id=(\S+) if=(\S+?))?"')
+_FW_COMMENT_RE = re.compile(r'--comment "pycni fw ([0-9a-f]{12})-([0-9a-f]{16})'
+                            r'(?: net=(\S+) id=(\S+) if=(\S+?))?"')
 _KIND_NAMES = {"hp": "portmap", "masq": "bridge ipMasq", "fw": "firewall", "spoof": "macspoofchk"}
 
 
@@ -281,7 +282,8 @@ class SavedFile:
 
     def __init__(self, path, cid, state, why="", conf=None):
         self.path, self.cid, self.state, self.why, self.conf = path, cid, state, why, conf
-        self.network = conf.get("name") if isinstance(conf, dict) and isinstance(conf.get("name"), str) else None
+        named = isinstance(conf, dict) and isinstance(conf.get("name"), str)
+        self.network = conf.get("name") if named else None
 
 
 def read_flannel_saved(dirs, problems):

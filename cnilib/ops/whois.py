@@ -83,7 +83,7 @@ class Row:
     def ips(self):
         out = list(self.peer.ips) if self.peer is not None else []
         have = {a.split("/")[0] for a in out}
-        for ip in (self.cache.ips() if self.cache else []) + [l.ip for l in self.leases]:
+        for ip in (self.cache.ips() if self.cache else []) + [lease.ip for lease in self.leases]:
             if ip.split("/")[0] not in have:
                 have.add(ip.split("/")[0])
                 out.append(ip)
@@ -144,10 +144,10 @@ def cni_bridges(loc, links):
                 d = p.get("delegate") if isinstance(p.get("delegate"), dict) else {}
                 if (d.get("type") or "bridge") == "bridge":
                     out.add(d.get("bridge") or "cni0")
-    by_index = {l.index: l for l in links}
-    for l in links:
-        if l.kind == "veth" and naming.parse_veth_alias(l.alias) and l.master in by_index:
-            out.add(by_index[l.master].name)
+    by_index = {link.index: link for link in links}
+    for link in links:
+        if link.kind == "veth" and naming.parse_veth_alias(link.alias) and link.master in by_index:
+            out.add(by_index[link.master].name)
     return out
 
 
@@ -198,45 +198,45 @@ def _join(node, nl):
     for e in node.cache:
         if e.problem is None:
             row(e.network, e.cid, e.ifname).cache = e
-    for l in node.leases:
-        if not l.torn and l.ifname is not None:
-            row(l.network, l.cid, l.ifname).leases.append(l)
+    for lease in node.leases:
+        if not lease.torn and lease.ifname is not None:
+            row(lease.network, lease.cid, lease.ifname).leases.append(lease)
     for t in node.tuning:
         if t.network and t.ifname:
             row(t.network, t.cid, t.ifname).tuning = t
 
     # host veths: by alias, then by what the cache recorded as the host side
     node.bridges = cni_bridges(node.loc, node.links)
-    by_index = {l.index: l for l in node.links}
+    by_index = {link.index: link for link in node.links}
     unexplained = []
     hashed = []
-    for l in node.links:
-        if l.kind != "veth":
+    for link in node.links:
+        if link.kind != "veth":
             continue
-        f = naming.parse_veth_alias(l.alias)
+        f = naming.parse_veth_alias(link.alias)
         if f is not None and "cid" in f:
             r = row(f.get("net"), f.get("cid"), f.get("if"))
-            r.veth, r.pod = l, f.get("pod")
+            r.veth, r.pod = link, f.get("pod")
         elif f is not None:
-            hashed.append((l, f))
-        elif l.master in by_index and by_index[l.master].name in node.bridges:
-            unexplained.append(l)
-    for l, f in hashed:
+            hashed.append((link, f))
+        elif link.master in by_index and by_index[link.master].name in node.bridges:
+            unexplained.append(link)
+    for link, f in hashed:
         match = [r for r in rows.values() if r.network and r.cid and r.ifname == f.get("if")
                  and naming.attachment_hash(r.network, r.cid, r.ifname) == f.get("att")]
         r = match[0] if match else row(None, None, f.get("if"))
-        r.veth, r.pod, r.alias_att = l, f.get("pod"), f.get("att")
-    for l in list(unexplained):
+        r.veth, r.pod, r.alias_att = link, f.get("pod"), f.get("att")
+    for link in list(unexplained):
         for r in rows.values():
-            if r.veth is None and r.cache is not None and l.name in r.cache.host_ifnames():
-                r.veth = l
-                unexplained.remove(l)
+            if r.veth is None and r.cache is not None and link.name in r.cache.host_ifnames():
+                r.veth = link
+                unexplained.remove(link)
                 break
 
     # where each veth's peer lives, and what it holds there
     if nl is not None:
-        veths = [l for l in node.links if l.kind == "veth"]
-        wanted = {l.link_netnsid for l in veths if l.link_netnsid is not None}
+        veths = [link for link in node.links if link.kind == "veth"]
+        wanted = {link.link_netnsid for link in veths if link.link_netnsid is not None}
         by_id, node.netns_refs = nodestate.map_netns(nl, wanted, node.problems)
         for r in rows.values():
             if r.veth is not None:
@@ -249,28 +249,29 @@ def _join(node, nl):
                 else:
                     r.notes.append("peer netns (nsid %d) has no name and no process" % r.veth.link_netnsid)
         lease_by_ip = {}
-        for l in node.leases:
-            if not l.torn:
-                lease_by_ip.setdefault(l.ip, l)
-        for l in unexplained:
-            ref = by_id.get(l.link_netnsid)
-            peer = nodestate.peer_if(ref.path, l.peer_index) if ref is not None else None
+        for lease in node.leases:
+            if not lease.torn:
+                lease_by_ip.setdefault(lease.ip, lease)
+        for link in unexplained:
+            ref = by_id.get(link.link_netnsid)
+            peer = nodestate.peer_if(ref.path, link.peer_index) if ref is not None else None
             owner = None
             for ip in (peer.ips if peer else ()):
-                lease = lease_by_ip.get(ip.split("/")[0])
-                if lease is not None and lease.ifname is not None:
-                    owner = row(lease.network, lease.cid, lease.ifname)
+                held = lease_by_ip.get(ip.split("/")[0])
+                if held is not None and held.ifname is not None:
+                    owner = row(held.network, held.cid, held.ifname)
                     break
             if owner is None or owner.veth is not None:
                 owner = row(None, None, peer.name if peer else None)
                 owner.notes.append("veth on %s with no pycni alias and no lease or cache entry naming it"
-                                   % by_index[l.master].name)
-            owner.veth, owner.netns, owner.peer = l, ref, peer
+                                   % by_index[link.master].name)
+            owner.veth, owner.netns, owner.peer = link, ref, peer
 
     # legacy id-only leases and flannel saved files: keyed by container ID
-    for l in node.leases:
-        if not l.torn and l.ifname is None:
-            (rows_of(l.network, l.cid) or [row(l.network, l.cid, None)])[0].leases.append(l)
+    for lease in node.leases:
+        if not lease.torn and lease.ifname is None:
+            owners = rows_of(lease.network, lease.cid) or [row(lease.network, lease.cid, None)]
+            owners[0].leases.append(lease)
     for s in node.saved:
         if s.state != "ok":
             continue
@@ -347,13 +348,14 @@ def gc_preview(node, network, valid):
             live[id(obj)] = r.live
     warn = " LIVE: its pod's netns still exists"
     out = []
-    for l in node.leases:
-        if l.network != network:
+    for lease in node.leases:
+        if lease.network != network:
             continue
-        if l.torn or (l.ifname is None and l.cid not in cids) or (
-                l.ifname is not None and (l.cid, l.ifname) not in keep):
-            out.append(("lease", "%s (%s) %s%s" % (l.ip, "no owner" if l.torn else "%s/%s" % (l.cid, l.ifname),
-                                                   l.path, warn if live.get(id(l)) else "")))
+        if lease.torn or (lease.ifname is None and lease.cid not in cids) or (
+                lease.ifname is not None and (lease.cid, lease.ifname) not in keep):
+            out.append(("lease", "%s (%s) %s%s"
+                        % (lease.ip, "no owner" if lease.torn else "%s/%s" % (lease.cid, lease.ifname),
+                                                   lease.path, warn if live.get(id(lease)) else "")))
     for r in node.rows:
         if r.veth is not None and r.network == network and r.cid and (r.cid, r.ifname) not in keep:
             out.append(("veth", "%s (%s/%s)%s" % (r.veth.name, r.cid, r.ifname, warn)))
@@ -366,7 +368,8 @@ def gc_preview(node, network, valid):
             out.append(("rules", "%s (%s)%s" % (g.where, g.what, warn if live.get(id(g)) else "")))
     for s in node.saved:
         if s.cid not in cids and (s.network == network or s.state != "ok"):
-            out.append(("flannel", "saved config %s%s" % (s.path, "" if s.state == "ok" else " (%s)" % s.state)))
+            out.append(("flannel", "saved config %s%s"
+                        % (s.path, "" if s.state == "ok" else " (%s)" % s.state)))
     return out
 
 
@@ -421,7 +424,7 @@ def row_dict(r):
         "podIf": None if r.peer is None else {"name": r.peer.name, "index": r.peer.index,
                                                "mtu": r.peer.mtu, "mac": r.peer.mac},
         "ips": r.ips(),
-        "leases": [{"ip": l.ip, "path": l.path} for l in r.leases],
+        "leases": [{"ip": lease.ip, "path": lease.path} for lease in r.leases],
         "hostPorts": [{"protocol": p[0], "hostIP": p[1], "hostPort": p[2], "podIP": p[3],
                        "podPort": p[4], "source": p[5]} for p in r.host_ports()],
         "cache": r.cache.path if r.cache else None,
@@ -503,8 +506,8 @@ def render_block(r):
         kv("host veth", "%s (ifindex %d, peer ifindex %d, mtu %s, %s)"
            % (v.name, v.index, v.peer_index, v.mtu, v.operstate))
     kv("IP", ", ".join(r.ips()) or "-")
-    for l in r.leases:
-        kv("lease", l.path)
+    for lease in r.leases:
+        kv("lease", lease.path)
     for proto, hip, hport, pip, pport, src in r.host_ports():
         kv("hostPort", "%s %s%d -> %s:%s  [%s]" % (proto, (hip + ":") if hip else "", hport,
                                                     pip or "?", pport, src))

@@ -141,7 +141,7 @@ def containerd(form):
 
 def pod_addrs(sandbox, netns_path):
     out = sandbox.run("nsenter", "--net=" + netns_path, "ip", "-j", "addr", "show").stdout
-    return {l["ifname"]: l for l in json.loads(out)}
+    return {line["ifname"]: line for line in json.loads(out)}
 
 
 def test_pod_sandbox_gets_address_and_releases_it(containerd, netns_factory):

@@ -125,7 +125,8 @@ class Node:
         d = os.path.join(self.data_dir, name)
         if not os.path.isdir(d):
             return []
-        return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith(("last_reserved", ".pycni-attachments")))
+        return sorted(f for f in os.listdir(d)
+                      if f != "lock" and not f.startswith(("last_reserved", ".pycni-attachments")))
 
     def nft_tables(self):
         out = self.host.run("nft", "-j", "list", "tables").stdout

@@ -135,7 +135,8 @@ class Node:
         return r.returncode, (json.loads(r.stdout) if json_out else r.stdout)
 
     def ping(self, pod, ip):
-        return subprocess.run(["ip", "netns", "exec", self.pods[pod][0].name, "ping", "-c", "1", "-W", "2", ip],
+        return subprocess.run(["ip", "netns", "exec", self.pods[pod][0].name,
+                               "ping", "-c", "1", "-W", "2", ip],
                               capture_output=True, text=True).returncode == 0
 
 

@@ -15,43 +15,6 @@ pytestmark = pytest.mark.root
 CONF = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback"}
 
 
-def _start_agent(tmp_path, prefix=()):
-    sock = str(tmp_path / "agent" / "agent.sock")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen(list(prefix) + [sys.executable, "-m", "cnilib.agent.server", "--socket", sock], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    for _ in range(200):
-        if os.path.exists(sock):
-            break
-        time.sleep(0.05)
-    else:
-        p.kill()
-        pytest.fail("agent did not start: %s" % p.stderr.read().decode())
-    return p, sock
-
-
-def _stop_agent(p, sock):
-    p.terminate()
-    p.wait(timeout=10)
-    assert not os.path.exists(sock)
-
-
-@pytest.fixture
-def agent(tmp_path, statedir):
-    p, sock = _start_agent(tmp_path)
-    yield sock
-    _stop_agent(p, sock)
-
-
-@pytest.fixture
-def agent_private_mounts(tmp_path, statedir):
-    """An agent in a mount namespace of its own that receives no mounts from
-    ours: netns made after it started are mounted only where the caller is."""
-    p, sock = _start_agent(tmp_path, ("unshare", "--mount", "--propagation", "private"))
-    yield sock
-    _stop_agent(p, sock)
-
-
 def _run(plugins, verb, ctr, host, sock, **extra):
     env = {"PYCNI_AGENT_SOCKET": sock}
     env.update(extra)
@@ -138,9 +101,10 @@ def test_worker_can_run_child_programs(tmp_path, statedir, host, ctr):
         else:
             pytest.fail("agent did not start: %s" % p.stderr.read().decode())
         call = ("from cnilib.agent import wire; import sys\n"
-                "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c1', 'CNI_NETNS': %r, 'CNI_IFNAME': 'eth0',\n"
-                "       'CNI_PATH': '', 'PYCNI_AGENT_SOCKET': %r, 'PYCNI_LOG': %r}\n"
-                "print(wire.call('spawner', b'{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"spawner\"}', env))"
+                "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c1', 'CNI_NETNS': %r,\n"
+                "       'CNI_IFNAME': 'eth0', 'CNI_PATH': '', 'PYCNI_AGENT_SOCKET': %r, 'PYCNI_LOG': %r}\n"
+                "conf = b'{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"spawner\"}'\n"
+                "print(wire.call('spawner', conf, env))"
                 % (ctr.path, sock, os.environ["PYCNI_LOG"]))
         out = host.run(sys.executable, "-c", call, env=dict(os.environ, PYTHONPATH=ROOT)).stdout
         assert "child-rc-0" in out, out

@@ -10,9 +10,8 @@ import subprocess
 import threading
 
 import pytest
-from bridge_env import ctr_link, ctr_routes, node, ping, vlan_filtering_supported  # noqa: F401
+from bridge_env import ctr_link, ctr_routes, ping, vlan_filtering_supported
 from cnitest import ALL_VERSIONS, assert_cni_error
-from test_agent import agent  # noqa: F401
 
 pytestmark = pytest.mark.root
 
@@ -201,7 +200,7 @@ def test_dual_stack_ping_and_default_routes(node):
     conf = node.conf(ipam=ipam, isDefaultGateway=True)
     a, b = node.container(), node.container()
     ra = node.add(conf, a, cid="ca")
-    rb = node.add(conf, b, cid="cb")
+    node.add(conf, b, cid="cb")
     assert [i["address"] for i in ra["ips"]] == ["10.22.0.2/24", "fd00:22::2/64"]
     assert {"dst": "::/0", "gw": "fd00:22::1"} in ra["routes"]
     assert ping(a, "10.22.0.3") and ping(a, "fd00:22::3") and ping(b, "fd00:22::2")

@@ -6,7 +6,6 @@ import subprocess
 import time
 
 import pytest
-from bridge_env import node  # noqa: F401
 from cnitest import assert_cni_error, unique
 
 pytestmark = pytest.mark.root

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from bridge_env import node  # noqa: F401
 from cnitest import GO_CNI, ROOT
 
 from cnilib.firewall import naming

@@ -77,8 +77,8 @@ def test_doctor_reads_only(fabric):
         lines = []
         for cmd in (("ip", "link"), ("ip", "-4", "addr"), ("ip", "-4", "route"),
                     ("nft", "list", "ruleset"), ("iptables-save",), ("ip6tables-save",)):
-            lines += [l for l in n1.sh(*cmd).stdout.splitlines() if not l.startswith("#")]
-        lines += [l for l in n1.sh("bridge", "fdb").stdout.splitlines() if "permanent" in l]
+            lines += [line for line in n1.sh(*cmd).stdout.splitlines() if not line.startswith("#")]
+        lines += [line for line in n1.sh("bridge", "fdb").stdout.splitlines() if "permanent" in line]
         for root, _d, fs in sorted(os.walk(n1.dir)):
             for f in sorted(fs):
                 st = os.stat(os.path.join(root, f))
@@ -88,7 +88,7 @@ def test_doctor_reads_only(fabric):
     n1.doctor()
     n1.whois()
     after = snapshot()
-    assert [l for l in after if l not in before] == [] and [l for l in before if l not in after] == []
+    assert [x for x in after if x not in before] == [] and [x for x in before if x not in after] == []
 
 
 # ---------------------------------------------------------------- the seed's cases
@@ -124,7 +124,8 @@ def test_forward_reject_rule_and_nft_drop(fabric):
                  "policy accept; ip saddr 10.244.1.0/24 drop; }; }")
     assert not n1.ping("a", n2.pod_ip("b"))
     rc, rep = n2.doctor()
-    c = assert_names(rep, "forward-policy", "FAIL", "nft insert rule inet guard guardfwd ip saddr %s accept" % NETWORK,
+    c = assert_names(rep, "forward-policy", "FAIL", "nft insert rule inet guard guardfwd ip saddr %s accept"
+                     % NETWORK,
                      "DROP by nft inet guard chain guardfwd: ip saddr == 10.244.1.0/24 drop")
     run_fix(n2, c["fix"][0])
     assert n1.ping("a", n2.pod_ip("b"))
@@ -138,7 +139,8 @@ def test_firewall_rejects_vxlan(fabric):
     assert not n1.ping("a", n2.pod_ip("b"))
     rc, rep = n2.doctor()
     assert rc == 1
-    c = assert_names(rep, "vxlan-port", "FAIL", "iptables -I INPUT 1 -p udp --dport 8472 -s 192.0.2.1 -j ACCEPT",
+    c = assert_names(rep, "vxlan-port", "FAIL",
+                     "iptables -I INPUT 1 -p udp --dport 8472 -s 192.0.2.1 -j ACCEPT",
                      "REJECT by -A INPUT -p udp -m udp --dport 8472 -j REJECT")
     assert any("firewall-cmd --permanent --add-port=8472/udp" in f for f in c["fix"])
     assert statuses(n1.doctor()[1])["vxlan-port"] == "PASS"                # node1's side is fine
@@ -212,15 +214,18 @@ def test_duplicate_public_ips(fabric, tmp_path):
                                  {"name": "node3", "publicIP": "192.0.2.1", "subnet": "10.244.3.0/24"}]))
     rc, rep = n1.doctor("--nodes", str(nodes))
     assert rc == 1
-    assert_names(rep, "public-ip", "FAIL", "--public-ip on node1, node3", "192.0.2.1 is announced by node1, node3")
+    assert_names(rep, "public-ip", "FAIL", "--public-ip on node1, node3",
+                 "192.0.2.1 is announced by node1, node3")
     ann = tmp_path / "nodes-annotated.json"
     ann.write_text(json.dumps({"kind": "List", "items": [
         {"metadata": {"name": n, "annotations": {"flannel.alpha.coreos.com/public-ip": "10.0.2.15"}}}
         for n in ("vagrant1", "vagrant2")]}))
     _rc, rep = n1.doctor("--annotations", str(ann))
-    assert_names(rep, "public-ip", "FAIL", "public-ip-overwrite", "10.0.2.15 is announced by vagrant1, vagrant2")
+    assert_names(rep, "public-ip", "FAIL", "public-ip-overwrite",
+                 "10.0.2.15 is announced by vagrant1, vagrant2")
     _rc, rep = n1.doctor("--annotations", str(ann), "--node", "vagrant1")
-    assert_names(rep, "public-ip", "FAIL", None, "this node (vagrant1) announces 10.0.2.15, which none of its")
+    assert_names(rep, "public-ip", "FAIL", None,
+                 "this node (vagrant1) announces 10.0.2.15, which none of its")
     # live: a second VTEP pointing at node2's address in node1's fdb
     n1.sh("bridge", "fdb", "append", "0e:fe:c0:00:02:99", "dev", "flannel.1", "dst", "192.0.2.2")
     _rc, rep = n1.doctor()
@@ -235,8 +240,8 @@ def test_mtu_chain(fabric):
     n1.sh("ip", "link", "set", veth, "mtu", "1400")
     rc, rep = n1.doctor()
     assert rc == 1
-    c = assert_names(rep, "mtu", "FAIL", "recreate the pods of %s" % veth, "mismatch: veth %s (default/a) mtu 1400"
-                     % veth)
+    c = assert_names(rep, "mtu", "FAIL", "recreate the pods of %s" % veth,
+                     "mismatch: veth %s (default/a) mtu 1400" % veth)
     n1.sh("ip", "link", "set", veth, "mtu", "1450")
     n1.sh("ip", "link", "set", "eth0", "mtu", "1400")
     rc, rep = n1.doctor()
@@ -288,7 +293,8 @@ def test_leaked_lease_without_any_record(fabric):
     with open(lease, "w") as f:
         f.write("ghost-container\r\neth0")
     _rc, rep = n1.doctor()
-    c = assert_names(rep, "ipam-leaks", "WARN", "rm %s" % lease, "cbr0 10.244.1.77 held by ghost-container/eth0")
+    c = assert_names(rep, "ipam-leaks", "WARN", "rm %s" % lease,
+                     "cbr0 10.244.1.77 held by ghost-container/eth0")
     run_fix(n1, c["fix"][0])
     assert statuses(n1.doctor()[1])["ipam-leaks"] == "PASS"
 
@@ -374,7 +380,8 @@ def test_shadowing_conflists(fabric):
                                                           "ranges": [[{"subnet": "10.88.0.0/16"}]]}}]})
     rc, rep = n1.doctor()
     assert rc == 1
-    assert_names(rep, "conflists", "FAIL", "mv %s /root/" % old, "1. 05-old.conflist: network oldnet (bridge)")
+    assert_names(rep, "conflists", "FAIL", "mv %s /root/" % old,
+                 "1. 05-old.conflist: network oldnet (bridge)")
     os.remove(old)
     n1.write_conflist("20-dup.conflist", {"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
         {"type": "bridge", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.7.0/24"}]]}}]})
@@ -419,7 +426,8 @@ def test_corrupt_state_files(fabric):
         f.write("{not json")
     open(os.path.join(n1.ipam_dir, NET_NAME, "10.244.1.99"), "w").close()
     _rc, rep = n1.doctor()
-    c = assert_names(rep, "state-files", "FAIL", "rm %s" % os.path.join(n1.cache, "results", "cbr0-broken-eth0"),
+    c = assert_names(rep, "state-files", "FAIL",
+                     "rm %s" % os.path.join(n1.cache, "results", "cbr0-broken-eth0"),
                      "lease %s holds no owner" % os.path.join(n1.ipam_dir, NET_NAME, "10.244.1.99"))
 
 
@@ -430,7 +438,8 @@ def test_subnet_env_missing_or_broken(fabric):
     os.remove(n1.subnet_file)
     rc, rep = n1.doctor()
     assert rc == 1
-    assert_names(rep, "subnet-env", "FAIL", "start flanneld", "%s: %s does not exist" % (n1.subnet_file, n1.subnet_file))
+    assert_names(rep, "subnet-env", "FAIL", "start flanneld", "%s: %s does not exist"
+                 % (n1.subnet_file, n1.subnet_file))
     with open(n1.subnet_file, "w") as f:
         f.write("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.245.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
     assert_names(n1.doctor()[1], "subnet-env", "FAIL", None, "FLANNEL_SUBNET 10.245.1.0/24 is outside")
@@ -448,7 +457,7 @@ def test_human_output_and_exit_codes(fabric, tmp_path):
     assert rc == 1
     lines = text.splitlines()
     assert lines[0].startswith("pycni doctor ") and "FAIL 1" in lines[0]
-    i = next(i for i, l in enumerate(lines) if l.startswith("FAIL  ip-forward"))
+    i = next(i for i, line in enumerate(lines) if line.startswith("FAIL  ip-forward"))
     assert lines[i + 1].startswith("        net.ipv4.ip_forward = 0")
     assert lines[i + 2] == "    fix: sysctl -w net.ipv4.ip_forward=1"
     assert lines[-1] == "pycni doctor: FAILED: see the fix lines above"
@@ -480,7 +489,8 @@ def test_bundle(fabric, tmp_path):
     assert "cbr0/10.244.1.2" in (out / "ipam.txt").read_text()
     assert "pycni-hostport" in (out / "nft-ruleset.txt").read_text()
     assert "FLANNEL-FWD" in (out / "iptables-save.txt").read_text()
-    assert "flannel.1" in (out / "links.txt").read_text() and "10.244.2.0/24" in (out / "routes.txt").read_text()
+    assert "flannel.1" in (out / "links.txt").read_text()
+    assert "10.244.2.0/24" in (out / "routes.txt").read_text()
     assert "marker-line-for-the-bundle" in (out / "log-tail.txt").read_text()
     assert "net.ipv4.ip_forward = 1" in (out / "sysctl.txt").read_text()
     assert len(json.loads((out / "whois.json").read_text())["attachments"]) == 1

@@ -110,7 +110,8 @@ def test_nftables_backend(plugins, node):
     assert fw(node, plugins, "CHECK", fw_conf(node, "c1")).rc == 0
     assert fw(node, plugins, "DEL", chained.chained_conf("firewall", None)).rc == 0
     text = node.ruleset()
-    assert "%s comment" % node.ip("c1") not in text and 'comment "pycni %s' % naming.net_hash("pmnet") not in text
+    assert "%s comment" % node.ip("c1") not in text
+    assert 'comment "pycni %s' % naming.net_hash("pmnet") not in text
     assert_cni_error(fw(node, plugins, "CHECK", fw_conf(node, "c1", backend="nftables")), 999)
 
 

@@ -78,11 +78,12 @@ class Node:
         d = os.path.join(self.ipam_dir, NET_NAME)
         if not os.path.isdir(d):
             return []
-        return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith(("last_reserved_ip", ".pycni-attachments")))
+        return sorted(f for f in os.listdir(d)
+                      if f != "lock" and not f.startswith(("last_reserved_ip", ".pycni-attachments")))
 
     def pod_veths(self):
         out = self.ns.run("ip", "-j", "link", "show", "type", "veth").stdout
-        return [l["ifname"] for l in json.loads(out or "[]") if l["ifname"] != "eth0"]
+        return [line["ifname"] for line in json.loads(out or "[]") if line["ifname"] != "eth0"]
 
     def fabric(self, *args):
         return run_fabric(self.ns, *args, "--subnet-file", self.subnet_file, env=self.env)
@@ -128,7 +129,8 @@ def ping(ctr, address, *extra):
         r = ctr.run("ping", "-c", "1", "-W", "2", *extra, address, check=False)
         if r.returncode == 0:
             return r
-    raise AssertionError("%s cannot ping %s %s: %s" % (ctr.name, address, " ".join(extra), r.stdout + r.stderr))
+    raise AssertionError("%s cannot ping %s %s: %s"
+                         % (ctr.name, address, " ".join(extra), r.stdout + r.stderr))
 
 
 def pod_ips(result):
@@ -176,7 +178,7 @@ def test_pods_talk_across_nodes(plugins, go_plugins, netns_factory, tmp_path, ru
     assert "10.244.1.2" in ip1 and "10.244.2.2" in ip2
     if v6:
         assert "fd00:10:244:1::2" in ip1 and "fd00:10:244:2::2" in ip2
-    for a, b in ((0, 1), (1, 0)):
+    for a in (0, 1):
         for address in (ip2 if a == 0 else ip1):
             ping(pods[a], address)
     # a full-size packet crosses with don't-fragment (1422 B payload = 1450 IP over vxlan)
@@ -224,7 +226,7 @@ def test_pods_talk_across_nodes(plugins, go_plugins, netns_factory, tmp_path, ru
 
 def assert_node_clean(n):
     links = n.ns.links()
-    assert not [l for l in links if l.startswith("flannel")], links
+    assert not [link for link in links if link.startswith("flannel")], links
     for cmd in ("iptables-save", "ip6tables-save"):
         assert "FLANNEL" not in n.ns.run(cmd).stdout
     for fam in ("-4", "-6"):

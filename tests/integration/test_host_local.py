@@ -35,8 +35,10 @@ def hl(plugins, statedir, host, ctr, tmp_path):
 
         def leases(self, name="net1"):
             d = data / name
+            if not d.is_dir():
+                return []
             return sorted(n for n in os.listdir(d) if n not in ("lock",)
-                          and not n.startswith(("last_reserved_ip.", ".pycni-attachments"))) if d.is_dir() else []
+                          and not n.startswith(("last_reserved_ip.", ".pycni-attachments")))
 
         def owner(self, ip, name="net1"):
             return (data / name / ip).read_bytes()

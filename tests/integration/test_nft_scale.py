@@ -14,7 +14,6 @@ import sys
 
 import chained
 import pytest
-from bridge_env import node  # noqa: F401
 from chained import HOST4, OUT4
 from cnitest import ROOT, assert_cni_error, run_plugin
 
@@ -94,7 +93,8 @@ def old_tables(ns, network, cid, ifname="eth0"):
                                ("bridge", "spoof", "type filter hook prerouting priority -300")):
         t = "%s %s" % (family, naming.attachment_table(kind, network, cid, ifname))
         script += ('add table %s { comment "%s" ; }\nadd chain %s c { %s ; policy accept ; }\n'
-                   "add rule %s c counter\n" % (t, "pycni %s net=%s id=%s if=%s" % (kind, network, cid, ifname),
+                   "add rule %s c counter\n" % (t, "pycni %s net=%s id=%s if=%s"
+                                                % (kind, network, cid, ifname),
                                                 t, hook, t))
     ns.run("nft", "-f", "-", input=script)
 

@@ -66,7 +66,8 @@ def norm(result):
 # previous per-attachment tables, the iptables chain, a DNAT rule, our chain
 # or an element whose comment names an attachment (the shared skeleton of
 # inet pycni-hostport stays, as the Go plugin's cni_hostport table does)
-LEFTOVER = re.compile(r'pycni-hp-|CNI-DN-|dnat (ip6? )?to|--to-destination|chain hp-|comment "pycni [0-9a-f]{12}-')
+LEFTOVER = re.compile(r'pycni-hp-|CNI-DN-|dnat (ip6? )?to|--to-destination|chain hp-|'
+                      r'comment "pycni [0-9a-f]{12}-')
 
 
 def no_portmap_rules(node):
@@ -239,7 +240,8 @@ def test_gc_removes_only_stale_attachments(plugins, node):
     node.attach("c2")
     for cid, backend, port in (("c1", "nftables", 8080), ("c2", "nftables", 8090), ("c2", "iptables", 8091)):
         maps = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
-        assert pm(node, plugins, "ADD", pm_conf(node, cid, backend, maps=maps, cniVersion="1.1.0"), cid=cid).rc == 0
+        assert pm(node, plugins, "ADD", pm_conf(node, cid, backend, maps=maps, cniVersion="1.1.0"),
+                  cid=cid).rc == 0
     gc = {"cniVersion": "1.1.0", "name": "pmnet", "type": "portmap",
           "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
     r = run_plugin(os.path.join(plugins, "portmap"), "GC", gc, path=plugins, host_netns=node.host.name,
@@ -289,7 +291,8 @@ HOSTILE = [
     ("port 0", [{"hostPort": 0, "containerPort": 80}], {}),
     ("port 70000", [{"hostPort": 70000, "containerPort": 80}], {}),
     ("icmp", [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}], {}),
-    ("injected hostIP", [{"hostPort": 80, "containerPort": 80, "hostIP": "1.2.3.4 accept; flush ruleset"}], {}),
+    ("injected hostIP", [{"hostPort": 80, "containerPort": 80, "hostIP": "1.2.3.4 accept; flush ruleset"}],
+     {}),
     ("injected protocol", [{"hostPort": 80, "containerPort": 80, "protocol": "tcp; flush ruleset"}], {}),
     ("condition escape", MAPS, {"conditionsV4": ["ip", "saddr", "1.1.1.1;", "flush", "ruleset"]}),
     ("iptables condition quote", MAPS, {"conditionsV4": ["-m", "comment", "--comment", 'x" -j ACCEPT']}),

@@ -39,7 +39,8 @@ def test_whois_finds_every_pod_of_a_busy_node(cluster):
         assert r["hostVeth"]["name"] == host["name"]
         assert r["cache"] and r["flannelSaved"] and len(r["leases"]) == 1
         if i % 4 == 0:
-            assert [(p["protocol"], p["hostPort"], p["podPort"]) for p in r["hostPorts"]] == [("tcp", 10000 + i, 80)]
+            assert [(p["protocol"], p["hostPort"],
+                     p["podPort"]) for p in r["hostPorts"]] == [("tcp", 10000 + i, 80)]
             assert r["hostPorts"][0]["source"].startswith("nft inet pycni-hostport ")
         else:
             assert r["hostPorts"] == []
@@ -57,7 +58,7 @@ def test_whois_finds_every_pod_of_a_busy_node(cluster):
     assert lines[0].split() == ["NETWORK", "CONTAINER", "IF", "POD", "NETNS", "HOST", "VETH", "IP",
                                 "HOSTPORTS", "STATE"]
     assert len(lines) == PODS + 2 and lines[-1] == "%d attachment(s), 0 with an orphan" % PODS
-    assert sum(1 for l in lines if l.rstrip().endswith(" ok")) == PODS
+    assert sum(1 for line in lines if line.rstrip().endswith(" ok")) == PODS
     rc, text = n1.whois(rows[0]["hostVeth"]["name"], json_out=False)
     assert "  host veth    %s (ifindex" % rows[0]["hostVeth"]["name"] in text
     assert "  enter        nsenter --net=%s" % rows[0]["netns"]["path"] in text
@@ -135,11 +136,12 @@ def test_gc_dry_run_shows_what_the_plugins_would_free(cluster):
     out = r.stdout
     assert "valid: 2 attachment(s) from the result cache" in out
     assert "the plugins' GC would free 4 item(s) this node holds outside the valid set:" in out
-    lines = [l.split() for l in out.splitlines()]
-    layers = sorted(l[0] for l in lines if l and l[0] in ("lease", "veth", "rules", "flannel"))
+    lines = [line.split() for line in out.splitlines()]
+    layers = sorted(line[0] for line in lines if line and line[0] in ("lease", "veth", "rules", "flannel"))
     assert layers == ["flannel", "lease", "rules", "veth"]
-    assert all("LIVE:" in l for l in out.splitlines() if l.split()[:1] in (["lease"], ["veth"], ["rules"]))
-    assert any(l.startswith("    lease    %s " % ip) for l in out.splitlines())
+    assert all("LIVE:" in line for line in out.splitlines() if line.split()[:1] in (["lease"], ["veth"],
+                                                                                    ["rules"]))
+    assert any(line.startswith("    lease    %s " % ip) for line in out.splitlines())
     assert "has a netns that is gone (%s)" % gone.path in out
     assert os.path.exists(os.path.join(n1.ipam_dir, NET_NAME, ip))       # nothing changed
     # for real: the forgotten pod loses its lease and rules; the kept one keeps everything

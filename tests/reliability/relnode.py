@@ -255,9 +255,9 @@ class RelNode:
         """[(ifname, kind, master, [address/plen])] from one ``ip -d addr`` dump."""
         ns = ns or self.host
         got = json.loads(_ip(ns, "-j", "-d", "addr", "show") or "[]")
-        return [(l["ifname"], l.get("linkinfo", {}).get("info_kind", ""), l.get("master", ""),
-                 ["%s/%s" % (a["local"], a["prefixlen"]) for a in l.get("addr_info", [])])
-                for l in got]
+        return [(link["ifname"], link.get("linkinfo", {}).get("info_kind", ""), link.get("master", ""),
+                 ["%s/%s" % (a["local"], a["prefixlen"]) for a in link.get("addr_info", [])])
+                for link in got]
 
     def routes(self, ns=None):
         ns = ns or self.host

@@ -149,7 +149,7 @@ def test_render_text():
 def test_render_markdown():
     lines = stats.render_markdown(_rows()).splitlines()
     assert len(lines) == 2 + 5
-    assert all(l.startswith("|") and l.endswith("|") for l in lines)
+    assert all(line.startswith("|") and line.endswith("|") for line in lines)
     assert lines[3].startswith("|  | py | 100 | 9.8 | 10.5 | 12.0 | 4.08 | p50 <= 15 ms | PASS |")
 
 

@@ -26,7 +26,8 @@ ENV = flannel.parse_subnet_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10
 
 
 def bridge(subnet, name="cni1"):
-    return {"type": "bridge", "bridge": name, "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}}
+    return {"type": "bridge", "bridge": name,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}}
 
 
 def env_of(path):
@@ -69,7 +70,8 @@ def test_duplicate_names_and_overlapping_subnets_fail():
 
 
 def test_conflist_wins_over_conf_of_the_same_name_whatever_the_order():
-    confs = [net("/d/00-a.conf", "n", bridge("10.1.0.0/16")), net("/d/99-b.conflist", "n", bridge("10.1.0.0/16"))]
+    confs = [net("/d/00-a.conf", "n", bridge("10.1.0.0/16")),
+             net("/d/99-b.conflist", "n", bridge("10.1.0.0/16"))]
     _st, summary, _ev, fix = doctor.conf_dir_findings(confs)
     assert "libcni loads 99-b.conflist by name" in summary and fix[0].startswith("mv /d/00-a.conf")
 
@@ -87,13 +89,15 @@ def test_unparsable_first_file_fails_later_one_warns():
 def test_plugin_types_include_delegate_and_ipam():
     _p, n = net("/d/a.conflist", "cbr0", FLANNEL, PORTMAP)
     assert doctor.plugin_types(n) == ["flannel", "bridge", "host-local", "portmap"]
-    _p, n = net("/d/b.conflist", "x", {"type": "flannel", "delegate": {"type": "ipvlan"},
-                                       "ipam": {"type": "static"}}, {"type": "bridge", "ipam": {"type": "dhcp"}})
+    _p, n = net("/d/b.conflist", "x",
+                {"type": "flannel", "delegate": {"type": "ipvlan"}, "ipam": {"type": "static"}},
+                {"type": "bridge", "ipam": {"type": "dhcp"}})
     assert doctor.plugin_types(n) == ["flannel", "ipvlan", "static", "bridge", "dhcp"]
 
 
 def test_node_lists_and_annotations():
-    assert doctor.parse_node_list({"nodes": [{"name": "a", "publicIP": "1.1.1.1"}, {"publicIP": "2.2.2.2"}]}) \
+    assert doctor.parse_node_list({"nodes": [{"name": "a", "publicIP": "1.1.1.1"},
+                                             {"publicIP": "2.2.2.2"}]}) \
         == [("a", "1.1.1.1"), ("node 1", "2.2.2.2")]
     kubectl = {"kind": "List", "items": [
         {"metadata": {"name": "n1", "annotations": {
@@ -104,7 +108,8 @@ def test_node_lists_and_annotations():
             "flannel.alpha.coreos.com/public-ip-overwrite": "192.0.2.2"}}},
         {"metadata": {"name": "n3", "annotations": {"flannel.alpha.coreos.com/public-ip": "10.0.2.15"}}}]}
     got = doctor.parse_annotations(kubectl)
-    assert got == [("n1", "10.0.2.15", "aa:bb:cc:dd:ee:01"), ("n2", "192.0.2.2", None), ("n3", "10.0.2.15", None)]
+    assert got == [("n1", "10.0.2.15", "aa:bb:cc:dd:ee:01"), ("n2", "192.0.2.2", None),
+                   ("n3", "10.0.2.15", None)]
     assert doctor.duplicates([(n, ip) for n, ip, _ in got]) == {"10.0.2.15": ["n1", "n3"]}
     assert doctor.parse_annotations({"n1": {"flannel.alpha.coreos.com/public-ip": "1.2.3.4"}}) == \
         [("n1", "1.2.3.4", None)]
@@ -220,7 +225,8 @@ def test_rule_checks_cannot_pass_without_the_rules():
 
 def _sysctl_ctx(values, bridges=True):
     from types import SimpleNamespace
-    return SimpleNamespace(bridge_networks=lambda: [("cbr0", "cni0", ["10.244.1.0/24"], True)] if bridges else [],
+    return SimpleNamespace(bridge_networks=lambda: [("cbr0", "cni0", ["10.244.1.0/24"],
+                                                     True)] if bridges else [],
                            sysctl=lambda name: values.get(name))
 
 

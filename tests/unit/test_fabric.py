@@ -105,7 +105,8 @@ def test_masq_rules_are_flanneld_s():
         '-s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
         '! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
         '-s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
-        '! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully']
+        '! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" '
+        '-j MASQUERADE --random-fully']
     assert "! -d ff00::/8" in fabric.masq_rules("fd00::/56", "fd00:0:0:1::/64", 6)[4]
     assert fabric.forward_rules("10.244.0.0/16") == [
         '-s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',

@@ -162,7 +162,8 @@ def test_wait_gives_up_with_code_11(tmp_path):
         flannel.wait_subnet_env(path, 0.2)
     e = ei.value
     assert e.code == 11
-    assert path in e.msg and "missing FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ" in e.msg
+    assert path in e.msg
+    assert "missing FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ" in e.msg
     assert "waited 0.2 s" in e.msg and "flanneld" in e.details
     with pytest.raises(errors.TryAgainLater) as ei:
         flannel.wait_subnet_env(str(tmp_path / "absent.env"), 0)

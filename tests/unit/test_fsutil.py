@@ -71,7 +71,8 @@ def test_flock_logs_its_wait_and_hold_at_debug_level(tmp_path):
     log = Log("t", {"PYCNI_LOG_LEVEL": "debug"})
     with fsutil.Flock(str(tmp_path / "lock"), what="test lock", log=log):
         pass
-    assert [ln.split("debug: ")[1].split(" after ")[0] for ln in log.lines] == ["test lock taken", "test lock released"]
+    events = [ln.split("debug: ")[1].split(" after ")[0] for ln in log.lines]
+    assert events == ["test lock taken", "test lock released"]
     stamp = log.lines[0].split()[0]
     assert len(stamp) == 12 and stamp[2] == ":" and stamp[8] == "."       # HH:MM:SS.mmm
     quiet = Log("t", {})

@@ -58,7 +58,8 @@ SAVED = """*filter
 :CNI-FORWARD - [0:0]
 -A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD
 -A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN
--A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "%(n)s" -j ACCEPT
+-A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED \
+-m comment --comment "%(n)s" -j ACCEPT
 -A CNI-FORWARD -s 10.88.0.2/32 -m comment --comment "%(n)s" -j ACCEPT
 -A CNI-FORWARD -s 10.88.0.9/32 -m comment --comment "%(k)s0 net=cbr0 id=x if=eth0" -j ACCEPT
 -A CNI-FORWARD -d 10.88.0.3/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
@@ -68,7 +69,8 @@ COMMIT
 
 
 def test_rules_are_found_by_exact_key():
-    assert len(forward.rules_with_key(SAVED, KEY)) == 2                 # not the one whose key only starts alike
+    assert len(forward.rules_with_key(SAVED,
+                                      KEY)) == 2                 # not the one whose key only starts alike
     keyed = forward.keyed_rules(SAVED, forward.network_key_prefix("cbr0"))
     assert [k for _r, k in keyed] == [KEY, KEY, KEY + "0"]
 
@@ -78,7 +80,8 @@ def test_add_batch_first_time_and_again():
     first = forward.ipt_add_lines("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", "CNI-ADMIN", new, KEY)
     assert first == [":CNI-FORWARD - [0:0]", ":CNI-ADMIN - [0:0]",
                      '-I FORWARD 1 -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD',
-                     '-I CNI-FORWARD 1 -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN'] + new
+                     '-I CNI-FORWARD 1 -m comment --comment "CNI firewall plugin admin overrides" '
+                     '-j CNI-ADMIN'] + new
     again = forward.ipt_add_lines(SAVED, "CNI-ADMIN", new, KEY)
     assert again == ["-D" + r[2:] for r in new] + new
     iso = forward.isolation_rules("cni0", False)
@@ -110,7 +113,8 @@ def test_nft_skeleton_and_elements():
         "add rule inet pycni-fw forward ip6 saddr @ips6 accept\n")
     elems = forward.nft_elements({4: ["10.88.0.2"], 6: ["fd00::2"]})
     assert [(e.set, e.key.hex(), e.chain, e.label) for e in elems] == [
-        ("ips4", "0a580002", None, "10.88.0.2"), ("ips6", "fd000000000000000000000000000002", None, "fd00::2")]
+        ("ips4", "0a580002", None,
+         "10.88.0.2"), ("ips6", "fd000000000000000000000000000002", None, "fd00::2")]
 
 
 class Args:
@@ -127,7 +131,8 @@ def test_parse():
     cfg = forward.parse(Args({"cniVersion": "1.0.0", "name": "n", "type": "firewall", "prevResult": PREV,
                           "ingressPolicy": "same-bridge", "backend": ""}), need_prev=True)
     assert cfg.ips == {4: ["10.88.0.2"], 6: ["fd00::2"]} and cfg.bridge == "cni0" and cfg.backend is None
-    assert forward.parse(Args({"cniVersion": "1.0.0", "name": "n", "type": "firewall"}), need_prev=False).ips == {}
+    assert forward.parse(Args({"cniVersion": "1.0.0", "name": "n", "type": "firewall"}),
+                         need_prev=False).ips == {}
 
 
 @pytest.mark.parametrize("extra,msg", [
@@ -135,7 +140,8 @@ def test_parse():
     ({"iptablesAdminChainName": "X -j ACCEPT"}, "iptablesAdminChainName"),
     ({"ingressPolicy": "paranoid"}, "ingressPolicy"),
     ({"prevResult": None}, "prevResult"),
-    ({"ingressPolicy": "isolated", "prevResult": dict(PREV, interfaces=[{"name": 'br" -j ACCEPT'}])}, "bridge"),
+    ({"ingressPolicy": "isolated", "prevResult": dict(PREV, interfaces=[{"name": 'br" -j ACCEPT'}])},
+     "bridge"),
 ])
 def test_parse_refusals(extra, msg):
     conf = {"cniVersion": "1.0.0", "name": "n", "type": "firewall", "prevResult": PREV}

@@ -44,7 +44,8 @@ def test_keys_in_any_case_and_defaults():
     cfg = parse(conf([{"HostPort": 8080, "ContainerPort": 80, "Protocol": "UDP", "HostIP": "::ffff:10.0.0.1"},
                       {"hostport": 9000, "containerport": 90}]))
     a, b = cfg.mappings
-    assert (a.host_port, a.container_port, a.protocol, a.host_ip, a.host_family) == (8080, 80, "udp", "10.0.0.1", 4)
+    assert (a.host_port, a.container_port, a.protocol, a.host_ip,
+            a.host_family) == (8080, 80, "udp", "10.0.0.1", 4)
     assert (b.protocol, b.host_ip) == ("tcp", None)
     assert cfg.snat and cfg.mark_bit == 13 and cfg.backend is None
     assert cfg.ctrs == {4: ("10.88.0.5", 24), 6: ("fd00::5", 64)}

@@ -271,7 +271,8 @@ LISTING = [
         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
         {"dnat": {"family": "ip", "addr": "10.244.1.2", "port": 80}}]}},
     {"rule": {"family": "inet", "table": "pycni-hostport", "chain": HP, "handle": 3, "expr": [
-        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.1.2.3"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                   "right": "10.1.2.3"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 8081}},
         {"dnat": {"family": "ip", "addr": "10.244.1.2", "port": 81}}]}},
     {"rule": {"family": "ip", "table": "cni_hostport", "chain": "hostports", "handle": 9, "comment": "abc123",

@@ -27,9 +27,11 @@ def test_element_comments_name_the_attachment_within_nft_limits():
     assert key == "5806acf520ba-58116a59a3570ffb"
     assert naming.element_comment("cbr0", "abc123", "eth0") == "pycni %s net=cbr0 id=abc123 if=eth0" % key
     long = naming.element_comment("n" * 253, "c" * 253, "eth0")
-    assert len(long.encode()) == 127 and naming.comment_key(long) == naming.element_key("n" * 253, "c" * 253, "eth0")
+    assert len(long.encode()) == 127 and naming.comment_key(long) == naming.element_key("n" * 253, "c" * 253,
+                                                                                        "eth0")
     assert naming.element_comment('a"b', "c\\d", "eth0").count('"') == 0
-    for bad in (None, "", "pycni", "pycni fw 5806acf520ba-58116a59a3570ffb", "pycni 5806acf520ba-58116a59a3570ff",
+    for bad in (None,
+                "", "pycni", "pycni fw 5806acf520ba-58116a59a3570ffb", "pycni 5806acf520ba-58116a59a3570ff",
                 "pycni portmap: route_localnet is on here", "pycni XYZ6acf520ba-58116a59a3570ffb"):
         assert naming.comment_key(bad) is None, bad
 

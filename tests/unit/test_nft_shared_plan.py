@@ -25,9 +25,11 @@ def test_keys_are_the_kernels_registers():
     assert shared.ip_key(4, "10.1.2.3") == bytes([10, 1, 2, 3])
     assert len(shared.ip_key(6, "fd00::1")) == 16
     assert shared.port_key("udp", 53) == bytes([17, 0, 0, 0, 0, 53, 0, 0])
-    assert shared.ip_port_key(4, "10.1.2.3", "sctp", 9000) == bytes([10, 1, 2, 3, 132, 0, 0, 0, 0x23, 0x28, 0, 0])
+    assert shared.ip_port_key(4, "10.1.2.3", "sctp", 9000) == bytes([10, 1, 2, 3, 132, 0, 0, 0, 0x23, 0x28, 0,
+                                                                     0])
     assert shared.ifname_key("cni0") == b"cni0" + b"\0" * 12
-    assert shared.ifname_mac_key("v", "0a:00:00:00:00:01") == b"v" + b"\0" * 15 + bytes.fromhex("0a0000000001") + b"\0\0"
+    want = b"v" + b"\0" * 15 + bytes.fromhex("0a0000000001") + b"\0\0"
+    assert shared.ifname_mac_key("v", "0a:00:00:00:00:01") == want
     e = shared.Elem("s", b"\x01\x02", "c", "l")
     back = shared.Elem.from_json(e.to_json())
     assert (back.set, back.key, back.chain, back.label) == ("s", b"\x01\x02", "c", "l")
@@ -94,7 +96,8 @@ def test_plan_takes_over_a_key_whose_holder_has_no_record():
 def test_plan_drops_only_its_own_old_elements():
     mine = {"chain": "subnet-x", "comment": naming.element_comment(*ATT)}
     theirs = {"chain": "subnet-x", "comment": naming.element_comment(*OTHER)}
-    nf = FakeNf({("saddr4", shared.ip_key(4, "10.0.0.7")): mine, ("saddr4", shared.ip_key(4, "10.0.0.8")): theirs})
+    nf = FakeNf({("saddr4", shared.ip_key(4, "10.0.0.7")): mine,
+                 ("saddr4", shared.ip_key(4, "10.0.0.8")): theirs})
     ops = shared._plan(nf, TBL, ATT, [], [elem("10.0.0.7"), elem("10.0.0.8"), elem("10.0.0.9")], Log("t", {}))
     assert ops == [("delete", "inet", "pycni-test", "saddr4", shared.ip_key(4, "10.0.0.7"))]
 
@@ -109,7 +112,8 @@ LISTING = [
                       [{"elem": {"val": "10.0.0.4", "comment": naming.element_comment("net2", "q", "eth0")}},
                        {"jump": {"target": "subnet-x"}}],
                       ["10.0.0.5", {"jump": {"target": "subnet-x"}}]]}},
-    {"map": {"family": "inet", "name": "ports4", "table": "pycni-test", "type": ["inet_proto", "inet_service"],
+    {"map": {"family": "inet", "name": "ports4", "table": "pycni-test",
+             "type": ["inet_proto", "inet_service"],
              "map": "verdict", "elem": [[{"elem": {"val": {"concat": ["tcp", 8080]},
                                                    "comment": naming.element_comment(*OTHER)}},
                                          {"jump": {"target": naming.attachment_chain("hp", *OTHER)}}]]}},
@@ -157,12 +161,15 @@ def test_whois_groups_the_shared_tables_by_attachment():
 
     def dnat(chain, port, ip):
         return {"rule": {"family": "inet", "table": "pycni-hostport", "chain": chain, "expr": [
-            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": port}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                       "right": port}},
             {"dnat": {"family": "ip", "addr": ip, "port": 80}}]}}
     items = [
         {"table": {"family": "inet", "name": "pycni-hostport"}},
-        {"map": {"family": "inet", "name": "ports4", "table": "pycni-hostport", "type": ["inet_proto", "inet_service"],
-                 "elem": [[{"elem": {"val": {"concat": ["tcp", 8081]}, "comment": naming.element_comment(*ATT)}},
+        {"map": {"family": "inet", "name": "ports4", "table": "pycni-hostport",
+                 "type": ["inet_proto", "inet_service"],
+                 "elem": [[{"elem": {"val": {"concat": ["tcp", 8081]},
+                                     "comment": naming.element_comment(*ATT)}},
                            {"jump": {"target": hp_new}}]]}},
         {"map": {"family": "inet", "name": "masq4", "table": "pycni-hostport", "type": "ipv4_addr",
                  "elem": [[{"elem": {"val": "10.0.0.3", "comment": naming.element_comment(*OTHER)}},

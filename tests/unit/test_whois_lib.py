@@ -29,8 +29,9 @@ def cache_entry(cache, net, cid, ifn, netns="", result=None, caps=None):
 
 
 def locations(tmp_path):
-    loc = nodestate.Locations(str(tmp_path / "net.d"), [str(tmp_path / "ipam")], [str(tmp_path / "flannel")],
-                              str(tmp_path / "cache"), [], [str(tmp_path / "tuning")], [str(tmp_path / "bin")])
+    loc = nodestate.Locations(str(tmp_path / "net.d"), [str(tmp_path / "ipam")],
+                              [str(tmp_path / "flannel")], str(tmp_path / "cache"), [],
+                              [str(tmp_path / "tuning")], [str(tmp_path / "bin")])
     loc.load_configs()
     return loc
 
@@ -59,14 +60,14 @@ def test_files_only_join_and_orphans(tmp_path):
     node = whois.build(loc, kernel=False)
     rows = {r.key: r for r in node.rows}
     r = rows[("cbr0", "c1", "eth0")]
-    assert [l.ip for l in r.leases] == ["10.1.0.9"] and r.saved.cid == "c1" and r.tuning is not None
+    assert [lease.ip for lease in r.leases] == ["10.1.0.9"] and r.saved.cid == "c1" and r.tuning is not None
     assert r.ips() == ["10.1.0.9/24"]
     assert r.host_ports() == [("tcp", None, 80, None, 8080, "cache only: no rule found")]
     assert r.orphan == ["lease", "cache", "saved", "tuning"] and not r.live
     assert rows[("cbr0", "legacy", None)].orphan == ["lease"]
     assert [os.path.basename(e.path) for e in node.cache if e.problem] == ["cbr0-bad-eth0"]
     assert [(s.cid, s.state) for s in node.saved] == [("c1", "ok"), ("c9", "empty")]
-    assert [l.ip for l in node.leases if l.torn] == ["10.1.0.11"]
+    assert [lease.ip for lease in node.leases if lease.torn] == ["10.1.0.11"]
     assert node.lease_nets == {"cbr0"}
 
 
@@ -76,7 +77,8 @@ def test_veths_join_by_alias_hash_and_cache(tmp_path):
     cache = str(tmp_path / "cache")
     cache_entry(cache, "net", "c2", "eth0", result={"cniVersion": "1.0.0", "interfaces": [
         {"name": "cni0"}, {"name": "vethgo"}, {"name": "eth0", "sandbox": "/x"}], "ips": []})
-    cache_entry(cache, "net", "c3", "eth1", result={"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.30/24"}]})
+    cache_entry(cache,
+                "net", "c3", "eth1", result={"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.30/24"}]})
     node.cache = nodestate.read_cache(cache, [])
     for ip, owner in (("10.1.0.9", "c1\r\neth0"), ("10.1.0.20", "c2\r\neth0"), ("10.1.0.30", "c3\r\neth1")):
         write(os.path.join(str(tmp_path / "ipam"), "net", ip), owner)
@@ -84,7 +86,8 @@ def test_veths_join_by_alias_hash_and_cache(tmp_path):
     node.links = [brief(1, "lo", kind=None), brief(4, "cni0", kind="bridge"),
                   brief(5, "vethA", alias=naming.veth_alias("net", "c1", "eth0", "ns/pod"), master=4),
                   brief(6, "vethgo", master=4),
-                  brief(7, "vethH", alias="pycni att=%s if=eth1" % naming.attachment_hash("net", "c3", "eth1"),
+                  brief(7, "vethH", alias="pycni att=%s if=eth1"
+                        % naming.attachment_hash("net", "c3", "eth1"),
                         master=4),
                   brief(8, "vethX", alias="pycni net=net cid=nolease if=eth0", master=4),
                   brief(9, "docker-veth", master=0)]
@@ -106,7 +109,7 @@ def test_veths_join_by_alias_hash_and_cache(tmp_path):
     assert whois.find(node, "no") == []                 # a prefix needs 3 characters
     table = whois.render_table(node.rows).splitlines()
     assert table[0].split()[:3] == ["NETWORK", "CONTAINER", "IF"]
-    assert any(l.split()[0] == "net" and "ORPHAN veth" in l for l in table)
+    assert any(row.split()[0] == "net" and "ORPHAN veth" in row for row in table)
 
 
 def test_rules_join_by_hash_and_go_chain(tmp_path):
@@ -120,7 +123,8 @@ def test_rules_join_by_hash_and_go_chain(tmp_path):
              {"chain": {"family": "inet", "table": t_live, "name": "hostports"}},
              {"rule": {"family": "inet", "table": t_live, "chain": "hostports", "expr": [
                  {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
-                 {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
+                 {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                            "right": 8080}},
                  {"dnat": {"family": "ip", "addr": "10.1.0.9", "port": 80}}]}}]
     chains, _ = fwtrace.parse_ruleset(items)
     node.groups = nodestate.nft_rule_groups(chains)
@@ -147,9 +151,9 @@ def test_rules_join_by_hash_and_go_chain(tmp_path):
     assert dead.orphan == ["rules"] and dead.rules[0].delete == [["nft", "delete", "table", "inet", t_dead]]
     # gc --dry-run's view: everything of network "net" outside {(c1, eth0)}
     got = whois.gc_preview(node, "net", [("c1", "eth0")])
-    assert sorted(l for l, _ in got) == ["rules", "rules"]
+    assert sorted(kind for kind, _ in got) == ["rules", "rules"]
     got = whois.gc_preview(node, "net", [])
-    assert any(t.startswith("vethA (c1/eth0) LIVE") for l, t in got if l == "veth")
+    assert any(t.startswith("vethA (c1/eth0) LIVE") for kind, t in got if kind == "veth")
 
 
 def test_parse_table_comment():
@@ -187,7 +191,8 @@ def test_locations_follow_the_configs(tmp_path):
         {"type": "portmap"}]}
     write(str(tmp_path / "net.d" / "10-x.conflist"), json.dumps(conf))
     write(str(tmp_path / "net.d" / "20-y.conflist"), json.dumps(
-        {"cniVersion": "1.0.0", "name": "y", "plugins": [{"type": "bridge", "ipam": {"type": "host-local"}}]}))
+        {"cniVersion": "1.0.0", "name": "y",
+         "plugins": [{"type": "bridge", "ipam": {"type": "host-local"}}]}))
     loc = nodestate.Locations(str(tmp_path / "net.d"), cache_dir="/c")
     loc.load_configs()
     assert loc.data_dirs == ["/var/lib/cni/networks", "/i"]

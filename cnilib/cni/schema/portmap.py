@@ -1,4 +1,4 @@
-"""portmap and firewall configs (semantic checks live in cnilib.firewall.portmap / cnilib.firewall.forward)."""
+"""portmap and firewall configs (semantic checks: cnilib.firewall.portmap, cnilib.firewall.forward)."""
 
 from typing import List, Literal, Optional
 
