@@ -6,6 +6,7 @@
 #   ./build.sh test [pytest args]       deps + build + every test tier
 #   ./build.sh demo                     deps + build + the two-node flannel demo
 #   ./build.sh bench [args]             benchmarks beside the Go reference plugins
+#   ./build.sh root SUITE [PKG...]      print the path of a cached minbase Debian root (debootstrap)
 #   ./build.sh install [--form bundle|py] [DIR]   default: --form py /usr/libexec/cni
 #   ./build.sh uninstall [DIR]          remove what install put there, restore backups
 set -euo pipefail
@@ -21,7 +22,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev libpython3.11
   iproute2 iptables nftables conntrack iputils-ping netcat-openbsd tcpdump ethtool
   containernetworking-plugins golang-go golang-github-appc-cni-dev
-  podman containerd busybox-static uidmap
+  podman containerd busybox-static uidmap debootstrap
 )
 
 log() { printf '>> %s\n' "$*" >&2; }
@@ -191,6 +192,52 @@ uninstall_suite() {
   log "removed pycni from $dir, restored the backed-up plugins"
 }
 
+# ------------------------------------------------------------------ distribution roots
+# Minbase Debian roots (debootstrap from Debian's registry), made once per
+# machine and shared by every clone: the test matrix runs the suite in them.
+ROOTS=${PYCNI_ROOTS:-/var/cache/pycni-roots}
+DEBIAN_MIRROR=${PYCNI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+TEST_ROOT_PACKAGES=(iproute2 nftables iptables python3)
+
+# ensure_root SUITE [PKG...]: print the path of a minbase root of SUITE
+# holding PKG... (default: the test roots' packages), made if missing.  The
+# cache key is the suite and the sorted package list; a root is complete
+# once it has its .pycni-root stamp (made in a temp dir, renamed in place).
+ensure_root() {
+  local suite=$1; shift
+  local pkgs=("$@")
+  [ ${#pkgs[@]} -gt 0 ] || pkgs=("${TEST_ROOT_PACKAGES[@]}")
+  local sorted key dir
+  sorted=$(printf '%s\n' "${pkgs[@]}" | sort -u | paste -sd, -)
+  key=$(printf '%s %s' "$suite" "$sorted" | sha256sum | cut -c1-12)
+  dir=$ROOTS/$suite-$key
+  if [ ! -f "$dir/.pycni-root" ]; then
+    [ "$(id -u)" -eq 0 ] || die "making the $suite root needs root"
+    command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
+    mkdir -p "$ROOTS"
+    (
+      flock 9
+      if [ ! -f "$dir/.pycni-root" ]; then
+        local tmp=$ROOTS/.new-$suite-$key.$$ t0=$SECONDS
+        rm -rf "$tmp"
+        log "debootstrap $suite ($sorted) into $dir"
+        if ! debootstrap --variant=minbase --include="$sorted" "$suite" "$tmp" "$DEBIAN_MIRROR" \
+            > "$ROOTS/.new-$suite-$key.log" 2>&1; then
+          tail -n 20 "$ROOTS/.new-$suite-$key.log" >&2
+          rm -rf "$tmp"
+          die "debootstrap $suite failed (log: $ROOTS/.new-$suite-$key.log)"
+        fi
+        rm -f "$tmp"/var/cache/apt/archives/*.deb
+        printf 'suite=%s\npackages=%s\nmade=%s\n' "$suite" "$sorted" "$(date -u +%FT%TZ)" > "$tmp/.pycni-root"
+        rm -rf "$dir"
+        mv "$tmp" "$dir"
+        log "$suite root ready in $((SECONDS - t0)) s"
+      fi
+    ) 9> "$ROOTS/.lock-$suite-$key" || exit 1
+  fi
+  printf '%s\n' "$dir"
+}
+
 # ------------------------------------------------------------------ main
 cmd=${1:-build}
 [ $# -gt 0 ] && shift
@@ -209,7 +256,8 @@ case $cmd in
   bench)
     deps; build
     exec "$VENV/bin/python" -m bench "$@" ;;
+  root) [ $# -ge 1 ] || die "usage: ./build.sh root SUITE [PKG...]"; ensure_root "$@" ;;
   install) install_suite "$@" ;;
   uninstall) uninstall_suite "$@" ;;
-  *) die "unknown command $cmd (build, deps, test, demo, bench, install, uninstall)" ;;
+  *) die "unknown command $cmd (build, deps, test, demo, bench, root, install, uninstall)" ;;
 esac
