@@ -49,7 +49,7 @@ deps_python() {
     return 0
   fi
   log "python venv in .venv ($PYTHON)"
-  "$PYTHON" -m venv "$VENV"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"   # kept when only the pins changed
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
   cp requirements.txt "$stamp"
 }
