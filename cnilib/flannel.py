@@ -27,10 +27,8 @@ import errno
 import os
 import time
 
-from cnilib.base import errors, fsutil, jsonio
+from cnilib.base import errors, fsutil, jsonio, paths
 
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
-DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
 MAX_SUBNET_FILE = 64 * 1024
 POLL_INTERVAL = 0.05
 
@@ -114,7 +112,7 @@ def _parse_uint32(text):
     return int(text)
 
 
-def parse_subnet_env(text, path=DEFAULT_SUBNET_FILE):
+def parse_subnet_env(text, path=paths.FLANNEL_SUBNET_FILE):
     """Parse subnet.env text with the reference's rules.
 
     Each line is split on its first '='; only the six known keys count, so a

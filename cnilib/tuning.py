@@ -29,10 +29,8 @@ upgrade.
 
 import os
 
-from cnilib.base import errors, fsutil, jsonio
+from cnilib.base import errors, fsutil, jsonio, paths
 
-DEFAULT_DATA_DIR = "/run/cni/tuning"
-DEFAULT_ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
 # the link attributes that are saved and restored, in the reference's restore order
 LINK_KEYS = ("mtu", "mac", "promisc", "allmulti", "txQLen")
 
@@ -46,7 +44,7 @@ class Settings:
     __slots__ = ("sysctl", "mac", "promisc", "mtu", "allmulti", "txqlen", "data_dir")
 
     def __init__(self, sysctl=None, mac=None, promisc=False, mtu=0, allmulti=None, txqlen=None,
-                 data_dir=DEFAULT_DATA_DIR):
+                 data_dir=paths.TUNING_DIR):
         self.sysctl = sysctl or {}
         self.mac, self.promisc, self.mtu = mac, promisc, mtu
         self.allmulti, self.txqlen, self.data_dir = allmulti, txqlen, data_dir
@@ -62,7 +60,7 @@ def settings(a):
     from cnilib.cni import args, validate
     conf = validate.validate("tuning", a.conf)
     s = Settings(dict(conf.get("sysctl") or {}), conf.get("mac"), conf["promisc"], conf["mtu"],
-                 conf.get("allmulti"), conf.get("txQLen"), conf.get("dataDir") or DEFAULT_DATA_DIR)
+                 conf.get("allmulti"), conf.get("txQLen"), conf.get("dataDir") or paths.TUNING_DIR)
     env_mac = a.cni_args.get("MAC")
     if env_mac:
         s.mac = env_mac
@@ -140,7 +138,7 @@ def sysctl_name(key, ifname):
 
 def check_allowlist(keys, path=None):
     """Refuse keys that match no line of the allowlist file, when it exists."""
-    path = path or os.environ.get("PYCNI_TUNING_ALLOWLIST") or DEFAULT_ALLOWLIST
+    path = path or os.environ.get("PYCNI_TUNING_ALLOWLIST") or paths.TUNING_ALLOWLIST
     data = fsutil.read_file(path)
     if data is None or not keys:
         return

@@ -7,7 +7,7 @@ values of attachments that are gone.  The work is in cnilib.tuning.
 """
 
 from cnilib import tuning
-from cnilib.base import errors, failpoint
+from cnilib.base import errors, failpoint, paths
 from cnilib.cni import skel
 
 
@@ -120,7 +120,7 @@ def cmd_del(a):
     # the keys' types and CNI_ARGS are checked as on ADD; the values are not
     # (a MAC or sysctl that ADD would refuse must not block the teardown)
     from cnilib.cni import validate
-    data_dir = validate.validate("tuning", a.conf).get("dataDir") or tuning.DEFAULT_DATA_DIR
+    data_dir = validate.validate("tuning", a.conf).get("dataDir") or paths.TUNING_DIR
     a.cni_args  # noqa: B018  (unknown keys are an error, as on ADD)
     path = tuning.backup_path(data_dir, a.name, a.container_id, a.ifname)
     legacy = tuning.legacy_backup_path(data_dir, a.container_id, a.ifname)
@@ -185,7 +185,7 @@ def cmd_check(a):
 
 def cmd_gc(a):
     data_dir = a.conf.get("dataDir")
-    data_dir = data_dir if isinstance(data_dir, str) and data_dir else tuning.DEFAULT_DATA_DIR
+    data_dir = data_dir if isinstance(data_dir, str) and data_dir else paths.TUNING_DIR
     from cnilib.cni.args import valid_attachments
     keep = valid_attachments(a.conf)    # either spelling of the key, entries checked
     if keep is None:

@@ -24,6 +24,7 @@ import struct
 import sys
 
 from cnilib.agent import wire
+from cnilib.base import paths
 
 # what the workers would otherwise import per request (the plugins import
 # lazily, on the verb's path): loaded once here, before any worker enters a
@@ -189,7 +190,7 @@ def main(argv):
     p = argparse.ArgumentParser(prog="pycni agent",
                                 description="Serve plugin execs from a warm process (optional).")
     p.add_argument("--socket", default=None,
-                   help="unix socket path (default $PYCNI_AGENT_SOCKET or %s)" % wire.DEFAULT_SOCKET)
+                   help="unix socket path (default $PYCNI_AGENT_SOCKET or %s)" % paths.AGENT_SOCKET)
     args = p.parse_args(argv)
     path = args.socket or wire.socket_path()
     if path == "off":

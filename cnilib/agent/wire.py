@@ -22,7 +22,6 @@ import _struct
 import os
 
 MAGIC = b"PYCNI2"
-DEFAULT_SOCKET = "/run/pycni/agent.sock"
 # env vars a worker needs from the caller (the rest of the caller's env is
 # not the agent's business)
 ENV_PREFIXES = ("CNI_", "PYCNI_")
@@ -33,7 +32,11 @@ _RESP = _struct.Struct("!iI")
 
 def socket_path(env=None):
     env = os.environ if env is None else env
-    return env.get("PYCNI_AGENT_SOCKET") or DEFAULT_SOCKET
+    got = env.get("PYCNI_AGENT_SOCKET")
+    if got:
+        return got
+    from cnilib.base import paths
+    return paths.AGENT_SOCKET
 
 
 MAX_INPUT = 1 << 20      # the same cap as cnilib.cni.skel.MAX_STDIN

@@ -15,7 +15,8 @@ Where it goes, first match wins: $PYCNI_LOG, the config's ``logFile``,
 import os
 import time
 
-DEFAULT_PATH = "/var/log/pycni/pycni.log"
+from cnilib.base import paths
+
 MAX_BYTES = 10 * 1024 * 1024
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -24,7 +25,7 @@ class Log:
     def __init__(self, plugin, env=None):
         env = os.environ if env is None else env
         self.plugin = plugin
-        self.path = env.get("PYCNI_LOG") or DEFAULT_PATH
+        self.path = env.get("PYCNI_LOG") or paths.LOG_FILE
         self.env_path = bool(env.get("PYCNI_LOG"))
         self.env_level = "PYCNI_LOG_LEVEL" in env
         self.level = LEVELS.get(env.get("PYCNI_LOG_LEVEL", "info"), 20)

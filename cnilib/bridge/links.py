@@ -17,7 +17,6 @@ from cnilib.bridge.netconf import random_mac
 from cnilib.firewall import naming
 from cnilib.kernel import netlink, sysctl
 
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 PORT_WAIT = (0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.0)
 
 
@@ -248,7 +247,8 @@ def _stale_blockers(nl, link, ip, plen, conf, network, own_ips):
         out.append("the IPAM plugin %r keeps no leases this plugin can read, so addresses in %s "
                    "may still be in use" % (conf["_ipam"], old_net))
         return out
-    data_dir = (conf.get("ipam") or {}).get("dataDir") or DEFAULT_DATA_DIR
+    from cnilib.base import paths
+    data_dir = (conf.get("ipam") or {}).get("dataDir") or paths.HOST_LOCAL_DIR
     d = os.path.join(data_dir, network)
     try:
         names = os.listdir(d)

@@ -20,11 +20,10 @@ as Go's JSON decoder matches them.  Nothing here touches the disk except
 ``read_resolv_conf``.
 """
 
-from cnilib.base import addr, errors
+from cnilib.base import addr, errors, paths
 from cnilib.cni import validate, version
 from cnilib.cni.args import normalize_keys
 
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 IPAM_KEYS = ("type", "subnet", "rangeStart", "rangeEnd", "gateway", "ranges", "routes",
              "dataDir", "resolvConf")
 RANGE_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway")
@@ -297,15 +296,15 @@ def _routes(routes):
 
 
 def data_dir_of(ipam):
-    """ipam.dataDir (default /var/lib/cni/networks); refuse what could land anywhere."""
+    """ipam.dataDir (default paths.HOST_LOCAL_DIR); refuse what could land anywhere."""
     d = ipam.get("dataDir") if isinstance(ipam, dict) else None
     if d is None or d == "":
-        return DEFAULT_DATA_DIR
+        return paths.HOST_LOCAL_DIR
     if not isinstance(d, str) or not d.startswith("/") or "\x00" in d:
         raise errors.InvalidConfig(
             "ipam.dataDir %r is not an absolute path" % (d if isinstance(d, str) else type(d).__name__),
             "expected an absolute directory such as %s; a relative one would depend on the "
-            "runtime's working directory" % DEFAULT_DATA_DIR)
+            "runtime's working directory" % paths.HOST_LOCAL_DIR)
     return d
 
 

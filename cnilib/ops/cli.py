@@ -13,7 +13,7 @@ code), 2 usage error or a subcommand this build does not have.
 import os
 import sys
 
-from cnilib.base import errors
+from cnilib.base import errors, paths
 
 RUNNER_VERBS = {
     "add": "attach a container netns to a network (prints the result)",
@@ -40,12 +40,12 @@ CODE_NAMES = {
 }
 
 ENV_HELP = """environment (as cnitool):
-  NETCONFPATH   network config dir (default /etc/cni/net.d)
+  NETCONFPATH   network config dir (default %s)
   CNI_PATH      plugin dirs, ':'-separated
   CNI_IFNAME    interface name (default eth0)
   CNI_ARGS      K=V;K2=V2 passed to the plugins
   CAP_ARGS      capability args, a JSON object ({"portMappings": [...]})
-  PYCNI_CACHE_DIR  libcni result cache (default /var/lib/cni)"""
+  PYCNI_CACHE_DIR  libcni result cache (default %s)""" % (paths.CONF_DIR, paths.CACHE_DIR)
 
 
 def usage():
@@ -108,7 +108,7 @@ def _parser(verb):
     p.add_argument("netns", nargs="?", default="",
                    help="container netns path" + (" (ignored)" if verb in ("gc", "status") else ""))
     p.add_argument("--cache-dir", default=None,
-                   help="libcni result cache dir ($PYCNI_CACHE_DIR, default /var/lib/cni)")
+                   help="libcni result cache dir ($PYCNI_CACHE_DIR, default %s)" % paths.CACHE_DIR)
     if verb in ("add", "del", "check"):
         p.add_argument("-i", "--ifname", default=None, help="interface name ($CNI_IFNAME, default eth0)")
         p.add_argument("--container-id", default=None,
@@ -172,11 +172,11 @@ def run_verb(verb, argv):
     from cnilib.ops import runner
     r = None
     try:
-        conf_dir = env.get("NETCONFPATH") or runner.DEFAULT_CONF_DIR
+        conf_dir = env.get("NETCONFPATH") or paths.CONF_DIR
         net, skipped = runner.find_network(conf_dir, opts.network)
         for _, exc in skipped:
             _note("skipped a config: %s" % exc)
-        cache_dir = opts.cache_dir or env.get("PYCNI_CACHE_DIR") or runner.DEFAULT_CACHE_DIR
+        cache_dir = opts.cache_dir or env.get("PYCNI_CACHE_DIR") or paths.CACHE_DIR
         r = runner.Runner(env.get("CNI_PATH", "").split(":"), cache_dir)
         if verb == "gc":
             return run_gc(r, net, opts)

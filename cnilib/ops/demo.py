@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from cnilib.base import paths
+
 NETWORK = "10.244.0.0/16"
 NODES = [("node1", "192.0.2.1", "10.244.1.0/24"), ("node2", "192.0.2.2", "10.244.2.0/24")]
 HOSTPORT = 8080
@@ -62,7 +64,7 @@ def _fork_in_netns(netns_name, fn, *args, out_fd=None):
     if pid == 0:
         code = 0
         try:
-            fd = netns.open_netns("/var/run/netns/" + netns_name)
+            fd = netns.open_netns(os.path.join(paths.NETNS_DIR, netns_name))
             netns.setns(fd)
             fn(out_fd, *args)
         except BaseException:
@@ -236,7 +238,7 @@ class Demo:
                 if i == 1:
                     env["CAP_ARGS"] = json.dumps({"portMappings": [
                         {"hostPort": HOSTPORT, "containerPort": 80, "protocol": "tcp"}]})
-                r = self.sh(self.pycni, "add", "cbr0", "/var/run/netns/" + pod,
+                r = self.sh(self.pycni, "add", "cbr0", os.path.join(paths.NETNS_DIR, pod),
                             netns=n["netns"], env=env)
                 res = json.loads(r.stdout)
                 ip = res["ips"][0]["address"].split("/")[0]
@@ -244,8 +246,8 @@ class Demo:
                 ports = " hostPort %d -> :80" % HOSTPORT if i == 1 else ""
                 self.show("%s pod%d  %s  eth0 %s%s" % (name, i, pod, res["ips"][0]["address"], ports))
         node, pod, _ip = self.pods[0]
-        r = self.sh(self.pycni, "check", "cbr0", "/var/run/netns/" + pod, netns=self.nodes[node]["netns"],
-                    env=self.node_env(node), check=False)
+        r = self.sh(self.pycni, "check", "cbr0", os.path.join(paths.NETNS_DIR, pod),
+                    netns=self.nodes[node]["netns"], env=self.node_env(node), check=False)
         self.show("pycni check cbr0 %s: %s" % (pod, "ok" if r.returncode == 0 else r.stderr.strip()))
 
     def traffic(self):
@@ -293,8 +295,8 @@ class Demo:
         self.step("pycni del every pod, fabric down, namespaces deleted")
         errors = []
         for node, pod, _ip in reversed(self.pods):
-            r = self.sh(self.pycni, "del", "cbr0", "/var/run/netns/" + pod, netns=self.nodes[node]["netns"],
-                        env=self.node_env(node), check=False)
+            r = self.sh(self.pycni, "del", "cbr0", os.path.join(paths.NETNS_DIR, pod),
+                        netns=self.nodes[node]["netns"], env=self.node_env(node), check=False)
             if r.returncode != 0:
                 errors.append("del %s: %s" % (pod, r.stderr.strip()))
         for name, n in self.nodes.items():

@@ -55,7 +55,7 @@ import ipaddress
 import os
 import sys
 
-from cnilib.base import errors
+from cnilib.base import errors, paths
 from cnilib.ops import nodestate
 
 JSON_SCHEMA = {
@@ -158,7 +158,7 @@ def config_subnets(net, subnet_env_of):
     for p in net.plugins:
         ipam = p.get("ipam") if isinstance(p.get("ipam"), dict) else {}
         if p.get("type") == "flannel":
-            env = subnet_env_of(p.get("subnetFile") or nodestate.DEFAULT_SUBNET_FILE)
+            env = subnet_env_of(p.get("subnetFile") or paths.FLANNEL_SUBNET_FILE)
             for n in (env.all_networks() if env else ()):
                 out.append((n, "flannel FLANNEL_NETWORK"))
             continue
@@ -205,13 +205,13 @@ def conf_dir_findings(configs, subnet_env_of=lambda path: None, flannel_live=Fal
     names = {}
     for p, n in good:
         names.setdefault(n.name, []).append(p)
-    for name, paths in sorted(names.items()):
-        if len(paths) > 1:
-            won = sorted(paths, key=lambda x: (not x.endswith(".conflist"), x))[0]
+    for name, files in sorted(names.items()):
+        if len(files) > 1:
+            won = sorted(files, key=lambda x: (not x.endswith(".conflist"), x))[0]
             fails.append("network %s is defined by %s: libcni loads %s by name, the other%s never"
-                         % (name, ", ".join(os.path.basename(x) for x in paths),
-                            os.path.basename(won), "s" if len(paths) > 2 else ""))
-            fix += ["mv %s /root/   # a duplicate of %s" % (x, name) for x in paths if x != won]
+                         % (name, ", ".join(os.path.basename(x) for x in files),
+                            os.path.basename(won), "s" if len(files) > 2 else ""))
+            fix += ["mv %s /root/   # a duplicate of %s" % (x, name) for x in files if x != won]
     nets = []
     for p, n in good:
         for cidr, where in config_subnets(n, subnet_env_of):
@@ -348,7 +348,7 @@ class Context:
     def subnet_files(self):
         if self.loc.subnet_files:
             return self.loc.subnet_files
-        return [nodestate.DEFAULT_SUBNET_FILE]
+        return [paths.FLANNEL_SUBNET_FILE]
 
     def flannel_env(self):
         """The first usable subnet.env and its path, or (None, None)."""
@@ -411,7 +411,7 @@ class Context:
                     d = p.get("delegate") if isinstance(p.get("delegate"), dict) else {}
                     if (d.get("type") or "bridge") != "bridge":
                         continue
-                    env, _ = self.subnet_env(p.get("subnetFile") or nodestate.DEFAULT_SUBNET_FILE)
+                    env, _ = self.subnet_env(p.get("subnetFile") or paths.FLANNEL_SUBNET_FILE)
                     subs = env.subnets() if env else []
                     out.append((net.name, d.get("bridge") or "cni0", subs, d.get("isGateway", True)))
                 elif t == "bridge":
@@ -1026,10 +1026,10 @@ def _pycni():
 
 def _del_cmd(ctx, r):
     env = []
-    if ctx.loc.conf_dir != nodestate.DEFAULT_CONF_DIR:
+    if ctx.loc.conf_dir != paths.CONF_DIR:
         env.append("NETCONFPATH=%s" % ctx.loc.conf_dir)
     env.append("CNI_PATH=%s" % ":".join(ctx.loc.bin_dirs))
-    if ctx.loc.cache_dir != nodestate.DEFAULT_CACHE_DIR:
+    if ctx.loc.cache_dir != paths.CACHE_DIR:
         env.append("PYCNI_CACHE_DIR=%s" % ctx.loc.cache_dir)
     return "%s %s del %s --container-id %s --ifname %s   # DEL with the cached config releases " \
            "every layer" % (" ".join(env), _pycni(), _cmd([r.network]), _cmd([r.cid]), _cmd([r.ifname]))
@@ -1048,7 +1048,7 @@ def _capacity(ctx, network):
         total = 0
         for p in net.plugins:
             if p.get("type") == "flannel":
-                env, _ = ctx.subnet_env(p.get("subnetFile") or nodestate.DEFAULT_SUBNET_FILE)
+                env, _ = ctx.subnet_env(p.get("subnetFile") or paths.FLANNEL_SUBNET_FILE)
                 subs = env.subnets() if env else []
             else:
                 subs = [c for c, _ in config_subnets(net, lambda path: None)]
@@ -1305,14 +1305,13 @@ def render(rep, color=False):
 # ====================================================================== bundle
 
 def log_paths(args):
-    from cnilib.base import log
     out = []
     if getattr(args, "log", None):
         out.append(args.log)
     env = os.environ.get("PYCNI_LOG")
     if env and env not in ("-", "off"):
         out.append(env)
-    out.append(log.DEFAULT_PATH)
+    out.append(paths.LOG_FILE)
     return [p for i, p in enumerate(out) if p not in out[:i]]
 
 
@@ -1461,7 +1460,7 @@ def _parser():
                         "or {node: {annotation: value}})")
     p.add_argument("--node", metavar="NAME", help="this node's name in --nodes / --annotations")
     p.add_argument("--log", metavar="FILE", help="the suite's log for the bundle (default $PYCNI_LOG, "
-                                                 "/var/log/pycni/pycni.log)")
+                                                 "%s)" % paths.LOG_FILE)
     nodestate.add_location_options(p, bin_dirs=True)
     return p
 

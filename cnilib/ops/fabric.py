@@ -29,13 +29,14 @@ are removed, chains are rewritten.  ``down`` removes all of it.
 import os
 import sys
 
+from cnilib.base import paths
+
 VNI = 1
 VXLAN_PORT = 8472
 ENCAP_OVERHEAD = 50     # flanneld's encapOverhead: outer IPv4 + UDP + VXLAN + inner Ethernet
 ENCAP_OVERHEAD6 = 70    # the same over IPv6; the kernel refuses a larger flannel-v6.1 MTU
 DEV4, DEV6 = "flannel.%d" % VNI, "flannel-v6.%d" % VNI
 DEFAULT_NETWORK = "10.244.0.0/16"
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 KUBE_PROXY_MARK = "0x4000/0x4000"
 MASQ_COMMENT, FWD_COMMENT = "flanneld masq", "flanneld forward"
 POSTRTG, FWD = "FLANNEL-POSTRTG", "FLANNEL-FWD"
@@ -147,7 +148,7 @@ class Plan:
     """What ``up`` wants on this node, computed before touching anything."""
 
     def __init__(self, nodes, me, network, network6=None, backend="vxlan", ipmasq=True,
-                 forward_rules=True, subnet_file=DEFAULT_SUBNET_FILE, iface=None):
+                 forward_rules=True, subnet_file=paths.FLANNEL_SUBNET_FILE, iface=None):
         if backend not in ("vxlan", "host-gw"):
             raise FabricError("backend %r is not supported: expected vxlan or host-gw" % backend)
         self.network = _net(network, 4, "--network")
@@ -509,10 +510,11 @@ def _parser():
                    help="no flanneld masquerading; the bridge plugin then masquerades")
     p.add_argument("--no-forward-rules", dest="forward_rules", action="store_false", default=True,
                    help="skip FLANNEL-FWD (flanneld --iptables-forward-rules=false)")
-    p.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE,
-                   help="where to write subnet.env (default %s)" % DEFAULT_SUBNET_FILE)
+    p.add_argument("--subnet-file", default=paths.FLANNEL_SUBNET_FILE,
+                   help="where to write subnet.env (default %s)" % paths.FLANNEL_SUBNET_FILE)
     p.add_argument("--iface", help="underlay interface (default: the one holding the node's publicIP)")
-    p.add_argument("--netns", help="network namespace to work in (a name under /var/run/netns or a path)")
+    p.add_argument("--netns",
+                   help="network namespace to work in (a name under %s or a path)" % paths.NETNS_DIR)
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     return p
 
@@ -520,7 +522,7 @@ def _parser():
 def _enter_netns(spec):
     from cnilib.base import errors
     from cnilib.kernel import netns
-    path = spec if "/" in spec else "/var/run/netns/" + spec
+    path = spec if "/" in spec else os.path.join(paths.NETNS_DIR, spec)
     try:
         fd = netns.open_netns(path)
     except netns.NetNSGone:

@@ -29,16 +29,8 @@ not in ``problems``, so one unreadable layer does not hide the others.
 import os
 import re
 
-from cnilib.base import errors, jsonio
+from cnilib.base import errors, jsonio, paths
 
-DEFAULT_CONF_DIR = "/etc/cni/net.d"
-DEFAULT_BIN_DIRS = ("/opt/cni/bin", "/usr/libexec/cni")
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-DEFAULT_FLANNEL_DIR = "/var/lib/cni/flannel"
-DEFAULT_CACHE_DIR = "/var/lib/cni"
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
-DEFAULT_TUNING_DIR = "/run/cni/tuning"
-NETNS_DIR = "/var/run/netns"
 MAX_STATE_FILE = 1 << 20
 
 _TABLE_RE = re.compile(r"^pycni-(hp|masq|fw|spoof)-([0-9a-f]{12})-([0-9a-f]{16})$")
@@ -64,18 +56,18 @@ class Locations:
     """Where the node's state lives: the options given, plus every directory
     a network config in the conf dir names (a runtime would use those)."""
 
-    def __init__(self, conf_dir=DEFAULT_CONF_DIR, data_dirs=None, flannel_dirs=None,
+    def __init__(self, conf_dir=paths.CONF_DIR, data_dirs=None, flannel_dirs=None,
                  cache_dir=None, subnet_files=None, tuning_dirs=None, bin_dirs=None):
         def pick(given, default):
             return _uniq(given if given is not None else default)
         self.conf_dir = conf_dir
-        self.data_dirs = pick(data_dirs, [DEFAULT_DATA_DIR])
-        self.flannel_dirs = pick(flannel_dirs, [DEFAULT_FLANNEL_DIR])
-        self.cache_dir = cache_dir or os.environ.get("PYCNI_CACHE_DIR") or DEFAULT_CACHE_DIR
+        self.data_dirs = pick(data_dirs, [paths.HOST_LOCAL_DIR])
+        self.flannel_dirs = pick(flannel_dirs, [paths.FLANNEL_DIR])
+        self.cache_dir = cache_dir or os.environ.get("PYCNI_CACHE_DIR") or paths.CACHE_DIR
         self.subnet_files = pick(subnet_files, [])
         self.explicit_subnet = bool(subnet_files)
-        self.tuning_dirs = pick(tuning_dirs, [DEFAULT_TUNING_DIR])
-        self.bin_dirs = pick(bin_dirs, list(DEFAULT_BIN_DIRS))
+        self.tuning_dirs = pick(tuning_dirs, [paths.TUNING_DIR])
+        self.bin_dirs = pick(bin_dirs, list(paths.BIN_DIRS))
         self.configs = []          # [(path, NetworkList or CniError)]
 
     @classmethod
@@ -109,13 +101,13 @@ class Locations:
             v = d.get(k)
             return v if isinstance(v, str) and v else None
         if t == "flannel":
-            self.flannel_dirs = _uniq(self.flannel_dirs + [s(p, "dataDir") or DEFAULT_FLANNEL_DIR])
-            self.subnet_files = _uniq(self.subnet_files + [s(p, "subnetFile") or DEFAULT_SUBNET_FILE])
-            self.data_dirs = _uniq(self.data_dirs + [s(ipam, "dataDir") or DEFAULT_DATA_DIR])
+            self.flannel_dirs = _uniq(self.flannel_dirs + [s(p, "dataDir") or paths.FLANNEL_DIR])
+            self.subnet_files = _uniq(self.subnet_files + [s(p, "subnetFile") or paths.FLANNEL_SUBNET_FILE])
+            self.data_dirs = _uniq(self.data_dirs + [s(ipam, "dataDir") or paths.HOST_LOCAL_DIR])
         elif ipam.get("type") == "host-local":
-            self.data_dirs = _uniq(self.data_dirs + [s(ipam, "dataDir") or DEFAULT_DATA_DIR])
+            self.data_dirs = _uniq(self.data_dirs + [s(ipam, "dataDir") or paths.HOST_LOCAL_DIR])
         elif t == "tuning":
-            self.tuning_dirs = _uniq(self.tuning_dirs + [s(p, "dataDir") or DEFAULT_TUNING_DIR])
+            self.tuning_dirs = _uniq(self.tuning_dirs + [s(p, "dataDir") or paths.TUNING_DIR])
 
     def networks(self):
         """The configs that loaded, as NetworkList."""
@@ -129,22 +121,22 @@ class Locations:
 
 def add_location_options(p, bin_dirs=False):
     """The state-location options shared by whois and doctor."""
-    p.add_argument("--conf-dir", default=DEFAULT_CONF_DIR,
-                   help="network configs (default %s); the dirs they name are read too" % DEFAULT_CONF_DIR)
+    p.add_argument("--conf-dir", default=paths.CONF_DIR,
+                   help="network configs (default %s); the dirs they name are read too" % paths.CONF_DIR)
     p.add_argument("--data-dir", action="append", metavar="DIR",
-                   help="host-local dataDir (repeatable; default %s)" % DEFAULT_DATA_DIR)
+                   help="host-local dataDir (repeatable; default %s)" % paths.HOST_LOCAL_DIR)
     p.add_argument("--flannel-dir", action="append", metavar="DIR",
-                   help="flannel dataDir (repeatable; default %s)" % DEFAULT_FLANNEL_DIR)
+                   help="flannel dataDir (repeatable; default %s)" % paths.FLANNEL_DIR)
     p.add_argument("--cache-dir", default=None,
-                   help="libcni cache dir ($PYCNI_CACHE_DIR, default %s)" % DEFAULT_CACHE_DIR)
+                   help="libcni cache dir ($PYCNI_CACHE_DIR, default %s)" % paths.CACHE_DIR)
     p.add_argument("--subnet-file", action="append", metavar="FILE",
                    help="flannel subnet.env (repeatable; default: what flannel configs name, "
-                        "else %s)" % DEFAULT_SUBNET_FILE)
+                        "else %s)" % paths.FLANNEL_SUBNET_FILE)
     p.add_argument("--tuning-dir", action="append", metavar="DIR",
-                   help="tuning dataDir (repeatable; default %s)" % DEFAULT_TUNING_DIR)
+                   help="tuning dataDir (repeatable; default %s)" % paths.TUNING_DIR)
     if bin_dirs:
         p.add_argument("--bin-dir", default=None, metavar="DIR[:DIR]",
-                       help="plugin dirs (default %s)" % ":".join(DEFAULT_BIN_DIRS))
+                       help="plugin dirs (default %s)" % ":".join(paths.BIN_DIRS))
 
 
 def locations_from_args(args):
@@ -374,8 +366,8 @@ def own_netns():
 def netns_by_name(problems):
     """[NetnsRef] for the names under /var/run/netns (ids not looked up yet)."""
     out = []
-    for n in _listdir(NETNS_DIR, problems):
-        p = os.path.join(NETNS_DIR, n)
+    for n in _listdir(paths.NETNS_DIR, problems):
+        p = os.path.join(paths.NETNS_DIR, n)
         ino = _ns_ino(p)
         if ino is not None:
             out.append(NetnsRef(p, ino, name=n))

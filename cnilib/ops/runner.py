@@ -37,12 +37,10 @@ import os
 import sys
 import time
 
-from cnilib.base import errors, failpoint, fsutil, jsonio
+from cnilib.base import errors, failpoint, fsutil, jsonio, paths
 from cnilib.cni import skel
 
 CURRENT = "1.1.0"          # highest spec version this runner drives (libcni's Current())
-DEFAULT_CONF_DIR = "/etc/cni/net.d"
-DEFAULT_CACHE_DIR = "/var/lib/cni"
 CACHE_KIND = "cniCacheV1"
 PLUGIN_TIMEOUT = 300.0     # libcni has none; a wedged plugin should not hang an operator forever
 EXEC_RETRIES = 5           # "text file busy" retries, one second apart, as libcni
@@ -428,7 +426,7 @@ def _go_json(obj):
 class Cache:
     """libcni's result cache under ``<cache_dir>/results``."""
 
-    def __init__(self, cache_dir=DEFAULT_CACHE_DIR):
+    def __init__(self, cache_dir=paths.CACHE_DIR):
         self.dir = cache_dir
         self.results = os.path.join(cache_dir, "results")
 
@@ -569,7 +567,7 @@ class Runner:
     (a corrupt cache dropped on DEL, a verb skipped by the config).
     """
 
-    def __init__(self, path, cache_dir=DEFAULT_CACHE_DIR, env=None, timeout=PLUGIN_TIMEOUT,
+    def __init__(self, path, cache_dir=paths.CACHE_DIR, env=None, timeout=PLUGIN_TIMEOUT,
                  stderr=None):
         self.path = [d for d in path if d]
         self.cache = Cache(cache_dir)

@@ -50,6 +50,7 @@ status: 0 found, 1 nothing matched, 2 could not run.
 import os
 import sys
 
+from cnilib.base import paths
 from cnilib.firewall import naming
 from cnilib.ops import nodestate
 
@@ -389,8 +390,8 @@ def find(node, query):
     ino = None
     if "/" in q and q.startswith("/"):
         ino = nodestate._ns_ino(q)
-    elif os.path.exists(os.path.join(nodestate.NETNS_DIR, q)) and "/" not in q:
-        ino = nodestate._ns_ino(os.path.join(nodestate.NETNS_DIR, q))
+    elif os.path.exists(os.path.join(paths.NETNS_DIR, q)) and "/" not in q:
+        ino = nodestate._ns_ino(os.path.join(paths.NETNS_DIR, q))
     for r in node.rows:
         if r.veth is not None and r.veth.name == q:
             add(r)
@@ -457,8 +458,8 @@ def _netns_text(r):
     p = r.netns_path()
     if p is None:
         return "-"
-    if p.startswith(nodestate.NETNS_DIR + "/"):
-        return p[len(nodestate.NETNS_DIR) + 1:]
+    if p.startswith(paths.NETNS_DIR + "/"):
+        return p[len(paths.NETNS_DIR) + 1:]
     return p
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from cnilib import tuning
-from cnilib.base import errors
+from cnilib.base import errors, paths
 from cnilib.base.log import Log
 from cnilib.cni import skel
 
@@ -87,7 +87,7 @@ def cmdargs(conf, cni_args="", cmd="ADD"):
 def test_settings_merge_order():
     s = tuning.settings(cmdargs({"mac": "02:00:00:00:00:01", "mtu": 1400, "sysctl": {"net.a.b": "1"}}))
     assert (s.mac, s.mtu, s.promisc, s.allmulti, s.txqlen) == ("02:00:00:00:00:01", 1400, False, None, None)
-    assert s.data_dir == tuning.DEFAULT_DATA_DIR and s.link_changes()
+    assert s.data_dir == paths.TUNING_DIR and s.link_changes()
     s = tuning.settings(cmdargs({"mac": "02:00:00:00:00:01"}, "MAC=02:00:00:00:00:02"))
     assert s.mac == "02:00:00:00:00:02"
     s = tuning.settings(cmdargs({"runtimeConfig": {"Mac": "02:00:00:00:00:03"}}, "MAC=02:00:00:00:00:02"))

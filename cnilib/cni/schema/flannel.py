@@ -4,6 +4,7 @@ from typing import Dict, List, Optional
 
 from pydantic import Field
 
+from cnilib.base import paths
 from cnilib.cni.schema.base import Model, NetConf, Route
 
 
@@ -15,8 +16,8 @@ class FlannelIPAM(Model):
 
 
 class FlannelConf(NetConf):
-    subnetFile: str = Field("/run/flannel/subnet.env", min_length=1, max_length=4096)
-    dataDir: str = Field("/var/lib/cni/flannel", min_length=1, max_length=4096)
+    subnetFile: str = Field(paths.FLANNEL_SUBNET_FILE, min_length=1, max_length=4096)
+    dataDir: str = Field(paths.FLANNEL_DIR, min_length=1, max_length=4096)
     delegate: Optional[Dict[str, object]] = None
     ipam: Optional[FlannelIPAM] = None
     # seconds ADD waits for a missing or incomplete subnet.env (0: do not wait)
