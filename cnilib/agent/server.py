@@ -36,7 +36,7 @@ PRELOAD = ("cnilib.kernel.netlink", "cnilib.kernel.nftables", "cnilib.cni.valida
            "cnilib.bridge.netconf", "cnilib.bridge.links", "cnilib.bridge.iface",
            "cnilib.firewall.masquerade", "cnilib.firewall.macspoof", "cnilib.flannel", "cnilib.tuning",
            "cnilib.firewall.nft", "cnilib.firewall.iptables", "cnilib.firewall.shared",
-           "cnilib.firewall.records", "cnilib.firewall.naming", "cnilib.firewall.addr",
+           "cnilib.firewall.records", "cnilib.firewall.naming",
            "cnilib.ipam.config", "cnilib.ipam.allocator", "cnilib.ipam.store", "cnilib.base.addr",
            "ipaddress", "hashlib")
 

@@ -1,14 +1,25 @@
-"""IP addresses as (family, int) pairs, read and printed the way Go's net package does.
+"""IP addresses: one set of parsers, two spellings.
 
-Lease files are named after ``net.IP.String()``, so the names must match Go's
-byte for byte or the two plugins would not see each other's leases.  Go
-treats an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) as IPv4 and prints
-IPv6 in RFC 5952 form; both are done here.  This module exists instead of
-``ipaddress`` because it costs ~0.1 ms to import where ``ipaddress`` costs
-3-4 ms, a quarter of host-local's whole start-up budget.
+Every address is read into a (family, int) pair by ``parse`` (the kernel's
+own inet_pton underneath), and printed in one of two ways:
+
+  Go's      ``fmt``: how Go's net package prints it (net.IP.String()).  Lease
+            files are named that way, so the names must match Go's byte for
+            byte or the two host-local plugins would not see each other's
+            leases.  IPv6 in RFC 5952 form, an IPv4-mapped IPv6 address
+            (``::ffff:10.0.0.1``) as IPv4, as Go's To4() reads it.
+  the rules' ``ntop``: inet_ntop's text, which is what nft and iptables print
+            back; ``rule_ip``, ``rule_cidr`` and ``rule_network`` give rule text
+            (nft scripts, iptables-restore lines) only addresses that parse.
+            It differs from Go's for the deprecated IPv4-compatible form
+            (``::1.2.3.4``, Go ``::102:304``).
+
+This module exists instead of ``ipaddress`` because it costs ~0.1 ms to
+import where ``ipaddress`` costs 3-4 ms, a quarter of host-local's whole
+start-up budget (tests/unit/test_addr.py holds it to ``ipaddress``).
 """
 
-from _socket import AF_INET, AF_INET6, inet_pton
+from _socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 BITS = {4: 32, 6: 128}
 
@@ -99,3 +110,60 @@ def canonical(s):
 def mask(family, prefix):
     bits = BITS[family]
     return ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
+
+
+# ---- rule text: inet_ntop's spelling
+
+_AF = {4: AF_INET, 6: AF_INET6}
+
+
+def ntop(family, n):
+    """The address as inet_ntop prints it (and nft and iptables print it back)."""
+    return inet_ntop(_AF[family], n.to_bytes(BITS[family] // 8, "big"))
+
+
+def rule_ip(text):
+    """(family, inet_ntop text) of an address, or None when it is not one.
+
+    IPv4-mapped IPv6 (::ffff:1.2.3.4) counts as IPv4, as Go's To4() does;
+    zone ids (fe80::1%eth0) and prefixes are refused.
+    """
+    got = parse(text)
+    return None if got is None else (got[0], ntop(*got))
+
+
+def rule_cidr(text):
+    """(family, address text, prefixlen) of "addr/len", or of a bare address
+    (its host prefix); None when malformed.  A mapped address written with
+    an IPv6 prefix (::ffff:a.b.c.d/120) is IPv4 with that prefix less 96."""
+    if not isinstance(text, str):
+        return None
+    host, sep, plen = text.partition("/")
+    got = rule_ip(host)
+    if got is None:
+        return None
+    fam, ip = got
+    if not sep:
+        return fam, ip, BITS[fam]
+    if not (plen.isascii() and plen.isdigit()) or len(plen) > 3:
+        return None
+    n = int(plen)
+    if ":" in host and fam == 4:
+        n -= 96
+    if not 0 <= n <= BITS[fam]:
+        return None
+    return fam, ip, n
+
+
+def rule_network(family, ip, prefixlen):
+    """The network address of ip/prefixlen as rule text (10.1.2.3, 24 -> 10.1.2.0)."""
+    n = int.from_bytes(inet_pton(_AF[family], ip), "big")
+    return ntop(family, n & mask(family, prefixlen))
+
+
+def is_unspecified(family, ip):
+    return ip == ("0.0.0.0" if family == 4 else "::")
+
+
+def host_prefix(family):
+    return BITS[family]

@@ -30,8 +30,7 @@ CNI-ISOLATION-STAGE-1/2 chains (iptables, whatever the backend), never
 removed on DEL because other containers on the bridge may need them.
 """
 
-from cnilib.base import errors, proc
-from cnilib.firewall import addr
+from cnilib.base import addr, errors, proc
 
 FORWARD = "CNI-FORWARD"
 ADMIN = "CNI-ADMIN"
@@ -239,7 +238,7 @@ def parse(a, need_prev):
         from cnilib.cni import invoke
         cfg.prev = invoke.parse_result(prev, a.version, "prevResult")
         for ip in cfg.prev.ips:
-            got = addr.parse_cidr(ip.get("address"))
+            got = addr.rule_cidr(ip.get("address"))
             if got is not None:
                 cfg.ips.setdefault(got[0], []).append(got[1])
         if cfg.policy != "open" and need_prev:

@@ -20,8 +20,7 @@ or not the runtime sends portMappings; netlink lookups tell what exists, so
 a DEL with nothing to remove execs nothing.
 """
 
-from cnilib.base import errors, failpoint, proc
-from cnilib.firewall import addr
+from cnilib.base import addr, errors, failpoint, proc
 from cnilib.firewall import portmap_rules as R
 
 ENTRY_KEYS = ("hostPort", "containerPort", "protocol", "hostIP")
@@ -151,7 +150,7 @@ def parse_mappings(conf):
                 "expected tcp, udp or sctp")
         host_ip = fam = None
         if e.get("hostIP"):
-            got = addr.parse_ip(e["hostIP"])
+            got = addr.rule_ip(e["hostIP"])
             if got is None:
                 raise errors.InvalidConfig(
                     "runtimeConfig.portMappings[%d].hostIP %r is not an IP address" % (i, e["hostIP"][:64]),
@@ -167,7 +166,7 @@ def container_addrs(result, ifname):
     (the reference's parseConfig)."""
     out = {}
     for ip in result.ips:
-        got = addr.parse_cidr(ip.get("address"))
+        got = addr.rule_cidr(ip.get("address"))
         if got is None:
             continue
         fam, host, plen = got

@@ -39,7 +39,7 @@ compare as strings:
       -> CNI-DN-<sha512(name+id)>  per container: setmark + DNAT per mapping
 """
 
-from cnilib.firewall import addr
+from cnilib.base import addr
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 NFPROTO = {4: "ipv4", 6: "ipv6"}
@@ -140,7 +140,7 @@ def hairpin_chain(fam, ip, plen):
     """(name, script) of the chain masquerading hairpin (and, IPv4,
     localhost) connections DNAT'ed to a container of subnet ip/plen."""
     from cnilib.firewall import naming
-    net = "%s/%d" % (addr.network(fam, ip, plen), plen)
+    net = "%s/%d" % (addr.rule_network(fam, ip, plen), plen)
     name = "hairpin-" + naming.sha512_hex("pycni-subnet\0" + net)[:12]
     ipx = NFIP[fam]
     lines = ['add chain %s %s { comment "masquerade hostPort connections from %s" ; }' % (T, name, net),
@@ -367,7 +367,7 @@ def ipt_dn_rules(chain, fam, ctr, mappings, snat=True, masq_all=False, setmark_c
         dst = " -d %s/%d" % (daddr, hostlen) if daddr else ""
         match = " -p %s -m %s --dport %d" % (m.protocol, m.protocol, m.host_port)
         if snat:
-            src = "" if masq_all else " -s %s/%d" % (addr.network(fam, ip, plen), plen)
+            src = "" if masq_all else " -s %s/%d" % (addr.rule_network(fam, ip, plen), plen)
             out.append("-A %s%s%s%s -j %s" % (chain, src, dst, match, setmark_chain))
             if fam == 4 and not masq_all:
                 out.append("-A %s -s 127.0.0.1/32%s%s -j %s" % (chain, dst, match, setmark_chain))

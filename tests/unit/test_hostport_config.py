@@ -6,12 +6,9 @@ import pytest
 # pydantic_core stub in sys.modules, which breaks later imports of pydantic
 pytest.importorskip("pydantic")
 
-from cnilib.base import errors
+from cnilib.base import addr, errors
 from cnilib.cni.types import Result  # noqa: E402
-from cnilib.firewall import (
-    addr,  # noqa: E402
-    portmap,  # noqa: E402
-)
+from cnilib.firewall import portmap  # noqa: E402
 
 
 class Args:
@@ -129,9 +126,9 @@ def test_valid_attachments():
 
 
 def test_address_helpers():
-    assert addr.parse_ip("010.1.1.1") is None
-    assert addr.parse_ip("FD00::0:1") == (6, "fd00::1")
-    assert addr.parse_cidr("::ffff:10.1.2.3/120") == (4, "10.1.2.3", 24)
-    assert addr.parse_cidr("10.1.2.3/33") is None
-    assert addr.network(4, "10.1.2.3", 20) == "10.1.0.0"
-    assert addr.network(6, "fd00:1:2:3::9", 48) == "fd00:1:2::"
+    assert addr.rule_ip("010.1.1.1") is None
+    assert addr.rule_ip("FD00::0:1") == (6, "fd00::1")
+    assert addr.rule_cidr("::ffff:10.1.2.3/120") == (4, "10.1.2.3", 24)
+    assert addr.rule_cidr("10.1.2.3/33") is None
+    assert addr.rule_network(4, "10.1.2.3", 20) == "10.1.0.0"
+    assert addr.rule_network(6, "fd00:1:2:3::9", 48) == "fd00:1:2::"

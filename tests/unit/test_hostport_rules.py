@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from cnilib.firewall import addr
+from cnilib.base import addr
 from cnilib.firewall import portmap_rules as R
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "portmap")
@@ -29,7 +29,7 @@ def go_mappings():
     conf = json.loads(golden("go-v1.1.1-input.json"))
     out = []
     for e in conf["runtimeConfig"]["portMappings"]:
-        got = addr.parse_ip(e["hostIP"]) if e.get("hostIP") else None
+        got = addr.rule_ip(e["hostIP"]) if e.get("hostIP") else None
         out.append(R.Mapping(e["hostPort"], e["containerPort"], e["protocol"],
                              got[1] if got else None, got[0] if got else None))
     return out
