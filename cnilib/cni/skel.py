@@ -25,7 +25,6 @@ from cnilib.base import errors, jsonio
 from cnilib.base.log import Log, stamp
 from cnilib.cni import version
 
-SUITE_VERSION = "0.1.0"
 MAX_STDIN = 1 << 20
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
@@ -147,7 +146,7 @@ class Plugin:
 
 def about(plugin):
     return "CNI %s plugin (pycni %s); CNI protocol versions supported: %s\n" % (
-        plugin.name, SUITE_VERSION, ", ".join(version.SUPPORTED))
+        plugin.name, version.SUITE_VERSION, ", ".join(version.SUPPORTED))
 
 
 def _check_env(env, command):

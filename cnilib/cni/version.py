@@ -1,9 +1,17 @@
-"""Spec versions: what the suite supports and which verb each version allows."""
+"""Versions: the suite's own, the spec versions it supports, which verb
+each version allows, and the two ways a version string is read.
+
+``vtuple`` is the plugins' reader and strict: a config's cniVersion must be
+a.b.c.  ``libcni_vtuple`` is libcni's ParseVersion, which the runner
+(``pycni add`` ...) follows because runtimes do: "" is 0.1.0 and one to
+three numbers are a version ("1" is 1.0.0).
+"""
 
 from cnilib.base import errors
 
+SUITE_VERSION = "0.1.0"     # pyproject.toml reads it from here
 SUPPORTED = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-CURRENT = "1.1.0"
+CURRENT = "1.1.0"           # the highest of them: plugins and the runner (libcni's Current())
 
 # verb -> lowest config cniVersion that allows it (spec 1.1 section 2)
 MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
@@ -65,3 +73,21 @@ def highest(versions):
         if v in SUPPORTED and (best is None or vtuple(v) > vtuple(best)):
             best = v
     return best
+
+
+def libcni_vtuple(v, what="cniVersion"):
+    """libcni's ParseVersion: '' is 0.1.0; one to three dot-separated
+    integers, the missing ones 0; anything else IncompatibleVersion."""
+    if v == "":
+        return (0, 1, 0)
+    parts = v.split(".") if isinstance(v, str) else None
+    if not parts or len(parts) > 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise errors.IncompatibleVersion("%s %r is not a version" % (what, v),
+                                         "expected a version such as \"1.0.0\"")
+    nums = [int(p) for p in parts] + [0, 0]
+    return tuple(nums[:3])
+
+
+def libcni_ge(v, other):
+    """``v`` >= ``other`` read as libcni reads versions (libcni_vtuple)."""
+    return libcni_vtuple(v) >= libcni_vtuple(other)

@@ -49,19 +49,19 @@ ENV_HELP = """environment (as cnitool):
 
 
 def usage():
-    from cnilib.cni import skel
+    from cnilib.cni import version
     lines = ["usage: pycni <command> [args]   (pycni <command> -h for its options)", "",
              "runner (cnitool-compatible):"]
     lines += ["  %-8s %s" % (k, v) for k, v in RUNNER_VERBS.items()]
     lines += ["", "operator tools:"]
     lines += ["  %-8s %s" % (k, v[1]) for k, v in SUBCOMMANDS.items()]
-    lines += ["", ENV_HELP, "", "pycni %s" % skel.SUITE_VERSION]
+    lines += ["", ENV_HELP, "", "pycni %s" % version.SUITE_VERSION]
     return "\n".join(lines) + "\n"
 
 
 def version_text():
-    from cnilib.cni import skel, version
-    return "pycni %s (CNI spec versions %s)\n" % (skel.SUITE_VERSION, ", ".join(version.SUPPORTED))
+    from cnilib.cni import version
+    return "pycni %s (CNI spec versions %s)\n" % (version.SUITE_VERSION, ", ".join(version.SUPPORTED))
 
 
 def main(argv):

@@ -1266,9 +1266,9 @@ def exit_code(checks):
 # ====================================================================== output
 
 def report(checks, loc, problems):
-    from cnilib.cni import skel
+    from cnilib.cni import version
     summary = {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
-    return {"schema": "pycni-doctor/1", "version": skel.SUITE_VERSION, "exit": exit_code(checks),
+    return {"schema": "pycni-doctor/1", "version": version.SUITE_VERSION, "exit": exit_code(checks),
             "summary": summary, "checks": [c.as_dict() for c in checks],
             "locations": loc.as_dict(), "problems": list(problems)}
 
@@ -1432,10 +1432,10 @@ def _sysctls():
 
 
 def _versions():
-    from cnilib.cni import skel, version
+    from cnilib.cni import version
     u = os.uname()
     return ("pycni %s (CNI %s)\nkernel %s %s %s\npython %s\n" % (
-        skel.SUITE_VERSION, ", ".join(version.SUPPORTED), u.sysname, u.release, u.machine,
+        version.SUITE_VERSION, ", ".join(version.SUPPORTED), u.sysname, u.release, u.machine,
         sys.version.split()[0]))
 
 

@@ -38,9 +38,8 @@ import sys
 import time
 
 from cnilib.base import errors, failpoint, fsutil, jsonio, paths
-from cnilib.cni import skel
+from cnilib.cni import skel, version
 
-CURRENT = "1.1.0"          # highest spec version this runner drives (libcni's Current())
 CACHE_KIND = "cniCacheV1"
 PLUGIN_TIMEOUT = 300.0     # libcni has none; a wedged plugin should not hang an operator forever
 EXEC_RETRIES = 5           # "text file busy" retries, one second apart, as libcni
@@ -72,41 +71,25 @@ class GcFailed(errors.CniError):
 
 # ---- versions ----------------------------------------------------------------
 
-def parse_version(v, what="cniVersion"):
-    """libcni's ParseVersion: '' is 0.1.0; one to three dot-separated integers."""
-    if v == "":
-        return (0, 1, 0)
-    parts = v.split(".") if isinstance(v, str) else None
-    if not parts or len(parts) > 3 or not all(p.isascii() and p.isdigit() for p in parts):
-        raise errors.IncompatibleVersion("%s %r is not a version" % (what, v),
-                                         "expected a version such as \"1.0.0\"")
-    nums = [int(p) for p in parts] + [0, 0]
-    return tuple(nums[:3])
-
-
-def version_ge(v, other):
-    return parse_version(v) >= parse_version(other)
-
-
 def pick_version(conf_version, conf_versions):
     """The list's working version: the highest of cniVersion and cniVersions
-    that is not above CURRENT (entries above it are ignored, as libcni does).
+    that is not above version.CURRENT (entries above it are ignored, as libcni does).
     Without cniVersions, cniVersion is taken as it is."""
     if conf_versions is None:
         return conf_version
-    top = parse_version(CURRENT)
+    top = version.libcni_vtuple(version.CURRENT)
     cands = []
     for i, v in enumerate(conf_versions):
         if not isinstance(v, str):
             raise errors.InvalidConfig("cniVersions[%d] is a JSON %s, expected a string"
                                        % (i, type(v).__name__))
-        if parse_version(v, "cniVersions[%d]" % i) <= top:
+        if version.libcni_vtuple(v, "cniVersions[%d]" % i) <= top:
             cands.append(v)
-    if conf_version and parse_version(conf_version) <= top:
+    if conf_version and version.libcni_vtuple(conf_version) <= top:
         cands.append(conf_version)
     if not cands:
         return conf_version
-    return max(cands, key=parse_version)
+    return max(cands, key=version.libcni_vtuple)
 
 
 # ---- configuration -------------------------------------------------------------
@@ -648,7 +631,7 @@ class Runner:
         a retry still has prevResult; success removes it."""
         check_attachment(net.name, att)
         prev = None
-        if version_ge(net.version, "0.4.0"):
+        if version.libcni_ge(net.version, "0.4.0"):
             try:
                 prev = self.cache.result(net, att)
             except errors.CniError as exc:
@@ -666,7 +649,7 @@ class Runner:
     def check(self, net, att):
         """CHECK in order with the cached result; refused below 0.4.0.
         Returns False when disableCheck kept it from running."""
-        if not version_ge(net.version, "0.4.0"):
+        if not version.libcni_ge(net.version, "0.4.0"):
             raise errors.IncompatibleVersion(
                 "configuration version %r does not support the CHECK command" % net.version,
                 "CHECK needs cniVersion 0.4.0 or later")
@@ -685,7 +668,7 @@ class Runner:
         """STATUS of every plugin in order (1.1.0+), stopping at the first
         error with its code (50/51 tell the runtime what is wrong).  Returns
         False when the version has no STATUS (libcni then does nothing)."""
-        if not version_ge(net.version, "1.1.0"):
+        if not version.libcni_ge(net.version, "1.1.0"):
             return False
         for plugin in net.plugins:
             try:
@@ -736,6 +719,6 @@ class GcPlan:
         self.cached = cached
         self.stale = [] if self.disabled else \
             [c for c in cached if (c.container_id, c.ifname) not in keep]
-        self.gc_plugins = [] if self.disabled or not version_ge(net.version, "1.1.0") \
+        self.gc_plugins = [] if self.disabled or not version.libcni_ge(net.version, "1.1.0") \
             else list(net.plugins)
         self.deleted = []

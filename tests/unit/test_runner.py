@@ -11,6 +11,7 @@ import pytest
 from cnitest import cache_file, fake_calls, install_fake_plugins
 
 from cnilib.base import errors
+from cnilib.cni import version
 from cnilib.ops import cli, runner
 
 
@@ -45,12 +46,16 @@ def test_pick_version(cv, cvs, want):
 
 
 def test_parse_version_as_libcni():
-    assert runner.parse_version("") == (0, 1, 0)
-    assert runner.parse_version("1") == (1, 0, 0)
-    assert runner.parse_version("0.4") == (0, 4, 0)
+    assert version.libcni_vtuple("") == (0, 1, 0)
+    assert version.libcni_vtuple("1") == (1, 0, 0)
+    assert version.libcni_vtuple("0.4") == (0, 4, 0)
+    assert version.libcni_ge("1", "0.4.0") and not version.libcni_ge("", "0.2")
     for bad in ("1.0.0.0", "x", "1.a.0", "1..0", "-1.0.0"):
         with pytest.raises(errors.IncompatibleVersion):
-            runner.parse_version(bad)
+            version.libcni_vtuple(bad)
+        assert version.vtuple(bad) is None
+    for lenient_only in ("", "1", "0.4"):       # the plugins' reader stays strict
+        assert version.vtuple(lenient_only) is None
     with pytest.raises(errors.IncompatibleVersion, match="cniVersions"):
         netlist(cniVersions=["1.0.0", "one"])
 

@@ -114,3 +114,16 @@ def test_highest():
     assert version.highest(["0.3.1", "1.0.0", "1.1.0", "2.0.0"]) == "1.1.0"
     assert version.highest(["0.3.1", "bogus"]) == "0.3.1"
     assert version.highest([]) is None
+
+
+@pytest.mark.filterwarnings("ignore:Support for `\\[tool.setuptools\\]`")
+def test_suite_version_is_read_from_one_place():
+    # pyproject.toml takes it from cnilib/cni/version.py; nothing else spells it
+    pyproject = os.path.join(os.path.dirname(__file__), "..", "..", "pyproject.toml")
+    text = open(pyproject).read()
+    assert 'dynamic = ["version"]' in text
+    assert 'version = { attr = "cnilib.cni.version.SUITE_VERSION" }' in text
+    assert "\nversion = " not in text.split("[tool.setuptools.dynamic]")[0]
+    setuptools = pytest.importorskip("setuptools.config.pyprojecttoml")
+    conf = setuptools.read_configuration(pyproject)
+    assert conf["project"]["version"] == version.SUITE_VERSION
