@@ -391,6 +391,16 @@ class Saved:
     def __init__(self, path, state, data=None, conf=None, why=""):
         self.path, self.state, self.data, self.conf, self.why = path, state, data, conf, why
 
+    @property
+    def cid(self):
+        return os.path.basename(self.path)
+
+    @property
+    def network(self):
+        """The network the config names, or None."""
+        name = self.conf.get("name") if isinstance(self.conf, dict) else None
+        return name if isinstance(name, str) else None
+
 
 def load_saved(data_dir, container_id):
     path = saved_path(data_dir, container_id)
@@ -430,6 +440,25 @@ def saved_entries(data_dir):
         raise errors.IOFailure("cannot list %s: %s" % (data_dir, exc.strerror)) from exc
     return sorted(n for n in names if not n.startswith(".")
                   and os.path.isfile(os.path.join(data_dir, n)))
+
+
+def read_all_saved(data_dirs, problems):
+    """Every saved config under ``data_dirs``, whatever its state.  For whois
+    and doctor: never raises; what cannot be listed or read is noted in
+    ``problems``."""
+    out = []
+    for d in data_dirs:
+        try:
+            names = saved_entries(d)
+        except errors.CniError as exc:
+            problems.append(exc.msg)
+            continue
+        for cid in names:
+            try:
+                out.append(load_saved(d, cid))
+            except errors.CniError as exc:
+                problems.append(exc.msg)
+    return out
 
 
 def valid_attachments(conf):

@@ -209,13 +209,67 @@ def backup_dir(data_dir, network):
                         fsutil.check_component(network, "network name"))
 
 
+def backup_name(cid, ifname, legacy=False):
+    """``<cid>:<ifname>.json``; the Go reference plugin's ``<cid>_<ifname>.json``."""
+    return "%s%s%s.json" % (cid, "_" if legacy else ":", ifname)
+
+
+def parse_backup_name(name, legacy=False):
+    """(cid, ifname) of a name backup_name made (ifname None without the
+    separator), or None for a name that is no backup."""
+    if not name.endswith(".json") or name.startswith("."):
+        return None
+    cid, sep, ifname = name[:-5].rpartition("_" if legacy else ":")
+    return (cid, ifname) if sep else (name[:-5], None)
+
+
 def backup_path(data_dir, network, cid, ifname):
-    return os.path.join(backup_dir(data_dir, network), "%s:%s.json" % (cid, ifname))
+    return os.path.join(backup_dir(data_dir, network), backup_name(cid, ifname))
 
 
 def legacy_backup_path(data_dir, cid, ifname):
     """Where the Go reference plugin saves them."""
-    return os.path.join(data_dir, "%s_%s.json" % (cid, ifname))
+    return os.path.join(data_dir, backup_name(cid, ifname, legacy=True))
+
+
+class BackupFile:
+    """A backup as read_backups found it: ``network`` None for the Go
+    plugin's (not kept per network), ``ok`` when it parses."""
+
+    __slots__ = ("path", "network", "cid", "ifname", "ok")
+
+    def __init__(self, path, network, cid, ifname, ok):
+        self.path, self.network, self.cid, self.ifname, self.ok = path, network, cid, ifname, ok
+
+
+def read_backups(data_dirs, problems):
+    """Every backup under ``data_dirs``, ours (``<dir>/<network>/<cid>:<if>.json``)
+    and the Go plugin's (``<dir>/<cid>_<if>.json``).  For whois and doctor:
+    takes no lock, never raises; what it cannot list or read is noted in
+    ``problems``."""
+    out = []
+
+    def one(path, network, name, legacy):
+        data = fsutil.try_read(path, problems)
+        try:
+            ok = data is not None and isinstance(jsonio.loads(data), dict)
+        except ValueError:
+            ok = False
+        cid, ifname = parse_backup_name(name, legacy)
+        out.append(BackupFile(path, network, cid, ifname, ok))
+
+    for d in data_dirs:
+        for n in fsutil.try_listdir(d, problems):
+            p = os.path.join(d, n)
+            if n.startswith("."):
+                continue
+            if os.path.isdir(p) and not os.path.islink(p):
+                for f in fsutil.try_listdir(p, problems):
+                    if parse_backup_name(f):
+                        one(os.path.join(p, f), n, f, False)
+            elif parse_backup_name(n, legacy=True):
+                one(p, None, n, True)
+    return out
 
 
 def read_backup(path):
@@ -348,11 +402,12 @@ def gc(data_dir, network, valid, log):
         names = os.listdir(d)
     except (FileNotFoundError, NotADirectoryError):
         return 0
-    keep = {"%s:%s.json" % (cid, ifname) for cid, ifname in valid}
+    keep = {backup_name(cid, ifname) for cid, ifname in valid}
     n = 0
     with fsutil.Flock(os.path.join(d, ".lock"), what="tuning state lock"):
         for name in names:
-            if name.endswith(".json") and ":" in name and name not in keep:
+            got = parse_backup_name(name)
+            if got is not None and got[1] is not None and name not in keep:
                 if fsutil.remove(os.path.join(d, name)):
                     n += 1
         fsutil.sweep_temps(d)

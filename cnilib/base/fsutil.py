@@ -120,6 +120,30 @@ def read_file(path, limit=1 << 20):
         os.close(fd)
 
 
+def try_read(path, problems, limit=1 << 20):
+    """Contents of ``path`` for a reader that must not stop: None when it is
+    missing, or unreadable (a symlink, not followed, or a directory count as
+    unreadable), the reason then appended to ``problems``."""
+    try:
+        data = read_file(path, limit)
+    except OSError as exc:
+        problems.append("cannot read %s: %s" % (path, exc.strerror))
+        return None
+    return data
+
+
+def try_listdir(d, problems):
+    """Sorted names in ``d``; [] when it is missing or no directory, and when
+    it cannot be listed, the reason then appended to ``problems``."""
+    try:
+        return sorted(os.listdir(d))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        problems.append("cannot list %s: %s" % (d, exc.strerror))
+        return []
+
+
 def remove(path):
     """Unlink; True if it existed."""
     try:

@@ -77,6 +77,49 @@ def lease_bytes(cid, ifname):
     return ("%s\r\n%s" % (cid.strip(), ifname)).encode()
 
 
+def _address_names(names):
+    """[(name, (family, int))] of the names that are addresses: lease files
+    (the lock, last_reserved_ip.N, temp files and the index dir are not)."""
+    out = []
+    for name in names:
+        got = addr.parse(name)
+        if got is not None:
+            out.append((name, got))
+    return out
+
+
+class Lease:
+    """One lease file as read_leases found it; ``torn`` when it holds no owner."""
+
+    __slots__ = ("data_dir", "network", "ip", "cid", "ifname", "path", "torn")
+
+    def __init__(self, data_dir, network, ip, path, owner):
+        self.data_dir, self.network, self.ip, self.path = data_dir, network, ip, path
+        self.torn = owner is TORN
+        self.cid, self.ifname = (None, None) if self.torn else owner
+
+
+def read_leases(data_dirs, problems):
+    """(leases, networks) under every dir of ``data_dirs``: each lease file
+    (torn ones included) and the networks that have a lease directory.  For
+    whois and doctor: takes no lock, changes nothing, never raises; what it
+    cannot list or read is noted in ``problems`` (an unreadable lease counts
+    as torn)."""
+    out, nets = [], set()
+    for d in data_dirs:
+        for net in fsutil.try_listdir(d, problems):
+            nd = os.path.join(d, net)
+            if not os.path.isdir(nd) or os.path.islink(nd):
+                continue
+            nets.add(net)
+            for name, _got in _address_names(fsutil.try_listdir(nd, problems)):
+                p = os.path.join(nd, name)
+                if os.path.isfile(p) and not os.path.islink(p):
+                    owner = parse_lease(fsutil.try_read(p, problems, MAX_LEASE) or b"")
+                    out.append(Lease(d, net, name, p, owner))
+    return out, nets
+
+
 class Store:
     """Leases of one network.  Whatever changes files expects ``lock()`` held;
     ``exists``, ``unwritable`` and ``scan(sweep=False)`` do not need it."""
@@ -113,16 +156,11 @@ class Store:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return []
-        out = []
-        for name in names:
-            if name.startswith(fsutil.TMP_PREFIX):
-                if sweep and fsutil.remove(os.path.join(self.dir, name)):
+        if sweep:
+            for name in names:
+                if name.startswith(fsutil.TMP_PREFIX) and fsutil.remove(os.path.join(self.dir, name)):
                     self.log.warning("removed %s/%s left by a writer that died", self.dir, name)
-                continue
-            got = addr.parse(name)
-            if got is not None:
-                out.append((name, got))
-        return out
+        return _address_names(names)
 
     def scan(self, sweep=True):
         """{lease file name: owner} for every file named like an address."""

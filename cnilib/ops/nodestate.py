@@ -1,14 +1,14 @@
 """What a node holds for its CNI attachments, layer by layer, read-only.
 
-``pycni whois`` and ``pycni doctor`` read the same layers:
+``pycni whois`` and ``pycni doctor`` read the same layers, each file format
+through the tolerant reader its writer's module keeps beside the writer:
 
   configs   the network configs in the conf dir (cnilib.ops.runner.load_all),
-            which also name the state dirs their plugins use;
-  cache     libcni's result cache, ``<cacheDir>/results/<net>-<cid>-<if>``;
-  leases    host-local, ``<dataDir>/<network>/<ip>`` holding "<cid>\\r\\n<if>";
-  saved     flannel's delegate configs, ``<dataDir>/<cid>``;
-  tuning    the tuning plugin's saved originals,
-            ``<dataDir>/<network>/<cid>:<if>.json`` (Go: ``<dataDir>/<cid>_<if>.json``);
+            which also name the state dirs their plugins use (``Locations``);
+  cache     libcni's result cache (cnilib.ops.resultcache.read_cache);
+  leases    host-local's lease files (cnilib.ipam.store.read_leases);
+  saved     flannel's delegate configs (cnilib.flannel.read_all_saved);
+  tuning    the tuning plugin's saved originals (cnilib.tuning.read_backups);
   links     one netlink dump: host veths with their peer ifindex, the peer's
             netns id and the ifalias naming the attachment
             (cnilib.firewall.naming.veth_alias);
@@ -29,9 +29,7 @@ not in ``problems``, so one unreadable layer does not hide the others.
 import os
 import re
 
-from cnilib.base import errors, jsonio, paths
-
-MAX_STATE_FILE = 1 << 20
+from cnilib.base import errors, fsutil, jsonio, paths
 
 _TABLE_RE = re.compile(r"^pycni-(hp|masq|fw|spoof)-([0-9a-f]{12})-([0-9a-f]{16})$")
 _GO_MASQ_RE = re.compile(r"^CNI-[0-9a-f]{24}$")
@@ -148,191 +146,6 @@ def locations_from_args(args):
     return loc
 
 
-# ====================================================================== files
-
-def _read(path, problems):
-    try:
-        with open(path, "rb") as f:
-            return f.read(MAX_STATE_FILE)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        problems.append("cannot read %s: %s" % (path, exc.strerror))
-        return None
-
-
-def _listdir(d, problems):
-    try:
-        return sorted(os.listdir(d))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        problems.append("cannot list %s: %s" % (d, exc.strerror))
-        return []
-
-
-class CacheEntry:
-    """One libcni cache file; ``problem`` says why it is unusable (None when fine)."""
-
-    __slots__ = ("path", "network", "cid", "ifname", "netns", "result", "cap_args", "problem")
-
-    def __init__(self, path):
-        self.path = path
-        self.network = self.cid = self.ifname = self.netns = self.result = self.problem = None
-        self.cap_args = {}
-
-    def host_ifnames(self):
-        """Names of the result's host-side interfaces (no sandbox): the bridge and the veth."""
-        res = self.result if isinstance(self.result, dict) else {}
-        return [i.get("name") for i in res.get("interfaces") or ()
-                if isinstance(i, dict) and not i.get("sandbox")]
-
-    def ips(self):
-        """Addresses of the cached result (0.3.0+ ``ips``, 0.1/0.2 ``ip4``/``ip6``)."""
-        res = self.result if isinstance(self.result, dict) else {}
-        out = [i.get("address") for i in res.get("ips") or () if isinstance(i, dict)]
-        out += [res[k].get("ip") for k in ("ip4", "ip6") if isinstance(res.get(k), dict)]
-        return [a for a in out if isinstance(a, str)]
-
-
-def read_cache(cache_dir, problems):
-    """Every entry of ``<cache_dir>/results``, usable or not."""
-    from cnilib.ops import runner
-    d = os.path.join(cache_dir, "results")
-    out = []
-    for n in _listdir(d, problems):
-        if n.startswith("."):
-            continue
-        e = CacheEntry(os.path.join(d, n))
-        data = _read(e.path, problems)
-        if data is None:
-            continue
-        if not data.strip():
-            e.problem = "empty file"
-            out.append(e)
-            continue
-        try:
-            entry = jsonio.loads(data)
-        except ValueError as exc:
-            e.problem = "not JSON (%s)" % str(exc)[:80]
-            out.append(e)
-            continue
-        if not isinstance(entry, dict) or entry.get("kind") != runner.CACHE_KIND:
-            e.problem = "not a %s entry (a legacy bare result: no key, no netns)" % runner.CACHE_KIND
-            out.append(e)
-            continue
-        e.network, e.cid, e.ifname = entry.get("networkName"), entry.get("containerId"), entry.get("ifName")
-        if not all(isinstance(v, str) and v for v in (e.network, e.cid, e.ifname)):
-            e.problem = "no networkName, containerId or ifName"
-        e.netns = entry.get("netns") if isinstance(entry.get("netns"), str) else ""
-        e.result = entry.get("result") if isinstance(entry.get("result"), dict) else None
-        caps = entry.get("capabilityArgs")
-        e.cap_args = caps if isinstance(caps, dict) else {}
-        out.append(e)
-    return out
-
-
-class Lease:
-    __slots__ = ("data_dir", "network", "ip", "cid", "ifname", "path", "torn")
-
-    def __init__(self, data_dir, network, ip, path, owner):
-        from cnilib.ipam import store
-        self.data_dir, self.network, self.ip, self.path = data_dir, network, ip, path
-        self.torn = owner is store.TORN
-        self.cid, self.ifname = (None, None) if self.torn else owner
-
-
-def read_leases(data_dirs, problems):
-    """(leases, networks): every host-local lease file (torn ones included)
-    and the set of networks that have a lease directory."""
-    from cnilib.base import addr, fsutil
-    from cnilib.ipam import store
-    out, nets = [], set()
-    for d in data_dirs:
-        for net in _listdir(d, problems):
-            nd = os.path.join(d, net)
-            if not os.path.isdir(nd) or os.path.islink(nd):
-                continue
-            nets.add(net)
-            for name in _listdir(nd, problems):
-                if (name == store.LOCK or name.startswith(store.LAST_PREFIX)
-                        or name.startswith(fsutil.TMP_PREFIX) or addr.parse(name) is None):
-                    continue
-                p = os.path.join(nd, name)
-                if not os.path.isfile(p) or os.path.islink(p):
-                    continue
-                owner = store.parse_lease(_read(p, problems) or b"")
-                if owner is not None:
-                    out.append(Lease(d, net, name, p, owner))
-    return out, nets
-
-
-class SavedFile:
-    """A flannel saved delegate config (``state`` ok/empty/corrupt)."""
-
-    __slots__ = ("path", "cid", "state", "why", "network", "conf")
-
-    def __init__(self, path, cid, state, why="", conf=None):
-        self.path, self.cid, self.state, self.why, self.conf = path, cid, state, why, conf
-        named = isinstance(conf, dict) and isinstance(conf.get("name"), str)
-        self.network = conf.get("name") if named else None
-
-
-def read_flannel_saved(dirs, problems):
-    from cnilib import flannel
-    out = []
-    for d in dirs:
-        try:
-            names = flannel.saved_entries(d)
-        except errors.CniError as exc:
-            problems.append(exc.msg)
-            continue
-        for cid in names:
-            try:
-                s = flannel.load_saved(d, cid)
-            except errors.CniError as exc:
-                problems.append(exc.msg)
-                continue
-            out.append(SavedFile(s.path, cid, s.state, s.why, s.conf))
-    return out
-
-
-class TuningFile:
-    __slots__ = ("path", "network", "cid", "ifname", "ok")
-
-    def __init__(self, path, network, cid, ifname, ok):
-        self.path, self.network, self.cid, self.ifname, self.ok = path, network, cid, ifname, ok
-
-
-def read_tuning(dirs, problems):
-    """Saved originals: ``<dir>/<net>/<cid>:<if>.json`` and Go's ``<dir>/<cid>_<if>.json``."""
-    out = []
-
-    def one(path, net, stem, sep):
-        cid, _, ifn = stem.rpartition(sep)
-        data = _read(path, problems)
-        ok = False
-        if data is not None:
-            try:
-                ok = isinstance(jsonio.loads(data), dict)
-            except ValueError:
-                ok = False
-        out.append(TuningFile(path, net, cid or stem, ifn or None, ok))
-
-    for d in dirs:
-        for n in _listdir(d, problems):
-            p = os.path.join(d, n)
-            if n.startswith("."):
-                continue
-            if os.path.isdir(p) and not os.path.islink(p):
-                for f in _listdir(p, problems):
-                    if f.endswith(".json") and not f.startswith("."):
-                        one(os.path.join(p, f), n, f[:-5], ":")
-            elif n.endswith(".json"):
-                one(p, None, n[:-5], "_")
-    return out
-
-
 # ====================================================================== netns
 
 class NetnsRef:
@@ -366,7 +179,7 @@ def own_netns():
 def netns_by_name(problems):
     """[NetnsRef] for the names under /var/run/netns (ids not looked up yet)."""
     out = []
-    for n in _listdir(paths.NETNS_DIR, problems):
+    for n in fsutil.try_listdir(paths.NETNS_DIR, problems):
         p = os.path.join(paths.NETNS_DIR, n)
         ino = _ns_ino(p)
         if ino is not None:

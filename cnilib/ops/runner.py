@@ -20,18 +20,9 @@ of blocking it.  Where pycni parts from libcni it says so here:
 - plugin failures keep the plugin's CNI code, wrapped as libcni wraps ADD
   and DEL errors: ``plugin type="bridge" failed (add): ...``.
 
-Result cache (``<cacheDir>/results/<network>-<containerID>-<ifname>``,
-directory 0700, file 0600, written atomically)::
-
-    {"kind":"cniCacheV1","containerId":..,"config":<base64 of the list bytes>,
-     "ifName":..,"networkName":..,"netns":..,"cniArgs":[[k,v],..],
-     "capabilityArgs":{..},"result":{..}}
-
-Keys come in that order (Go struct order), nested objects with sorted keys
-(Go maps), empty ``netns``/``cniArgs``/``capabilityArgs`` left out.
+The result cache, its path and format are cnilib.ops.resultcache's.
 """
 
-import base64
 import errno
 import os
 import sys
@@ -39,8 +30,8 @@ import time
 
 from cnilib.base import errors, failpoint, fsutil, jsonio, paths
 from cnilib.cni import skel, version
+from cnilib.ops import resultcache
 
-CACHE_KIND = "cniCacheV1"
 PLUGIN_TIMEOUT = 300.0     # libcni has none; a wedged plugin should not hang an operator forever
 EXEC_RETRIES = 5           # "text file busy" retries, one second apart, as libcni
 
@@ -395,127 +386,9 @@ def check_attachment(net_name, att):
 
 # ---- result cache -----------------------------------------------------------------
 
-class CachedAttachment:
-    __slots__ = ("network", "container_id", "ifname", "netns", "args", "cap_args", "config", "path")
-
-    def attachment(self):
-        return Attachment(self.container_id, self.netns, self.ifname, self.args, self.cap_args)
-
-
-def _go_json(obj):
-    return jsonio.dumps(obj, sort_keys=True)
-
-
-class Cache:
-    """libcni's result cache under ``<cache_dir>/results``."""
-
-    def __init__(self, cache_dir=paths.CACHE_DIR):
-        self.dir = cache_dir
-        self.results = os.path.join(cache_dir, "results")
-
-    def path(self, network, container_id, ifname):
-        return os.path.join(self.results, "%s-%s-%s" % (network, container_id, ifname))
-
-    def encode(self, net, att, result):
-        fields = [("kind", CACHE_KIND), ("containerId", att.container_id),
-                  ("config", base64.b64encode(net.raw).decode()), ("ifName", att.ifname),
-                  ("networkName", net.name)]
-        if att.netns:
-            fields.append(("netns", att.netns))
-        if att.args:
-            fields.append(("cniArgs", [list(kv) for kv in att.args]))
-        if att.cap_args:
-            fields.append(("capabilityArgs", att.cap_args))
-        if result:
-            fields.append(("result", result))
-        return ("{%s}" % ",".join("%s:%s" % (_go_json(k), _go_json(v)) for k, v in fields)).encode()
-
-    def write(self, net, att, result):
-        try:
-            fsutil.ensure_dir(self.results, 0o700)
-            fsutil.write_atomic(self.path(net.name, att.container_id, att.ifname),
-                                self.encode(net, att, result), 0o600)
-        except OSError as exc:
-            raise errors.IOFailure("failed to set network %r cached result: %s"
-                                   % (net.name, exc.strerror or exc)) from exc
-
-    def remove(self, network, container_id, ifname):
-        fsutil.remove(self.path(network, container_id, ifname))
-
-    def read(self, network, container_id, ifname):
-        """The raw cache entry (a dict), or None when there is none.  A file
-        that is not a cniCacheV1 entry is libcni's legacy form: a bare result."""
-        path = self.path(network, container_id, ifname)
-        try:
-            data = fsutil.read_file(path)
-        except OSError as exc:      # a symlink (not followed) or a directory
-            raise errors.IOFailure("cannot read the cached result %s: %s" % (path, exc.strerror)) from None
-        if data is None:
-            return None
-        try:
-            entry = jsonio.loads(data)
-        except ValueError as exc:
-            raise errors.DecodingFailure("cached result of network %r is not JSON: %s"
-                                         % (network, exc)) from None
-        if isinstance(entry, dict) and entry.get("kind") == CACHE_KIND:
-            return entry
-        return {"kind": "legacy", "result": entry}
-
-    def result(self, net, att):
-        """The cached ADD result converted to the list's version, or None."""
-        entry = self.read(net.name, att.container_id, att.ifname)
-        if entry is None or not entry.get("result"):
-            return None
-        from cnilib.cni import invoke
-        what = "cached result of network %r" % net.name
-        res = invoke.parse_result(entry["result"], "0.1.0", what)
-        try:
-            return res.to_dict(net.version)
-        except errors.CniError as exc:
-            raise errors.from_code(exc.code, "failed to convert the %s to config version %r: %s"
-                                   % (what, net.version, exc.msg), exc.details) from None
-
-    def attachments(self, network=None):
-        """Cached attachments (of ``network``, or all), sorted by file name;
-        what libcni's GetCachedAttachments sees.  Unreadable entries are skipped."""
-        try:
-            names = sorted(os.listdir(self.results))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise errors.IOFailure("cannot list %s: %s" % (self.results, exc.strerror)) from exc
-        out = []
-        for n in names:
-            if n.startswith("."):
-                continue
-            p = os.path.join(self.results, n)
-            try:
-                entry = jsonio.loads(fsutil.read_file(p) or b"")
-            except (OSError, ValueError):
-                continue
-            if not isinstance(entry, dict) or entry.get("kind") != CACHE_KIND:
-                continue
-            c = CachedAttachment()
-            c.network = entry.get("networkName")
-            c.container_id = entry.get("containerId")
-            c.ifname = entry.get("ifName")
-            if not (isinstance(c.network, str) and c.network and isinstance(c.container_id, str)
-                    and c.container_id and isinstance(c.ifname, str) and c.ifname):
-                continue
-            if network is not None and c.network != network:
-                continue
-            c.netns = entry.get("netns") if isinstance(entry.get("netns"), str) else ""
-            args = entry.get("cniArgs")
-            c.args = [tuple(kv) for kv in args if isinstance(kv, list) and len(kv) == 2] \
-                if isinstance(args, list) else []
-            c.cap_args = entry.get("capabilityArgs") if isinstance(entry.get("capabilityArgs"), dict) else {}
-            try:
-                c.config = base64.b64decode(entry.get("config") or "")
-            except ValueError:
-                c.config = b""
-            c.path = p
-            out.append(c)
-        return out
+def cached_attachment(entry):
+    """The Attachment a result cache entry (resultcache.CacheEntry) records."""
+    return Attachment(entry.container_id, entry.netns, entry.ifname, entry.args, entry.cap_args)
 
 
 # ---- running plugins -------------------------------------------------------------
@@ -553,7 +426,7 @@ class Runner:
     def __init__(self, path, cache_dir=paths.CACHE_DIR, env=None, timeout=PLUGIN_TIMEOUT,
                  stderr=None):
         self.path = [d for d in path if d]
-        self.cache = Cache(cache_dir)
+        self.cache = resultcache.Cache(cache_dir)
         self.env = env
         self.timeout = timeout
         self.stderr = stderr if stderr is not None else sys.stderr
@@ -692,7 +565,7 @@ class Runner:
             return plan
         for c in plan.stale:
             try:
-                self.delete(net, c.attachment())
+                self.delete(net, cached_attachment(c))
                 plan.deleted.append(c)
             except errors.CniError as exc:
                 errs.append(errors.from_code(exc.code, "failed to delete stale attachment %s %s: %s"

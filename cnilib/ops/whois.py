@@ -52,7 +52,7 @@ import sys
 
 from cnilib.base import paths
 from cnilib.firewall import naming
-from cnilib.ops import nodestate
+from cnilib.ops import nodestate, resultcache
 
 ORPHAN_HELP = {
     "lease": "IPAM lease with no veth and no netns",
@@ -157,10 +157,12 @@ def build(loc, nl=None, kernel=True, rules=None):
     only; ``rules`` is (nft items, {family: save text}) to reuse, or None."""
     node = Node(loc)
     pr = node.problems
-    node.cache = nodestate.read_cache(loc.cache_dir, pr)
-    node.leases, node.lease_nets = nodestate.read_leases(loc.data_dirs, pr)
-    node.saved = nodestate.read_flannel_saved(loc.flannel_dirs, pr)
-    node.tuning = nodestate.read_tuning(loc.tuning_dirs, pr)
+    from cnilib import flannel, tuning
+    from cnilib.ipam import store
+    node.cache = resultcache.read_cache(loc.cache_dir, pr)
+    node.leases, node.lease_nets = store.read_leases(loc.data_dirs, pr)
+    node.saved = flannel.read_all_saved(loc.flannel_dirs, pr)
+    node.tuning = tuning.read_backups(loc.tuning_dirs, pr)
     own_nl = None
     if kernel:
         from cnilib.kernel import netlink
@@ -198,7 +200,7 @@ def _join(node, nl):
     # records that name their full key
     for e in node.cache:
         if e.problem is None:
-            row(e.network, e.cid, e.ifname).cache = e
+            row(e.network, e.container_id, e.ifname).cache = e
     for lease in node.leases:
         if not lease.torn and lease.ifname is not None:
             row(lease.network, lease.cid, lease.ifname).leases.append(lease)

@@ -278,6 +278,23 @@ def test_saved_states(tmp_path):
         flannel.saved_path(d, "../etc")
 
 
+def test_read_all_saved_reports_every_state(tmp_path):
+    d = str(tmp_path / "flannel")
+    flannel.save(d, "c1", REFERENCE_SAVED.encode())
+    flannel.save(d, "c2", b"")
+    os.symlink("/etc/hostname", os.path.join(d, "c3"))
+    problems = []
+    got = [(s.cid, s.state, s.network) for s in flannel.read_all_saved([d, str(tmp_path / "none")], problems)]
+    assert got == [("c1", "ok", json.loads(REFERENCE_SAVED)["name"]), ("c2", "empty", None),
+                   ("c3", "corrupt", None)] and problems == []
+    os.chmod(d, 0)
+    try:
+        if not os.access(d, os.R_OK):                               # not as root
+            assert flannel.read_all_saved([d], problems) == [] and len(problems) == 1
+    finally:
+        os.chmod(d, 0o700)
+
+
 def test_go_saved_file_is_read(tmp_path):
     """The Go plugin writes plain JSON (no newline) at <dataDir>/<cid>."""
     (tmp_path / "abc123").write_text(REFERENCE_SAVED)

@@ -159,3 +159,23 @@ def test_index_entry_never_matches_a_go_lease_lookup(st):
         text = f.read().decode().strip()
     assert text not in ("abc\r\neth0", "abc")
     assert lstore.parse_lease(text.encode()) not in (("abc", "eth0"), ("abc", None))
+
+
+def test_read_leases_sees_what_scan_sees(st, tmp_path):
+    st.reserve("10.1.0.5", "c1", "eth0")
+    put(st, "10.1.0.6", b"legacy")
+    put(st, "10.1.0.7", b"")
+    put(st, "last_reserved_ip.0", b"10.1.0.7")
+    put(st, fsutil.TMP_PREFIX + "1-x", b"c9\r\neth0")
+    os.mkdir(os.path.join(st.dir, "10.1.0.8"))
+    os.symlink(os.path.join(st.dir, "10.1.0.5"), os.path.join(st.dir, "10.1.0.9"))
+    st.index("c1", "eth0", ["10.1.0.5"])
+    (tmp_path / "stray").write_text("not a network dir")
+    problems = []
+    leases, nets = lstore.read_leases([str(tmp_path), str(tmp_path / "none")], problems)
+    assert nets == {"net1"} and problems == []
+    scanned = st.scan(sweep=False)
+    assert {lease.ip: (lease.cid, lease.ifname, lease.torn) for lease in leases} == {
+        ip: (None, None, True) if o is TORN else (o[0], o[1], False) for ip, o in scanned.items()}
+    assert sorted(st.scan(sweep=False)) == ["10.1.0.5", "10.1.0.6", "10.1.0.7"]
+    assert all(lease.path == os.path.join(st.dir, lease.ip) and lease.network == "net1" for lease in leases)

@@ -12,7 +12,7 @@ from cnitest import cache_file, fake_calls, install_fake_plugins
 
 from cnilib.base import errors
 from cnilib.cni import version
-from cnilib.ops import cli, runner
+from cnilib.ops import cli, resultcache, runner
 
 
 def write(path, obj):
@@ -221,16 +221,16 @@ ATT = runner.Attachment("ctr1", "/var/run/netns/x", "eth0", [("IgnoreUnknown", "
 
 def test_cache_encoding_matches_libcni():
     net = runner.list_from_bytes(CONFLIST)
-    assert runner.Cache("/x").encode(net, ATT, RESULT_100).decode() == GO_CACHE
+    assert resultcache.Cache("/x").encode(net, ATT, RESULT_100).decode() == GO_CACHE
     bare = runner.Attachment("c", "", "eth0")
-    assert runner.Cache("/x").encode(net, bare, RESULT_100).decode().startswith(
+    assert resultcache.Cache("/x").encode(net, bare, RESULT_100).decode().startswith(
         '{"kind":"cniCacheV1","containerId":"c","config":"%s","ifName":"eth0","networkName":"testnet",'
         '"result":' % base64.b64encode(CONFLIST).decode())
 
 
 def test_cache_write_modes_and_read_back(tmp_path):
     net = runner.list_from_bytes(CONFLIST)
-    cache = runner.Cache(str(tmp_path / "cni"))
+    cache = resultcache.Cache(str(tmp_path / "cni"))
     cache.write(net, ATT, RESULT_100)
     f = cache_file(tmp_path / "cni", "testnet", "ctr1", "eth0")
     assert open(f).read() == GO_CACHE
@@ -254,7 +254,7 @@ def test_cache_reads_what_libcni_wrote(tmp_path):
     (results / ".pycni-tmp-1-abcd").write_text(GO_CACHE)
     (results / "testnet-legacy-eth0").write_text(json.dumps(RESULT_100))
     (results / "testnet-junk-eth0").write_text("{junk")
-    cache = runner.Cache(str(tmp_path))
+    cache = resultcache.Cache(str(tmp_path))
     atts = cache.attachments("testnet")
     assert [(a.container_id, a.ifname) for a in atts] == [("ctr1", "eth0"), ("ctr2", "eth1")]
     a = atts[0]
@@ -267,6 +267,32 @@ def test_cache_reads_what_libcni_wrote(tmp_path):
     with pytest.raises(errors.DecodingFailure):
         cache.result(net, runner.Attachment("junk", "", "eth0"))
     assert cache.result(net, runner.Attachment("none", "", "eth0")) is None
+    # the tolerant reader whois and doctor use: the same entries, and why the others are unusable
+    problems = []
+    every = resultcache.read_cache(str(tmp_path), problems)
+    usable = [e for e in every if e.problem is None]
+    assert [e.path for e in usable] == [a.path for a in cache.attachments()] and problems == []
+    why = {os.path.basename(e.path): e.problem for e in every if e.problem}
+    assert sorted(why) == ["testnet-junk-eth0", "testnet-legacy-eth0"]
+    assert why["testnet-junk-eth0"].startswith("not JSON (")
+    assert why["testnet-legacy-eth0"] == "not a cniCacheV1 entry (a legacy bare result: no key, no netns)"
+    assert runner.cached_attachment(usable[0]).args == ATT.args
+
+
+def test_cache_readers_never_follow_a_planted_symlink(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text(GO_CACHE)
+    os.symlink(str(secret), str(results / "testnet-ctr1-eth0"))
+    (results / "dir-ctr-eth0").mkdir()
+    assert resultcache.Cache(str(tmp_path)).attachments() == []
+    problems = []
+    assert resultcache.read_cache(str(tmp_path), problems) == []
+    assert sorted(p.split(": ")[0] for p in problems) == [
+        "cannot read %s" % (results / "dir-ctr-eth0"), "cannot read %s" % (results / "testnet-ctr1-eth0")]
+    with pytest.raises(errors.IOFailure):
+        resultcache.Cache(str(tmp_path)).read("testnet", "ctr1", "eth0")
 
 
 # ---- list verbs against fake plugins -------------------------------------------
@@ -635,12 +661,12 @@ def test_cli_gc_safety(env, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "dry run" in out and "would DEL 1 stale" in out and idb in out
     assert "would send GC to 2 plugin(s): a, b" in out
-    assert env.calls() == [] and len(runner.Cache(env.cache_dir).attachments()) == 2
+    assert env.calls() == [] and len(resultcache.Cache(env.cache_dir).attachments()) == 2
     # for real
     assert cli.main(["gc", "net1", "--valid", valid]) == 0
     assert [(c["command"], c["env"]["CNI_CONTAINERID"]) for c in env.calls()] == [
         ("DEL", idb), ("DEL", idb), ("GC", ""), ("GC", "")]
-    assert [a.container_id for a in runner.Cache(env.cache_dir).attachments()] == [ida]
+    assert [a.container_id for a in resultcache.Cache(env.cache_dir).attachments()] == [ida]
     capsys.readouterr()
     # an empty valid set is refused unless --all
     empty = write(tmp_path / "empty.json", [])
@@ -649,7 +675,7 @@ def test_cli_gc_safety(env, capsys, tmp_path):
     assert env.calls() == []
     assert cli.main(["gc", "net1", "--valid", empty, "--all"]) == 0
     assert [c["command"] for c in env.calls()] == ["DEL", "DEL", "GC", "GC"]
-    assert runner.Cache(env.cache_dir).attachments() == []
+    assert resultcache.Cache(env.cache_dir).attachments() == []
     assert cli.main(["gc", "net1"]) == 1                     # cache empty now: refused too
     assert "--all" in capsys.readouterr().err
 
@@ -700,4 +726,4 @@ def test_a_cache_entry_that_is_a_symlink_is_an_io_error_not_followed(tmp_path):
     (tmp_path / "results").mkdir()
     os.symlink(victim, tmp_path / "results" / "net1-c1-eth0")
     with pytest.raises(errors.IOFailure, match="cached result"):
-        runner.Cache(str(tmp_path)).read("net1", "c1", "eth0")
+        resultcache.Cache(str(tmp_path)).read("net1", "c1", "eth0")

@@ -137,6 +137,24 @@ def test_read_backup_tolerates_garbage(tmp_path):
     assert tuning.read_backup(str(p)) is None
 
 
+def test_read_backups_sees_what_save_backup_and_the_go_plugin_wrote(tmp_path):
+    a = cmdargs({"dataDir": str(tmp_path)})
+    mine = tuning.save_backup(a, tuning.settings(a), {"mtu": 1500})
+    go = tmp_path / tuning.backup_name("c9", "eth1", legacy=True)
+    go.write_text("{not json")
+    (tmp_path / "n" / "odd.json").write_text("{}")                 # no separator: no ifname
+    (tmp_path / "n" / ".pycni-tmp-1-x").write_text("{}")
+    os.symlink(mine, str(tmp_path / "n" / "c3:eth0.json"))         # not followed
+    problems = []
+    got = {(b.network, b.cid, b.ifname, b.ok) for b in tuning.read_backups([str(tmp_path)], problems)}
+    assert got == {("n", "c1", "eth0", True), (None, "c9", "eth1", False), ("n", "odd", None, True),
+                   ("n", "c3", "eth0", False)}
+    assert len(problems) == 1 and "c3:eth0.json" in problems[0]
+    assert tuning.parse_backup_name(tuning.backup_name("a:b", "eth0")) == ("a:b", "eth0")
+    assert tuning.parse_backup_name("lock") is None and tuning.parse_backup_name(".x.json") is None
+    assert tuning.read_backups([str(tmp_path / "none")], problems) == [] and len(problems) == 1
+
+
 def test_version_and_error_paths_stay_light():
     from test_imports import HEAVY, _modules_after
     mods = _modules_after(

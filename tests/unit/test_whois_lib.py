@@ -7,8 +7,9 @@ import os
 import struct
 
 from cnilib.firewall import naming
+from cnilib.ipam import store
 from cnilib.kernel import netlink
-from cnilib.ops import fwtrace, nodestate, whois
+from cnilib.ops import fwtrace, nodestate, resultcache, whois
 
 
 def write(path, data):
@@ -79,10 +80,10 @@ def test_veths_join_by_alias_hash_and_cache(tmp_path):
         {"name": "cni0"}, {"name": "vethgo"}, {"name": "eth0", "sandbox": "/x"}], "ips": []})
     cache_entry(cache,
                 "net", "c3", "eth1", result={"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.30/24"}]})
-    node.cache = nodestate.read_cache(cache, [])
+    node.cache = resultcache.read_cache(cache, [])
     for ip, owner in (("10.1.0.9", "c1\r\neth0"), ("10.1.0.20", "c2\r\neth0"), ("10.1.0.30", "c3\r\neth1")):
         write(os.path.join(str(tmp_path / "ipam"), "net", ip), owner)
-    node.leases, node.lease_nets = nodestate.read_leases([str(tmp_path / "ipam")], [])
+    node.leases, node.lease_nets = store.read_leases([str(tmp_path / "ipam")], [])
     node.links = [brief(1, "lo", kind=None), brief(4, "cni0", kind="bridge"),
                   brief(5, "vethA", alias=naming.veth_alias("net", "c1", "eth0", "ns/pod"), master=4),
                   brief(6, "vethgo", master=4),
