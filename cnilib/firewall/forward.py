@@ -56,6 +56,20 @@ def comment(network, container_id, ifname):
     return text if len(text) <= 255 else text[:252] + "..."
 
 
+def parse_comment(text):
+    """(net hash, attachment hash, {net, id, if}) of a rule comment
+    ``comment`` wrote, or None; the names only when all three are there
+    (a comment cut to iptables' 255 characters may have lost them)."""
+    words = text.split() if isinstance(text, str) else []
+    if len(words) < 3 or words[:2] != ["pycni", "fw"]:
+        return None
+    nh, sep, ah = words[2].partition("-")
+    if not (sep and len(nh) == 12 and len(ah) == 16 and all(c in "0123456789abcdef" for c in nh + ah)):
+        return None
+    names = dict(w.partition("=")[::2] for w in words[3:6] if "=" in w)
+    return nh, ah, names if set(names) == {"net", "id", "if"} else {}
+
+
 TABLE_NAME = "pycni-fw"
 T = "inet " + TABLE_NAME
 SET = {4: "ips4", 6: "ips6"}

@@ -17,6 +17,10 @@ def sha512_hex(s):
     return sha512(s.encode("utf-8")).hexdigest()
 
 
+def _is_hex(s):
+    return bool(s) and all(c in "0123456789abcdef" for c in s)
+
+
 # ---- reference (Go) names: pkg/utils/utils.go
 def go_chain(name, container_id, prefix="CNI-"):
     """FormatChainName / MustFormatChainNameWithPrefix: prefix + sha512(name+id), 28 chars."""
@@ -26,6 +30,30 @@ def go_chain(name, container_id, prefix="CNI-"):
 def go_comment(name, container_id):
     """FormatComment: name: "<name>" id: "<id>" (Go %q of validated names)."""
     return 'name: "%s" id: "%s"' % (name, container_id)
+
+
+GO_CHAIN_PREFIXES = ("CNI-DN-", "CNI-SN-", "CNI-")     # portmap's DNAT and SNAT, ipmasq's
+
+
+def go_chain_prefix(chain):
+    """Which of GO_CHAIN_PREFIXES a chain go_chain named has, or None."""
+    for prefix in GO_CHAIN_PREFIXES:
+        if len(chain) == 28 and chain.startswith(prefix) and _is_hex(chain[len(prefix):]):
+            return prefix
+    return None
+
+
+def parse_go_comment(comment):
+    """(name, container ID) of a comment go_comment wrote, also in portmap's
+    ``dnat name: ...`` form (portmap_rules.entry_comment); else None."""
+    if comment and comment.startswith("dnat "):
+        comment = comment[5:]
+    if not comment or not comment.startswith('name: "') or not comment.endswith('"'):
+        return None
+    name, sep, cid = comment[7:-1].partition('" id: "')
+    if not sep or any(c in name + cid for c in '"\\'):
+        return None
+    return name, cid
 
 
 def go_nft_masq_key(name, container_id, ifname):
@@ -50,6 +78,16 @@ def attachment_table(kind, network, container_id, ifname):
     tables`` without reading any state.
     """
     return "pycni-%s-%s-%s" % (kind, net_hash(network), attachment_hash(network, container_id, ifname))
+
+
+def parse_attachment_table(name):
+    """(kind, net hash, attachment hash) of a table attachment_table named, else None."""
+    parts = name.split("-") if isinstance(name, str) else ()
+    if (len(parts) == 4 and parts[0] == "pycni" and parts[1].isascii() and parts[1].isalpha()
+            and parts[1].islower() and len(parts[2]) == 12 and len(parts[3]) == 16
+            and _is_hex(parts[2] + parts[3])):
+        return parts[1], parts[2], parts[3]
+    return None
 
 
 def network_table_prefix(kind, network):
@@ -84,6 +122,20 @@ def comment_key(comment):
     if sep and len(nh) == 12 and len(ah) == 16 and all(c in "0123456789abcdef" for c in nh + ah):
         return key
     return None
+
+
+def comment_names(comment):
+    """{net, id, if} as far as a comment element_comment wrote (or the
+    previous design's table comment, ``pycni <kind> net=.. id=.. if=..``)
+    still holds them after the cut to nft's length; {} for other text."""
+    out = {}
+    if not comment or not comment.startswith("pycni "):
+        return out
+    for tok in comment.split()[2:]:
+        k, sep, v = tok.partition("=")
+        if sep:
+            out[k] = v
+    return out
 
 
 def attachment_chain(prefix, network, container_id, ifname):

@@ -19,25 +19,22 @@ through the tolerant reader its writer's module keeps beside the writer:
             shared tables, keyed by their comments, and the previous design's
             tables pycni-<kind>-<net hash>-<attachment hash>) and ``iptables-save``
             (the reference chains CNI-<hash>, CNI-DN-<hash>, the firewall
-            plugin's commented CNI-FORWARD rules).
+            plugin's commented CNI-FORWARD rules), every name read by the
+            parser beside its builder (cnilib.firewall.naming, .forward).
 
-Nothing here writes, creates or locks anything: a node in trouble is read
-as it is.  Each reader returns what it could read and records what it could
-not in ``problems``, so one unreadable layer does not hide the others.
+This module holds what is nobody's format: where the state lives, the
+netns and link maps, and the rules grouped per attachment.  Nothing here
+writes, creates or locks anything: a node in trouble is read as it is.
+Each reader returns what it could read and records what it could not in
+``problems``, so one unreadable layer does not hide the others.
 """
 
 import os
-import re
 
 from cnilib.base import errors, fsutil, jsonio, paths
 
-_TABLE_RE = re.compile(r"^pycni-(hp|masq|fw|spoof)-([0-9a-f]{12})-([0-9a-f]{16})$")
-_GO_MASQ_RE = re.compile(r"^CNI-[0-9a-f]{24}$")
-_GO_DN_RE = re.compile(r"^CNI-DN-[0-9a-f]{21}$")
-_GO_COMMENT_RE = re.compile(r'--comment "(?:dnat )?name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\""')
-_FW_COMMENT_RE = re.compile(r'--comment "pycni fw ([0-9a-f]{12})-([0-9a-f]{16})'
-                            r'(?: net=(\S+) id=(\S+) if=(\S+?))?"')
 _KIND_NAMES = {"hp": "portmap", "masq": "bridge ipMasq", "fw": "firewall", "spoof": "macspoofchk"}
+_GO_CHAIN_KINDS = {"CNI-": "masq", "CNI-DN-": "hp"}
 
 
 def _uniq(items):
@@ -342,13 +339,14 @@ def _nft_dnat_ports(chain):
 
 def nft_rule_groups(chains):
     """RuleGroups for our per-attachment nft tables in a parsed ruleset."""
+    from cnilib.firewall import naming
     out = []
     for (fam, tname), table in sorted(chains.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")):
-        m = _TABLE_RE.match(tname or "")
-        if not m:
+        got = naming.parse_attachment_table(tname)
+        if got is None or got[0] not in _KIND_NAMES:
             continue
-        g = RuleGroup(m.group(1), "nft %s %s" % (fam, tname), [["nft", "delete", "table", fam, tname]])
-        g.net_hash, g.att_hash, g.table = m.group(2), m.group(3), (fam, tname)
+        g = RuleGroup(got[0], "nft %s %s" % (fam, tname), [["nft", "delete", "table", fam, tname]])
+        g.net_hash, g.att_hash, g.table = got[1], got[2], (fam, tname)
         if g.kind == "hp":
             g.ports = _nft_dnat_ports(table.get("hostports"))
         out.append(g)
@@ -356,16 +354,6 @@ def nft_rule_groups(chains):
 
 
 _SHARED_TABLES = {"pycni-masq": "masq", "pycni-hostport": "hp", "pycni-fw": "fw", "pycni-spoof": "spoof"}
-
-
-def _comment_names(comment):
-    """{net, id, if} from an element or chain comment naming an attachment."""
-    out = {}
-    for tok in (comment or "").split()[2:]:
-        k, sep, v = tok.partition("=")
-        if sep:
-            out[k] = v
-    return out
 
 
 def nft_shared_groups(items, chains):
@@ -384,7 +372,7 @@ def nft_shared_groups(items, chains):
             g.net_hash, g.att_hash = key.split("-")
             groups[(fam, tname, key)] = g
         if g.cid is None:
-            said = _comment_names(comment)
+            said = naming.comment_names(comment)
             g.network, g.cid, g.ifname = said.get("net"), said.get("id"), said.get("if")
         return g
     hp_chains = []
@@ -426,15 +414,11 @@ def nft_shared_groups(items, chains):
 
 def parse_table_comment(text):
     """{net, id, if} from the text of ``nft list table`` (our comment), or {}."""
+    from cnilib.firewall import naming
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("comment \"pycni "):
-            out = {}
-            for tok in line[len("comment \""):].rstrip('";').split()[2:]:
-                k, sep, v = tok.partition("=")
-                if sep:
-                    out[k] = v
-            return out
+            return naming.comment_names(line[len("comment \""):].rstrip('";'))
     return {}
 
 
@@ -457,6 +441,13 @@ def _dnat_ports(rules):
     return out
 
 
+def _comment(rule):
+    """The --comment of an iptables rule (IptRule), quoting undone, or None."""
+    toks = rule.tokens
+    i = toks.index("--comment") if "--comment" in toks else -1
+    return toks[i + 1] if 0 <= i < len(toks) - 1 else None
+
+
 def _rule_args(line):
     """'-A CHAIN args...' -> ['CHAIN', args...] with iptables-save's quoting undone."""
     import shlex
@@ -468,6 +459,7 @@ def _rule_args(line):
 
 def ipt_rule_groups(family, tables):
     """RuleGroups from one family's parsed iptables-save (cnilib.ops.fwtrace.parse_save)."""
+    from cnilib.firewall import forward, naming
     out = []
     tool = "iptables" if family == 4 else "ip6tables"
     nat = tables.get("nat")
@@ -475,15 +467,12 @@ def ipt_rule_groups(family, tables):
         jumps = {}
         for chain in ("POSTROUTING", "CNI-HOSTPORT-DNAT"):
             for r in nat.chains.get(chain, ()):
-                m = _GO_COMMENT_RE.search(r.line)
-                if m and r.target:
-                    jumps[r.target] = (m.group(1), m.group(2))
+                said = naming.parse_go_comment(_comment(r))
+                if said and r.target:
+                    jumps[r.target] = said
         for name, rules in sorted(nat.chains.items()):
-            if _GO_MASQ_RE.match(name):
-                kind = "masq"
-            elif _GO_DN_RE.match(name):
-                kind = "hp"
-            else:
+            kind = _GO_CHAIN_KINDS.get(naming.go_chain_prefix(name))
+            if kind is None:
                 continue
             delete = [[tool, "-t", "nat", "-D"] + _rule_args(r.line)
                       for c in nat.chains.values() for r in c if r.target == name]
@@ -498,16 +487,16 @@ def ipt_rule_groups(family, tables):
     if flt is not None:
         groups = {}
         for r in flt.chains.get("CNI-FORWARD", ()):
-            m = _FW_COMMENT_RE.search(r.line)
-            if not m:
+            said = forward.parse_comment(_comment(r))
+            if said is None:
                 continue
-            g = groups.get(m.group(2))
+            nh, ah, names = said
+            g = groups.get(ah)
             if g is None:
-                g = RuleGroup("fw", "%s -t filter CNI-FORWARD (comment pycni fw %s-%s)"
-                              % (tool, m.group(1), m.group(2)), [])
-                g.net_hash, g.att_hash = m.group(1), m.group(2)
-                g.network, g.cid, g.ifname = m.group(3), m.group(4), m.group(5)
-                groups[m.group(2)] = g
+                g = RuleGroup("fw", "%s -t filter CNI-FORWARD (comment pycni fw %s-%s)" % (tool, nh, ah), [])
+                g.net_hash, g.att_hash = nh, ah
+                g.network, g.cid, g.ifname = names.get("net"), names.get("id"), names.get("if")
+                groups[ah] = g
             g.delete.append([tool, "-t", "filter", "-D"] + _rule_args(r.line))
         out += list(groups.values())
     return out

@@ -22,6 +22,18 @@ def test_names():
     assert len(forward.comment("n" * 128, "c" * 128, "eth0")) == 255
 
 
+def test_comments_read_back():
+    nh, ah = KEY.split()[2].split("-")
+    assert forward.parse_comment(NOTE) == (nh, ah, {"net": "cbr0", "id": "abc123", "if": "eth0"})
+    assert forward.parse_comment(KEY) == (nh, ah, {})
+    cut = forward.comment("n" * 128, "c" * 128, "eth0")          # cut to 255: the names are lost
+    assert forward.parse_comment(cut)[1] == forward.key("n" * 128, "c" * 128, "eth0").split("-")[-1]
+    assert forward.parse_comment(cut)[2] == {}
+    for other in ("CNI firewall plugin rules", "pycni fw nothex-58116a59a3570ffb", "pycni hp " + KEY[9:],
+                  None):
+        assert forward.parse_comment(other) is None
+
+
 def test_reference_lines():
     assert forward.jump_rules() == [
         ('-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD', True),

@@ -1,6 +1,9 @@
 """Chain, table and comment names: the reference's test vectors, and ours."""
 
-from cnilib.firewall import naming
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cnilib.firewall import naming, portmap_rules
 
 
 def test_go_vectors():
@@ -53,3 +56,37 @@ def test_veth_alias_round_trip():
     assert "\n" not in hostile and " rm" not in hostile
     long = naming.veth_alias("n" * 128, "c" * 128, "eth0")
     assert len(long) <= 255 and naming.parse_veth_alias(long)["att"]
+
+
+# ---- every name built here is read back here, by the reader whois and doctor use
+
+# short enough that an element comment keeps every name (nft's 127 bytes)
+NAMES = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-_."), min_size=1, max_size=20)
+
+
+@given(NAMES, NAMES, st.sampled_from(("CNI-", "CNI-DN-", "CNI-SN-")))
+def test_go_chains_and_comments_read_back(name, cid, prefix):
+    assert naming.go_chain_prefix(naming.go_chain(name, cid, prefix)) == prefix
+    assert naming.parse_go_comment(naming.go_comment(name, cid)) == (name, cid)
+    assert naming.parse_go_comment(portmap_rules.entry_comment(name, cid)) == (name, cid)
+
+
+@given(NAMES, NAMES, NAMES, st.sampled_from(("hp", "masq", "fw", "spoof")))
+def test_attachment_tables_and_comments_read_back(net, cid, ifname, kind):
+    table = naming.attachment_table(kind, net, cid, ifname)
+    assert naming.parse_attachment_table(table) == (kind, naming.net_hash(net),
+                                                    naming.attachment_hash(net, cid, ifname))
+    said = naming.comment_names(naming.element_comment(net, cid, ifname))
+    assert said == {"net": net, "id": cid, "if": ifname}
+
+
+def test_name_parsers_refuse_other_names():
+    for chain in ("CNI-FORWARD", "CNI-HOSTPORT-DNAT", "CNI-DN-3e9a3d0f9583cdc0e713",
+                  "CNI-3E9A3D0F9583CDC0E7133AF3", "KUBE-SVC-3e9a3d0f9583cdc0e71", ""):
+        assert naming.go_chain_prefix(chain) is None, chain
+    for table in ("pycni-hostport", "pycni-hp-5d836c054814", "pycni-HP-5d836c054814-0bc075e822934d00",
+                  "pycni-hp-5d836c05481x-0bc075e822934d00", "cni-hp-5d836c054814-0bc075e822934d00", None):
+        assert naming.parse_attachment_table(table) is None, table
+    for comment in ('name: "a" id: "b', 'name: "a\\"b" id: "c"', "name: a id: b", None, ""):
+        assert naming.parse_go_comment(comment) is None, comment
+    assert naming.comment_names("flanneld masq") == {} and naming.comment_names(None) == {}
