@@ -458,7 +458,7 @@ def _rule_args(line):
 
 
 def ipt_rule_groups(family, tables):
-    """RuleGroups from one family's parsed iptables-save (cnilib.ops.fwtrace.parse_save)."""
+    """RuleGroups from one family's parsed iptables-save (cnilib.ops.rulesets.parse_save)."""
     from cnilib.firewall import forward, naming
     out = []
     tool = "iptables" if family == 4 else "ip6tables"
@@ -510,7 +510,7 @@ def read_rules(problems, nft_items=None, ipt_saves=None):
     ``raw["unread"]`` maps each source that failed ("nft", 4, 6) to why; a
     tool that is not installed is not a failure (nothing made rules with it)."""
     from cnilib.base import proc
-    from cnilib.ops import fwtrace
+    from cnilib.ops import rulesets
     raw = {"unread": {}}
 
     def failed(key, text):
@@ -530,7 +530,7 @@ def read_rules(problems, nft_items=None, ipt_saves=None):
             problems.append("nft is not installed: nftables rules not read")
         except (OSError, TimeoutError, ValueError) as exc:
             failed("nft", "nft -j list ruleset: %s" % exc)
-    chains, _comments = fwtrace.parse_ruleset(nft_items)
+    chains, _comments = rulesets.parse_ruleset(nft_items)
     raw["nft_items"] = nft_items
     ipt = {}
     if ipt_saves is None:
@@ -549,7 +549,7 @@ def read_rules(problems, nft_items=None, ipt_saves=None):
                 continue
             ipt_saves[fam] = r.out.decode("utf-8", "replace")
     for fam, text in ipt_saves.items():
-        ipt[fam] = fwtrace.parse_save(text)
+        ipt[fam] = rulesets.parse_save(text)
     raw["iptables"] = ipt_saves
     return chains, ipt, raw
 

@@ -1,6 +1,6 @@
 """cnilib.ops.fwtrace: a packet walked through iptables-save text and nft JSON."""
 
-from cnilib.ops import fwtrace
+from cnilib.ops import fwtrace, rulesets
 
 POD_IN = fwtrace.Packet("10.244.2.2", "10.244.1.2", iif="flannel.1", oif="cni0")
 VXLAN_IN = fwtrace.Packet("192.0.2.2", "192.0.2.1", "udp", 40000, 8472, iif="eth0")
@@ -14,7 +14,7 @@ def save(*chains, policy="ACCEPT", table="filter", extra=""):
 
 
 def fwd(text, pkt=POD_IN):
-    return fwtrace.ipt_decide(fwtrace.parse_save(text), "forward", pkt)
+    return fwtrace.ipt_decide(rulesets.parse_save(text), "forward", pkt)
 
 
 def test_policy_drop_without_accept_drops():
@@ -68,12 +68,12 @@ def test_unknown_match_makes_a_drop_uncertain_not_an_accept():
 
 def test_input_hook_walks_raw_mangle_and_filter():
     text = save(extra="-A INPUT -p udp -m udp --dport 8472 -j REJECT --reject-with icmp-port-unreachable\n")
-    d = fwtrace.ipt_decide(fwtrace.parse_save(text), "input", VXLAN_IN)
+    d = fwtrace.ipt_decide(rulesets.parse_save(text), "input", VXLAN_IN)
     assert d.verdict == "reject" and d.where == "iptables -t filter INPUT"
     raw = "*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -s 192.0.2.2/32 -p udp -j DROP\nCOMMIT\n"
-    d = fwtrace.ipt_decide(fwtrace.parse_save(raw + text), "prerouting", VXLAN_IN)
+    d = fwtrace.ipt_decide(rulesets.parse_save(raw + text), "prerouting", VXLAN_IN)
     assert d.verdict == "drop"
-    assert fwtrace.ipt_decide(fwtrace.parse_save(""), "input", VXLAN_IN) is None
+    assert fwtrace.ipt_decide(rulesets.parse_save(""), "input", VXLAN_IN) is None
 
 
 def _rule(chain, *expr, table="fw", family="inet"):
@@ -95,7 +95,7 @@ UDP_DPORT = {"payload": {"protocol": "udp", "field": "dport"}}
 def test_nft_drop_of_vxlan_in_input():
     items = [{"table": {"family": "inet", "name": "fw"}}, _base("input", "input"),
              _rule("input", _m(UDP_DPORT, 8472), {"counter": {"packets": 0, "bytes": 0}}, {"drop": None})]
-    chains, _ = fwtrace.parse_ruleset(items)
+    chains, _ = rulesets.parse_ruleset(items)
     d = fwtrace.nft_decide(chains, "input", VXLAN_IN)
     assert d.verdict == "drop" and d.certain
     assert d.by == "nft inet fw chain input: udp dport == 8472 drop"
@@ -114,32 +114,32 @@ def test_nft_every_base_chain_must_accept_and_jumps_are_followed():
                    table="b", family="ip"),
              _rule("pods", _m({"ct": {"key": "state"}}, ["established", "related"], op="in"),
                    {"accept": None}, table="b", family="ip")]
-    chains, _ = fwtrace.parse_ruleset(items)
+    chains, _ = rulesets.parse_ruleset(items)
     d = fwtrace.nft_decide(chains, "forward", POD_IN)
     assert d.verdict == "drop" and d.by == "policy drop of nft ip b chain fwd"
     items.append(_rule("pods", _m({"payload": {"protocol": "ip", "field": "daddr"}},
                                   {"set": [{"prefix": {"addr": "10.244.1.0", "len": 24}}]}),
                        {"accept": None}, table="b", family="ip"))
-    chains, _ = fwtrace.parse_ruleset(items)
+    chains, _ = rulesets.parse_ruleset(items)
     assert fwtrace.nft_decide(chains, "forward", POD_IN).verdict == "accept"
 
 
 def test_nft_skips_iptables_nft_tables_and_xt_is_uncertain():
     items = [{"table": {"family": "ip", "name": "filter"}}, _base("FORWARD", "forward", policy="drop",
                                                                   table="filter", family="ip")]
-    chains, _ = fwtrace.parse_ruleset(items)
+    chains, _ = rulesets.parse_ruleset(items)
     assert fwtrace.nft_decide(chains, "forward", POD_IN) is None
     assert fwtrace.nft_decide(chains, "forward", POD_IN, skip_iptables_tables=False).verdict == "drop"
     items = [{"table": {"family": "inet", "name": "x"}}, _base("f", "forward", table="x"),
              _rule("f", {"xt": {"type": "match", "name": "physdev"}}, {"drop": None}, table="x")]
-    chains, _ = fwtrace.parse_ruleset(items)
+    chains, _ = rulesets.parse_ruleset(items)
     d = fwtrace.nft_decide(chains, "forward", POD_IN)
     assert d.verdict == "accept" and not d.certain
 
 
 def test_decide_combines_both_sources():
-    ipt = fwtrace.parse_save(save(policy="DROP"))
+    ipt = rulesets.parse_save(save(policy="DROP"))
     assert fwtrace.decide(ipt, {}, "forward", POD_IN).verdict == "drop"
     assert fwtrace.decide({}, {}, "forward", POD_IN) is None
-    ok = fwtrace.parse_save(save())
+    ok = rulesets.parse_save(save())
     assert fwtrace.decide(ok, {}, "forward", POD_IN).passes

@@ -156,7 +156,7 @@ def test_a_holder_whose_netns_is_gone_is_dead(tmp_path):
 
 
 def test_whois_groups_the_shared_tables_by_attachment():
-    from cnilib.ops import fwtrace, nodestate
+    from cnilib.ops import nodestate, rulesets
     hp_old, hp_new = naming.attachment_chain("hp", *OTHER), naming.attachment_chain("hp", *ATT)
 
     def dnat(chain, port, ip):
@@ -178,7 +178,7 @@ def test_whois_groups_the_shared_tables_by_attachment():
         {"chain": {"family": "inet", "table": "pycni-hostport", "name": hp_new}},
         dnat(hp_old, 8081, "10.0.0.3"), dnat(hp_new, 8081, "10.0.0.4"),
     ]
-    chains, _ = fwtrace.parse_ruleset(items)
+    chains, _ = rulesets.parse_ruleset(items)
     new, old = sorted(nodestate.nft_shared_groups(items, chains), key=lambda g: g.cid != "abc123")
     assert (new.kind, new.network, new.cid, new.ifname) == ("hp", "cbr0", "abc123", "eth0")
     assert new.ports == [("tcp", None, 8081, "10.0.0.4", 80)]

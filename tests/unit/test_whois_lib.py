@@ -9,7 +9,7 @@ import struct
 from cnilib.firewall import naming
 from cnilib.ipam import store
 from cnilib.kernel import netlink
-from cnilib.ops import fwtrace, nodestate, resultcache, whois
+from cnilib.ops import nodestate, resultcache, rulesets, whois
 
 
 def write(path, data):
@@ -127,7 +127,7 @@ def test_rules_join_by_hash_and_go_chain(tmp_path):
                  {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
                             "right": 8080}},
                  {"dnat": {"family": "ip", "addr": "10.1.0.9", "port": 80}}]}}]
-    chains, _ = fwtrace.parse_ruleset(items)
+    chains, _ = rulesets.parse_ruleset(items)
     node.groups = nodestate.nft_rule_groups(chains)
     chain = naming.go_chain("net", "gone")
     dn = naming.go_chain("net", "c1", "CNI-DN-")
@@ -137,7 +137,7 @@ def test_rules_join_by_hash_and_go_chain(tmp_path):
             "-m multiport --dports 9090 -j %s\n"
             "-A %s -p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.1.0.9:90\n"
             "-A %s -d 10.1.0.0/24 -j ACCEPT\nCOMMIT\n") % (chain, dn, chain, dn, dn, chain)
-    node.groups += nodestate.ipt_rule_groups(4, fwtrace.parse_save(save))
+    node.groups += nodestate.ipt_rule_groups(4, rulesets.parse_save(save))
     whois._join(node, None)
     rows = {r.key: r for r in node.rows}
     live = rows[("net", "c1", "eth0")]
