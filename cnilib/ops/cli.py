@@ -26,7 +26,7 @@ RUNNER_VERBS = {
 # subcommand -> (module exposing main(argv), one-line help)
 SUBCOMMANDS = {
     "whois": ("cnilib.ops.whois", "map veth / IP / netns / container ID to one attachment"),
-    "doctor": ("cnilib.ops.doctor", "check this node's CNI setup, with the fix for each failure"),
+    "doctor": ("cnilib.ops.doctor.main", "check this node's CNI setup, with the fix for each failure"),
     "fabric": ("cnilib.ops.fabric", "flannel by hand: flannel.1, routes, neighbours, fdb, subnet.env"),
     "demo": ("cnilib.ops.demo", "two flannel nodes in throwaway namespaces, pods pinging across"),
     "agent": ("cnilib.agent.server", "the warm agent the plugins hand their work to (optional)"),

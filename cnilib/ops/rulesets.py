@@ -7,7 +7,7 @@
       tables' comments.
 
 nodestate groups these per attachment (whois, doctor's leftover checks);
-doctor's packet tracer (cnilib.ops.fwtrace) walks them.  Pure.
+doctor's packet tracer (cnilib.ops.doctor.trace) walks them.  Pure.
 """
 
 import shlex

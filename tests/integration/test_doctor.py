@@ -11,7 +11,7 @@ from cnitest import schema_errors
 from doctor_env import NET_NAME, NETWORK, Cluster, check, statuses
 
 from cnilib.firewall import naming
-from cnilib.ops import doctor
+from cnilib.ops.doctor import report as doctor
 
 pytestmark = pytest.mark.root
 

@@ -1,6 +1,7 @@
-"""cnilib.ops.fwtrace: a packet walked through iptables-save text and nft JSON."""
+"""cnilib.ops.doctor.trace: a packet walked through iptables-save text and nft JSON."""
 
-from cnilib.ops import fwtrace, rulesets
+from cnilib.ops import rulesets
+from cnilib.ops.doctor import trace as fwtrace
 
 POD_IN = fwtrace.Packet("10.244.2.2", "10.244.1.2", iif="flannel.1", oif="cni0")
 VXLAN_IN = fwtrace.Packet("192.0.2.2", "192.0.2.1", "udp", 40000, 8472, iif="eth0")

@@ -120,6 +120,30 @@ def test_only_main_reaches_ops_and_only_by_name():
             assert not [i for i in imps if _layer(i) == "ops"], mod
 
 
+DOCTOR = "cnilib.ops.doctor."
+DOCTOR_SHARED = {DOCTOR + m for m in ("context", "report", "trace")}
+
+
+def test_doctor_check_groups_never_import_each_other():
+    # what two groups share goes to context or report (cnilib.ops.doctor's docstring)
+    checks = {m for m in MODULES if m.startswith(DOCTOR) and m.endswith("_checks")}
+    assert len(checks) >= 4, checks
+    for mod in MODULES:
+        if not mod.startswith(DOCTOR):
+            continue
+        inside = {i for i in IMPORTS[mod] if i.startswith(DOCTOR)}
+        if mod in checks:
+            assert inside <= DOCTOR_SHARED, "%s imports %s" % (mod, ", ".join(sorted(inside - DOCTOR_SHARED)))
+        elif mod in DOCTOR_SHARED:
+            assert not inside & checks and not inside - DOCTOR_SHARED, "%s imports %s" % (mod, inside)
+        elif mod != DOCTOR + "main":
+            assert not inside & checks, "%s imports %s" % (mod, inside & checks)
+    outside = {m for m in MODULES if not m.startswith(DOCTOR) and m != DOCTOR[:-1]}
+    for mod in outside:
+        assert not [i for i in IMPORTS[mod] if i.startswith(DOCTOR[:-1])], \
+            "%s imports doctor: readers belong in nodestate and the owners" % mod
+
+
 PYROUTE2_IMPORT = re.compile(r"^\s*(from|import)\s+pyroute2\b|(__import__|import_module)\(\s*[\"']pyroute2",
                              re.M)
 

@@ -1,0 +1,70 @@
+"""``pycni doctor``: check this node's CNI setup, with the fix for each failure.
+
+The seed article's operator works through the ways a flannel network
+breaks, one tool at a time: ``iptables -P FORWARD ACCEPT`` after Docker set
+DROP, a firewall answering VXLAN with "admin prohibited filter", cni0 keeping
+an address from an older lease, a multi-homed host whose flannel.1 sends
+from its default-route address, every node announcing 10.0.2.15.  doctor
+runs those checks (user-pain.md section (b)) against the current network
+namespace and prints, for each, PASS / WARN / FAIL / SKIP, the evidence, and
+the command that fixes it.  It reads only: it never writes, creates, loads
+or deletes anything (``--bundle`` writes only into the directory given).
+
+Checks (ids are stable; ``--only id,id`` runs some):
+
+  conflists        the conf dir in load order: the network a runtime loads
+                   (the first file), duplicate names, overlapping subnets,
+                   files that do not parse, a flannel network shadowed
+  plugins          every plugin type the configs name (flannel's delegate
+                   and IPAM included) is an executable in the bin dirs
+  subnet-env       flannel's subnet.env present, complete, SUBNET inside NETWORK
+  bridge-address   cni0 (each CNI bridge) holds the gateway of its subnet and
+                   no address from another subnet
+  ip-forward       net.ipv4.ip_forward (and IPv6 forwarding for v6 networks)
+  rp-filter        strict reverse-path filtering where the pod path is asymmetric
+  br-netfilter     net.bridge.bridge-nf-call-ip{,6}tables (SKIP where the kernel lacks them)
+  forward-policy   a pod-to-pod packet through FORWARD (iptables and nftables):
+                   policy DROP or a DROP/REJECT rule with no accept for the pod network
+  vxlan-port       a VXLAN datagram from each peer (UDP 8472) through INPUT and OUTPUT
+  vxlan-local      flannel.1's local address is on the interface that reaches the peers
+  public-ip        no two nodes announce the same public IP (--nodes, --annotations,
+                   and flannel.1's fdb), and this node's is one of its addresses
+  mtu              underlay >= flannel.1 + 50; FLANNEL_MTU = flannel.1 = cni0 = every veth
+  ipam-leaks       host-local leases with no live attachment (FAIL when the range is full)
+  orphan-veths     host veths no lease or record explains
+  leftover-rules   portmap/masquerade/firewall rules of attachments that are gone
+                   (FAIL when a hostPort is DNATed to a dead pod and a live one)
+  stale-records    result cache entries, flannel saved files and tuning
+                   originals of attachments that are gone
+  state-files      empty or corrupt state files (flannel saved files, cache
+                   entries, leases, tuning originals)
+
+Exit status: 0 no check failed (WARN and SKIP included), 1 a check failed,
+2 doctor could not run (bad options, or a check could not read what it needs
+and nothing failed).
+
+``--json`` prints one object, described by report.JSON_SCHEMA (the README
+shows it too, and tests/unit/test_doctor_lib.py keeps the two equal).
+``summary`` counts the statuses; ``evidence`` lines are what was observed;
+``fix`` lines are commands (or one-line instructions) that cure a WARN or
+FAIL; ``error`` is set when the check itself could not run (it then shows
+as SKIP); ``problems`` lists state layers that could not be read.
+
+The package:
+
+  main            the CHECKS table (id, title, function: the one list), running
+                  the checks, the command line
+  context         Context: what the checks read (whois's view of the node,
+                  addresses, subnet.env, vxlan devices, fdb, routes, sysctls)
+  report          Check, the JSON report and its schema, the human rendering
+  bundle          --bundle: what a bug report needs
+  config_checks   conflists, plugins, subnet-env
+  node_checks     bridge-address, ip-forward, rp-filter, br-netfilter, mtu
+  fabric_checks   forward-policy, vxlan-port, vxlan-local, public-ip
+  state_checks    ipam-leaks, orphan-veths, leftover-rules, stale-records, state-files
+  trace           the packet tracer the fabric checks walk the rules with
+
+A check module imports context, report and trace, never another check
+module (tests/unit/test_layers.py): what two groups share goes to context
+or report.
+"""

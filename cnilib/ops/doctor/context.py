@@ -1,0 +1,187 @@
+"""What the checks read, each piece once (``Context``), and the config
+helpers more than one check group needs."""
+
+import ipaddress
+import os
+
+from cnilib.base import paths
+
+
+def flannel_networks(loc):
+    """[(network, plugin conf)] of the configs using the flannel plugin."""
+    return [(n, p) for n in loc.networks() for p in n.plugins if p.get("type") == "flannel"]
+
+
+def config_subnets(net, subnet_env_of):
+    """[(cidr string, where)] the network hands out: host-local ranges
+    (and the legacy ``subnet`` key), or flannel's FLANNEL_NETWORK(s) read
+    by ``subnet_env_of(path)`` (returns SubnetEnv or None)."""
+    out = []
+    for p in net.plugins:
+        ipam = p.get("ipam") if isinstance(p.get("ipam"), dict) else {}
+        if p.get("type") == "flannel":
+            env = subnet_env_of(p.get("subnetFile") or paths.FLANNEL_SUBNET_FILE)
+            for n in (env.all_networks() if env else ()):
+                out.append((n, "flannel FLANNEL_NETWORK"))
+            continue
+        for rs in ipam.get("ranges") or ():
+            for r in rs if isinstance(rs, list) else ():
+                if isinstance(r, dict) and isinstance(r.get("subnet"), str):
+                    out.append((r["subnet"], "%s ipam range" % p.get("type")))
+        if isinstance(ipam.get("subnet"), str):
+            out.append((ipam["subnet"], "%s ipam subnet" % p.get("type")))
+    return out
+
+
+class Context:
+    """What the checks read, each piece once."""
+
+    def __init__(self, args, loc):
+        from cnilib.kernel import netlink
+        self.args, self.loc = args, loc
+        self.netlink = netlink
+        self.nl = netlink.Netlink()
+        self.problems = []
+        from cnilib.ops import whois
+        self.node = whois.build(loc, self.nl)
+        self.problems += self.node.problems
+        self.links = self.node.links
+        self.by_name = {link.name: link for link in self.links}
+        self.by_index = {link.index: link for link in self.links}
+        self.addrs = netlink.addrs(self.nl)
+        self._envs = {}
+        self._vxlan = self._fdb = None
+
+    def close(self):
+        self.nl.close()
+
+    def subnet_env(self, path):
+        """(SubnetEnv or None, SubnetEnvError or None) for ``path``, read once."""
+        if path not in self._envs:
+            from cnilib import flannel
+            try:
+                self._envs[path] = (flannel.load_subnet_env(path), None)
+            except flannel.SubnetEnvError as exc:
+                self._envs[path] = (None, exc)
+        return self._envs[path]
+
+    def subnet_files(self):
+        if self.loc.subnet_files:
+            return self.loc.subnet_files
+        return [paths.FLANNEL_SUBNET_FILE]
+
+    def flannel_env(self):
+        """The first usable subnet.env and its path, or (None, None)."""
+        for p in self.subnet_files():
+            env, _ = self.subnet_env(p)
+            if env is not None:
+                return env, p
+        return None, None
+
+    def addrs_of(self, index):
+        return [a for a in self.addrs if a.index == index]
+
+    def local_ips(self):
+        return {a.address for a in self.addrs}
+
+    def vxlan_devs(self):
+        """[(LinkBrief, VxlanInfo)] of the flannel vxlan devices here."""
+        if self._vxlan is None:
+            self._vxlan = []
+            for name in ("flannel.1", "flannel-v6.1"):
+                if name in self.by_name:
+                    info = self.netlink.vxlan_info(self.netlink.link_get(self.nl, name))
+                    if info is not None:
+                        self._vxlan.append((self.by_name[name], info))
+        return self._vxlan
+
+    def fdb(self, index):
+        """The vxlan device's fdb entries that name a remote (one dump per run)."""
+        if self._fdb is None:
+            self._fdb = [n for n in self.netlink.neighs(self.nl, 0, self.netlink.AF_BRIDGE) if n.dst]
+        return [n for n in self._fdb if n.index == index]
+
+    def route(self, dst):
+        try:
+            return self.netlink.route_get(self.nl, dst)
+        except OSError:
+            return None
+
+    def routes(self):
+        try:
+            return self.netlink.routes(self.nl)
+        except OSError:
+            return []
+
+    def ports_of(self, bridge):
+        return [link for link in self.links if link.master == bridge.index]
+
+    def sysctl(self, name):
+        from cnilib.kernel import sysctl
+        return sysctl.read(name)
+
+    def bridge_networks(self):
+        """[(network name, bridge name, [subnets], gateway wanted)] of the bridge
+        and flannel configs (flannel's subnet from its subnet.env)."""
+        out = []
+        for net in self.loc.networks():
+            for p in net.plugins:
+                t = p.get("type")
+                if t == "flannel":
+                    d = p.get("delegate") if isinstance(p.get("delegate"), dict) else {}
+                    if (d.get("type") or "bridge") != "bridge":
+                        continue
+                    env, _ = self.subnet_env(p.get("subnetFile") or paths.FLANNEL_SUBNET_FILE)
+                    subs = env.subnets() if env else []
+                    out.append((net.name, d.get("bridge") or "cni0", subs, d.get("isGateway", True)))
+                elif t == "bridge":
+                    subs = [c for c, _ in config_subnets(net, lambda path: None)]
+                    gw = bool(p.get("isGateway") or p.get("isDefaultGateway"))
+                    out.append((net.name, p.get("bridge") or "cni0", subs, gw))
+        return out
+
+    def pod_networks(self):
+        """[(cluster network, local subnet, bridge)] for the FORWARD walk."""
+        out = []
+        env, _ = self.flannel_env()
+        seen = set()
+        if env is not None:
+            for sub in env.subnets():
+                s = ipaddress.ip_network(sub)
+                for n in env.all_networks():
+                    nn = ipaddress.ip_network(n)
+                    if nn.version == s.version and s.subnet_of(nn):
+                        out.append((nn, s, self._flannel_bridge()))
+                        seen.add(s)
+        for _name, br, subs, _gw in self.bridge_networks():
+            for sub in subs:
+                try:
+                    s = ipaddress.ip_network(sub, strict=False)
+                except ValueError:
+                    continue
+                if s not in seen:
+                    seen.add(s)
+                    out.append((s, s, br))
+        return out
+
+    def _flannel_bridge(self):
+        for _net, p in flannel_networks(self.loc):
+            d = p.get("delegate") if isinstance(p.get("delegate"), dict) else {}
+            return d.get("bridge") or "cni0"
+        return "cni0"
+
+
+def process_running(comm):
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            with open("/proc/%s/comm" % pid) as f:
+                if f.read().strip() == comm:
+                    return True
+        except OSError:
+            continue
+    return False
+

@@ -1,0 +1,122 @@
+"""``pycni doctor``: the check table (``CHECKS``, the single list of ids,
+titles and functions), running it, and the command line.  What each check
+looks at is described in the package docstring (cnilib.ops.doctor)."""
+
+import os
+import sys
+
+from cnilib.base import paths
+from cnilib.ops import nodestate
+from cnilib.ops.doctor import config_checks, fabric_checks, node_checks, state_checks
+from cnilib.ops.doctor.bundle import write_bundle
+from cnilib.ops.doctor.context import Context
+from cnilib.ops.doctor.report import Check, render, report
+
+CHECKS = (
+    ("conflists", "network configs in load order", config_checks.check_conflists),
+    ("plugins", "plugin binaries", config_checks.check_plugins),
+    ("subnet-env", "flannel subnet.env", config_checks.check_subnet_env),
+    ("bridge-address", "bridge gateway address", node_checks.check_bridge_address),
+    ("ip-forward", "IP forwarding", node_checks.check_ip_forward),
+    ("rp-filter", "reverse-path filter", node_checks.check_rp_filter),
+    ("br-netfilter", "bridge netfilter", node_checks.check_br_netfilter),
+    ("forward-policy", "pod traffic through FORWARD", fabric_checks.check_forward_policy),
+    ("vxlan-port", "VXLAN udp port through the firewall", fabric_checks.check_vxlan_port),
+    ("vxlan-local", "flannel.1 local address vs the route to the peers", fabric_checks.check_vxlan_local),
+    ("public-ip", "public IPs of the nodes", fabric_checks.check_public_ip),
+    ("mtu", "MTU chain", node_checks.check_mtu),
+    ("ipam-leaks", "leaked IPAM reservations", state_checks.check_ipam_leaks),
+    ("orphan-veths", "orphan host veths", state_checks.check_orphan_veths),
+    ("leftover-rules", "leftover portmap/masquerade/firewall rules", state_checks.check_leftover_rules),
+    ("stale-records", "records of gone attachments", state_checks.check_stale_records),
+    ("state-files", "empty or corrupt state files", state_checks.check_state_files),
+)
+CHECK_IDS = tuple(c[0] for c in CHECKS)
+
+# checks that judge the firewall rules: without them they cannot pass
+RULE_CHECKS = ("forward-policy", "vxlan-port", "leftover-rules")
+
+
+def run_checks(ctx, only=None):
+    out = []
+    unread = "; ".join(v for k, v in ctx.node.raw_rules.get("unread", {}).items() if k in ("nft", 4))
+    for cid, title, fn in CHECKS:
+        if only and cid not in only:
+            continue
+        c = Check(cid, title)
+        try:
+            fn(ctx, c)
+            if unread and cid in RULE_CHECKS and c.status in ("PASS", "WARN"):
+                c.status, c.summary = "SKIP", "could not read the firewall rules (run as root)"
+                c.error = unread
+        except Exception as exc:  # a check that breaks must not hide the others
+            c.status, c.summary = "SKIP", "could not run: %s" % exc
+            c.error = "%s: %s" % (type(exc).__name__, exc)
+        if c.error and c.status == "SKIP" and not c.summary:
+            c.summary = "could not run: %s" % c.error
+        out.append(c)
+    return out
+
+
+def _parser():
+    import argparse
+    p = argparse.ArgumentParser(
+        prog="pycni doctor",
+        description="Check this node's CNI setup (the current network namespace): each check "
+                    "PASS / WARN / FAIL / SKIP with its evidence and the command that fixes it. "
+                    "Reads only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="checks: %s\n\nExit status: 0 healthy, 1 a check failed, 2 could not run."
+               % ", ".join(CHECK_IDS))
+    p.add_argument("--json", action="store_true", help="print the report as JSON (schema pycni-doctor/1)")
+    p.add_argument("--bundle", metavar="DIR", help="also write a bug-report bundle into DIR")
+    p.add_argument("--only", metavar="ID[,ID]", help="run only these checks")
+    p.add_argument("--nodes", metavar="FILE", help="the fabric's node list (pycni fabric --nodes)")
+    p.add_argument("--annotations", metavar="FILE",
+                   help="node annotations as JSON (kubectl get nodes -o json, "
+                        "or {node: {annotation: value}})")
+    p.add_argument("--node", metavar="NAME", help="this node's name in --nodes / --annotations")
+    p.add_argument("--log", metavar="FILE", help="the suite's log for the bundle (default $PYCNI_LOG, "
+                                                 "%s)" % paths.LOG_FILE)
+    nodestate.add_location_options(p, bin_dirs=True)
+    return p
+
+
+def main(argv):
+    args = _parser().parse_args(argv)
+    only = None
+    if args.only:
+        only = [x.strip() for x in args.only.split(",") if x.strip()]
+        unknown = [x for x in only if x not in CHECK_IDS]
+        if unknown:
+            sys.stderr.write("pycni doctor: unknown check %s; known: %s\n" % (", ".join(unknown),
+                                                                            ", ".join(CHECK_IDS)))
+            return 2
+    try:
+        loc = nodestate.locations_from_args(args)
+        ctx = Context(args, loc)
+    except OSError as exc:
+        sys.stderr.write("pycni doctor: cannot read this node: %s (run it as root, in the node's "
+                         "network namespace)\n" % exc)
+        return 2
+    try:
+        checks = run_checks(ctx, only)
+        rep = report(checks, loc, ctx.problems)
+        if args.bundle:
+            try:
+                written = write_bundle(args.bundle, ctx, checks, rep)
+            except OSError as exc:
+                sys.stderr.write("pycni doctor: cannot write the bundle to %s: %s\n" % (args.bundle, exc))
+                return 2
+    finally:
+        ctx.close()
+    if args.json:
+        import json
+        sys.stdout.write(json.dumps(rep, indent=2) + "\n")
+    else:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        sys.stdout.write(render(rep, color))
+        if args.bundle:
+            sys.stdout.write("bundle: %d files in %s\n" % (len(written), args.bundle))
+    return rep["exit"]
+
