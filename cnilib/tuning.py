@@ -24,7 +24,8 @@ attachments never share a file.  A second ADD keeps the values the first
 one saved, which are the originals.  The reference keeps
 ``<dataDir>/<containerID>_<ifname>.json`` with the same keys; DEL reads
 that file too, so pods started under the Go plugin are restored after an
-upgrade.
+upgrade.  ``backup_name``/``parse_backup_name`` are both layouts' names;
+``read_backups`` is the reader whois and doctor use.
 """
 
 import os

@@ -37,6 +37,10 @@ attachments that are gone.  The Go plugin walks the directory recursively
 but matches a file's whole content to "<cid>\r\n<ifname>", which an
 index entry never equals.
 
+Readers: ``Store`` for the plugin (under the lock), and ``read_leases``
+for whois and doctor, which takes no lock, changes nothing and notes what
+it cannot read instead of raising; both list a directory the same way.
+
 Writes are atomic but not fsync'd (two fsyncs cost ~3 ms, a fifth of an
 ADD).  Atomicity is what a killed process needs; durability would only
 matter across a power loss, and no container outlives a reboot: a lease
