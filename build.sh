@@ -7,8 +7,9 @@
 #   ./build.sh demo                     deps + build + the two-node flannel demo
 #   ./build.sh bench [args]             benchmarks beside the Go reference plugins
 #   ./build.sh root SUITE [PKG...]      print the path of a cached minbase Debian root (debootstrap)
-#   ./build.sh install [--form bundle|py] [DIR]   default: --form py /usr/libexec/cni
-#   ./build.sh uninstall [DIR]          remove what install put there, restore backups
+#   ./build.sh install [--form bundle|py] [DIR] [pycni install options]
+#                                       pycni install: default --form py, DIR /usr/libexec/cni
+#   ./build.sh uninstall [DIR]          pycni uninstall: remove it, restore what it replaced
 set -euo pipefail
 
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -141,55 +142,32 @@ build() {
 }
 
 # ------------------------------------------------------------------ install
+# Thin calls to `pycni install` / `pycni uninstall` (cnilib/ops/install.py),
+# the code the image and the package run too.  Other options pass through
+# (--conf-dir, --network flannel|bridge, --conflist FILE, --host-root DIR).
 install_suite() {
-  local form=py dir=/usr/libexec/cni
+  local form=py dir=${PYCNI_BIN_DIR:-/usr/libexec/cni} rest=()
   while [ $# -gt 0 ]; do
     case $1 in
       --form) form=$2; shift 2 ;;
       --form=*) form=${1#--form=}; shift ;;
+      --host-root|--conf-dir|--network|--conflist|--from|--bin-dir) rest+=("$1" "${2:-}"); shift 2 ;;
+      -*) rest+=("$1"); shift ;;
       *) dir=$1; shift ;;
     esac
   done
   case $form in py|bundle) ;; *) die "--form is py or bundle, not $form" ;; esac
   local src=$DIST/py
   [ "$form" = bundle ] && src=$DIST/bin
-  [ -d "$src" ] || die "$src is missing: run ./build.sh first"
-  mkdir -p "$dir"
-  local backup=$dir/.pycni-backup manifest=$dir/.pycni-installed
-  mkdir -p "$backup"
-  : > "$manifest.new"
-  # the support tree first, then the commands
-  if [ "$form" = py ]; then
-    rm -rf "$dir/pycni.d"; cp -a "$src/pycni.d" "$dir/"; echo pycni.d >> "$manifest.new"
-  else
-    rm -rf "$dir/.pycni"; cp -a "$src/.pycni" "$dir/"; echo .pycni >> "$manifest.new"
-  fi
-  for name in pycni "${PLUGINS[@]}"; do
-    [ -e "$src/$name" ] || [ -L "$src/$name" ] || continue
-    if [ -e "$dir/$name" ] && ! grep -qs "pycni" "$dir/$name" 2>/dev/null && [ ! -e "$backup/$name" ]; then
-      cp -a "$dir/$name" "$backup/$name"      # keep what we replace, once
-    fi
-    rm -f "$dir/$name.pycni-tmp"
-    cp -a "$src/$name" "$dir/$name.pycni-tmp"
-    mv -f "$dir/$name.pycni-tmp" "$dir/$name"
-    echo "$name" >> "$manifest.new"
-  done
-  mv "$manifest.new" "$manifest"
-  log "installed the $form form in $dir ($(grep -vc '^\.\|pycni.d' "$manifest") commands); backups in $backup"
+  [ -x "$src/pycni" ] || die "$src is missing: run ./build.sh first"
+  "$src/pycni" install --bin-dir "$dir" "${rest[@]}"
 }
 
 uninstall_suite() {
-  local dir=${1:-/usr/libexec/cni}
-  local backup=$dir/.pycni-backup manifest=$dir/.pycni-installed
-  [ -f "$manifest" ] || die "nothing of pycni is installed in $dir"
-  while read -r name; do
-    [ -n "$name" ] || continue
-    rm -rf "${dir:?}/$name"
-    if [ -e "$backup/$name" ]; then mv "$backup/$name" "$dir/$name"; fi
-  done < "$manifest"
-  rm -f "$manifest"
-  rmdir "$backup" 2>/dev/null || true
-  log "removed pycni from $dir, restored the backed-up plugins"
+  # from the source tree: uninstalling needs none of the built files
+  "$PYTHON" -I -S -c 'import sys; sys.path[0:0] = [sys.argv[1]]
+from cnilib.ops import install
+sys.exit(install.uninstall_main(sys.argv[2:]))' "$TOP" --bin-dir "${1:-${PYCNI_BIN_DIR:-/usr/libexec/cni}}" "${@:2}"
 }
 
 # ------------------------------------------------------------------ distribution roots
