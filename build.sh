@@ -6,6 +6,7 @@
 #   ./build.sh test [pytest args]       deps + build + every test tier
 #   ./build.sh demo                     deps + build + the two-node flannel demo
 #   ./build.sh bench [args]             benchmarks beside the Go reference plugins
+#   ./build.sh image [--no-build]       dist/pycni-image.tar: OCI archive of the bundle and its installer
 #   ./build.sh root SUITE [PKG...]      print the path of a cached minbase Debian root (debootstrap)
 #   ./build.sh install [--form bundle|py] [DIR] [pycni install options]
 #                                       pycni install: default --form py, DIR /usr/libexec/cni
@@ -23,7 +24,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev libpython3.11
   iproute2 iptables nftables conntrack iputils-ping netcat-openbsd tcpdump ethtool
   containernetworking-plugins golang-go golang-github-appc-cni-dev
-  podman containerd busybox-static uidmap debootstrap
+  podman containerd busybox-static uidmap debootstrap buildah
 )
 
 log() { printf '>> %s\n' "$*" >&2; }
@@ -170,6 +171,81 @@ from cnilib.ops import install
 sys.exit(install.uninstall_main(sys.argv[2:]))' "$TOP" --bin-dir "${1:-${PYCNI_BIN_DIR:-/usr/libexec/cni}}" "${@:2}"
 }
 
+# ------------------------------------------------------------------ image
+# dist/pycni-image.tar: an OCI archive (podman load -i) of a scratch image
+# holding the bundle in /opt/pycni and the system libraries it loads (the
+# dynamic loader, libc, libm, libz, ...), nothing else: no shell, no package
+# manager.  Its default command is `pycni install` into /host/opt/cni/bin and
+# /host/etc/cni/net.d, where the DaemonSet mounts the node's dirs.  buildah
+# works offline in a private storage under build/image (never the machine's
+# /var/lib/containers); the image is rebuilt only when its files change.
+IMAGE_REF=localhost/pycni
+
+is_elf() { [ "$(head -c 4 "$1" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 7f454c46 ]; }
+
+# system libraries the bundle in $1 loads: the executable's own needs, and
+# those of the bundled libraries that are not bundled themselves
+bundle_system_libs() {
+  local b=$1 f
+  {
+    ldd "$b/pycni"
+    find "$b/.pycni" -type f -name '*.so*' | while read -r f; do
+      LD_LIBRARY_PATH=$b/.pycni ldd "$f" 2>/dev/null || true
+    done
+  } | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | grep -v "^$b/" | sort -u
+}
+
+stage_image_rootfs() {
+  local out=$1 b=$DIST/bin lib
+  rm -rf "$out"
+  mkdir -p "$out/opt" "$out/tmp" "$out/host" "$out/etc"
+  chmod 1777 "$out/tmp"
+  cp -a "$b" "$out/opt/pycni"
+  for lib in $(bundle_system_libs "$b"); do
+    mkdir -p "$out$(dirname "$lib")"
+    cp -L "$lib" "$out$lib"            # the file itself at the path the loader asks for
+  done
+  printf 'root:x:0:0:root:/:/nonexistent\n' > "$out/etc/passwd"
+  printf 'root:x:0:\n' > "$out/etc/group"
+  # the staged root runs the bundle: anything missing shows up here, not on a node
+  chroot "$out" /opt/pycni/pycni --version >/dev/null || die "the staged image cannot run pycni"
+  return 0
+}
+
+build_image() {
+  [ -x "$DIST/bin/pycni" ] || die "dist/bin is missing: run ./build.sh first"
+  command -v buildah >/dev/null || die "buildah is not installed (apt-get install buildah)"
+  local work=$TOP/build/image out=$DIST/pycni-image.tar version key
+  version=$("$DIST/bin/pycni" --version | awk '{print $2}')
+  mkdir -p "$work"
+  stage_image_rootfs "$work/rootfs"
+  key=$( (cd "$work/rootfs" && find . -printf '%p %m %l\n' | sort && find . -type f -print0 | sort -z \
+          | xargs -0 sha256sum) | sha256sum | cut -c1-16)
+  if [ -f "$out" ] && [ "$(cat "$work/key" 2>/dev/null)" = "$key" ]; then
+    log "dist/pycni-image.tar is up to date ($IMAGE_REF:$version, $(du -h "$out" | cut -f1))"
+    return 0
+  fi
+  local b=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs) ctr
+  rm -rf "$work/storage" "$work/run"
+  ctr=$("${b[@]}" from --quiet scratch)
+  "${b[@]}" copy --quiet "$ctr" "$work/rootfs/" / >/dev/null
+  "${b[@]}" config --entrypoint '["/opt/pycni/pycni"]' --cmd install --workingdir / \
+      --env PYCNI_BIN_DIR=/host/opt/cni/bin --env PYCNI_CONF_DIR=/host/etc/cni/net.d \
+      --env PYCNI_LOG=- --env PYCNI_IMAGE=1 --env PATH=/opt/pycni \
+      --label org.opencontainers.image.title=pycni \
+      --label org.opencontainers.image.version="$version" \
+      --label org.opencontainers.image.description="pycni CNI plugins and their installer" \
+      --created-by "./build.sh image" "$ctr"
+  rm -f "$out.new"
+  "${b[@]}" commit --quiet --format oci --timestamp 0 --omit-history "$ctr" \
+      "oci-archive:$out.new:$IMAGE_REF:$version" >/dev/null
+  "${b[@]}" rm "$ctr" >/dev/null
+  rm -rf "$work/storage" "$work/run"
+  mv "$out.new" "$out"
+  echo "$key" > "$work/key"
+  log "dist/pycni-image.tar: $IMAGE_REF:$version, $(du -h "$out" | cut -f1) (rootfs $(du -sh "$work/rootfs" | cut -f1))"
+}
+
 # ------------------------------------------------------------------ distribution roots
 # Minbase Debian roots (debootstrap from Debian's registry), made once per
 # machine and shared by every clone: the test matrix runs the suite in them.
@@ -235,7 +311,11 @@ case $cmd in
     deps; build
     exec "$VENV/bin/python" -m bench "$@" ;;
   root) [ $# -ge 1 ] || die "usage: ./build.sh root SUITE [PKG...]"; ensure_root "$@" ;;
+  image)
+    # --no-build: package dist/bin as it is (the delivery tests use this)
+    if [ "${1:-}" = --no-build ]; then deps_python; else deps; build; fi
+    build_image ;;
   install) install_suite "$@" ;;
   uninstall) uninstall_suite "$@" ;;
-  *) die "unknown command $cmd (build, deps, test, demo, bench, root, install, uninstall)" ;;
+  *) die "unknown command $cmd (build, deps, test, demo, bench, image, deb, root, install, uninstall)" ;;
 esac

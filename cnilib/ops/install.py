@@ -257,7 +257,10 @@ class Host:
         """``path`` of this machine as the node sees it."""
         if not self.root:
             return path
-        rel = os.path.relpath(os.path.realpath(path), self.root)
+        # the directory resolved, never the name: a plugin is a symlink to
+        # pycni in the bundle, and it must run under its own name
+        head, tail = os.path.split(os.path.abspath(path))
+        rel = os.path.relpath(os.path.join(os.path.realpath(head), tail), self.root)
         if rel == ".." or rel.startswith("../"):
             raise InstallError("%s is not under the host root %s" % (path, self.root),
                                ["the plugin dir must be mounted below the node's root "
@@ -265,7 +268,13 @@ class Host:
         return "/" + rel if rel != "." else "/"
 
     def describe(self):
-        return "the node's root at %s" % self.root if self.root else "this machine"
+        if self.root:
+            return "the node's root at %s" % self.root
+        if os.environ.get("PYCNI_IMAGE"):
+            # the image's own loader and libc: the node's are checked only
+            # when its / is mounted and PYCNI_HOST_ROOT names it
+            return "this container (the image's libraries; set PYCNI_HOST_ROOT to check the node's)"
+        return "this machine"
 
     def run(self, argv, env, stdin=b"", timeout=CHECK_TIMEOUT, argv0=None):
         """(rc, stdout, stderr) of argv run on the node; rc 127 with the OS
