@@ -620,14 +620,18 @@ class Installer:
             raise InstallError("cannot write to %s: %s" % (self.bin_dir, exc.strerror),
                                ["nothing was changed"]) from exc
         fsutil.ensure_dir(versions, 0o755)
+        if current and is_copy_of(current, ident) and tree_intact(os.path.join(versions, current),
+                                                                  tree.manifest):
+            return current, os.path.join(versions, current), False
         target_id = ident
         n = 0
         while True:
             dest = os.path.join(versions, target_id)
             if not os.path.lexists(dest):
                 break
-            if target_id != current and tree_intact(dest, tree.manifest):
-                self.say("tree %s is already there (kept from an earlier install)" % target_id)
+            if tree_intact(dest, tree.manifest):
+                if target_id != current:
+                    self.say("tree %s is already there (kept from an earlier install)" % target_id)
                 return target_id, dest, False
             if target_id != current:
                 _rmtree(dest)           # a damaged or stale copy no name points to

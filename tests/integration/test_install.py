@@ -214,6 +214,34 @@ def test_exec_during_upgrades_never_fails(tmp_path):
         [r for r in results if r[0] != 0][:3]
 
 
+def test_rerun_repairs_what_a_cp_wrote_through_a_name(form, tmp_path):
+    """kube-flannel's install-cni-plugin runs ``cp -f /flannel /opt/cni/bin/flannel``:
+    cp opens the name for writing and so writes through our symlink into the
+    tree (in the bundle: into pycni itself).  The next install finds the tree
+    damaged, lands an intact copy and switches every name to it."""
+    d = tmp_path / "bin"
+    assert pycni(form, "install", d).returncode == 0
+    first = json.loads((d / ".pycni-install.json").read_text())["tree"]
+    subprocess.run(["cp", "-f", "/bin/true", str(d / "flannel")], check=True)
+    assert not os.path.islink(d / "flannel") or os.path.realpath(d / "flannel").startswith(
+        str(d / ".pycni-versions"))                        # written through, the name is still ours
+    r = pycni(form, "install", d)
+    assert r.returncode == 0, r.stderr
+    now = json.loads((d / ".pycni-install.json").read_text())
+    assert now["tree"] == first + ".1" and now["previous"] == first
+    for name in PLUGINS:
+        rc, out = _version(d / name)
+        assert rc == 0, (name, out)
+    # busybox-style: the name itself replaced by a regular file
+    os.unlink(d / "flannel")
+    shutil.copy("/bin/true", d / "flannel")
+    r = pycni(form, "install", d)
+    assert r.returncode == 0 and "replaced: flannel" in r.stdout, r.stdout
+    assert json.loads((d / ".pycni-install.json").read_text())["tree"] == first + ".1"   # reused
+    assert (d / ".pycni-backup" / "flannel").read_bytes() == open("/bin/true", "rb").read()
+    assert _version(d / "flannel")[0] == 0
+
+
 def test_a_command_that_cannot_run_installs_nothing(form, tmp_path):
     d, conf = go_dir(tmp_path), tmp_path / "net.d"
     good = variant(form, tmp_path, "good")
