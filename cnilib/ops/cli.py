@@ -33,6 +33,7 @@ SUBCOMMANDS = {
     "agent": ("cnilib.agent.server", "the warm agent the plugins hand their work to (optional)"),
     "install": ("cnilib.ops.install", "copy this build into a plugin dir (atomic switch, backups, checks)"),
     "uninstall": ("cnilib.ops.install:uninstall_main", "remove it again and restore what install replaced"),
+    "pause": ("cnilib.ops.install:pause_main", "sleep until stopped (the DaemonSet's main container)"),
 }
 
 CODE_NAMES = {

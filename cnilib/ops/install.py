@@ -1071,3 +1071,19 @@ def main(argv, verb="install"):
 
 def uninstall_main(argv):
     return main(argv, verb="uninstall")
+
+
+def pause_main(argv):
+    """``pycni pause``: sleep until SIGTERM or SIGINT, then exit 0 (the
+    DaemonSet's main container, once the init container has installed)."""
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage: pycni pause\n\nsleep until stopped (SIGTERM, SIGINT): the main "
+                         "container of the DaemonSet in deploy/kube-pycni.yml\n")
+        return 0
+    import signal
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
+    while not stop:
+        signal.pause()
+    return 0

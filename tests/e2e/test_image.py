@@ -69,11 +69,11 @@ class Node:
         os.makedirs(self.bin)
         os.makedirs(self.conf)
 
-    def run(self, *args, ro=False, env=(), mounts=None):
+    def run(self, *args, ro=False, env=(), mounts=None, opts=()):
         """``podman run`` of the image with the node's dirs mounted; extra
         args after the image go to its entrypoint (default: install)."""
         mounts = mounts or [(self.bin, "/host/opt/cni/bin"), (self.conf, "/host/etc/cni/net.d")]
-        argv = ["run", "--rm", "--network", "none"]
+        argv = ["run", "--rm", "--network", "none"] + list(opts)
         for src, dst in mounts:
             argv += ["-v", "%s:%s%s" % (src, dst, ":ro" if ro else "")]
         for e in env:
@@ -212,8 +212,10 @@ def test_installer_and_suite_on_a_debian_root(pod, go_driver, netns_factory, tmp
         node = Node.__new__(Node)
         node.pod, node.bin, node.conf = pod, os.path.join(opt, "cni", "bin"), os.path.join(base, "conf")
         os.makedirs(node.conf)
+        # the init container's securityContext in deploy/kube-pycni.yml
+        opts = ["--read-only", "--cap-drop", "all", "--cap-add", "SYS_CHROOT,DAC_OVERRIDE,FOWNER"]
         r = node.run(mounts=[(rootdir, "/host"), (opt, "/host/opt"), (node.conf, "/host/etc/cni/net.d")],
-                     env=["PYCNI_HOST_ROOT=/host"], ro=False)
+                     env=["PYCNI_HOST_ROOT=/host"], opts=opts)
         need, _ = elf.tree_glibc_needed(os.path.join(cnitest.DIST, "bin"))
         have = elf.glibc_provided(rootdir)
         if need and need > have:
@@ -253,3 +255,17 @@ def _suite_in_root(rootdir, bin_dir, driver, netns_factory, tmp_path):
             assert ctr.run("ping", "-c1", "-W3", "10.66.0.1").returncode == 0
     assert "eth0" not in ctr.links()
     assert json.loads(out["add"])["ips"][0]["address"].startswith("10.66.0.")
+
+
+def test_pause_stops_on_sigterm(pod):
+    """The DaemonSet's main container, as kube-pycni.yml runs it."""
+    name = cnitest.unique("pause")
+    pod("run", "-d", "--name", name, "--network", "none", "--read-only", "--user", "65534",
+        "--cap-drop", "all", pod.image, "pause")
+    try:
+        assert pod("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+        pod("stop", "-t", "10", name)
+        state = json.loads(pod("inspect", name).stdout)[0]["State"]
+        assert state["ExitCode"] == 0, state
+    finally:
+        pod("rm", "-f", name, check=False)
