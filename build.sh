@@ -7,6 +7,7 @@
 #   ./build.sh demo                     deps + build + the two-node flannel demo
 #   ./build.sh bench [args]             benchmarks beside the Go reference plugins
 #   ./build.sh image [--no-build]       dist/pycni-image.tar: OCI archive of the bundle and its installer
+#   ./build.sh deb [--no-build]         dist/pycni_<version>_amd64.deb: the bundle in /usr/libexec/cni
 #   ./build.sh root SUITE [PKG...]      print the path of a cached minbase Debian root (debootstrap)
 #   ./build.sh install [--form bundle|py] [DIR] [pycni install options]
 #                                       pycni install: default --form py, DIR /usr/libexec/cni
@@ -246,6 +247,75 @@ build_image() {
   log "dist/pycni-image.tar: $IMAGE_REF:$version, $(du -h "$out" | cut -f1) (rootfs $(du -sh "$work/rootfs" | cut -f1))"
 }
 
+# ------------------------------------------------------------------ Debian package
+# dist/pycni_<version>_amd64.deb (dpkg-deb): the bundle in
+# /usr/lib/pycni/<version>/, each plugin a symlink in /usr/libexec/cni (a
+# directory no Debian package owns; Debian's own plugins are in /usr/lib/cni),
+# pycni on PATH, the agent's unit installed but not enabled.  dpkg replaces
+# each symlink by rename, and a new version's tree is a new directory, so an
+# exec during an upgrade runs one whole tree.  Pre-Depends on the glibc the
+# bundle needs: dpkg refuses before unpacking anything on an older node.
+# PYCNI_DEB_VERSION and PYCNI_DEB_OUT override the version and the output
+# dir (the upgrade tests build an older package).
+write_deb_meta() {   # write_deb_meta ROOT VERSION FLOOR SIZE
+  local root=$1 version=$2 floor=$3 size=$4
+  printf '%s\n' \
+    "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/" \
+    "Upstream-Name: pycni" "License: Apache-2.0" \
+    "Comment: the bundle carries CPython and its libraries (PSF-2.0 and their own licenses)" \
+    > "$root/usr/share/doc/pycni/copyright"
+  printf '%s\n' \
+    "Package: pycni" "Version: $version" "Architecture: amd64" \
+    "Maintainer: pycni developers <pycni@localhost>" "Installed-Size: $size" \
+    "Pre-Depends: libc6 (>= $floor)" "Depends: zlib1g" "Recommends: nftables, iptables" \
+    "Suggests: containerd | cri-o" "Section: net" "Priority: optional" \
+    "Description: CNI plugins in Python: bridge, host-local, flannel, portmap and more" \
+    " Drop-in replacements for the reference CNI plugins (bridge, host-local," \
+    " flannel, portmap, loopback, firewall, tuning), for containerd, CRI-O," \
+    " kubelet and podman, plus pycni, an operator's tool (cnitool-compatible" \
+    " runner, whois, doctor).  The plugins are in /usr/libexec/cni: point the" \
+    " runtime's plugin dir there.  The optional agent's unit, pycni-agent, is" \
+    " installed but not enabled." > "$root/DEBIAN/control"
+  printf '%s\n' '#!/bin/sh' 'set -e' \
+    '# the agent unit is installed, never enabled or started here' \
+    'if [ "$1" = configure ] && [ -d /run/systemd/system ]; then' \
+    '  systemctl daemon-reload >/dev/null 2>&1 || true' 'fi' 'exit 0' > "$root/DEBIAN/postinst"
+  printf '%s\n' '#!/bin/sh' 'set -e' 'if [ "$1" = purge ]; then' \
+    '  # the suite own log and records (never the reference plugins dirs)' \
+    '  rm -rf /var/log/pycni /var/lib/cni/pycni /run/pycni' 'fi' \
+    'if [ -d /run/systemd/system ]; then' '  systemctl daemon-reload >/dev/null 2>&1 || true' 'fi' \
+    'exit 0' > "$root/DEBIAN/postrm"
+  chmod 755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
+}
+
+build_deb() {
+  [ -x "$DIST/bin/pycni" ] || die "dist/bin is missing: run ./build.sh first"
+  local version=${PYCNI_DEB_VERSION:-$("$DIST/bin/pycni" --version | awk '{print $2}')}
+  local out=${PYCNI_DEB_OUT:-$DIST} work=$TOP/build/deb floor
+  floor=$("$VENV/bin/python" -c 'import sys; sys.path[0:0] = [sys.argv[1]]
+from cnilib.ops import elf
+print(elf.vtext(elf.tree_glibc_needed(sys.argv[2])[0]))' "$TOP" "$DIST/bin")
+  local root=$work/root lib=/usr/lib/pycni/$version name
+  rm -rf "$work"
+  mkdir -p "$root/DEBIAN" "$root$lib" "$root/usr/libexec/cni" "$root/usr/bin" \
+      "$root/lib/systemd/system" "$root/usr/share/doc/pycni"
+  cp -a "$DIST/bin/." "$root$lib/"
+  for name in "${PLUGINS[@]}" pycni; do
+    [ -e "$DIST/bin/$name" ] || continue
+    ln -s "../../lib/pycni/$version/$name" "$root/usr/libexec/cni/$name"
+  done
+  ln -s "../lib/pycni/$version/pycni" "$root/usr/bin/pycni"
+  install -m 644 conf/pycni-agent.service "$root/lib/systemd/system/pycni-agent.service"
+  write_deb_meta "$root" "$version" "$floor" "$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
+  (cd "$root" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | sort \
+      | xargs md5sum) > "$root/DEBIAN/md5sums"
+  mkdir -p "$out"
+  local deb=$out/pycni_${version}_amd64.deb
+  dpkg-deb --root-owner-group -Zgzip --build "$root" "$deb" >/dev/null
+  rm -rf "$work"
+  log "$(basename "$deb"): $(du -h "$deb" | cut -f1), Pre-Depends libc6 (>= $floor)"
+}
+
 # ------------------------------------------------------------------ distribution roots
 # Minbase Debian roots (debootstrap from Debian's registry), made once per
 # machine and shared by every clone: the test matrix runs the suite in them.
@@ -315,6 +385,9 @@ case $cmd in
     # --no-build: package dist/bin as it is (the delivery tests use this)
     if [ "${1:-}" = --no-build ]; then deps_python; else deps; build; fi
     build_image ;;
+  deb)
+    if [ "${1:-}" = --no-build ]; then deps_python; else deps; build; fi
+    build_deb ;;
   install) install_suite "$@" ;;
   uninstall) uninstall_suite "$@" ;;
   *) die "unknown command $cmd (build, deps, test, demo, bench, image, deb, root, install, uninstall)" ;;
