@@ -8,6 +8,7 @@
 #   ./build.sh bench [args]             benchmarks beside the Go reference plugins
 #   ./build.sh image [--no-build]       dist/pycni-image.tar: OCI archive of the bundle and its installer
 #   ./build.sh deb [--no-build]         dist/pycni_<version>_amd64.deb: the bundle in /usr/libexec/cni
+#   ./build.sh rpm [--no-build]         dist/pycni-<version>-1.x86_64.rpm, the same layout (rpmbuild)
 #   ./build.sh root SUITE [PKG...]      print the path of a cached minbase Debian root (debootstrap)
 #   ./build.sh install [--form bundle|py] [DIR] [pycni install options]
 #                                       pycni install: default --form py, DIR /usr/libexec/cni
@@ -25,7 +26,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev libpython3.11
   iproute2 iptables nftables conntrack iputils-ping netcat-openbsd tcpdump ethtool
   containernetworking-plugins golang-go golang-github-appc-cni-dev
-  podman containerd busybox-static uidmap debootstrap buildah
+  podman containerd busybox-static uidmap debootstrap buildah rpm
 )
 
 log() { printf '>> %s\n' "$*" >&2; }
@@ -288,13 +289,18 @@ write_deb_meta() {   # write_deb_meta ROOT VERSION FLOOR SIZE
   chmod 755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
 }
 
+# the highest GLIBC_x.y any ELF file of the bundle needs (cnilib/ops/elf.py)
+glibc_floor() {
+  "$VENV/bin/python" -c 'import sys; sys.path[0:0] = [sys.argv[1]]
+from cnilib.ops import elf
+print(elf.vtext(elf.tree_glibc_needed(sys.argv[2])[0]))' "$TOP" "$DIST/bin"
+}
+
 build_deb() {
   [ -x "$DIST/bin/pycni" ] || die "dist/bin is missing: run ./build.sh first"
   local version=${PYCNI_DEB_VERSION:-$("$DIST/bin/pycni" --version | awk '{print $2}')}
   local out=${PYCNI_DEB_OUT:-$DIST} work=$TOP/build/deb floor
-  floor=$("$VENV/bin/python" -c 'import sys; sys.path[0:0] = [sys.argv[1]]
-from cnilib.ops import elf
-print(elf.vtext(elf.tree_glibc_needed(sys.argv[2])[0]))' "$TOP" "$DIST/bin")
+  floor=$(glibc_floor)
   local root=$work/root lib=/usr/lib/pycni/$version name
   rm -rf "$work"
   mkdir -p "$root/DEBIAN" "$root$lib" "$root/usr/libexec/cni" "$root/usr/bin" \
@@ -314,6 +320,51 @@ print(elf.vtext(elf.tree_glibc_needed(sys.argv[2])[0]))' "$TOP" "$DIST/bin")
   dpkg-deb --root-owner-group -Zgzip --build "$root" "$deb" >/dev/null
   rm -rf "$work"
   log "$(basename "$deb"): $(du -h "$deb" | cut -f1), Pre-Depends libc6 (>= $floor)"
+}
+
+# ------------------------------------------------------------------ RPM package
+# dist/pycni-<version>-1.x86_64.rpm (rpmbuild from Debian's rpm package),
+# the same layout as the .deb: the bundle in /usr/lib/pycni/<version>/, a
+# symlink per plugin in /usr/libexec/cni (RHEL's plugin dir), /usr/bin/pycni,
+# the agent's unit not enabled.  Requires the glibc the bundle needs; no
+# automatic requires (the bundle carries its own libraries).  The directory
+# /usr/libexec/cni is not claimed: containernetworking-plugins owns it there.
+build_rpm() {
+  [ -x "$DIST/bin/pycni" ] || die "dist/bin is missing: run ./build.sh first"
+  command -v rpmbuild >/dev/null || die "rpmbuild is not installed (apt-get install rpm)"
+  local version work=$TOP/build/rpm floor name
+  version=$("$DIST/bin/pycni" --version | awk '{print $2}')
+  floor=$(glibc_floor)
+  local stage=$work/stage lib=/usr/lib/pycni/$version
+  rm -rf "$work"
+  mkdir -p "$stage$lib" "$stage/usr/libexec/cni" "$stage/usr/bin" "$stage/usr/lib/systemd/system"
+  cp -a "$DIST/bin/." "$stage$lib/"
+  local files=("%dir /usr/lib/pycni" "$lib" /usr/bin/pycni /usr/lib/systemd/system/pycni-agent.service)
+  for name in "${PLUGINS[@]}" pycni; do
+    [ -e "$DIST/bin/$name" ] || continue
+    ln -s "../../lib/pycni/$version/$name" "$stage/usr/libexec/cni/$name"
+    files+=("/usr/libexec/cni/$name")
+  done
+  ln -s "../lib/pycni/$version/pycni" "$stage/usr/bin/pycni"
+  install -m 644 conf/pycni-agent.service "$stage/usr/lib/systemd/system/pycni-agent.service"
+  {
+    printf '%s\n' "Name: pycni" "Version: $version" "Release: 1" \
+      "Summary: CNI plugins in Python: bridge, host-local, flannel, portmap and more" \
+      "License: Apache-2.0" "BuildArch: x86_64" "AutoReqProv: no" \
+      "Requires: glibc >= $floor" "Requires: zlib" "Recommends: nftables" \
+      "%define debug_package %{nil}" "%define __os_install_post %{nil}" \
+      "%description" \
+      "Drop-in replacements for the reference CNI plugins (bridge, host-local, flannel," \
+      "portmap, loopback, firewall, tuning) in /usr/libexec/cni, and pycni, an" \
+      "operator's tool.  The optional agent's unit, pycni-agent, is not enabled." \
+      "%install" "cp -a $stage/. %{buildroot}/" "%files"
+    printf '%s\n' "${files[@]}"
+  } > "$work/pycni.spec"
+  rpmbuild -bb --quiet --define "_topdir $work/top" --define "_rpmdir $work/out" \
+      --define "_build_id_links none" "$work/pycni.spec" >/dev/null
+  mv "$work/out/x86_64/pycni-$version-1.x86_64.rpm" "$DIST/"
+  rm -rf "$work"
+  log "pycni-$version-1.x86_64.rpm: $(du -h "$DIST/pycni-$version-1.x86_64.rpm" | cut -f1), Requires glibc >= $floor"
 }
 
 # ------------------------------------------------------------------ distribution roots
@@ -388,7 +439,10 @@ case $cmd in
   deb)
     if [ "${1:-}" = --no-build ]; then deps_python; else deps; build; fi
     build_deb ;;
+  rpm)
+    if [ "${1:-}" = --no-build ]; then deps_python; else deps; build; fi
+    build_rpm ;;
   install) install_suite "$@" ;;
   uninstall) uninstall_suite "$@" ;;
-  *) die "unknown command $cmd (build, deps, test, demo, bench, image, deb, root, install, uninstall)" ;;
+  *) die "unknown command $cmd (build, deps, test, demo, bench, image, deb, rpm, root, install, uninstall)" ;;
 esac

@@ -1084,6 +1084,10 @@ def pause_main(argv):
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(1))
+    # PID 1 of a container ignores a signal it has no handler for: say when
+    # SIGTERM counts (a stop before this line waits for the runtime's kill)
+    sys.stdout.write("pycni pause: waiting for SIGTERM\n")
+    sys.stdout.flush()
     while not stop:
         signal.pause()
     return 0

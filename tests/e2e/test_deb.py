@@ -154,3 +154,30 @@ def test_package_in_a_debian_root(droot, debs, go_driver, netns_factory, tmp_pat
     assert sh("dpkg -P pycni").returncode == 0
     assert not os.path.exists(os.path.dirname(log))
     assert "pycni" not in sh("dpkg -l").stdout
+
+
+def test_rpm_lists_the_same_layout():
+    """./build.sh rpm (rpmbuild from Debian's rpm), inspected with rpm -qlp."""
+    if not (shutil.which("rpmbuild") and shutil.which("rpm")):
+        pytest.skip("rpmbuild is not installed (Debian's rpm package)")
+    if not os.path.isfile(os.path.join(cnitest.DIST, "bin", "pycni")):
+        pytest.skip("dist/bin is not built (./build.sh)")
+    p = subprocess.run([BUILD, "rpm", "--no-build"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    version = subprocess.run([os.path.join(cnitest.DIST, "bin", "pycni"), "--version"],
+                             capture_output=True, text=True).stdout.split()[1]
+    rpm = os.path.join(cnitest.DIST, "pycni-%s-1.x86_64.rpm" % version)
+    files = subprocess.run(["rpm", "-qlp", rpm], capture_output=True, text=True, check=True).stdout.split()
+    plugins = ("bridge", "host-local", "flannel", "portmap", "loopback", "firewall", "tuning", "pycni")
+    assert {"/usr/libexec/cni/" + n for n in plugins} <= set(files)
+    assert "/usr/libexec/cni" not in files          # containernetworking-plugins owns the dir on RHEL
+    assert {"/usr/bin/pycni", "/usr/lib/systemd/system/pycni-agent.service",
+            "/usr/lib/pycni/%s/.pycni" % version} <= set(files)
+    dump = subprocess.run(["rpm", "-qp", "--dump", rpm], capture_output=True, text=True, check=True).stdout
+    links = {ln.split()[0]: ln.split()[-1] for ln in dump.splitlines() if ln.startswith("/usr/libexec/cni/")}
+    assert links["/usr/libexec/cni/bridge"] == "../../lib/pycni/%s/bridge" % version
+    reqs = subprocess.run(["rpm", "-qp", "--requires", rpm], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    need, _ = elf.tree_glibc_needed(os.path.join(cnitest.DIST, "bin"))
+    assert "glibc >= %s" % elf.vtext(need) in reqs
+    assert not [r for r in reqs if r.startswith("libpython")]     # the bundle carries its own

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import cnitest
 import distroots
@@ -263,8 +264,13 @@ def test_pause_stops_on_sigterm(pod):
     pod("run", "-d", "--name", name, "--network", "none", "--read-only", "--user", "65534",
         "--cap-drop", "all", pod.image, "pause")
     try:
+        # PID 1 ignores SIGTERM until its handler is set: wait for pause to say so
+        deadline = time.monotonic() + 60
+        while "waiting for SIGTERM" not in pod("logs", name).stdout:
+            assert time.monotonic() < deadline, pod("logs", name)
+            time.sleep(0.2)
         assert pod("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
-        pod("stop", "-t", "10", name)
+        pod("stop", "-t", "30", name)
         state = json.loads(pod("inspect", name).stdout)[0]["State"]
         assert state["ExitCode"] == 0, state
     finally:
