@@ -237,3 +237,26 @@ def schema_errors(schema, value, path="$"):
         for i, v in enumerate(value):
             out += schema_errors(schema["items"], v, "%s[%d]" % (path, i))
     return out
+
+
+# ---- file trees (install tests)
+
+
+def tree_snapshot(*dirs, dir_times=True):
+    """Every entry under ``dirs`` with inode, mode, mtime, ctime and size:
+    equal snapshots mean nothing was written, renamed or replaced there.
+    ``dir_times=False`` leaves out the times of directories (a refused
+    install may make and remove a temp entry; every file still counts)."""
+    import stat
+    out = {}
+    for d in dirs:
+        d = str(d)
+        for dirpath, dirnames, files in os.walk(d):
+            for name in [""] + dirnames + files:
+                p = os.path.join(dirpath, name) if name else dirpath
+                st = os.lstat(p)
+                v = (st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+                if not dir_times and stat.S_ISDIR(st.st_mode):
+                    v = (st.st_ino, st.st_mode, st.st_size)
+                out[p] = v
+    return out

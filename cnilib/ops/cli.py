@@ -4,7 +4,8 @@
 config list as cnitool does (same environment, same container ID, same
 result cache as libcni), through cnilib.ops.runner.  Other subcommands live in
 their own modules, listed in SUBCOMMANDS; each exposes ``main(argv) -> int``
-(argv after the subcommand name) and is imported only when asked for.
+(or the function named after a ':') taking argv after the subcommand name,
+and is imported only when asked for.
 
 Exit codes: 0 success, 1 failure (the CNI error is printed on stderr with its
 code), 2 usage error or a subcommand this build does not have.
@@ -30,6 +31,9 @@ SUBCOMMANDS = {
     "fabric": ("cnilib.ops.fabric", "flannel by hand: flannel.1, routes, neighbours, fdb, subnet.env"),
     "demo": ("cnilib.ops.demo", "two flannel nodes in throwaway namespaces, pods pinging across"),
     "agent": ("cnilib.agent.server", "the warm agent the plugins hand their work to (optional)"),
+    "install": ("cnilib.ops.install", "copy this build into a plugin dir (atomic switch, backups, checks)"),
+    "uninstall": ("cnilib.ops.install:uninstall_main", "remove it again and restore what install replaced"),
+    "pause": ("cnilib.ops.install:pause_main", "sleep until stopped (the DaemonSet's main container)"),
 }
 
 CODE_NAMES = {
@@ -85,7 +89,7 @@ def main(argv):
 
 
 def run_subcommand(cmd, argv):
-    modname = SUBCOMMANDS[cmd][0]
+    modname, _, func = SUBCOMMANDS[cmd][0].partition(":")
     try:
         mod = __import__(modname, fromlist=["main"])
     except ModuleNotFoundError as exc:
@@ -94,7 +98,7 @@ def run_subcommand(cmd, argv):
         sys.stderr.write("pycni %s: not available in this build (module %s is missing)\n"
                          % (cmd, modname))
         return 2
-    return mod.main(argv)
+    return getattr(mod, func or "main")(argv)
 
 
 # ---- the runner verbs -----------------------------------------------------------

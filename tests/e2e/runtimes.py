@@ -241,6 +241,62 @@ class Sandbox:
         self.log.close()
 
 
+class Podman:
+    """podman configured to live in one sandbox (see tests/e2e/test_podman.py):
+    CNI backend with ``plugin_dir``, cgroups disabled (crun refuses this
+    machine's hybrid layout), ulimits pinned below the hard limits, vfs
+    storage and every state dir in ``tmp``."""
+
+    def __init__(self, tmp, plugin_dir):
+        self.tmp = tmp
+        root = os.path.join(tmp, "root")
+        self.etc = os.path.join(root, "etc-containers")
+        self.var_lib = os.path.join(root, "var-lib")
+        self.net_d = os.path.join(tmp, "net.d")
+        os.makedirs(self.etc)
+        os.makedirs(self.net_d)
+        self._write_config(plugin_dir)
+        # podman's cleanup runs (conmon's exit command) do not inherit our
+        # env: the suite logs to its default path, in the private /var/log
+        self.log = os.path.join(root, "var-log", "pycni", "pycni.log")
+        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": tmp, "TMPDIR": "/run/tmp"}
+        self.sandbox = Sandbox(tmp, [
+            (os.path.join(root, "run"), "/run"), (self.var_lib, "/var/lib"),
+            (os.path.join(root, "var-log"), "/var/log"),
+            (self.etc, "/etc/containers"), (os.path.join(root, "etc-cni"), "/etc/cni")])
+        os.makedirs(os.path.join(root, "run", "tmp"), exist_ok=True)
+
+    def _write_config(self, plugin_dir):
+        ulimits = "" if has_cap(CAP_SYS_RESOURCE) else \
+            "default_ulimits = %s\n" % json.dumps(pinned_ulimits())
+        files = {
+            "containers.conf": (
+                '[containers]\ncgroups = "disabled"\nlog_driver = "k8s-file"\n%s'
+                '[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["%s"]\n'
+                'network_config_dir = "%s"\n'
+                '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+                'events_logfile_path = "%s/events.log"\ntmp_dir = "/run/libpod"\n'
+                % (ulimits, plugin_dir, self.net_d, self.tmp)),
+            "storage.conf": ('[storage]\ndriver = "vfs"\ngraphroot = "%s/graph"\n'
+                             'runroot = "/run/containers/storage"\n' % self.tmp),
+            "policy.json": '{"default": [{"type": "insecureAcceptAnything"}]}\n',
+            "registries.conf": "unqualified-search-registries = []\n",
+        }
+        for name, text in files.items():
+            with open(os.path.join(self.etc, name), "w") as f:
+                f.write(text)
+
+    def __call__(self, *argv, check=True, timeout=120):
+        return self.sandbox.run("podman", *argv, env=self.env, check=check, timeout=timeout)
+
+    def inspect(self, name):
+        return json.loads(self("inspect", name).stdout)[0]
+
+    def close(self):
+        self("rm", "-a", "-f", "-t", "0", check=False, timeout=60)
+        self.sandbox.close()
+
+
 # ------------------------------------------------------------ shared checks
 
 
