@@ -38,12 +38,12 @@ import stat
 import sys
 import time
 
-from cnilib.base import errors, fsutil, log
+from cnilib.base import errors, fsutil, log, paths
 from cnilib.cni import registry, skel
 from cnilib.ops import elf
 
-DEFAULT_BIN_DIR = "/usr/libexec/cni"
-DEFAULT_CONF_DIR = "/etc/cni/net.d"
+DEFAULT_BIN_DIR = paths.BIN_DIRS[1]     # the Red Hat path, owned by no Debian package
+DEFAULT_CONF_DIR = paths.CONF_DIR
 VERSIONS = ".pycni-versions"
 BACKUP = ".pycni-backup"
 STATE = ".pycni-install.json"
