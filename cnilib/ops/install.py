@@ -39,7 +39,7 @@ import sys
 import time
 
 from cnilib.base import errors, fsutil, log, paths
-from cnilib.cni import registry, skel
+from cnilib.cni import registry, version
 from cnilib.ops import elf
 
 DEFAULT_BIN_DIR = paths.BIN_DIRS[1]     # the Red Hat path, owned by no Debian package
@@ -175,7 +175,7 @@ class Tree:
 
     @property
     def ident(self):
-        return "%s-%s" % (skel.SUITE_VERSION, self.digest[:12])
+        return "%s-%s" % (version.SUITE_VERSION, self.digest[:12])
 
 
 def own_tree():
@@ -552,7 +552,7 @@ class Installer:
         conf_change = self._conflist_plan(conflist, state)
         if same and conf_change is None:
             self.say("%s already holds pycni %s (%s form, tree %s): nothing changed"
-                     % (self.bin_dir, skel.SUITE_VERSION, tree.form, current))
+                     % (self.bin_dir, version.SUITE_VERSION, tree.form, current))
             return "unchanged"
 
         target_id, new_tree, undo, gone = current, None, [], []
@@ -582,7 +582,7 @@ class Installer:
             if current and current != target_id:
                 state.previous = current
             state.tree = target_id
-            state.form, state.version = tree.form, skel.SUITE_VERSION
+            state.form, state.version = tree.form, version.SUITE_VERSION
             state.names = list(tree.commands)
         try:
             fsutil.write_atomic(os.path.join(self.bin_dir, STATE), state.dump(), mode=0o644)
@@ -725,7 +725,7 @@ class Installer:
         if replaced:
             self.say("replaced: %s" % " ".join(replaced))
         self.say("installed %d commands (%s form, pycni %s) in %s -> %s/%s"
-                 % (len(names), tree.form, skel.SUITE_VERSION, self.bin_dir, VERSIONS, target_id))
+                 % (len(names), tree.form, version.SUITE_VERSION, self.bin_dir, VERSIONS, target_id))
         return undo, gone
 
     def _restore_or_remove(self, name):

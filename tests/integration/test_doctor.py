@@ -5,6 +5,7 @@ fix is a command, the test runs it and checks that traffic flows again."""
 
 import json
 import os
+import time
 
 import pytest
 from cnitest import schema_errors
@@ -335,6 +336,15 @@ def test_leftover_portmap_chain_of_a_dead_pod_whose_hostport_was_taken_over(fabr
     assert statuses(n1.doctor()[1])["leftover-rules"] == "PASS"
 
 
+def _wait_gone(node, link, timeout=10):
+    """The kernel frees a deleted netns, and the veth whose peer it held,
+    a moment after the last reference goes: until then the pod looks live."""
+    deadline = time.monotonic() + timeout
+    while node.sh("ip", "link", "show", "dev", link, check=False).returncode == 0:
+        assert time.monotonic() < deadline, "%s outlived its pod's netns" % link
+        time.sleep(0.05)
+
+
 def test_leftover_masquerade_and_firewall_rules_of_a_dead_pod(fabric):
     """A bridge + firewall network (ipMasq, nftables) whose pod dies without
     DEL and whose cache entry is lost: doctor names its masquerade and
@@ -352,6 +362,7 @@ def test_leftover_masquerade_and_firewall_rules_of_a_dead_pod(fabric):
     assert statuses(rep)["leftover-rules"] == "PASS", rep
     os.remove(n1.cache_file_of(pod))                  # the runtime forgot it ...
     pod.delete()                                      # ... and its netns went away
+    _wait_gone(n1, res["interfaces"][1]["name"])
     lease = os.path.join(n1.ipam_dir, "fwnet", ip)
     os.remove(lease)                                  # only the rules are left
     _rc, rep = n1.doctor()

@@ -48,7 +48,7 @@ def test_invalid_manifest_is_caught():
 
 
 def test_daemonset_runs_the_installer_on_every_node():
-    from cnilib.cni import skel
+    from cnilib.cni import version
     ds = by_kind(os.path.join(DEPLOY, "kube-pycni.yml"))["DaemonSet"]
     spec = ds["spec"]
     pod = spec["template"]["spec"]
@@ -57,7 +57,7 @@ def test_daemonset_runs_the_installer_on_every_node():
     assert pod["hostNetwork"] is True                   # no pod network before the plugins exist
     (init,), (main,) = pod["initContainers"], pod["containers"]
     for c in (init, main):
-        assert c["image"] == "localhost/pycni:" + skel.SUITE_VERSION
+        assert c["image"] == "localhost/pycni:" + version.SUITE_VERSION
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert init["args"] == ["install"] and main["args"] == ["pause"]
     env = {e["name"]: e["value"] for e in init["env"]}
