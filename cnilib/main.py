@@ -40,29 +40,57 @@ def main(name=None):
                          % (name, ", ".join(sorted(PLUGINS) + sorted(TOOLS))))
         os._exit(2)
     stdin = None
+    plugin = None
     if (name in AGENT_PLUGINS and os.environ.get("CNI_COMMAND") in AGENT_VERBS
             and len(argv) < 2 and os.environ.get("PYCNI_AGENT_SOCKET") != "off"):
         from cnilib.agent import wire
         stdin = wire.read_input(0)    # None when unreadable: skel reports it
         if stdin is not None and len(stdin) <= wire.MAX_INPUT:
             got = wire.call(name, stdin)
-            if isinstance(got, tuple):
-                wire.write_all(1, got[1])
-                os._exit(got[0])
+            if got.answered:
+                wire.write_all(1, got.out)
+                os._exit(got.rc)
             if "PYCNI_FAILPOINTS" in os.environ:   # the agent did not answer: work here
                 from cnilib.base import failpoint
                 failpoint.hit("agent-fallback")
-            if got == "died" and os.environ.get("CNI_COMMAND") == "ADD":
-                # the agent's worker died mid-ADD: undo whatever it did, then
-                # do the ADD here, so the attachment converges to one ADD
-                from cnilib.cni import skel
-                mod = __import__(modname, fromlist=["PLUGIN"])
-                skel.execute(mod.PLUGIN, dict(os.environ, CNI_COMMAND="DEL"), stdin_data=stdin)
-    mod = __import__(modname, fromlist=["PLUGIN"])
+            plugin = _in_process(modname, stdin, got)
     from cnilib.cni import skel
-    rc = skel.run(mod.PLUGIN, argv, stdin=stdin)
+    if plugin is None:
+        plugin = __import__(modname, fromlist=["PLUGIN"]).PLUGIN
+    rc = skel.run(plugin, argv, stdin=stdin)
     # skip interpreter finalization: stdout is written with os.write already
     os._exit(rc)
+
+
+def _in_process(modname, stdin, got):
+    """The plugin to run here after the agent did not do the work (``got``
+    says why): undo what a worker left of an ADD, and log why the work is
+    done here."""
+    from cnilib.cni import skel
+    plugin = __import__(modname, fromlist=["PLUGIN"]).PLUGIN
+    env = os.environ
+    notes = ["agent: %s; working in-process" % got.note] if got.note else []
+    if got.partial and env.get("CNI_COMMAND") == "ADD":
+        # the worker died or was stopped mid-ADD: undo whatever it did, then
+        # do the ADD here, so the attachment converges to one ADD
+        notes.append("agent: undid what the worker did of this ADD")
+        skel.execute(plugin, dict(env, CNI_COMMAND="DEL"), stdin_data=stdin)
+    return _wrapped(plugin, notes) if notes else plugin
+
+
+def _wrapped(plugin, notes):
+    """``plugin`` whose every verb first logs ``notes``."""
+    from cnilib.cni import skel
+
+    def wrap(handler):
+        def run(a):
+            for n in notes:
+                a.log.info("%s", n)
+            return handler(a) if handler is not None else None
+        return run
+    p = skel.Plugin(plugin.name, cni_args=plugin.cni_args, uses_netns=plugin.uses_netns)
+    p.handlers = {verb: wrap(h) for verb, h in plugin.handlers.items()}
+    return p
 
 
 if __name__ == "__main__":

@@ -1,27 +1,36 @@
 """``pycni agent``: a warm process the exec'd plugins hand their work to.
 
 The thick-plugin model Multus uses, made optional: when the agent runs,
-every plugin exec becomes a ~7 ms shim (cnilib.agent.wire) and the work runs
+every plugin exec becomes a ~9 ms shim (cnilib.agent.wire) and the work runs
 in a worker forked from a process that already has the schemas and every
 plugin loaded; when it does not run, the plugins do the work
 themselves.  Nothing about the result differs.
 
-* One worker per request, forked: setns is per-thread and a crash stays in
-  its worker.  The worker enters the caller's network namespace (the
-  caller's pid from SO_PEERCRED, its /proc/<pid>/ns/net), takes the
-  caller's CNI_* / PYCNI_* environment and stdin, and runs the same
-  skel.execute an exec would.
+* One worker per connection, forked, at most ``--max-workers`` at a time:
+  further connections wait in the listen queue (a full queue answers
+  connect() at once), and their shims stop waiting after a few seconds and
+  work in-process.  setns is per-thread and a crash stays in its worker.
+  The agent sends W with the worker's pidfd, so a shim can stop a worker
+  that went silent and wait until it is gone.
+* The worker enters the caller's network namespace (the caller's pid from
+  SO_PEERCRED, its /proc/<pid>/ns/net), takes the caller's CNI_* / PYCNI_*
+  environment and stdin, and runs the same skel.execute an exec would.
 * Only uid 0 is served, on a 0600 socket in a 0700 directory.
-* If a worker dies mid-request the shim sees the connection close without a
-  response and falls back to doing the work itself (after undoing a partial
-  ADD), so a request converges instead of running twice.
+* Every read has a deadline (``--read-timeout``); a worker beats every
+  second (SIGALRM) so its shim can tell a working worker from a stopped
+  one, and does nothing once its caller has hung up.
+* If a worker dies mid-request the shim sees the connection close without
+  an answer and falls back to doing the work itself (after undoing a
+  partial ADD), so a request converges instead of running twice.
 """
 
 import os
+import select
 import signal
 import socket
 import struct
 import sys
+import time
 
 from cnilib.agent import wire
 from cnilib.base import paths
@@ -39,6 +48,10 @@ PRELOAD = ("cnilib.kernel.netlink", "cnilib.kernel.nftables", "cnilib.cni.valida
            "cnilib.firewall.records", "cnilib.firewall.naming",
            "cnilib.ipam.config", "cnilib.ipam.allocator", "cnilib.ipam.store", "cnilib.base.addr",
            "ipaddress", "hashlib")
+MAX_WORKERS = 16
+READ_TIMEOUT = 5.0
+WORKER_SLOT_WAIT = 10.0     # a worker waits this long for another request of its attachment
+STOP_WAIT = 30.0            # on SIGTERM, for the workers still running
 
 
 def preload(log=print):
@@ -63,20 +76,21 @@ def preload(log=print):
         pass
 
 
+CLONE_NEWNS = 0x00020000
+
+
 def _peer(conn):
     data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", data)  # pid, uid, gid
 
 
-CLONE_NEWNS = 0x00020000
-
-
-def _enter_caller(pid, netns):
+def _enter_caller(pid):
     """Take the caller's view of the node: its mount namespace and working
     directory (so CNI_NETNS, CNI_PATH, dataDir and every state path resolve
     as they would for an exec: a runtime in a private mount namespace, or
-    under ``ip netns exec``, sees netns mounts the agent's namespace does not
-    have), then its network namespace."""
+    under ``ip netns exec``, sees netns mounts the agent's namespace does
+    not have), then its network namespace."""
+    from cnilib.kernel import netns
     flags = os.O_RDONLY | os.O_CLOEXEC
     net = os.open("/proc/%d/ns/net" % pid, flags)
     mnt = cwd = None
@@ -93,41 +107,124 @@ def _enter_caller(pid, netns):
                 os.close(fd)
 
 
-def _worker(conn):
-    """Child side: one request, in the caller's netns, then exit."""
-    # the agent ignores SIGCHLD (the kernel reaps its workers); a worker that
-    # kept that would lose its own children's exit status (waitpid: ECHILD),
-    # so nft, iptables-restore and exec'd delegates would all "fail"
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+class _Link:
+    """The worker's side of the connection: heartbeats from SIGALRM from its
+    first moment, and the one answer, sent after the beats have stopped (a
+    beat in the middle of a frame would tear it).  The agent already sent
+    MAGIC and W."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        signal.signal(signal.SIGALRM, self._beat)
+        signal.setitimer(signal.ITIMER_REAL, wire.BEAT_EVERY, wire.BEAT_EVERY)
+        self.beating = True
+
+    def _beat(self, signum, frame):
+        if not self.beating:
+            return
+        if _gone(self.conn):
+            _die()
+        try:
+            self.conn.send(wire.BEAT, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        except OSError:
+            _die()
+
+    def send(self, data):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        self.beating = False
+        self.conn.settimeout(wire.SILENCE)
+        self.conn.sendall(data)
+
+
+def _gone(conn):
+    """True once the caller has hung up (closed or shut its side down)."""
+    p = select.poll()
+    p.register(conn.fileno(), select.POLLRDHUP)
+    return bool(p.poll(0))
+
+
+def _die():
+    """The caller is gone: stop this worker and whatever it started."""
+    try:
+        if os.getpgid(0) == os.getpid():    # never the agent's group
+            os.killpg(0, signal.SIGKILL)
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _say(log, msg):
+    try:
+        log(msg)
+    except Exception:
+        pass
+
+
+def _serve_one(conn, pid, opts, log):
+    """One connection, in a forked worker: the agent has sent W."""
+    link = _Link(conn)
+    deadline = time.monotonic() + opts.read_timeout
+    try:
+        plugin, env, stdin = wire.read_request(conn, deadline=deadline)
+    except (ValueError, OSError) as exc:
+        _say(log, "agent: dropped a request of pid %d: %s" % (pid, _printable(str(exc))))
+        return
+    if _gone(conn):     # its shim gave up on it (an agent that was stopped): do nothing
+        _die()
     from cnilib.base import failpoint
     from cnilib.cni import skel
     from cnilib.cni.registry import PLUGINS
-    from cnilib.kernel import netns
-    rc, out = 1, b""
+    os.environ.clear()
+    os.environ.update(env)
+    failpoint.reset()
+    failpoint.hit("agent-worker")
+    _enter_caller(pid)
+    modname = PLUGINS.get(plugin)
+    if modname is None:
+        raise ValueError("unknown plugin %r" % plugin)
+    mod = sys.modules.get(modname) or __import__(modname, fromlist=["PLUGIN"])
+    rc, out = skel.execute(mod.PLUGIN, env, stdin_data=stdin)
+    link.send(wire.encode_done(rc, out))
+
+
+def _printable(s):
+    return "".join(c if c.isprintable() else "?" for c in s)[:500]
+
+
+def _worker(conn, pid, opts, log):
+    """Child side: one request, then exit."""
+    # the agent ignores SIGTERM/SIGINT its own way; a worker keeps the
+    # defaults, and SIGCHLD's default lets it see its children's exit status
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
     try:
-        pid, uid, _gid = _peer(conn)
-        plugin, env, stdin = wire.read_request(conn)
-        os.environ.clear()
-        os.environ.update(env)
-        failpoint.reset()
-        failpoint.hit("agent-worker")
-        _enter_caller(pid, netns)
-        modname = PLUGINS.get(plugin)
-        if modname is None:
-            raise ValueError("unknown plugin %r" % plugin)
-        mod = sys.modules.get(modname) or __import__(modname, fromlist=["PLUGIN"])
-        rc, out = skel.execute(mod.PLUGIN, env, stdin_data=stdin)
-        conn.sendall(wire.encode_response(rc, out))
-    except Exception:
-        # no response: the shim falls back to in-process work
-        pass
+        os.setpgid(0, 0)    # its own process group: stopped with what it started
+        _serve_one(conn, pid, opts, log)
+    except BaseException:
+        pass    # no answer: the shim works in-process (undoing a partial ADD first)
     finally:
         os._exit(0)
 
 
-def serve(path, log=print):
+class Options:
+    def __init__(self, socket_path, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT):
+        self.socket = socket_path
+        self.max_workers = max_workers
+        self.read_timeout = read_timeout
+
+
+def serve(path, log=print, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT):
     """Listen on ``path`` until SIGTERM/SIGINT."""
+    if not hasattr(os, "pidfd_open"):
+        log("agent: this Python has no os.pidfd_open; the agent cannot track its workers")
+        return 1
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError as exc:
+        log("agent: pidfd_open fails (%s): the kernel is older than 5.3; not serving" % exc.strerror)
+        return 1
+    opts = Options(path, max_workers, read_timeout)
     d = os.path.dirname(path)
     os.makedirs(d, 0o700, exist_ok=True)
     os.chmod(d, 0o700)
@@ -143,46 +240,125 @@ def serve(path, log=print):
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    srv.listen(128)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # workers are reaped by the kernel
+    srv.listen(64)
+    srv.setblocking(False)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     stopping = []
 
     def stop(signum, frame):
         stopping.append(signum)
-        srv.close()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log("agent: serving on %s (pid %d)" % (path, os.getpid()))
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)   # workers are reaped through their pidfds
+    signal.set_wakeup_fd(wake_w)
+    workers = {}        # pidfd -> pid
+    log("agent: serving on %s (pid %d, at most %d workers)" % (path, os.getpid(), max_workers))
+    full = False
     try:
         while not stopping:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                if stopping:
-                    break
-                continue
-            try:
-                _pid, uid, _gid = _peer(conn)
-                if uid != 0:
-                    log("agent: refused a connection from uid %d" % uid)
-                    conn.close()
-                    continue
-                child = os.fork()
-            except OSError as exc:
-                log("agent: cannot serve a request: %s" % exc)
-                conn.close()
-                continue
-            if child == 0:
-                srv.close()
-                _worker(conn)
-            conn.close()
+            p = select.poll()
+            p.register(wake_r, select.POLLIN)
+            if len(workers) < max_workers:
+                p.register(srv.fileno(), select.POLLIN)
+                full = False
+            elif not full:
+                full = True
+                log("agent: %d workers busy; new connections wait" % len(workers))
+            for fd in workers:
+                p.register(fd, select.POLLIN)
+            for fd, _ev in p.poll():
+                if fd == wake_r:
+                    try:
+                        os.read(wake_r, 512)
+                    except OSError:
+                        pass
+                elif fd in workers:
+                    _reap(workers, fd)
+                elif len(workers) < max_workers:
+                    _accept(srv, workers, opts, log, (wake_r, wake_w))
     finally:
+        srv.close()
         try:
             os.unlink(path)
         except OSError:
             pass
+        deadline = time.monotonic() + STOP_WAIT
+        while workers and time.monotonic() < deadline:
+            p = select.poll()
+            for fd in workers:
+                p.register(fd, select.POLLIN)
+            for fd, _ev in p.poll(200):
+                _reap(workers, fd)
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
     log("agent: stopped")
     return 0
+
+
+def _reap(workers, fd):
+    pid = workers.pop(fd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    os.close(fd)
+
+
+def _accept(srv, workers, opts, log, pipe):
+    try:
+        conn, _ = srv.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as exc:
+        log("agent: accept failed: %s" % exc)
+        time.sleep(0.05)    # EMFILE and the like: do not spin
+        return
+    try:
+        _fork_worker(srv, conn, workers, opts, log, pipe)
+    finally:
+        conn.close()
+
+
+def _fork_worker(srv, conn, workers, opts, log, pipe):
+    pid, uid, _gid = _peer(conn)
+    if uid != 0:
+        log("agent: refused a connection from uid %d" % uid)
+        return
+    try:
+        child = os.fork()
+    except OSError as exc:
+        log("agent: cannot fork a worker: %s" % exc)
+        return
+    if child == 0:
+        signal.set_wakeup_fd(-1)
+        srv.close()
+        for fd in list(workers) + list(pipe):
+            os.close(fd)
+        conn.setblocking(True)
+        _worker(conn, pid, opts, log)
+    try:
+        wfd = os.pidfd_open(child)      # not reaped yet: it is this child
+    except OSError as exc:
+        # untracked, it could outgrow the cap: it goes (it has not said W,
+        # so its shim counts on no work having been done)
+        log("agent: cannot take a worker's pidfd: %s" % exc)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        return
+    workers[wfd] = child
+    # W, with the worker's pidfd: its shim can stop it (and wait for it)
+    # should it go silent; sent from here, off the worker's path
+    _send_now(conn, wire.encode_hello(child), wfd)
+
+
+def _send_now(conn, data, fd=None):
+    """A small frame into the empty socket buffer: never waits."""
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder, signed=True))] if fd else []
+    try:
+        conn.sendmsg([data], anc, socket.MSG_DONTWAIT)
+    except OSError:
+        pass        # the caller left already; a worker sees that
 
 
 def main(argv):
@@ -191,12 +367,19 @@ def main(argv):
                                 description="Serve plugin execs from a warm process (optional).")
     p.add_argument("--socket", default=None,
                    help="unix socket path (default $PYCNI_AGENT_SOCKET or %s)" % paths.AGENT_SOCKET)
+    p.add_argument("--max-workers", type=int, default=MAX_WORKERS,
+                   help="workers at a time; more connections wait (default %(default)s)")
+    p.add_argument("--read-timeout", type=float, default=READ_TIMEOUT,
+                   help="seconds a worker waits for its whole request (default %(default)s)")
     args = p.parse_args(argv)
+    if args.max_workers < 1 or not args.read_timeout > 0:
+        p.error("--max-workers and --read-timeout must be positive")
     path = args.socket or wire.socket_path()
     if path == "off":
         print("pycni agent: PYCNI_AGENT_SOCKET=off; give --socket", file=sys.stderr)
         return 2
-    return serve(path, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return serve(path, log=lambda m: print(m, file=sys.stderr, flush=True),
+                 max_workers=args.max_workers, read_timeout=args.read_timeout)
 
 
 if __name__ == "__main__":

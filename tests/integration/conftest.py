@@ -5,5 +5,5 @@
 precedence. ``agent`` / ``agent_private_mounts`` start a private warm agent.
 """
 
-from agent_env import agent, agent_private_mounts  # noqa: F401
+from agent_env import agent, agent_factory, agent_private_mounts  # noqa: F401
 from bridge_env import node  # noqa: F401

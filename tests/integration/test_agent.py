@@ -1,25 +1,60 @@
 """The optional warm agent: same results as in-process work, the caller's
-netns, uid-0 only, and a fallback when a worker dies mid-request."""
+netns, uid-0 only, and a fallback to in-process work whenever the agent
+cannot do it: a worker that dies, an agent that is stopped or wedged
+(issue 16 item 4), a full agent and a silent client (16)."""
 
+import json
 import os
+import signal
 import socket
-import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from cnitest import ROOT, assert_cni_error, run_plugin
+from cnitest import ROOT, assert_cni_error, read_text, run_plugin
 
 pytestmark = pytest.mark.root
 
 CONF = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback"}
 
 
-def _run(plugins, verb, ctr, host, sock, **extra):
-    env = {"PYCNI_AGENT_SOCKET": sock}
+def _env(sock, **extra):
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "PYCNI_AGENT_SOCKET": sock, "PYCNI_LOG": os.environ["PYCNI_LOG"]}
     env.update(extra)
+    return env
+
+
+def _run(plugins, verb, ctr, host, sock, **extra):
     return run_plugin(os.path.join(plugins, "loopback"), verb, CONF, containerid="c1",
-                      netns=ctr.path, ifname="lo", host_netns=host.name, extra_env=env)
+                      netns=ctr.path, ifname="lo", host_netns=host.name, extra_env=_env(sock, **extra))
+
+
+def _lo_up(ns):
+    return "UP" in ns.links()["lo"]["flags"]
+
+
+def _log_entries():
+    """[(summary line, [detail lines])] of the suite's log."""
+    out = []
+    for line in read_text(os.environ["PYCNI_LOG"]).splitlines():
+        if line.startswith("  "):
+            out[-1][1].append(line.strip())
+        else:
+            out.append((line, []))
+    return out
+
+
+def _notes(verb="ADD"):
+    """The agent notes of the last loopback VERB in the log."""
+    for summary, details in reversed(_log_entries()):
+        if " %s " % verb in summary:
+            return [d for d in details if d.startswith("agent: ")]
+    raise AssertionError("no %s in the log" % verb)
+
+
+# ---------------------------------------------------------------- serving
 
 
 def test_agent_serves_and_matches_in_process(plugins, agent, host, netns_factory, tmp_path):
@@ -31,6 +66,7 @@ def test_agent_serves_and_matches_in_process(plugins, agent, host, netns_factory
     assert oct(os.stat(agent).st_mode & 0o777) == "0o600"
     log = open(os.environ["PYCNI_LOG"]).read()
     assert log.count("loopback[") == 2
+    assert "agent:" not in log
 
 
 def test_agent_acts_in_callers_netns(plugins, agent, host):
@@ -62,6 +98,7 @@ def test_worker_death_falls_back(plugins, agent, host, netns_factory):
     r = _run(plugins, "ADD", ctr, host, agent, PYCNI_FAILPOINTS="agent-worker=kill")
     assert r.rc == 0, r
     assert "UP" in ctr.links()["lo"]["flags"]
+    assert any("died mid-request" in n for n in _notes()), _notes()
 
 
 def test_non_root_refused(agent):
@@ -82,32 +119,190 @@ def test_non_root_refused(agent):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_worker_can_run_child_programs(tmp_path, statedir, host, ctr):
+def _wire_call(host, sock, plugin, conf, prefix=(), netns="/nonexistent", chroot=None):
+    """wire.call from a Python caller in ``host`` (credentials changed by
+    ``prefix``; chrooted into ``chroot`` after its imports).  Returns the
+    printed Outcome and result."""
+    code = ("import json, os, sys; from cnilib.agent import wire\n"
+            "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c1', 'CNI_NETNS': %r,\n"
+            "       'CNI_IFNAME': 'eth0', 'CNI_PATH': '', 'PYCNI_AGENT_SOCKET': %r, 'PYCNI_LOG': %r}\n"
+            "chroot = %r\n"
+            "if chroot:\n"
+            "    os.chroot(chroot); os.chdir('/')\n"
+            "got = wire.call(%r, json.dumps(%r).encode(), env)\n"
+            "out = got[1] if isinstance(got, tuple) else got.out\n"    # an older wire.call: (rc, out)
+            "print(json.dumps({'outcome': repr(got), 'out': out.decode()}))"
+            % (netns, sock, "off" if chroot else os.environ["PYCNI_LOG"], chroot, plugin, conf))
+    out = host.run(*(list(prefix) + [sys.executable, "-c", code]),
+                   env=dict(os.environ, PYTHONPATH=ROOT)).stdout
+    got = json.loads(out)
+    return got["outcome"], json.loads(got["out"]) if got["out"] else None
+
+
+def test_worker_can_run_child_programs(agent_factory, host, ctr):
     # a worker must see its own children exit (nft, iptables-restore, a
-    # delegate IPAM plugin), although the agent itself ignores SIGCHLD
-    sock = str(tmp_path / "agent2" / "agent.sock")
-    boot = ("import sys; sys.path.insert(0, %r)\n"
-            "from cnilib.cni import registry\n"
-            "registry.PLUGINS['spawner'] = 'agent_spawn_plugin'\n"
-            "from cnilib.agent import server\n"
-            "sys.exit(server.main(['--socket', %r]))" % (os.path.join(ROOT, "tests"), sock))
-    p = subprocess.Popen([sys.executable, "-c", boot], env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # delegate IPAM plugin), although the agent reaps its workers itself
+    a = agent_factory(test_plugins=True)
+    outcome, res = _wire_call(host, a.sock, "spawner", {"cniVersion": "1.0.0", "name": "n",
+                                                        "type": "spawner"}, netns=ctr.path)
+    assert "answered=True" in outcome or outcome.startswith("(0, "), outcome
+    assert res["interfaces"][0]["name"] == "child-rc-0", res
+
+
+def _wait_for(fn, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.02)
+    return fn()
+
+
+# ------------------------------------ item 4: a stopped or wedged agent
+
+
+def test_an_agent_that_never_answers(plugins, host, netns_factory, tmp_path, statedir):
+    """A process that accepts and never answers: ADD finishes in-process
+    within 10 s (before, it hung forever)."""
+    sock = str(tmp_path / "wedged.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(sock)
+    srv.listen(8)
+    held = []
+
+    def accept_and_hold():
+        try:
+            while True:
+                held.append(srv.accept())
+        except OSError:
+            pass        # closed by the test
+    t = threading.Thread(target=accept_and_hold, daemon=True)
+    t.start()
     try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("agent did not start: %s" % p.stderr.read().decode())
-        call = ("from cnilib.agent import wire; import sys\n"
-                "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c1', 'CNI_NETNS': %r,\n"
-                "       'CNI_IFNAME': 'eth0', 'CNI_PATH': '', 'PYCNI_AGENT_SOCKET': %r, 'PYCNI_LOG': %r}\n"
-                "conf = b'{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"spawner\"}'\n"
-                "print(wire.call('spawner', conf, env))"
-                % (ctr.path, sock, os.environ["PYCNI_LOG"]))
-        out = host.run(sys.executable, "-c", call, env=dict(os.environ, PYTHONPATH=ROOT)).stdout
-        assert "child-rc-0" in out, out
+        ctr = netns_factory(lo_up=False)
+        t0 = time.monotonic()
+        r = _run(plugins, "ADD", ctr, host, sock)
+        took = time.monotonic() - t0
+        assert r.rc == 0 and _lo_up(ctr), r
+        assert took < 10, took
+        assert _notes() == ["agent: it did not answer within 4 s; working in-process"], _notes()
     finally:
-        p.terminate()
-        p.wait(timeout=10)
+        srv.close()
+        for c, _ in held:
+            c.close()
+
+
+def test_a_stopped_agent(plugins, agent_factory, host, netns_factory):
+    """SIGSTOPped: ADD and DEL finish in-process within 10 s, and the agent,
+    continued, does not replay their requests."""
+    a = agent_factory()
+    ctr = netns_factory(lo_up=False)
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        for verb in ("ADD", "DEL"):
+            t0 = time.monotonic()
+            r = _run(plugins, verb, ctr, host, a.sock)
+            assert r.rc == 0, r
+            assert time.monotonic() - t0 < 10
+            assert _lo_up(ctr) == (verb == "ADD")
+            assert _notes(verb) == ["agent: it did not answer within 4 s; working in-process"]
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    time.sleep(1.0)         # it accepts the two dead connections now
+    assert not _lo_up(ctr)
+    assert _wait_for(lambda: not a.workers(), 3.0)
+    r = _run(plugins, "ADD", ctr, host, a.sock)       # and serves again
+    assert r.rc == 0 and _notes() == [], (r, _notes())
+
+
+def test_a_wedged_worker_is_stopped(plugins, agent_factory, host, netns_factory):
+    """A worker that stops beating (SIGSTOP) mid-ADD: the shim kills it and
+    does the ADD itself, once."""
+    a = agent_factory()
+    ctr = netns_factory(lo_up=False)
+    result = {}
+
+    def add():
+        t0 = time.monotonic()
+        result["r"] = _run(plugins, "ADD", ctr, host, a.sock, PYCNI_FAILPOINTS="agent-worker=sleep:3")
+        result["took"] = time.monotonic() - t0
+    t = threading.Thread(target=add)
+    t.start()
+    workers = _wait_for(a.workers)
+    time.sleep(1.0)             # the agent has sent W; the worker sleeps in the failpoint
+    for w in workers:
+        os.kill(w, signal.SIGSTOP)
+    t.join(20)
+    r = result["r"]
+    assert r.rc == 0 and _lo_up(ctr), r
+    assert result["took"] < 10, result
+    notes = _notes()
+    assert notes[0].startswith("agent: its worker %d went silent for 4 s; stopped it" % workers[0]), notes
+    assert notes[1] == "agent: undid what the worker did of this ADD", notes
+    assert not any(os.path.exists("/proc/%d/status" % w) for w in workers)
+
+
+# ----------------------------- item 16: a cap on workers, a deadline on reads
+
+
+def test_workers_are_capped(plugins, agent_factory, host, netns_factory):
+    """Two idle connections fill --max-workers 2: a third waits in the queue,
+    its shim works in-process, and no third worker is forked."""
+    a = agent_factory(args=["--max-workers", "2", "--read-timeout", "30"])
+    idle = []
+    try:
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(a.sock)
+            idle.append(s)
+        assert len(_wait_for(lambda: len(a.workers()) == 2 and a.workers())) == 2
+        ctr = netns_factory(lo_up=False)
+        most = []
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                most.append(len(a.workers()))
+                time.sleep(0.05)
+        t = threading.Thread(target=sample)
+        t.start()
+        try:
+            r = _run(plugins, "ADD", ctr, host, a.sock)
+        finally:
+            done.set()
+            t.join()
+        assert r.rc == 0 and _lo_up(ctr), r
+        assert max(most) == 2, most
+        assert _notes() == ["agent: it did not answer within 4 s; working in-process"]
+        assert "2 workers busy" in a.log()
+    finally:
+        for s in idle:
+            s.close()
+    assert _wait_for(lambda: not a.workers(), 3.0)
+    r = _run(plugins, "DEL", ctr, host, a.sock)
+    assert r.rc == 0 and _notes("DEL") == [] and not _lo_up(ctr), r
+
+
+@pytest.mark.parametrize("sent", [b"", b"PYCNI3", b"PYCNI3\0\0\0\x10\0\0\0\0loop"])
+def test_every_read_has_a_deadline(agent_factory, sent):
+    """A client that sends nothing, or stops mid-request, loses its worker
+    after --read-timeout (before, the worker waited forever)."""
+    a = agent_factory(args=["--read-timeout", "1"])
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(a.sock)
+        s.sendall(sent)
+        s.settimeout(6)
+        t0 = time.monotonic()
+        got = b""
+        while True:
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        assert time.monotonic() - t0 < 3
+        assert got.startswith(b"PYCNI3W") and got[11:].strip(b"H") == b"", got   # W, beats, the end
+    finally:
+        s.close()
+    assert "dropped a request of pid %d: timed out" % os.getpid() in a.log(), a.log()

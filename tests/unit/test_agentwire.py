@@ -1,6 +1,16 @@
-"""The agent's wire format: what the shim sends is what the worker reads."""
+"""The agent's wire format and the shim's side of it: what the shim sends is
+what the worker reads, every wait is bounded, and each way a hand-over can
+end (answered, refused, died, no answer, a silent worker) is told apart.
+No root: fake agents on a temp socket."""
 
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
 
 from cnilib.agent import wire
 
@@ -30,18 +40,42 @@ def test_request_without_stdin_or_env():
     assert _roundtrip("loopback", {}, b"") == ("loopback", {}, b"")
 
 
-def test_a_foreign_magic_is_refused():
+@pytest.mark.parametrize("magic", [b"PYCNI1", b"PYCNI2"])
+def test_an_older_frame_is_refused(magic):
     a, b = socket.socketpair()
     try:
-        a.sendall(b"PYCNI1" + b"\0" * 8)
-        try:
+        a.sendall(magic + b"\0" * 8)
+        with pytest.raises(ValueError):
             wire.read_request(b)
-        except ValueError:
-            pass
-        else:
-            raise AssertionError("an older agent's frame was accepted")
     finally:
         a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"PYC", wire.MAGIC + b"\0\0\0\x10\0\0\0\0loop"])
+def test_reading_a_request_has_a_deadline(sent):
+    """A sender that stops mid-request (or never starts) costs the worker
+    the deadline, not forever."""
+    a, b = socket.socketpair()
+    try:
+        a.sendall(sent)
+        t0 = time.monotonic()
+        with pytest.raises(socket.timeout):
+            wire.read_request(b, deadline=time.monotonic() + 0.2)
+        assert time.monotonic() - t0 < 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_torn_request_is_refused():
+    a, b = socket.socketpair()
+    try:
+        a.sendall(wire.MAGIC + b"\0\0\0\x10\0\0\0\0loop")
+        a.close()
+        with pytest.raises(ValueError):
+            wire.read_request(b, deadline=time.monotonic() + 1)
+    finally:
         b.close()
 
 
@@ -50,5 +84,196 @@ def test_agent_preload_finds_every_module_it_names():
     msgs = []
     server.preload(msgs.append)
     assert msgs == []
-    import sys
     assert "pyroute2.netlink.rtnl.ifinfmsg" in sys.modules     # the VLAN requests' encoder
+
+
+# ------------------------------------------------- the shim against fakes
+
+
+class FakeAgent:
+    """A unix socket whose accepted connections ``script(conn)`` answers."""
+
+    def __init__(self, tmp_path, script):
+        self.path = str(tmp_path / "agent.sock")
+        self.srv = socket.socket(socket.AF_UNIX)
+        self.srv.bind(self.path)
+        self.srv.listen(8)
+        self.script = script
+        self.seen = []
+        self.t = threading.Thread(target=self._serve, daemon=True)
+        self.t.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.srv.accept()
+        except OSError:
+            return
+        try:
+            self.seen.append(wire.read_request(conn, deadline=time.monotonic() + 5))
+            self.script(conn)
+        except OSError:
+            pass
+        finally:
+            time.sleep(0.05)
+            conn.close()
+
+    def close(self):
+        self.srv.close()
+        self.t.join(10)
+
+
+@pytest.fixture
+def fake(tmp_path):
+    made = []
+
+    def make(script):
+        a = FakeAgent(tmp_path, script)
+        made.append(a)
+        return a
+    yield make
+    for a in made:
+        a.close()
+
+
+def _call(path, **env):
+    e = {"PYCNI_AGENT_SOCKET": path, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0"}
+    e.update(env)
+    t0 = time.monotonic()
+    got = wire.call("bridge", b'{"cniVersion":"1.0.0"}', e)
+    return got, time.monotonic() - t0
+
+
+def _hello(conn, pidfd):
+    conn.sendmsg([wire.encode_hello(4242)],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, pidfd.to_bytes(4, sys.byteorder))])
+
+
+def test_no_agent_at_all(tmp_path):
+    got, took = _call(str(tmp_path / "nothing.sock"))
+    assert not got.answered and got.note is None and not got.partial
+    got, _ = _call("off")
+    assert not got.answered and got.note is None
+
+
+def test_a_stale_socket_says_so(tmp_path):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(tmp_path / "stale.sock"))
+    s.close()
+    got, _ = _call(str(tmp_path / "stale.sock"))
+    assert not got.answered and "has no listener" in got.note
+
+
+def test_answered_with_heartbeats(fake):
+    me = os.pidfd_open(os.getpid())
+
+    def script(conn):
+        _hello(conn, me)
+        for _ in range(3):
+            conn.sendall(wire.BEAT)
+        conn.sendall(wire.encode_done(1, b'{"code": 7}\n'))
+    a = fake(script)
+    got, _ = _call(a.path)
+    os.close(me)
+    assert got.answered and got.rc == 1 and got.out == b'{"code": 7}\n'
+    plugin, env, stdin = a.seen[0]
+    assert plugin == "bridge" and env["CNI_CONTAINERID"] == "c1" and stdin == b'{"cniVersion":"1.0.0"}'
+
+
+def test_a_refusal_is_not_a_partial_add(fake):
+    a = fake(lambda conn: conn.sendall(wire.encode_refusal("it lacks CAP_NET_ADMIN\x1b[2J\n")))
+    got, _ = _call(a.path)
+    assert not got.answered and not got.partial
+    assert got.note == "it refused: it lacks CAP_NET_ADMIN?[2J?"
+
+
+def test_a_worker_that_dies_after_starting_left_a_partial_add(fake):
+    me = os.pidfd_open(os.getpid())
+    a = fake(lambda conn: _hello(conn, me))
+    got, _ = _call(a.path)
+    os.close(me)
+    assert not got.answered and got.partial and got.note == "its worker 4242 died mid-request"
+
+
+def test_closed_without_a_word_did_nothing(fake):
+    a = fake(lambda conn: None)
+    got, _ = _call(a.path)
+    assert not got.answered and not got.partial and "without an answer" in got.note
+
+
+def test_no_answer_is_waited_for_a_bounded_time(fake, monkeypatch):
+    monkeypatch.setattr(wire, "ANSWER", 0.3)
+    hung_up = []
+
+    def script(conn):
+        conn.settimeout(5)
+        hung_up.append(conn.recv(1))       # the shim shuts its side down when it gives up
+    a = fake(script)
+    got, took = _call(a.path)
+    assert not got.answered and not got.partial and got.note == "it did not answer within 0.3 s"
+    assert took < 1.5
+    a.t.join(5)
+    assert hung_up == [b""]
+
+
+def test_a_silent_worker_is_killed_and_waited_for(fake, monkeypatch):
+    """After W the worker must beat; one that stops (SIGSTOP, wedged) is
+    killed through the pidfd it sent, and the shim waits until it is gone."""
+    monkeypatch.setattr(wire, "SILENCE", 0.3)
+    child = subprocess.Popen(["sleep", "30"])
+    fd = os.pidfd_open(child.pid)
+
+    def script(conn):
+        _hello(conn, fd)
+        conn.sendall(wire.BEAT)
+        conn.settimeout(5)
+        conn.recv(1)
+    a = fake(script)
+    try:
+        got, took = _call(a.path)
+        assert not got.answered and got.partial
+        assert got.note == "its worker 4242 went silent for 0.3 s; stopped it"
+        assert child.wait(timeout=2) == -9
+        assert took < 2
+    finally:
+        child.kill()
+        child.wait()
+        os.close(fd)
+
+
+def test_a_worker_may_refuse_after_starting(fake):
+    me = os.pidfd_open(os.getpid())
+
+    def script(conn):
+        _hello(conn, me)
+        conn.sendall(wire.BEAT + wire.encode_refusal("another request is running", first=False))
+    a = fake(script)
+    got, _ = _call(a.path)
+    os.close(me)
+    assert not got.answered and not got.partial
+    assert got.note == "its worker refused: another request is running"
+
+
+def test_a_full_queue_falls_back_at_once(tmp_path):
+    """A listen queue that is full answers connect() with EAGAIN: no wait."""
+    path = str(tmp_path / "full.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(0)
+    queued = []
+    try:
+        for _ in range(4):
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            try:
+                c.connect(path)
+            except BlockingIOError:
+                c.close()
+                break
+            queued.append(c)
+        got, took = _call(path)
+        assert not got.answered and got.note == "its queue is full", got
+        assert took < 1
+    finally:
+        for c in queued:
+            c.close()
+        srv.close()
