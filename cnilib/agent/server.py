@@ -6,16 +6,23 @@ in a worker forked from a process that already has the schemas and every
 plugin loaded; when it does not run, the plugins do the work
 themselves.  Nothing about the result differs.
 
-* One worker per connection, forked, at most ``--max-workers`` at a time:
-  further connections wait in the listen queue (a full queue answers
-  connect() at once), and their shims stop waiting after a few seconds and
-  work in-process.  setns is per-thread and a crash stays in its worker.
-  The agent sends W with the worker's pidfd, so a shim can stop a worker
-  that went silent and wait until it is gone.
-* The worker enters the caller's network namespace (the caller's pid from
-  SO_PEERCRED, its /proc/<pid>/ns/net), takes the caller's CNI_* / PYCNI_*
-  environment and stdin, and runs the same skel.execute an exec would.
-* Only uid 0 is served, on a 0600 socket in a 0700 directory.
+* The agent pins each caller by a pidfd and checks it before anything of
+  its request is read (cnilib.agent.peer: root, CAP_NET_ADMIN and
+  CAP_SYS_ADMIN, no no_new_privs, no seccomp filter, the agent's user and
+  pid namespaces and LSM label); any other caller gets a reason and its
+  shim works in-process.  The socket is 0600 in a 0700 directory besides.
+* One worker per served connection, forked, at most ``--max-workers`` at
+  a time: further connections wait in the listen queue (a full queue
+  answers connect() at once), and their shims stop waiting after a few
+  seconds and work in-process.  setns is per-thread and a crash stays in
+  its worker.  The agent sends W with the worker's pidfd, so a shim can
+  stop a worker that went silent and wait until it is gone.
+* A worker takes the caller's place: its mount namespace, root, working
+  directory and network namespace (so CNI_NETNS, CNI_PATH and every state
+  path resolve as they would for an exec), then its gids and capability
+  sets (never more than the caller: the delegate plugins it execs get no
+  more either); it takes the caller's CNI_* / PYCNI_* environment and
+  stdin and runs the same skel.execute an exec would.
 * Every read has a deadline (``--read-timeout``); a worker beats every
   second (SIGALRM) so its shim can tell a working worker from a stopped
   one, and does nothing once its caller has hung up.
@@ -28,11 +35,10 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 
-from cnilib.agent import wire
+from cnilib.agent import peer, wire
 from cnilib.base import paths
 
 # what the workers would otherwise import per request (the plugins import
@@ -47,10 +53,9 @@ PRELOAD = ("cnilib.kernel.netlink", "cnilib.kernel.nftables", "cnilib.cni.valida
            "cnilib.firewall.nft", "cnilib.firewall.iptables", "cnilib.firewall.shared",
            "cnilib.firewall.records", "cnilib.firewall.naming",
            "cnilib.ipam.config", "cnilib.ipam.allocator", "cnilib.ipam.store", "cnilib.base.addr",
-           "ipaddress", "hashlib")
+           "ipaddress", "hashlib", "fcntl", "ctypes")
 MAX_WORKERS = 16
 READ_TIMEOUT = 5.0
-WORKER_SLOT_WAIT = 10.0     # a worker waits this long for another request of its attachment
 STOP_WAIT = 30.0            # on SIGTERM, for the workers still running
 
 
@@ -74,37 +79,40 @@ def preload(log=print):
         netns.setns(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))  # loads ctypes/libc
     except OSError:
         pass
+    peer._libc()
 
 
 CLONE_NEWNS = 0x00020000
 
 
-def _peer(conn):
-    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", data)  # pid, uid, gid
-
-
-def _enter_caller(pid):
-    """Take the caller's view of the node: its mount namespace and working
-    directory (so CNI_NETNS, CNI_PATH, dataDir and every state path resolve
-    as they would for an exec: a runtime in a private mount namespace, or
-    under ``ip netns exec``, sees netns mounts the agent's namespace does
-    not have), then its network namespace."""
+def _enter_caller(caller, pidfd):
+    """Take the caller's view of the node: its mount namespace, root and
+    working directory (so CNI_NETNS, CNI_PATH, dataDir and every state path
+    resolve as they would for an exec: a runtime in a private mount
+    namespace, or under ``ip netns exec``, sees netns mounts the agent's
+    namespace does not have; a chrooted one sees only its root), then its
+    network namespace."""
     from cnilib.kernel import netns
     flags = os.O_RDONLY | os.O_CLOEXEC
-    net = os.open("/proc/%d/ns/net" % pid, flags)
-    mnt = cwd = None
+    proc = "/proc/%d/" % caller.pid
+    fds = []
     try:
-        if os.stat("/proc/%d/ns/mnt" % pid).st_ino != os.stat("/proc/self/ns/mnt").st_ino:
-            mnt = os.open("/proc/%d/ns/mnt" % pid, flags)
-            cwd = os.open("/proc/%d/cwd" % pid, flags | os.O_DIRECTORY)
+        for what in ("ns/net", "ns/mnt"):
+            fds.append(os.open(proc + what, flags))
+        for what in ("root", "cwd"):
+            fds.append(os.open(proc + what, flags | os.O_DIRECTORY))
+        if not peer.alive(pidfd):
+            raise peer.Refused("it exited while it was being served")
+        net, mnt, root, cwd = fds
+        if os.fstat(mnt).st_ino != os.stat("/proc/self/ns/mnt").st_ino:
             netns.setns(mnt, CLONE_NEWNS)
-            os.fchdir(cwd)
+        os.fchdir(root)
+        os.chroot(".")
+        os.fchdir(cwd)
         netns.setns(net)
     finally:
-        for fd in (net, mnt, cwd):
-            if fd is not None:
-                os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 class _Link:
@@ -115,6 +123,7 @@ class _Link:
 
     def __init__(self, conn):
         self.conn = conn
+        self.pidfd = None       # the caller's, once pinned
         signal.signal(signal.SIGALRM, self._beat)
         signal.setitimer(signal.ITIMER_REAL, wire.BEAT_EVERY, wire.BEAT_EVERY)
         self.beating = True
@@ -122,7 +131,7 @@ class _Link:
     def _beat(self, signum, frame):
         if not self.beating:
             return
-        if _gone(self.conn):
+        if self.pidfd is not None and _gone(self.conn, self.pidfd):
             _die()
         try:
             self.conn.send(wire.BEAT, socket.MSG_DONTWAIT)
@@ -138,11 +147,12 @@ class _Link:
         self.conn.sendall(data)
 
 
-def _gone(conn):
-    """True once the caller has hung up (closed or shut its side down)."""
+def _gone(conn, pidfd, timeout=0.0):
+    """True once the caller has exited or hung up (shut its side down)."""
     p = select.poll()
     p.register(conn.fileno(), select.POLLRDHUP)
-    return bool(p.poll(0))
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(int(timeout * 1000)))
 
 
 def _die():
@@ -161,16 +171,33 @@ def _say(log, msg):
         pass
 
 
-def _serve_one(conn, pid, opts, log):
-    """One connection, in a forked worker: the agent has sent W."""
+def _serve_one(conn, pidfd, caller, agent, opts, log):
+    """One connection, in a forked worker: the agent has pinned and checked
+    its caller (``pidfd``, ``caller``) and sent W."""
     link = _Link(conn)
+    link.pidfd = pidfd
     deadline = time.monotonic() + opts.read_timeout
     try:
         plugin, env, stdin = wire.read_request(conn, deadline=deadline)
     except (ValueError, OSError) as exc:
-        _say(log, "agent: dropped a request of pid %d: %s" % (pid, _printable(str(exc))))
+        _say(log, "agent: dropped a request of pid %d: %s" % (caller.pid, _printable(str(exc))))
         return
-    if _gone(conn):     # its shim gave up on it (an agent that was stopped): do nothing
+    want = peer.plan(caller, agent)     # a worker's credentials are the agent's
+    status = None
+    try:
+        if want is not None:
+            status = os.open("/proc/thread-self/status", os.O_RDONLY | os.O_CLOEXEC)
+        _enter_caller(caller, pidfd)
+        if want is not None:
+            peer.adopt(caller, agent, want, status)
+    except (OSError, peer.Refused) as exc:
+        _say(log, "agent: cannot serve pid %d: %s" % (caller.pid, _printable(str(exc))))
+        link.send(wire.encode_refusal("the worker cannot take its place: %s" % exc, first=False))
+        return
+    finally:
+        if status is not None:
+            os.close(status)
+    if _gone(conn, pidfd):      # its shim gave up on it (an agent that was stopped): do nothing
         _die()
     from cnilib.base import failpoint
     from cnilib.cni import skel
@@ -179,7 +206,6 @@ def _serve_one(conn, pid, opts, log):
     os.environ.update(env)
     failpoint.reset()
     failpoint.hit("agent-worker")
-    _enter_caller(pid)
     modname = PLUGINS.get(plugin)
     if modname is None:
         raise ValueError("unknown plugin %r" % plugin)
@@ -192,7 +218,7 @@ def _printable(s):
     return "".join(c if c.isprintable() else "?" for c in s)[:500]
 
 
-def _worker(conn, pid, opts, log):
+def _worker(conn, pidfd, caller, agent, opts, log):
     """Child side: one request, then exit."""
     # the agent ignores SIGTERM/SIGINT its own way; a worker keeps the
     # defaults, and SIGCHLD's default lets it see its children's exit status
@@ -200,7 +226,7 @@ def _worker(conn, pid, opts, log):
         signal.signal(sig, signal.SIG_DFL)
     try:
         os.setpgid(0, 0)    # its own process group: stopped with what it started
-        _serve_one(conn, pid, opts, log)
+        _serve_one(conn, pidfd, caller, agent, opts, log)
     except BaseException:
         pass    # no answer: the shim works in-process (undoing a partial ADD first)
     finally:
@@ -208,23 +234,25 @@ def _worker(conn, pid, opts, log):
 
 
 class Options:
-    def __init__(self, socket_path, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT):
+    def __init__(self, socket_path, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT,
+                 peer_pidfd="auto"):
         self.socket = socket_path
         self.max_workers = max_workers
         self.read_timeout = read_timeout
+        self.peer_pidfd = peer_pidfd
 
 
-def serve(path, log=print, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT):
+def serve(path, log=print, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT, peer_pidfd="auto"):
     """Listen on ``path`` until SIGTERM/SIGINT."""
     if not hasattr(os, "pidfd_open"):
-        log("agent: this Python has no os.pidfd_open; the agent cannot track its workers")
+        log("agent: this Python has no os.pidfd_open; the agent cannot pin its callers")
         return 1
     try:
         os.close(os.pidfd_open(os.getpid()))
     except OSError as exc:
         log("agent: pidfd_open fails (%s): the kernel is older than 5.3; not serving" % exc.strerror)
         return 1
-    opts = Options(path, max_workers, read_timeout)
+    opts = Options(path, max_workers, read_timeout, peer_pidfd)
     d = os.path.dirname(path)
     os.makedirs(d, 0o700, exist_ok=True)
     os.chmod(d, 0o700)
@@ -233,6 +261,7 @@ def serve(path, log=print, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT):
     except FileNotFoundError:
         pass
     preload(log)
+    agent = peer.self_view()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o177)
     try:
@@ -275,7 +304,7 @@ def serve(path, log=print, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT):
                 elif fd in workers:
                     _reap(workers, fd)
                 elif len(workers) < max_workers:
-                    _accept(srv, workers, opts, log, (wake_r, wake_w))
+                    _accept(srv, workers, agent, opts, log, (wake_r, wake_w))
     finally:
         srv.close()
         try:
@@ -305,7 +334,7 @@ def _reap(workers, fd):
     os.close(fd)
 
 
-def _accept(srv, workers, opts, log, pipe):
+def _accept(srv, workers, agent, opts, log, pipe):
     try:
         conn, _ = srv.accept()
     except (BlockingIOError, InterruptedError):
@@ -315,28 +344,39 @@ def _accept(srv, workers, opts, log, pipe):
         time.sleep(0.05)    # EMFILE and the like: do not spin
         return
     try:
-        _fork_worker(srv, conn, workers, opts, log, pipe)
+        _fork_worker(srv, conn, workers, agent, opts, log, pipe)
     finally:
         conn.close()
 
 
-def _fork_worker(srv, conn, workers, opts, log, pipe):
-    pid, uid, _gid = _peer(conn)
-    if uid != 0:
-        log("agent: refused a connection from uid %d" % uid)
+def _fork_worker(srv, conn, workers, agent, opts, log, pipe):
+    # the caller is pinned and checked here, before its request is read:
+    # warm, a few dozen microseconds, where a fresh worker takes ~1 ms
+    try:
+        pidfd, caller = peer.identify(conn, agent, opts.peer_pidfd)
+    except peer.Refused as why:
+        log("agent: refused %s: %s" % ("pid %d" % why.pid if why.pid else "a caller",
+                                       _printable(str(why))))
+        _send_now(conn, wire.encode_refusal(str(why)))
+        return
+    except OSError as exc:
+        log("agent: cannot pin a caller: %s" % exc)
         return
     try:
-        child = os.fork()
-    except OSError as exc:
-        log("agent: cannot fork a worker: %s" % exc)
-        return
-    if child == 0:
-        signal.set_wakeup_fd(-1)
-        srv.close()
-        for fd in list(workers) + list(pipe):
-            os.close(fd)
-        conn.setblocking(True)
-        _worker(conn, pid, opts, log)
+        try:
+            child = os.fork()
+        except OSError as exc:
+            log("agent: cannot fork a worker: %s" % exc)
+            return
+        if child == 0:
+            signal.set_wakeup_fd(-1)
+            srv.close()
+            for fd in list(workers) + list(pipe):
+                os.close(fd)
+            conn.setblocking(True)
+            _worker(conn, pidfd, caller, agent, opts, log)
+    finally:
+        os.close(pidfd)
     try:
         wfd = os.pidfd_open(child)      # not reaped yet: it is this child
     except OSError as exc:
@@ -371,6 +411,9 @@ def main(argv):
                    help="workers at a time; more connections wait (default %(default)s)")
     p.add_argument("--read-timeout", type=float, default=READ_TIMEOUT,
                    help="seconds a worker waits for its whole request (default %(default)s)")
+    p.add_argument("--peer-pidfd", choices=peer.MODES, default="auto",
+                   help="how callers are pinned: auto (SO_PEERPIDFD, else pidfd_open), or "
+                        "force the older kernels' paths (testing)")
     args = p.parse_args(argv)
     if args.max_workers < 1 or not args.read_timeout > 0:
         p.error("--max-workers and --read-timeout must be positive")
@@ -379,7 +422,8 @@ def main(argv):
         print("pycni agent: PYCNI_AGENT_SOCKET=off; give --socket", file=sys.stderr)
         return 2
     return serve(path, log=lambda m: print(m, file=sys.stderr, flush=True),
-                 max_workers=args.max_workers, read_timeout=args.read_timeout)
+                 max_workers=args.max_workers, read_timeout=args.read_timeout,
+                 peer_pidfd=args.peer_pidfd)
 
 
 if __name__ == "__main__":

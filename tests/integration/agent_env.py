@@ -9,10 +9,11 @@ import time
 import pytest
 from cnitest import ROOT, read_text
 
-# an agent with the test plugin of tests/agent_spawn_plugin.py
+# an agent with the test plugins (tests/agent_spawn_plugin.py, agent_probe_plugin.py)
 BOOT = ("import sys; sys.path.insert(0, %r)\n"
         "from cnilib.cni import registry\n"
         "registry.PLUGINS['spawner'] = 'agent_spawn_plugin'\n"
+        "registry.PLUGINS['prober'] = 'agent_probe_plugin'\n"
         "from cnilib.agent import server\n"
         "sys.exit(server.main(sys.argv[1:]))" % os.path.join(ROOT, "tests"))
 

@@ -1,22 +1,43 @@
 """The optional warm agent: same results as in-process work, the caller's
-netns, uid-0 only, and a fallback to in-process work whenever the agent
-cannot do it: a worker that dies, an agent that is stopped or wedged
-(issue 16 item 4), a full agent and a silent client (16)."""
+netns, and a fallback to in-process work whenever the agent cannot or must
+not do it: a caller that could not have done the work itself (issue 16
+item 2), a worker that dies, an agent that is stopped or wedged (4), a
+full agent and a silent client (16)."""
 
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from bridge_env import ping
 from cnitest import ROOT, assert_cni_error, read_text, run_plugin
 
 pytestmark = pytest.mark.root
 
 CONF = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback"}
+
+# a wrapper that installs an allow-all seccomp filter (mode 2), then execs argv[1:]
+SECCOMP_WRAP = r'''
+import ctypes, os, sys
+class F(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint)]
+class P(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(F))]
+insns = (F * 1)(F(0x06, 0, 0, 0x7fff0000))          # BPF_RET|BPF_K SECCOMP_RET_ALLOW
+prog = P(1, insns)
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    sys.exit("seccomp: errno %d" % ctypes.get_errno())
+assert "Seccomp:\t2" in open("/proc/self/status").read()
+os.execv(sys.argv[1], sys.argv[1:])
+'''
+NO_CAPS = ("setpriv", "--inh-caps=-all", "--bounding-set=-all")
 
 
 def _env(sock, **extra):
@@ -29,6 +50,17 @@ def _env(sock, **extra):
 def _run(plugins, verb, ctr, host, sock, **extra):
     return run_plugin(os.path.join(plugins, "loopback"), verb, CONF, containerid="c1",
                       netns=ctr.path, ifname="lo", host_netns=host.name, extra_env=_env(sock, **extra))
+
+
+def _exec(prefix, plugins, verb, ctr, host, sock, timeout=60, **extra):
+    """loopback VERB as ``ip netns exec HOST PREFIX... loopback``: a caller
+    whose credentials PREFIX changed.  Returns (rc, stdout)."""
+    env = _env(sock, CNI_COMMAND=verb, CNI_CONTAINERID="c1", CNI_NETNS=ctr.path, CNI_IFNAME="lo",
+               CNI_PATH=plugins, **extra)
+    p = subprocess.run(["ip", "netns", "exec", host.name] + list(prefix)
+                       + [os.path.join(plugins, "loopback")],
+                       input=json.dumps(CONF).encode(), capture_output=True, env=env, timeout=timeout)
+    return p.returncode, p.stdout.decode()
 
 
 def _lo_up(ns):
@@ -52,6 +84,22 @@ def _notes(verb="ADD"):
         if " %s " % verb in summary:
             return [d for d in details if d.startswith("agent: ")]
     raise AssertionError("no %s in the log" % verb)
+
+
+def _refused_like_in_process(prefix, plugins, ctr, host, agent, why):
+    """ADD by a caller the agent must refuse: the same answer as in-process,
+    the refusal logged in both logs."""
+    via_agent = _exec(prefix, plugins, "ADD", ctr, host, agent.sock)
+    notes = _notes()
+    up = _lo_up(ctr)
+    if up:
+        _exec((), plugins, "DEL", ctr, host, "off")
+    direct = _exec(prefix, plugins, "ADD", ctr, host, "off")
+    assert via_agent == direct, (via_agent, direct)
+    assert up == _lo_up(ctr)
+    assert len(notes) == 1 and why in notes[0] and notes[0].endswith("working in-process"), notes
+    assert "agent: refused " in agent.log() and why in agent.log(), agent.log()
+    return via_agent
 
 
 # ---------------------------------------------------------------- serving
@@ -119,6 +167,34 @@ def test_non_root_refused(agent):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def _unit_capabilities():
+    """The CapabilityBoundingSet of conf/pycni-agent.service, for setpriv."""
+    with open(os.path.join(ROOT, "conf", "pycni-agent.service")) as f:
+        for line in f:
+            if line.startswith("CapabilityBoundingSet="):
+                return [c[4:].lower() for c in line.split("=", 1)[1].split()]
+    raise AssertionError("no CapabilityBoundingSet in the unit")
+
+
+def test_the_units_capabilities_are_enough(node, agent_factory):
+    """An agent held to the unit (its bounding set, no_new_privs) serves a
+    bridge ADD and DEL with masquerade, and the pods reach each other."""
+    caps = ",".join("+" + c for c in _unit_capabilities())
+    a = agent_factory(prefix=("setpriv", "--no-new-privs", "--inh-caps=-all",
+                              "--bounding-set=-all," + caps))
+    conf = node.conf(isDefaultGateway=True, ipMasq=True)
+    p, q = node.container(), node.container()
+    env = {"PYCNI_AGENT_SOCKET": a.sock}
+    rp = node.add(conf, p, cid="unit1", env=env)
+    node.add(conf, q, cid="unit2", env=env)
+    assert ping(q, rp["ips"][0]["address"].split("/")[0])
+    for c, cid in ((p, "unit1"), (q, "unit2")):
+        node.delete(conf, c, cid=cid, env=env)
+    node.assert_clean()
+    assert "agent:" not in read_text(os.environ["PYCNI_LOG"])       # all served
+    assert "refused" not in a.log() and "cannot" not in a.log(), a.log()
+
+
 def _wire_call(host, sock, plugin, conf, prefix=(), netns="/nonexistent", chroot=None):
     """wire.call from a Python caller in ``host`` (credentials changed by
     ``prefix``; chrooted into ``chroot`` after its imports).  Returns the
@@ -147,6 +223,165 @@ def test_worker_can_run_child_programs(agent_factory, host, ctr):
                                                         "type": "spawner"}, netns=ctr.path)
     assert "answered=True" in outcome or outcome.startswith("(0, "), outcome
     assert res["interfaces"][0]["name"] == "child-rc-0", res
+
+
+# ------------------------------------ item 2: only a caller that could do it
+
+
+@pytest.mark.parametrize("pidfd", ["auto", "open"])
+def test_a_caller_without_capabilities_is_refused(plugins, agent_factory, host, netns_factory, pidfd):
+    """uid 0 with no capabilities: before, the agent brought lo up for it."""
+    a = agent_factory(args=["--peer-pidfd", pidfd] if pidfd != "auto" else [])
+    ctr = netns_factory(lo_up=False)
+    rc, out = _refused_like_in_process(NO_CAPS, plugins, ctr, host, a,
+                                       "lacks CAP_NET_ADMIN, CAP_SYS_ADMIN")
+    assert rc == 1 and not _lo_up(ctr), out
+
+
+def test_a_caller_with_no_new_privs_is_refused(plugins, agent_factory, host, netns_factory):
+    a = agent_factory()
+    ctr = netns_factory(lo_up=False)
+    rc, out = _refused_like_in_process(("setpriv", "--no-new-privs"), plugins, ctr, host, a,
+                                       "no_new_privs")
+    assert rc == 0 and _lo_up(ctr), out
+
+
+def test_a_caller_under_seccomp_is_refused(plugins, agent_factory, host, netns_factory):
+    a = agent_factory()
+    ctr = netns_factory(lo_up=False)
+    rc, out = _refused_like_in_process((sys.executable, "-c", SECCOMP_WRAP), plugins, ctr, host, a,
+                                       "seccomp filter (mode 2)")
+    assert rc == 0 and _lo_up(ctr), out
+
+
+def test_a_caller_in_another_user_namespace_is_refused(plugins, agent_factory, host, netns_factory):
+    """root of a user namespace mapped onto uid 0: all capabilities, but only there."""
+    a = agent_factory()
+    ctr = netns_factory(lo_up=False)
+    rc, out = _refused_like_in_process(("unshare", "--user", "--map-root-user"), plugins, ctr, host,
+                                       a, "another user namespace")
+    assert rc == 1 and not _lo_up(ctr), out
+
+
+def test_the_older_kernels_path_serves_a_capable_caller(plugins, agent_factory, host, netns_factory):
+    """--peer-pidfd=open: pidfd_open of the SO_PEERCRED pid, as before Linux 6.5."""
+    a = agent_factory(args=["--peer-pidfd", "open"])
+    ctr = netns_factory(lo_up=False)
+    rc, out = _exec(("setpriv", "--bounding-set=-sys_module"), plugins, "ADD", ctr, host, a.sock)
+    assert rc == 0 and _lo_up(ctr), out
+    assert _notes() == [] and "refused" not in a.log(), a.log()
+
+
+def test_without_a_pidfd_nobody_is_served(plugins, agent_factory, host, netns_factory):
+    a = agent_factory(args=["--peer-pidfd", "none"])
+    ctr = netns_factory(lo_up=False)
+    rc, out = _refused_like_in_process((), plugins, ctr, host, a, "no pidfd")
+    assert rc == 0 and _lo_up(ctr), out
+
+
+@pytest.mark.parametrize("pidfd", ["auto", "open"])
+def test_a_caller_that_exited_is_never_trusted(agent_factory, pidfd):
+    """The process that connected exits before the agent takes the
+    connection (a full agent), leaving it to a child: whoever holds that pid
+    later is not the caller, and the pidfd shows it; refused."""
+    a = agent_factory(args=["--max-workers", "1", "--read-timeout", "30", "--peer-pidfd", pidfd])
+    busy = socket.socket(socket.AF_UNIX)
+    busy.connect(a.sock)
+    assert _wait_for(lambda: len(a.workers()) == 1)
+    r, w = os.pipe()
+    connector = os.fork()
+    if connector == 0:          # connects, hands the socket to a child, exits
+        try:
+            os.close(r)
+            busy.close()
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(a.sock)
+            if os.fork() == 0:
+                from cnilib.agent import wire
+                try:
+                    s.sendall(wire.encode_request("loopback", {"CNI_COMMAND": "ADD"}, b"{}"))
+                except OSError:
+                    pass        # refused before it was read; the refusal is there
+                s.settimeout(20)
+                got = b""
+                while len(got) < 7:
+                    chunk = s.recv(100)
+                    if not chunk:
+                        break
+                    got += chunk
+                os.write(w, got[:200])
+                os._exit(0)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(connector, 0)
+    busy.close()                # the agent takes the orphaned connection now
+    got = os.read(r, 300)
+    os.close(r)
+    assert got.startswith(b"PYCNI3R"), got
+    assert "agent: refused" in a.log(), a.log()
+
+
+def _nobodys_script(tmp_path):
+    """An executable only its owner (nobody) may run: root needs CAP_DAC_OVERRIDE."""
+    d = tmp_path / "nobody"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    path = str(d / "ipam-only-nobody-may-run")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _caps_of(line):
+    got = {}
+    for ln in line["out"].splitlines():
+        k, _, v = ln.partition(":")
+        got[k] = int(v.strip(), 16)
+    return got
+
+
+def test_a_worker_runs_no_program_the_caller_could_not(agent_factory, host, ctr, tmp_path):
+    """A caller without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH cannot exec a
+    0700 file of another user; the worker that runs its delegate may not
+    either, and that delegate holds no capability the caller lacks."""
+    a = agent_factory(test_plugins=True)
+    script = _nobodys_script(tmp_path)
+    report = str(tmp_path / "report.jsonl")
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "spawner", "report": report,
+            "run": [[script], ["grep", "^Cap", "/proc/self/status"]]}
+    outcome, _ = _wire_call(host, a.sock, "spawner", conf, netns=ctr.path)
+    assert "answered=True" in outcome or outcome.startswith("(0, "), outcome
+    outcome, _ = _wire_call(host, a.sock, "spawner", conf, netns=ctr.path,
+                            prefix=("setpriv", "--bounding-set=-dac_override,-dac_read_search"))
+    assert "answered=True" in outcome or outcome.startswith("(0, "), outcome
+    full, reduced = [], []
+    with open(report) as f:
+        lines = [json.loads(x) for x in f]
+    full, reduced = lines[:2], lines[2:]
+    assert full[0].get("rc") == 0, full             # a full-capability caller's worker may
+    assert "rc" not in reduced[0] or reduced[0]["rc"] != 0, reduced
+    dac = (1 << 1) | (1 << 2)
+    caps = _caps_of(reduced[1])
+    for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert not caps[k] & dac, (k, hex(caps[k]))
+    assert _caps_of(full[1])["CapEff"] & dac == dac
+
+
+def test_a_worker_takes_the_callers_root(agent_factory, host, tmp_path):
+    """A chrooted caller's worker sees the caller's root, not the agent's."""
+    root = tmp_path / "callers-root"
+    root.mkdir()
+    (root / "only-in-the-callers-root").write_text("")
+    a = agent_factory(test_plugins=True)
+    sock = str(root / "agent.sock")
+    os.link(a.sock, sock)                  # the socket, seen from inside the root
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "prober", "probe": "/only-in-the-callers-root"}
+    outcome, res = _wire_call(host, "/agent.sock", "prober", conf, chroot=str(root))
+    assert "answered=True" in outcome or outcome.startswith("(0, "), outcome
+    assert res["interfaces"][0]["name"] == "exists-True", res
 
 
 def _wait_for(fn, timeout=5.0):

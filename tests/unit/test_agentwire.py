@@ -1,7 +1,8 @@
 """The agent's wire format and the shim's side of it: what the shim sends is
 what the worker reads, every wait is bounded, and each way a hand-over can
 end (answered, refused, died, no answer, a silent worker) is told apart.
-No root: fake agents on a temp socket."""
+Also the pure parts of the caller checks (cnilib.agent.peer).  No root:
+fake agents on a temp socket."""
 
 import os
 import socket
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from cnilib.agent import wire
+from cnilib.agent import peer, wire
 
 
 def _roundtrip(plugin, env, stdin):
@@ -277,3 +278,80 @@ def test_a_full_queue_falls_back_at_once(tmp_path):
         for c in queued:
             c.close()
         srv.close()
+
+
+# ------------------------------------------------------- the caller checks
+
+STATUS = """Name:\tcontainerd
+Umask:\t0022
+State:\tS (sleeping)
+Uid:\t0\t0\t0\t0
+Gid:\t0\t0\t0\t0
+Groups:\t0 10
+NoNewPrivs:\t0
+Seccomp:\t0
+Seccomp_filters:\t0
+CapInh:\t0000000000000000
+CapPrm:\t000001ffffffffff
+CapEff:\t000001ffffffffff
+CapBnd:\t000001ffffffffff
+CapAmb:\t0000000000000000
+"""
+
+
+def _creds(**over):
+    st = peer.parse_status(STATUS)
+    st.update(over.pop("status", {}))
+    kw = dict(pid=7, status=st, userns=(4, 1), pidns=(4, 2), label="")
+    kw.update(over)
+    return peer.Creds(**kw)
+
+
+def test_parse_status():
+    st = peer.parse_status(STATUS)
+    assert st["uid"] == (0, 0, 0, 0) and st["groups"] == (0, 10)
+    assert st["eff"] == 0x1FFFFFFFFFF and st["inh"] == 0 and st["nonewprivs"] == 0 and st["seccomp"] == 0
+    with pytest.raises(ValueError):
+        peer.parse_status("Name:\tx\n")
+
+
+def test_start_time_survives_a_hostile_command_name():
+    stat = b"42 (evil) 1 2 3 (x) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0"
+    assert peer.start_time(stat) == 987654
+
+
+@pytest.mark.parametrize("over,why", [
+    ({}, None),
+    ({"status": {"uid": (0, 0, 0, 1000)}}, "uid 0/0/0/1000, not root"),
+    ({"userns": (4, 9)}, "another user namespace"),
+    ({"pidns": (4, 9)}, "another pid namespace"),
+    ({"status": {"eff": 0x1FFFFFFFFFF & ~(1 << 12)}}, "lacks CAP_NET_ADMIN ("),
+    ({"status": {"eff": 0}}, "lacks CAP_NET_ADMIN, CAP_SYS_ADMIN"),
+    ({"status": {"eff": (1 << 12) | (1 << 21)}}, None),            # the two are enough
+    ({"status": {"nonewprivs": 1}}, "no_new_privs"),
+    ({"status": {"seccomp": 2}}, "seccomp filter (mode 2)"),
+    ({"label": "unconfined_u:system_r:container_runtime_t"}, "security label"),
+])
+def test_verdict(over, why):
+    agent = _creds()
+    got = peer.verdict(_creds(**over), agent)
+    if why is None:
+        assert got is None
+    else:
+        assert why in got, got
+
+
+def test_the_worker_never_holds_more_than_the_caller_or_the_agent():
+    agent = _creds(status={"prm": 0xFF, "eff": 0xFF, "bnd": 0xFFF, "inh": 0})
+    caller = _creds(status={"prm": 0xF0F, "eff": 0x00F, "bnd": 0xFF0F, "inh": 0x3, "amb": 0x1})
+    t = peer.targets(caller, agent)
+    assert t["prm"] == 0x0F and t["eff"] == 0x0F
+    assert t["bnd"] == 0xF0F & 0xFF0F & 0xFFF           # cut to the caller's permitted set
+    assert t["inh"] == 0x3 and t["amb"] == 0x1
+    for k in t:
+        assert t[k] & ~getattr(caller, k) == 0
+
+
+def test_cap_names():
+    assert peer.cap_names((1 << 12) | (1 << 21)) == "CAP_NET_ADMIN, CAP_SYS_ADMIN"
+    assert peer.cap_names(1 << 45) == "CAP_45"
