@@ -64,12 +64,25 @@ def main(name=None):
 
 def _in_process(modname, stdin, got):
     """The plugin to run here after the agent did not do the work (``got``
-    says why): undo what a worker left of an ADD, and log why the work is
-    done here."""
+    says why): first wait for any worker still busy with this attachment
+    (its lock slot), then undo what a worker left of an ADD, and log why
+    the work is done here."""
+    from cnilib.agent import wire
     from cnilib.cni import skel
     plugin = __import__(modname, fromlist=["PLUGIN"]).PLUGIN
     env = os.environ
     notes = ["agent: %s; working in-process" % got.note] if got.note else []
+    fd, slot = wire.open_slot(wire.socket_path(env), env.get("CNI_CONTAINERID", ""),
+                              env.get("CNI_IFNAME", ""), env)
+    if fd is not None:
+        if not wire.lock_slot(fd, wire.SLOT_WAIT):
+            from cnilib.base import errors
+            return _wrapped(plugin, notes, errors.TryAgainLater(
+                "an agent worker still holds this attachment (lock slot %s) after %g s"
+                % (slot, wire.SLOT_WAIT),
+                "the agent or its worker is stopped or stuck; see the agent's log, or restart it"))
+        # held until this process exits; delegates it execs must not wait for it
+        env[wire.SLOT_ENV] = ",".join(sorted(wire.held_slots(env) | {slot}))
     if got.partial and env.get("CNI_COMMAND") == "ADD":
         # the worker died or was stopped mid-ADD: undo whatever it did, then
         # do the ADD here, so the attachment converges to one ADD
@@ -78,14 +91,16 @@ def _in_process(modname, stdin, got):
     return _wrapped(plugin, notes) if notes else plugin
 
 
-def _wrapped(plugin, notes):
-    """``plugin`` whose every verb first logs ``notes``."""
+def _wrapped(plugin, notes, error=None):
+    """``plugin`` whose every verb first logs ``notes`` (and raises ``error``)."""
     from cnilib.cni import skel
 
     def wrap(handler):
         def run(a):
             for n in notes:
                 a.log.info("%s", n)
+            if error is not None:
+                raise error
             return handler(a) if handler is not None else None
         return run
     p = skel.Plugin(plugin.name, cni_args=plugin.cni_args, uses_netns=plugin.uses_netns)

@@ -23,12 +23,15 @@ themselves.  Nothing about the result differs.
   sets (never more than the caller: the delegate plugins it execs get no
   more either); it takes the caller's CNI_* / PYCNI_* environment and
   stdin and runs the same skel.execute an exec would.
-* Every read has a deadline (``--read-timeout``); a worker beats every
-  second (SIGALRM) so its shim can tell a working worker from a stopped
-  one, and does nothing once its caller has hung up.
-* If a worker dies mid-request the shim sees the connection close without
-  an answer and falls back to doing the work itself (after undoing a
-  partial ADD), so a request converges instead of running twice.
+* Every read has a deadline (``--read-timeout``).  A worker leads its own
+  process group, which the kernel SIGKILLs the moment the caller's end of
+  the socket closes or shuts down (O_ASYNC with F_SETSIG), so a worker and
+  what it started stop as promptly as the work of a killed exec would; it
+  also stops when the caller's pidfd shows it gone, and beats every second
+  (SIGALRM) so its shim can tell a working worker from a stopped one.
+* Requests for one attachment wait for each other (wire's lock slots), so
+  the runtime's DEL after an ADD it killed starts once that ADD's worker is
+  gone.
 """
 
 import os
@@ -56,6 +59,7 @@ PRELOAD = ("cnilib.kernel.netlink", "cnilib.kernel.nftables", "cnilib.cni.valida
            "ipaddress", "hashlib", "fcntl", "ctypes")
 MAX_WORKERS = 16
 READ_TIMEOUT = 5.0
+WORKER_SLOT_WAIT = 10.0     # a worker waits this long for another request of its attachment
 STOP_WAIT = 30.0            # on SIGTERM, for the workers still running
 
 
@@ -156,12 +160,30 @@ def _gone(conn, pidfd, timeout=0.0):
 
 
 def _die():
-    """The caller is gone: stop this worker and whatever it started."""
+    """The caller is gone: stop this worker and whatever it started, now,
+    as a SIGKILL of the caller would have stopped in-process work."""
     try:
         if os.getpgid(0) == os.getpid():    # never the agent's group
             os.killpg(0, signal.SIGKILL)
     finally:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+F_SETSIG = 10
+
+
+def _die_with(conn):
+    """Let the kernel SIGKILL this worker's process group the moment the
+    caller's end of ``conn`` closes or shuts down (O_ASYNC with F_SETSIG):
+    no Python code has to run for it, so a worker stops as promptly as the
+    in-process work of a killed exec would."""
+    import fcntl
+    fd = conn.fileno()
+    if os.getpgid(0) != os.getpid():
+        raise OSError("the worker leads no process group of its own")
+    fcntl.fcntl(fd, fcntl.F_SETOWN, -os.getpid())
+    fcntl.fcntl(fd, F_SETSIG, signal.SIGKILL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
 
 
 def _say(log, msg):
@@ -182,6 +204,8 @@ def _serve_one(conn, pidfd, caller, agent, opts, log):
     except (ValueError, OSError) as exc:
         _say(log, "agent: dropped a request of pid %d: %s" % (caller.pid, _printable(str(exc))))
         return
+    slot, slot_name = wire.open_slot(opts.socket, env.get("CNI_CONTAINERID", ""),
+                                     env.get("CNI_IFNAME", ""), env)
     want = peer.plan(caller, agent)     # a worker's credentials are the agent's
     status = None
     try:
@@ -190,6 +214,7 @@ def _serve_one(conn, pidfd, caller, agent, opts, log):
         _enter_caller(caller, pidfd)
         if want is not None:
             peer.adopt(caller, agent, want, status)
+        _die_with(conn)
     except (OSError, peer.Refused) as exc:
         _say(log, "agent: cannot serve pid %d: %s" % (caller.pid, _printable(str(exc))))
         link.send(wire.encode_refusal("the worker cannot take its place: %s" % exc, first=False))
@@ -197,8 +222,14 @@ def _serve_one(conn, pidfd, caller, agent, opts, log):
     finally:
         if status is not None:
             os.close(status)
-    if _gone(conn, pidfd):      # its shim gave up on it (an agent that was stopped): do nothing
+    if _gone(conn, pidfd):      # the caller left before O_ASYNC was set: do nothing
         _die()
+    if slot is not None:
+        if not wire.lock_slot(slot, WORKER_SLOT_WAIT):
+            link.send(wire.encode_refusal("another request for this attachment (slot %s) is still "
+                                          "running" % slot_name, first=False))
+            return
+        env[wire.SLOT_ENV] = ",".join(sorted(wire.held_slots(env) | {slot_name}))
     from cnilib.base import failpoint
     from cnilib.cni import skel
     from cnilib.cni.registry import PLUGINS
@@ -211,6 +242,8 @@ def _serve_one(conn, pidfd, caller, agent, opts, log):
         raise ValueError("unknown plugin %r" % plugin)
     mod = sys.modules.get(modname) or __import__(modname, fromlist=["PLUGIN"])
     rc, out = skel.execute(mod.PLUGIN, env, stdin_data=stdin)
+    if slot is not None:
+        os.close(slot)      # the work is done: the attachment's next request may start
     link.send(wire.encode_done(rc, out))
 
 
@@ -256,6 +289,7 @@ def serve(path, log=print, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT, p
     d = os.path.dirname(path)
     os.makedirs(d, 0o700, exist_ok=True)
     os.chmod(d, 0o700)
+    os.makedirs(wire.slot_dir(path), 0o700, exist_ok=True)
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -21,11 +21,19 @@ Frames (all big-endian):
            R may follow W (nothing was done); W, H and D come once each.
 Every wait is bounded: connect (a full queue answers EAGAIN at once), the
 first frame within ANSWER s, then a frame at least every SILENCE s.  A shim
-that gives up shuts its side down (a worker that has not started checks
-for that before it does anything), kills a worker whose W it has through
-the pidfd, waits for it to be gone, and then works in-process; so does one
+that gives up shuts its side down, which makes the kernel SIGKILL the
+worker's process group (and a worker that had not started yet checks for
+that before it does anything), kills a worker whose W it has through the
+pidfd, waits for it to be gone, and then works in-process; so does one
 whose worker died after W, undoing a partial ADD first.  A worker accepted
 late (an agent that was stopped) finds its shim gone and does nothing.
+
+Requests for one attachment (container ID, ifname) are serialized by a lock
+slot next to the socket, taken by workers and by shims that work
+in-process after the agent answered: the runtime's DEL after a killed ADD
+waits until the ADD's worker is gone.  PYCNI_AGENT_SLOTS names the slots
+the process's ancestors hold (a delegate exec'd by a worker), which it
+must not wait for.
 
 An older agent refuses the new magic without answering and a new agent's
 W/R frame is garbage to an older shim, so during an upgrade the shim works
@@ -47,12 +55,15 @@ _U32 = _struct.Struct("!I")
 _DONE = _struct.Struct("!iI")
 REFUSED, HELLO, BEAT, DONE = b"R", b"W", b"H", b"D"
 # bounds, in seconds: an ADD against a stopped or wedged agent finishes
-# in-process within ANSWER (+ KILL_WAIT in the worst case)
+# in-process within ANSWER (+ KILL_WAIT + SLOT_WAIT in the worst case)
 CONNECT = 2.0
 ANSWER = 4.0
 SILENCE = 4.0
 BEAT_EVERY = 1.0
 KILL_WAIT = 2.0
+SLOT_WAIT = 3.0
+SLOTS = 1024
+SLOT_ENV = "PYCNI_AGENT_SLOTS"
 MAX_INPUT = 1 << 20      # the same cap as cnilib.cni.skel.MAX_STDIN
 
 
@@ -323,3 +334,56 @@ def _reason(rd, deadline):
     if not text:
         return "no reason given"
     return "".join(c if c.isprintable() else "?" for c in text.decode("utf-8", "replace"))
+
+
+# ------------------------------------------------------------ lock slots
+
+
+def slot_of(cid, ifname):
+    """The lock slot of an attachment: FNV-1a of "cid\\0ifname" (no hashlib:
+    the shim's start), modulo SLOTS."""
+    h = 0x811C9DC5
+    for b in (cid + "\0" + ifname).encode("utf-8", "surrogateescape"):
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % SLOTS
+
+
+def slot_dir(sock):
+    return os.path.join(os.path.dirname(sock), "slots")
+
+
+def held_slots(env):
+    return set(v for v in env.get(SLOT_ENV, "").split(",") if v)
+
+
+def open_slot(sock, cid, ifname, env):
+    """(fd, name) of the lock slot for this attachment, or (None, None) when
+    there is none to take: no container ID, no agent ever ran here, or an
+    ancestor holds it."""
+    if not cid:
+        return None, None
+    name = "%03x" % slot_of(cid, ifname)
+    if name in held_slots(env):
+        return None, None
+    try:
+        # the directory is the agent's (0700, beside its socket); only the
+        # last component could be a planted link
+        fd = os.open(os.path.join(slot_dir(sock), name),
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None, None
+    return fd, name
+
+
+def lock_slot(fd, wait):
+    """flock ``fd`` within ``wait`` seconds; False when that ran out."""
+    import fcntl
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)

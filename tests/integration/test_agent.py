@@ -1,8 +1,8 @@
 """The optional warm agent: same results as in-process work, the caller's
 netns, and a fallback to in-process work whenever the agent cannot or must
 not do it: a caller that could not have done the work itself (issue 16
-item 2), a worker that dies, an agent that is stopped or wedged (4), a
-full agent and a silent client (16)."""
+item 2), a worker whose caller is gone (3), an agent that is stopped or
+wedged (4), a full agent and a silent client (16)."""
 
 import json
 import os
@@ -384,6 +384,32 @@ def test_a_worker_takes_the_callers_root(agent_factory, host, tmp_path):
     assert res["interfaces"][0]["name"] == "exists-True", res
 
 
+# ------------------------------------------ item 3: a worker outlives its exec
+
+
+def test_a_worker_stops_with_its_caller(plugins, agent_factory, host, netns_factory):
+    """The runtime kills the plugin mid-ADD: the worker must not finish the
+    ADD afterwards (before, it brought lo up after the runtime's DEL)."""
+    a = agent_factory()
+    ctr = netns_factory(lo_up=False)
+    env = _env(a.sock, CNI_COMMAND="ADD", CNI_CONTAINERID="c1", CNI_NETNS=ctr.path, CNI_IFNAME="lo",
+               CNI_PATH=plugins, PYCNI_FAILPOINTS="agent-worker=sleep:3")
+    p = subprocess.Popen(["ip", "netns", "exec", host.name, os.path.join(plugins, "loopback")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    p.stdin.write(json.dumps(CONF).encode())
+    p.stdin.close()
+    workers = _wait_for(a.workers)
+    time.sleep(1.0)             # into the failpoint, mid-ADD
+    p.kill()
+    p.wait()
+    assert _wait_for(lambda: not any(os.path.exists("/proc/%d" % w) for w in workers), 2.0), \
+        "the worker outlived its caller"
+    r = _run(plugins, "DEL", ctr, host, a.sock)         # the runtime's DEL
+    assert r.rc == 0, r
+    time.sleep(3.5)                                     # past the held worker's wake-up
+    assert not _lo_up(ctr)
+
+
 def _wait_for(fn, timeout=5.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -476,6 +502,32 @@ def test_a_wedged_worker_is_stopped(plugins, agent_factory, host, netns_factory)
     assert notes[0].startswith("agent: its worker %d went silent for 4 s; stopped it" % workers[0]), notes
     assert notes[1] == "agent: undid what the worker did of this ADD", notes
     assert not any(os.path.exists("/proc/%d/status" % w) for w in workers)
+
+
+def test_a_request_waits_for_a_stuck_worker_of_its_attachment(plugins, host, netns_factory, tmp_path,
+                                                               statedir):
+    """A worker stuck with the attachment (here: its lock slot held, the
+    agent gone): the exec waits SLOT_WAIT seconds, then fails with code 11
+    (try again) rather than racing it; once the slot is free it works."""
+    import fcntl
+
+    from cnilib.agent import wire
+    sock = str(tmp_path / "gone" / "agent.sock")
+    os.makedirs(wire.slot_dir(sock))
+    fd, _name = wire.open_slot(sock, "c1", "lo", {})
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    ctr = netns_factory(lo_up=False)
+    try:
+        t0 = time.monotonic()
+        r = _run(plugins, "ADD", ctr, host, sock)
+        assert 3 <= time.monotonic() - t0 < 10
+        err = assert_cni_error(r, 11)
+        assert "an agent worker still holds this attachment" in err["msg"], err
+        assert not _lo_up(ctr)
+    finally:
+        os.close(fd)
+    r = _run(plugins, "ADD", ctr, host, sock)
+    assert r.rc == 0 and _lo_up(ctr), r
 
 
 # ----------------------------- item 16: a cap on workers, a deadline on reads

@@ -280,6 +280,48 @@ def test_a_full_queue_falls_back_at_once(tmp_path):
         srv.close()
 
 
+# ------------------------------------------------------------ lock slots
+
+
+def test_slots_are_stable_and_spread():
+    assert wire.slot_of("c1", "eth0") == wire.slot_of("c1", "eth0")
+    got = {wire.slot_of("pod%d" % i, "eth0") for i in range(400)}
+    assert len(got) > 300 and all(0 <= s < wire.SLOTS for s in got)
+
+
+def test_a_slot_serializes_one_attachment(tmp_path):
+    sock = str(tmp_path / "agent.sock")
+    assert wire.open_slot(sock, "c1", "eth0", {}) == (None, None)     # no agent ever ran here
+    os.mkdir(wire.slot_dir(sock), 0o700)
+    a, name = wire.open_slot(sock, "c1", "eth0", {})
+    b, name2 = wire.open_slot(sock, "c1", "eth0", {})
+    try:
+        assert name == name2 == "%03x" % wire.slot_of("c1", "eth0")
+        assert wire.lock_slot(a, 0.1)
+        t0 = time.monotonic()
+        assert not wire.lock_slot(b, 0.1)
+        assert 0.1 <= time.monotonic() - t0 < 1
+        assert wire.open_slot(sock, "", "eth0", {}) == (None, None)    # GC, STATUS
+        # a delegate of the holder does not wait for its own ancestor
+        assert wire.open_slot(sock, "c1", "eth0", {wire.SLOT_ENV: "00a," + name}) == (None, None)
+        os.close(a)
+        a = None
+        assert wire.lock_slot(b, 0.1)
+    finally:
+        for fd in (a, b):
+            if fd is not None:
+                os.close(fd)
+
+
+def test_a_planted_slot_symlink_is_not_followed(tmp_path):
+    sock = str(tmp_path / "agent.sock")
+    os.mkdir(wire.slot_dir(sock), 0o700)
+    target = tmp_path / "elsewhere"
+    os.symlink(str(target), os.path.join(wire.slot_dir(sock), "%03x" % wire.slot_of("c1", "eth0")))
+    assert wire.open_slot(sock, "c1", "eth0", {}) == (None, None)
+    assert not target.exists()
+
+
 # ------------------------------------------------------- the caller checks
 
 STATUS = """Name:\tcontainerd
