@@ -5,11 +5,28 @@ created O_EXCL|O_NOFOLLOW with mode 0600 in the same directory, fsync'd,
 renamed over the target, and the directory fsync'd.  A crash leaves either
 the old file or the new one, never a torn one; a leftover temp file is
 ignored by readers (its name starts with '.') and swept by ``sweep_temps``.
+
+State paths never go through a link planted below the directory a config
+names.  What is trusted, and what is not:
+
+  * the configured directory (a dataDir, the result cache dir, the suite's
+    run and state dirs) is resolved once, by the kernel, when ``open_root``
+    opens it: links on the way to it and in its own name are followed, as an
+    operator may have moved /var/lib/cni to another disk behind a symlink
+    (the kernel's fs.protected_symlinks keeps a link in a sticky
+    world-writable dir such as /tmp from being followed by root);
+  * everything below it, every directory and file the suite keeps there, is
+    opened relative to its parent's fd with O_NOFOLLOW (``Dir``): a symlink
+    at any component is never followed but refused with ``NotFollowed``
+    (code 5, naming it) and left where it is.  Unlinking a name removes the
+    link itself, never what it points at; ``Dir.read`` opens regular files
+    only and never blocks on a FIFO.
 """
 
 import errno
 import fcntl
 import os
+import stat
 import time
 
 from cnilib.base import errors
@@ -45,8 +62,7 @@ def ensure_dir(path, mode=0o700):
     except OSError as exc:
         raise errors.IOFailure("cannot create directory %s: %s" % (path, exc.strerror)) from exc
     st = os.lstat(path)
-    import stat as _stat
-    if not _stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
         raise errors.IOFailure("%s is not a directory (found a symlink or file)" % path,
                                "expected a directory owned by root; remove what is there")
     if st.st_mode & 0o002:
@@ -54,7 +70,7 @@ def ensure_dir(path, mode=0o700):
                                "expected mode 0700/0755; run chmod o-w %s" % path)
     parent = os.path.dirname(os.path.abspath(path))
     pst = os.stat(parent)
-    if pst.st_mode & 0o002 and not pst.st_mode & _stat.S_ISVTX:
+    if pst.st_mode & 0o002 and not pst.st_mode & stat.S_ISVTX:
         # anyone could swap the state directory for a link of their own
         raise errors.IOFailure("state directory %s is in %s, which is world-writable" % (path, parent),
                                "expected a parent writable by root only (or sticky, as /tmp); "
@@ -173,15 +189,23 @@ def sweep_temps(d, older_than=60.0):
     return n
 
 
-def open_lock(path, what="lock"):
-    """The fd of lock file ``path``, created 0600 if missing; a symlink
-    planted there is not followed but refused (code 5, naming the path)."""
+def open_lock(path, what="lock", dir_fd=None):
+    """The fd of lock file ``path`` (a name in the directory open on
+    ``dir_fd`` when given), created 0600 if missing; a symlink planted there
+    is not followed but refused (code 5, naming the path)."""
+    name = os.path.basename(path) if dir_fd is not None else path
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     0o600, dir_fd=dir_fd)
     except OSError as exc:
         why = "a symlink is there" if exc.errno == errno.ELOOP else exc.strerror
         raise errors.IOFailure("cannot open %s %s: %s" % (what, path, why),
                                "expected a regular file the suite creates; remove what is there") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise errors.IOFailure("cannot open %s %s: it is no regular file" % (what, path),
+                               "expected a regular file the suite creates; remove what is there")
+    return fd
 
 
 class Flock:
@@ -192,13 +216,14 @@ class Flock:
     TryAgainLater (code 11): the runtime retries.
     """
 
-    def __init__(self, path, timeout=30.0, what="lock", log=None):
+    def __init__(self, path, timeout=30.0, what="lock", log=None, dir_fd=None):
         self.path, self.timeout, self.what, self.log = path, timeout, what, log
+        self.dir_fd = dir_fd
         self.fd = None
         self.since = None
 
     def __enter__(self):
-        self.fd = open_lock(self.path, self.what)
+        self.fd = open_lock(self.path, self.what, self.dir_fd)
         start = time.monotonic()
         deadline = start + self.timeout
         delay = 0.001
@@ -229,3 +254,324 @@ class Flock:
             if self.log is not None:
                 self.log.debug("%s released after %.1f ms", self.what, (time.monotonic() - self.since) * 1000)
         return False
+
+
+# ------------------------------------------------------------ directories held by fd
+
+
+class NotFollowed(errors.IOFailure):
+    """A symlink (or anything but a directory) where the suite keeps a
+    directory of its own, below a configured one: refused, not followed,
+    left where it is.  ``path`` names it."""
+
+    def __init__(self, path, found):
+        super().__init__("%s is %s: not followed, left alone" % (path, found),
+                         "the suite keeps a directory of its own there and never follows a link "
+                         "below the configured directory; if nobody made it on purpose, "
+                         "remove it (rm %s)" % path)
+        self.path = path
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SUBDIR = _DIR | os.O_NOFOLLOW
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _what_is(st):
+    if st is None:
+        return "gone"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if stat.S_ISREG(st.st_mode):
+        return "a regular file"
+    return "not a directory"
+
+
+def _check_mode(fd, path):
+    """Refuse a world-writable directory: anyone could plant names in it."""
+    if os.fstat(fd).st_mode & 0o002:
+        raise errors.IOFailure("state directory %s is world-writable" % path,
+                               "expected mode 0700/0755; run chmod o-w %s" % path)
+
+
+def open_root(path, create=False, mode=0o755, what="state directory"):
+    """The configured directory ``path`` held open (a ``Dir``), resolved once
+    with every link on the way followed (see the module docstring); None
+    when it does not exist and ``create`` is false.
+
+    With ``create`` (a writer is about to keep state there) it is made with
+    its parents if needed, and refused when it or its parent could be
+    written by anyone: a world-writable directory, or one inside a
+    world-writable parent that is not sticky (as /tmp is)."""
+    check_path(path, what)
+    if create:
+        try:
+            os.makedirs(path, mode, exist_ok=True)
+        except FileExistsError as exc:
+            raise errors.IOFailure("%s exists and is not a directory" % path) from exc
+        except OSError as exc:
+            raise errors.IOFailure("cannot create directory %s: %s" % (path, exc.strerror)) from exc
+    try:
+        fd = os.open(path, _DIR)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not create:
+            return None         # nothing of ours can be there
+        raise errors.IOFailure("cannot open directory %s: %s" % (path, exc.strerror)) from exc
+    except OSError as exc:
+        raise errors.IOFailure("cannot open directory %s: %s" % (path, exc.strerror)) from exc
+    d = Dir(fd, path)
+    if create:
+        try:
+            _check_mode(fd, path)
+            pst = os.stat("..", dir_fd=fd)
+            if pst.st_mode & 0o002 and not pst.st_mode & stat.S_ISVTX:
+                parent = os.path.dirname(os.path.realpath(path))
+                # anyone could swap the state directory for a link of their own
+                raise errors.IOFailure(
+                    "state directory %s is in %s, which is world-writable" % (path, parent),
+                    "expected a parent writable by root only (or sticky, as /tmp); "
+                    "run chmod o-w %s" % parent)
+        except BaseException:
+            d.close()
+            raise
+    return d
+
+
+def open_dirs(root, names, create=False, mode=0o755, what="state directory"):
+    """``open_root(root)``, then each of ``names`` below it in turn
+    (``Dir.sub``); None when one does not exist and ``create`` is false."""
+    d = open_root(root, create, mode, what)
+    for name in names:
+        if d is None:
+            return None
+        try:
+            sub = d.sub(name, create, mode)
+        finally:
+            d.close()
+        d = sub
+    return d
+
+
+class Dir:
+    """A directory held open on ``fd``: every name below it is taken
+    relative to that fd, without following a link.  ``path`` is for
+    messages only.  A context manager; closing twice is fine."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd, path):
+        self.fd, self.path = fd, path
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except OSError:
+            pass
+
+    def join(self, name):
+        return os.path.join(self.path, name)
+
+    # -- directories -------------------------------------------------------------
+    def sub(self, name, create=False, mode=0o755):
+        """The directory ``name`` in this one, opened with O_NOFOLLOW; None
+        when it does not exist and ``create`` is false.  A symlink or a file
+        there raises NotFollowed.  With ``create`` it is made if missing and
+        refused when world-writable (anyone could plant names in it)."""
+        check_component(name, "directory name")
+        for _attempt in range(3):
+            if create:
+                try:
+                    os.mkdir(name, mode, dir_fd=self.fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise errors.IOFailure("cannot create directory %s: %s"
+                                           % (self.join(name), exc.strerror)) from exc
+            try:
+                fd = os.open(name, _SUBDIR, dir_fd=self.fd)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                continue            # removed between mkdir and open: make it again
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise NotFollowed(self.join(name), _what_is(self.lstat(name))) from None
+                raise errors.IOFailure("cannot open directory %s: %s"
+                                       % (self.join(name), exc.strerror)) from exc
+            d = Dir(fd, self.join(name))
+            if create:
+                try:
+                    _check_mode(fd, d.path)
+                except BaseException:
+                    d.close()
+                    raise
+            return d
+        raise errors.IOFailure("cannot create directory %s: it keeps vanishing" % self.join(name))
+
+    def names(self):
+        """The names in this directory (unsorted)."""
+        return os.listdir(self.fd)
+
+    def try_names(self, problems):
+        """Sorted names for a reader that must not stop: [] when the
+        directory cannot be listed, the reason appended to ``problems``."""
+        try:
+            return sorted(self.names())
+        except OSError as exc:
+            problems.append("cannot list %s: %s" % (self.path, exc.strerror))
+            return []
+
+    def lstat(self, name):
+        """lstat of ``name`` here (a link is not followed), None when missing."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def is_dir(self, name):
+        st = self.lstat(name)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def is_file(self, name):
+        st = self.lstat(name)
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def rmdir(self, name):
+        os.rmdir(name, dir_fd=self.fd)
+
+    def stat(self):
+        return os.fstat(self.fd)
+
+    def utime(self, name, ns):
+        os.utime(name, ns=ns, dir_fd=self.fd, follow_symlinks=False)
+
+    # -- files -------------------------------------------------------------------
+    def read(self, name, limit=1 << 20):
+        """Contents of the regular file ``name``, None when it is missing.
+        A symlink (ELOOP: not followed), a directory (EISDIR) or any other
+        non-regular file (EINVAL; a FIFO is never blocked on) raises OSError."""
+        try:
+            fd = os.open(name, _READ, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                if stat.S_ISDIR(mode):
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.join(name))
+                raise OSError(errno.EINVAL, "not a regular file", self.join(name))
+            return os.read(fd, limit)
+        finally:
+            os.close(fd)
+
+    def try_read(self, name, problems, limit=1 << 20):
+        """``read`` for a reader that must not stop (see ``try_read``)."""
+        try:
+            return self.read(name, limit)
+        except OSError as exc:
+            problems.append("cannot read %s: %s" % (self.join(name), exc.strerror))
+            return None
+
+    def create_temp(self, data, mode=0o600):
+        """A new temp file (O_EXCL, O_NOFOLLOW) holding ``data``; its name."""
+        if isinstance(data, str):
+            data = data.encode()
+        tmp = "%s%d-%s" % (TMP_PREFIX, os.getpid(), os.urandom(4).hex())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                     dir_fd=self.fd)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except BaseException:
+            os.close(fd)
+            self.remove(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    def write_atomic(self, name, data, mode=0o600, durable=True):
+        """``write_atomic`` of ``name`` in this directory: a temp file here,
+        renamed over ``name`` (a link planted under that name is replaced,
+        never written through)."""
+        check_component(name, "file name")
+        if isinstance(data, str):
+            data = data.encode()
+        tmp = "%s%d-%s" % (TMP_PREFIX, os.getpid(), os.urandom(4).hex())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                     dir_fd=self.fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.rename(tmp, name)
+        except BaseException:
+            try:
+                self.remove(tmp)
+            except OSError:
+                pass
+            raise
+        if durable:
+            self.fsync()
+
+    def rename(self, src, dst):
+        os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def link(self, src, dst):
+        """Hard link ``src`` (never a link's target) as ``dst``; FileExistsError when taken."""
+        os.link(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+
+    def remove(self, name):
+        """Unlink ``name``; True if it existed.  A symlink is removed itself."""
+        try:
+            os.unlink(name, dir_fd=self.fd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def fsync(self):
+        try:
+            os.fsync(self.fd)
+        except OSError:
+            pass
+
+    def lock(self, name, timeout=30.0, what="lock", log=None):
+        """A ``Flock`` on the file ``name`` here."""
+        return Flock(self.join(name), timeout, what, log, dir_fd=self.fd)
+
+    def sweep_temps(self, older_than=60.0):
+        """Remove temp files a crashed writer left here; how many."""
+        now = time.time()
+        try:
+            names = self.names()
+        except OSError:
+            return 0
+        n = 0
+        for name in names:
+            if name.startswith(TMP_PREFIX):
+                st = self.lstat(name)
+                try:
+                    if st is not None and now - st.st_mtime > older_than and self.remove(name):
+                        n += 1
+                except OSError:
+                    pass
+        return n

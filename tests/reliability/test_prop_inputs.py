@@ -65,9 +65,25 @@ def sealed(monkeypatch, tmp_path):
     for mod, names in ((proc, ("run", "start")), (sysctl, ("write",)), (netns, ("setns",)),
                        (nftables, ("conntrack_delete_dports", "conntrack_count")),
                        (fsutil, ("write_atomic", "ensure_dir", "remove", "sweep_temps")),
+                       (fsutil.Dir, ("write_atomic", "create_temp", "remove", "rmdir", "link", "rename",
+                                     "utime", "sweep_temps")),
                        (flannel, ("wait_subnet_env",))):
         for n in names:
             monkeypatch.setattr(mod, n, _reached)
+    # state dirs held by fd (cnilib.base.fsutil.Dir): reading is fine, making one is an effect
+    open_root, sub = fsutil.open_root, fsutil.Dir.sub
+
+    def sealed_root(path, create=False, *a, **k):
+        if create:
+            raise Reached()
+        return open_root(path, create, *a, **k)
+
+    def sealed_sub(self, name, create=False, *a, **k):
+        if create:
+            raise Reached()
+        return sub(self, name, create, *a, **k)
+    monkeypatch.setattr(fsutil, "open_root", sealed_root)
+    monkeypatch.setattr(fsutil.Dir, "sub", sealed_sub)
     monkeypatch.setattr(nftables._Sock, "__init__", _reached)
     monkeypatch.setattr(netns.Enter, "__enter__", _reached)
     monkeypatch.setattr(fsutil.Flock, "__enter__", _reached)

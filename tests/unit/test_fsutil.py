@@ -106,3 +106,72 @@ def test_a_symlink_planted_as_a_lock_is_refused_not_followed(tmp_path):
         with fsutil.Flock(str(tmp_path / "lock")):
             pass
     assert victim.read_text() == "keep" and victim.stat().st_mode & 0o777 == 0o644
+
+
+# ---- directories held by fd: nothing below a configured dir goes through a link --------------------
+
+def victim_dir(tmp_path, names):
+    v = tmp_path / "victim"
+    v.mkdir()
+    for name in names:
+        (v / name).write_text("precious %s\n" % name)
+    return v
+
+
+def contents(d):
+    return {n: (d / n).read_text() for n in sorted(os.listdir(d))}
+
+
+def test_a_dir_link_below_the_root_is_refused_and_left_alone(tmp_path):
+    v = victim_dir(tmp_path, ["a"])
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(v, root / "sub")
+    with fsutil.open_root(str(root)) as d:
+        for create in (False, True):
+            with pytest.raises(fsutil.NotFollowed) as ei:
+                d.sub("sub", create=create)
+            assert ei.value.code == 5 and ei.value.path == str(root / "sub")
+            assert "symbolic link" in ei.value.msg and "rm %s" % (root / "sub") in ei.value.details
+    assert os.path.islink(root / "sub") and contents(v) == {"a": "precious a\n"}
+
+
+def test_the_configured_root_may_be_a_link_an_operator_made(tmp_path):
+    real = tmp_path / "disk" / "cni"
+    real.mkdir(parents=True)
+    os.symlink(real, tmp_path / "cni")
+    with fsutil.open_dirs(str(tmp_path / "cni"), ["networks", "net1"], create=True) as d:
+        d.write_atomic("10.0.0.2", b"c1\r\neth0")
+    assert (real / "networks" / "net1" / "10.0.0.2").read_bytes() == b"c1\r\neth0"
+
+
+def test_dir_files_are_never_followed_nor_blocked_on(tmp_path):
+    v = victim_dir(tmp_path, ["f"])
+    d = tmp_path / "d"
+    d.mkdir()
+    os.symlink(v / "f", d / "link")
+    os.mkfifo(d / "fifo")
+    (d / "sub").mkdir()
+    with fsutil.open_root(str(d)) as h:
+        assert h.read("missing") is None
+        for name in ("link", "fifo", "sub"):
+            with pytest.raises(OSError):
+                h.read(name)                    # a FIFO would block an open() without O_NONBLOCK
+        h.write_atomic("link", b"new")          # replaces the link, never writes through it
+        assert h.remove("fifo") and not h.remove("fifo")
+    assert (d / "link").read_bytes() == b"new" and not os.path.islink(d / "link")
+    assert contents(v) == {"f": "precious f\n"}
+
+
+def test_a_lock_is_taken_relative_to_its_dir(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    v = victim_dir(tmp_path, ["f"])
+    os.symlink(v / "f", d / "lock")
+    with fsutil.open_root(str(d)) as h:
+        with pytest.raises(errors.IOFailure, match="symlink"):
+            with h.lock("lock"):
+                pass
+        with h.lock("other"):
+            pass
+    assert contents(v) == {"f": "precious f\n"}
