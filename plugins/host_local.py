@@ -38,7 +38,10 @@ def cmd_add(a):
 
 def _located_store(a, verb):
     """The store for DEL/GC, or None when the config names no usable dataDir
-    (then nothing of ours can be there)."""
+    (then nothing of ours can be there), or when a link was planted as the
+    network's directory: no lease of ours can be behind a link the plugin
+    never made, so nothing is released through it, and the log says why."""
+    from cnilib.base import fsutil
     from cnilib.ipam import config
     try:
         data_dir, _ = config.locate(a.conf)
@@ -46,7 +49,12 @@ def _located_store(a, verb):
         a.log.warning("%s: nothing to do, %s", verb, exc.msg)
         return None
     st = _store(a, data_dir)
-    if not st.exists():
+    try:
+        exists = st.exists()
+    except fsutil.NotFollowed as exc:
+        a.log.warning("%s: nothing released: %s", verb, exc.msg)
+        return None
+    if not exists:
         a.log.debug("%s: %s does not exist, nothing to release", verb, st.dir)
         return None
     return st
@@ -105,7 +113,12 @@ def cmd_status(a):
     if why:
         raise errors.NotAvailable("host-local cannot write leases: %s" % why,
                                   "ipam.dataDir is %s" % cfg.data_dir)
-    for idx, rs, used, cap in allocator.usage(cfg, st.scan(sweep=False)):
+    from cnilib.base import fsutil
+    try:
+        leases = st.scan(sweep=False)
+    except fsutil.NotFollowed as exc:
+        raise errors.NotAvailable("host-local cannot write leases: %s" % exc.msg, exc.details) from exc
+    for idx, rs, used, cap in allocator.usage(cfg, leases):
         if used >= cap:
             raise errors.NotAvailable(
                 "host-local range set %d (%s) is full: %d of %d addresses in use"

@@ -247,12 +247,17 @@ def _stale_blockers(nl, link, ip, plen, conf, network, own_ips):
         out.append("the IPAM plugin %r keeps no leases this plugin can read, so addresses in %s "
                    "may still be in use" % (conf["_ipam"], old_net))
         return out
-    from cnilib.base import paths
+    from cnilib.base import fsutil, paths
     data_dir = (conf.get("ipam") or {}).get("dataDir") or paths.HOST_LOCAL_DIR
     d = os.path.join(data_dir, network)
     try:
-        names = os.listdir(d)
-    except FileNotFoundError:
+        held = fsutil.open_dirs(data_dir, [network], what="ipam.dataDir")    # never through a link
+        if held is None:
+            return out
+        with held:
+            names = held.names()
+    except errors.CniError as exc:
+        out.append("cannot read the leases in %s (%s)" % (d, exc.msg))
         return out
     except OSError as exc:
         out.append("cannot read the leases in %s (%s)" % (d, exc.strerror))

@@ -49,6 +49,7 @@ lost then frees an address nobody holds, and one left empty is reclaimed.
 
 import errno
 import os
+import stat
 
 from cnilib.base import addr, errors, failpoint, fsutil
 
@@ -108,45 +109,93 @@ def read_leases(data_dirs, problems):
     (torn ones included) and the networks that have a lease directory.  For
     whois and doctor: takes no lock, changes nothing, never raises; what it
     cannot list or read is noted in ``problems`` (an unreadable lease counts
-    as torn)."""
+    as torn).  Nothing is read through a link: a network dir or a lease that
+    is one is skipped (noted in ``problems``), as the plugin refuses it."""
     out, nets = [], set()
     for d in data_dirs:
-        for net in fsutil.try_listdir(d, problems):
-            nd = os.path.join(d, net)
-            if not os.path.isdir(nd) or os.path.islink(nd):
-                continue
-            nets.add(net)
-            for name, _got in _address_names(fsutil.try_listdir(nd, problems)):
-                p = os.path.join(nd, name)
-                if os.path.isfile(p) and not os.path.islink(p):
-                    owner = parse_lease(fsutil.try_read(p, problems, MAX_LEASE) or b"")
-                    out.append(Lease(d, net, name, p, owner))
+        try:
+            root = fsutil.open_root(d)
+        except errors.CniError as exc:
+            problems.append(exc.msg)
+            continue
+        if root is None:
+            continue
+        with root:
+            for net in root.try_names(problems):
+                st = root.lstat(net)
+                if st is not None and stat.S_ISLNK(st.st_mode):
+                    problems.append("%s is a symbolic link: not followed" % root.join(net))
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    continue
+                try:
+                    nd = root.sub(net)
+                except errors.CniError as exc:
+                    problems.append(exc.msg)
+                    continue
+                if nd is None:
+                    continue
+                nets.add(net)
+                with nd:
+                    for name, _got in _address_names(nd.try_names(problems)):
+                        if nd.is_file(name):
+                            owner = parse_lease(nd.try_read(name, problems, MAX_LEASE) or b"")
+                            out.append(Lease(d, net, name, os.path.join(d, net, name), owner))
     return out, nets
 
 
 class Store:
     """Leases of one network.  Whatever changes files expects ``lock()`` held;
-    ``exists``, ``unwritable`` and ``scan(sweep=False)`` do not need it."""
+    ``exists``, ``unwritable`` and ``scan(sweep=False)`` do not need it.
+
+    The network directory is opened once, relative to the dataDir (which a
+    config names and is resolved as given), without following a link
+    (cnilib.base.fsutil.Dir); every file and the index dir are then taken
+    relative to it.  A link planted as the network dir refuses the store
+    (``NotFollowed``, code 5); one planted as the index dir refuses ADD and
+    is left alone (never written or swept through) by DEL and GC."""
 
     def __init__(self, data_dir, network, log, lock_timeout=LOCK_TIMEOUT):
         fsutil.check_component(network, "network name")
+        self.data_dir = data_dir
+        self.network = network
         self.dir = os.path.join(data_dir, network)
         self.log = log
         self.lock_timeout = lock_timeout
+        self._d = None
 
     # -- the directory and its lock ------------------------------------------
+    def _open(self, create=False):
+        """The network directory's Dir, None when it does not exist (and not
+        ``create``); NotFollowed for a link planted there."""
+        if self._d is None:
+            self._d = fsutil.open_dirs(self.data_dir, [self.network], create, 0o755, "ipam.dataDir")
+        return self._d
+
+    def _need(self):
+        d = self._open()
+        if d is None:
+            raise errors.IOFailure("%s does not exist" % self.dir,
+                                   "host-local keeps its leases there (ipam.dataDir)")
+        return d
+
+    def close(self):
+        if self._d is not None:
+            self._d.close()
+            self._d = None
+
     def exists(self):
-        return os.path.isdir(self.dir) and not os.path.islink(self.dir)
+        """Whether the network directory exists; NotFollowed when a link is there."""
+        return self._open() is not None
 
     def create(self):
         try:
-            fsutil.ensure_dir(self.dir, 0o755)
+            self._open(create=True)
         except errors.IOFailure as exc:
             exc.details = exc.details or "host-local keeps its leases there (ipam.dataDir)"
             raise
 
     def lock(self):
-        return fsutil.Flock(os.path.join(self.dir, LOCK), self.lock_timeout, "host-local lock", self.log)
+        return self._need().lock(LOCK, self.lock_timeout, "host-local lock", self.log)
 
     def _path(self, name):
         return os.path.join(self.dir, fsutil.check_component(name, "lease name"))
@@ -156,24 +205,25 @@ class Store:
         """[(name, (family, int))] of every address-named entry of the
         directory listing; with ``sweep`` (lock held) temp files of dead
         writers are removed on the way."""
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
+        d = self._open()
+        if d is None:
             return []
+        names = d.names()
         if sweep:
             for name in names:
-                if name.startswith(fsutil.TMP_PREFIX) and fsutil.remove(os.path.join(self.dir, name)):
+                if name.startswith(fsutil.TMP_PREFIX) and d.remove(name):
                     self.log.warning("removed %s/%s left by a writer that died", self.dir, name)
         return _address_names(names)
 
     def scan(self, sweep=True):
         """{lease file name: owner} for every file named like an address."""
         out = {}
+        d = self._open()
         for name, _got in self._listed(sweep):
             try:
-                owner = parse_lease(fsutil.read_file(os.path.join(self.dir, name), MAX_LEASE))
+                owner = parse_lease(d.read(name, MAX_LEASE))
             except OSError:
-                continue        # a directory or a symlink: never ours
+                continue        # a directory, a symlink or a FIFO: never ours
             if owner is not None:
                 out[name] = owner
         return out
@@ -186,13 +236,16 @@ class Store:
     def owner(self, name):
         """Owner of lease ``name``; None if there is no such file."""
         try:
-            return parse_lease(fsutil.read_file(self._path(name), MAX_LEASE))
+            return parse_lease(self._need().read(fsutil.check_component(name, "lease name"), MAX_LEASE))
         except OSError:
             return FOREIGN
 
     def last_reserved(self, idx):
+        d = self._open()
+        if d is None:
+            return None
         try:
-            data = fsutil.read_file(os.path.join(self.dir, LAST_PREFIX + str(idx)), 256)
+            data = d.read(LAST_PREFIX + str(idx), 256)
         except OSError:
             return None
         if data is None:
@@ -200,33 +253,22 @@ class Store:
         return data.decode("ascii", "replace").strip()
 
     # -- writing ---------------------------------------------------------------
-    def _temp(self, data):
-        tmp = os.path.join(self.dir, "%s%d-%s" % (fsutil.TMP_PREFIX, os.getpid(), os.urandom(4).hex()))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        except BaseException:
-            os.close(fd)
-            fsutil.remove(tmp)
-            raise
-        os.close(fd)
-        return tmp
-
     def reserve(self, name, cid, ifname):
         """Take lease ``name`` for (cid, ifname).  True, or the owner holding it."""
         path = self._path(name)
-        tmp = self._io("write lease", path, self._temp, lease_bytes(cid, ifname))
+        d = self._need()
+        tmp = self._io("write lease", path, d.create_temp, lease_bytes(cid, ifname))
         try:
             failpoint.hit("hostlocal-before-lease-link")
             try:
-                os.link(tmp, path)
+                d.link(tmp, name)
                 return True
             except FileExistsError:
                 pass
             owner = self.owner(name)
             if owner is not TORN and owner is not None:
                 return owner
-            self._io("reclaim lease", path, os.rename, tmp, path)
+            self._io("reclaim lease", path, d.rename, tmp, name)
             tmp = None
             if owner is TORN:
                 self.log.warning("reclaimed %s: the file held no lease (a writer died before "
@@ -237,15 +279,16 @@ class Store:
                                    "check that %s is writable" % self.dir) from exc
         finally:
             if tmp is not None:
-                fsutil.remove(tmp)
+                d.remove(tmp)
 
     def set_last_reserved(self, idx, name):
         path = os.path.join(self.dir, LAST_PREFIX + str(idx))
-        tmp = self._io("write", path, self._temp, name.encode())
+        d = self._need()
+        tmp = self._io("write", path, d.create_temp, name.encode())
         try:
-            self._io("write", path, os.rename, tmp, path)
+            self._io("write", path, d.rename, tmp, LAST_PREFIX + str(idx))
         except BaseException:
-            fsutil.remove(tmp)
+            d.remove(tmp)
             raise
 
     def _io(self, what, path, fn, *args):
@@ -258,10 +301,13 @@ class Store:
     def release(self, names):
         """Remove the lease files ``names``; missing ones are fine."""
         done = []
+        d = self._open()
+        if d is None:
+            return done
         for name in names:
             path = self._path(name)
             try:
-                if fsutil.remove(path):
+                if d.remove(name):
                     done.append(name)
             except OSError as exc:
                 raise errors.IOFailure("cannot remove lease %s: %s" % (path, exc.strerror)) from exc
@@ -269,18 +315,39 @@ class Store:
         return done
 
     # -- the attachment index --------------------------------------------------
-    def _index_path(self, cid, ifname):
+    def _index_name(self, cid, ifname):
         # a container ID never holds '@' (skel checks it), so the split is unambiguous
-        return os.path.join(self.dir, INDEX_DIR,
-                            fsutil.check_component("%s@%s" % (cid.strip(), ifname), "attachment"))
+        return fsutil.check_component("%s@%s" % (cid.strip(), ifname), "attachment")
+
+    def _index_path(self, cid, ifname):
+        return os.path.join(self.dir, INDEX_DIR, self._index_name(cid, ifname))
+
+    def _index_dir(self, create=False, quiet=False):
+        """The index dir's Dir, or None when there is none.  A link planted
+        there: NotFollowed, or with ``quiet`` (DEL, GC and the reads that
+        only spare work) None with a warning, the link left alone."""
+        d = self._open()
+        if d is None:
+            return None
+        try:
+            return d.sub(INDEX_DIR, create, 0o755)
+        except fsutil.NotFollowed as exc:
+            if not quiet:
+                raise
+            self.log.warning("%s; the index is not used", exc.msg)
+            return None
 
     def indexed(self, cid, ifname):
         """Lease names the index lists for (cid, ifname) that (cid, ifname)
         still holds: what ADD reads instead of every lease."""
-        try:
-            data = fsutil.read_file(self._index_path(cid, ifname), MAX_LEASE)
-        except OSError:
+        ix = self._index_dir(quiet=True)
+        if ix is None:
             return []
+        with ix:
+            try:
+                data = ix.read(self._index_name(cid, ifname), MAX_LEASE)
+            except OSError:
+                return []
         if not data:
             return []
         me = (cid.strip(), ifname)
@@ -295,14 +362,21 @@ class Store:
         directory since it last stamped the index (``stamp``: the index
         dir's mtime is set to the lease dir's), and there is one lease per
         range set per indexed attachment."""
-        d = os.path.join(self.dir, INDEX_DIR)
-        try:
-            if os.stat(d).st_mtime_ns != os.stat(self.dir).st_mtime_ns:
-                return False
-            entries = sum(1 for n in os.listdir(d) if not n.startswith(fsutil.TMP_PREFIX))
-        except FileNotFoundError:
+        d = self._open()
+        if d is None:
             return leases == 0
-        except OSError:
+        try:
+            st = d.lstat(INDEX_DIR)
+            if st is None:
+                return leases == 0
+            if not stat.S_ISDIR(st.st_mode) or st.st_mtime_ns != d.stat().st_mtime_ns:
+                return False
+            ix = d.sub(INDEX_DIR)
+            if ix is None:
+                return leases == 0
+            with ix:
+                entries = sum(1 for n in ix.names() if not n.startswith(fsutil.TMP_PREFIX))
+        except (OSError, errors.CniError):
             return False
         return leases == entries * sets
 
@@ -311,22 +385,24 @@ class Store:
         last step of every ADD, DEL and GC (lock held).  Any later change by
         another writer (the Go plugin, a crash mid-ADD) moves the lease
         dir's mtime and breaks the match."""
-        d = os.path.join(self.dir, INDEX_DIR)
+        d = self._open()
+        if d is None:
+            return
         try:
-            t = os.stat(self.dir).st_mtime_ns
-            os.utime(d, ns=(t, t))
+            if d.is_dir(INDEX_DIR):
+                t = d.stat().st_mtime_ns
+                d.utime(INDEX_DIR, (t, t))
         except OSError:
-            pass        # no index dir (no pods), or unwritable: ADD reads every lease
+            pass        # unwritable: ADD reads every lease
 
     def index(self, cid, ifname, names):
-        """Record ``names`` as (cid, ifname)'s leases (lock held)."""
+        """Record ``names`` as (cid, ifname)'s leases (lock held).  A link
+        planted as the index dir refuses the ADD (NotFollowed)."""
         path = self._index_path(cid, ifname)
         try:
-            try:
-                os.mkdir(os.path.dirname(path), 0o755)
-            except FileExistsError:
-                pass
-            fsutil.write_atomic(path, "".join(n + "\n" for n in names), 0o644, durable=False)
+            with self._index_dir(create=True) as ix:
+                ix.write_atomic(self._index_name(cid, ifname), "".join(n + "\n" for n in names),
+                                0o644, durable=False)
         except OSError as exc:
             raise errors.IOFailure("cannot write %s: %s" % (path, exc.strerror),
                                    "check that %s is writable" % self.dir) from exc
@@ -335,9 +411,14 @@ class Store:
         """Drop (cid, ifname)'s entry, and the index dir once it is empty, so
         a network with no pods looks as the Go plugin leaves it (lock held)."""
         path = self._index_path(cid, ifname)
+        ix = self._index_dir(quiet=True)
+        if ix is None:
+            return
         try:
-            if fsutil.remove(path):
-                os.rmdir(os.path.dirname(path))
+            with ix:
+                gone = ix.remove(self._index_name(cid, ifname))
+            if gone:
+                self._open().rmdir(INDEX_DIR)
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
                 raise errors.IOFailure("cannot remove %s: %s" % (path, exc.strerror)) from exc
@@ -345,22 +426,25 @@ class Store:
     def sweep_index(self, keep):
         """Remove the index entries of attachments not in ``keep`` (a set of
         (cid, ifname)), and temp files of dead writers; the names removed."""
-        d = os.path.join(self.dir, INDEX_DIR)
-        try:
-            names = os.listdir(d)
-        except OSError:
+        ix = self._index_dir(quiet=True)
+        if ix is None:
             return []
         gone = []
-        for name in names:
-            cid, _, ifname = name.partition("@")
-            if name.startswith(fsutil.TMP_PREFIX) or (cid, ifname) not in keep:
-                try:
-                    if fsutil.remove(os.path.join(d, name)):
-                        gone.append(name)
-                except OSError:
-                    pass
+        with ix:
+            try:
+                names = ix.names()
+            except OSError:
+                return []
+            for name in names:
+                cid, _, ifname = name.partition("@")
+                if name.startswith(fsutil.TMP_PREFIX) or (cid, ifname) not in keep:
+                    try:
+                        if ix.remove(name):
+                            gone.append(name)
+                    except OSError:
+                        pass
         try:
-            os.rmdir(d)
+            self._open().rmdir(INDEX_DIR)
         except OSError:
             pass
         return gone

@@ -1,0 +1,128 @@
+"""Planted directory links in the state dirs are never followed (issue 16 item 1).
+
+A symlink planted at any component below a configured directory (host-local's
+network dir and its ``.pycni-attachments``, flannel's dataDir entries,
+tuning's per-network dir, the suite's record dirs, libcni's ``results``) is
+refused with code 5 by what would write there, and left alone, with what it
+points at untouched, by what would read or sweep there (DEL, GC).  The
+configured directory itself may be a link an operator made.  The plugins run
+through ``skel.execute`` with no network namespace: host-local, and the GC of
+flannel and tuning, need none.
+"""
+
+import json
+import os
+
+from cnilib.base import fsutil
+from cnilib.base.log import Log
+from cnilib.cni import skel
+from cnilib.ipam import store as lstore
+from cnilib.ipam.store import Store
+
+
+def victim_dir(tmp_path, names):
+    """A directory of files a sweep through a link would delete or a writer
+    would write into: {name: content}, read back by ``contents``."""
+    v = tmp_path / "victim"
+    v.mkdir()
+    for name in names:
+        (v / name).write_text("precious %s\n" % name)
+    return v
+
+
+def contents(d):
+    """{relative path: content} of every file under ``d`` (links not followed)."""
+    out = {}
+    for base, _dirs, files in os.walk(d):
+        for n in files:
+            p = os.path.join(base, n)
+            with open(p) as f:
+                out[os.path.relpath(p, d)] = f.read()
+    return out
+
+
+def run(plugin, command, conf, tmp_path, cid="c1", ifname="eth0", netns="/var/run/netns/x"):
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": netns,
+           "CNI_PATH": str(tmp_path / "nobin"), "PYCNI_LOG": str(tmp_path / "log"),
+           "PYCNI_STATE_DIR": str(tmp_path / "state"), "PYCNI_RUN_DIR": str(tmp_path / "run")}
+    rc, out = skel.execute(plugin, env, stdin_data=json.dumps(conf).encode())
+    return rc, (json.loads(out) if out.strip() else None)
+
+
+def log_text(tmp_path):
+    p = tmp_path / "log"
+    return p.read_text() if p.exists() else ""
+
+
+# ---- host-local -----------------------------------------------------------------------------------
+
+def hl_conf(tmp_path, **extra):
+    return dict({"cniVersion": "1.1.0", "name": "net1", "type": "host-local",
+                 "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                          "ranges": [[{"subnet": "10.1.2.0/24"}]]}}, **extra)
+
+
+def hostlocal():
+    import plugins.host_local as p
+    return p.PLUGIN
+
+
+def test_host_local_index_dir_planted_as_a_link(tmp_path):
+    """GC swept every file of the link's target, DEL removed the entry through
+    it and ADD wrote into it."""
+    conf = hl_conf(tmp_path)
+    assert run(hostlocal(), "ADD", conf, tmp_path, cid="live")[0] == 0
+    assert run(hostlocal(), "ADD", conf, tmp_path, cid="c1")[0] == 0
+    net = tmp_path / "ipam" / "net1"
+    index = net / lstore.INDEX_DIR
+    v = victim_dir(tmp_path, ["c1@eth0", "c2@eth0", "passwd", fsutil.TMP_PREFIX + "1-x"])
+    before = contents(v)
+    for n in os.listdir(index):
+        os.unlink(index / n)
+    os.rmdir(index)
+    os.symlink(v, index)
+    rc, err = run(hostlocal(), "ADD", conf, tmp_path, cid="c2")
+    assert rc == 1 and err["code"] == 5 and str(index) in err["msg"] and "symbolic link" in err["msg"]
+    assert sorted(n for n in os.listdir(net) if n[0].isdigit()) == ["10.1.2.2", "10.1.2.3"]  # undone
+    assert run(hostlocal(), "DEL", conf, tmp_path, cid="c1")[0] == 0      # its lease goes
+    assert sorted(n for n in os.listdir(net) if n[0].isdigit()) == ["10.1.2.2"]
+    gc = dict(conf, **{"cni.dev/valid-attachments": []})
+    assert run(hostlocal(), "GC", gc, tmp_path, cid="", ifname="", netns="")[0] == 0     # every other
+    assert sorted(n for n in os.listdir(net) if n[0].isdigit()) == []
+    assert contents(v) == before and os.path.islink(index)
+    assert "%s is a symbolic link: not followed" % index in log_text(tmp_path)
+
+
+def test_host_local_network_dir_planted_as_a_link(tmp_path):
+    v = victim_dir(tmp_path, ["10.1.2.2", "10.1.2.3", "lock", "last_reserved_ip.0"])
+    (v / "10.1.2.3").write_text("c1\r\neth0")         # what DEL would release through the link
+    before = contents(v)
+    (tmp_path / "ipam").mkdir()
+    os.symlink(v, tmp_path / "ipam" / "net1")
+    conf = hl_conf(tmp_path)
+    rc, err = run(hostlocal(), "ADD", conf, tmp_path)
+    assert rc == 1 and err["code"] == 5 and "net1 is a symbolic link" in err["msg"]
+    rc, err = run(hostlocal(), "CHECK", conf, tmp_path)
+    assert rc == 1 and err["code"] == 5
+    rc, err = run(hostlocal(), "STATUS", conf, tmp_path, cid="", ifname="", netns="")
+    assert rc == 1 and err["code"] == 50 and "symbolic link" in err["msg"]
+    assert run(hostlocal(), "DEL", conf, tmp_path)[0] == 0
+    gc = dict(conf, **{"cni.dev/valid-attachments": []})
+    assert run(hostlocal(), "GC", gc, tmp_path, cid="", ifname="", netns="")[0] == 0
+    assert contents(v) == before and os.path.islink(tmp_path / "ipam" / "net1")
+    assert "DEL: nothing released: %s is a symbolic link" % (tmp_path / "ipam" / "net1") in log_text(tmp_path)
+
+
+def test_store_readers_skip_links(tmp_path):
+    v = victim_dir(tmp_path, ["10.9.9.9"])
+    (v / "10.9.9.9").write_text("secret\r\neth0")
+    data = tmp_path / "ipam"
+    data.mkdir()
+    os.symlink(v, data / "net2")
+    s = Store(str(data), "net1", Log("host-local", {"PYCNI_LOG": "off"}))
+    s.create()
+    s.reserve("10.1.0.5", "c1", "eth0")
+    problems = []
+    leases, nets = lstore.read_leases([str(data)], problems)
+    assert nets == {"net1"} and [le.ip for le in leases] == ["10.1.0.5"]
+    assert problems == ["%s is a symbolic link: not followed" % (data / "net2")]
