@@ -25,6 +25,7 @@ ADD or DEL on a network (spec 1.1 section 3).
 
 import errno
 import os
+import stat
 import time
 
 from cnilib.base import errors, fsutil, jsonio, paths
@@ -367,19 +368,44 @@ def saved_path(data_dir, container_id):
     return os.path.join(data_dir, fsutil.check_component(container_id, "container ID"))
 
 
+def _data_dir(data_dir, create=False):
+    """dataDir held open (resolved as configured, links in its own path
+    followed: see cnilib.base.fsutil); None when it does not exist.  Each
+    saved file is then taken relative to it without following a link."""
+    return fsutil.open_root(fsutil.check_path(data_dir, "dataDir"), create, 0o700, "flannel dataDir")
+
+
 def saved_exists(data_dir, container_id):
-    return os.path.lexists(saved_path(data_dir, container_id))
+    name = fsutil.check_component(container_id, "container ID")
+    d = _data_dir(data_dir)
+    if d is None:
+        return False
+    with d:
+        return d.lstat(name) is not None
 
 
 def save(data_dir, container_id, data):
-    """Write the delegate config atomically (0600 in a 0700 dataDir)."""
-    fsutil.ensure_dir(data_dir, 0o700)
+    """Write the delegate config atomically (0600 in a 0700 dataDir); a link
+    planted under its name is replaced, never written through."""
+    name = fsutil.check_component(container_id, "container ID")
     path = saved_path(data_dir, container_id)
-    try:
-        fsutil.write_atomic(path, data, 0o600)
-    except OSError as exc:
-        raise errors.IOFailure("cannot save the delegate config to %s: %s" % (path, exc.strerror)) from exc
+    with _data_dir(data_dir, create=True) as d:
+        try:
+            d.write_atomic(name, data, 0o600)
+        except OSError as exc:
+            raise errors.IOFailure("cannot save the delegate config to %s: %s"
+                                   % (path, exc.strerror)) from exc
     return path
+
+
+def remove_saved(data_dir, container_id):
+    """Remove the saved file (a link there: the link itself); True if there was one."""
+    name = fsutil.check_component(container_id, "container ID")
+    d = _data_dir(data_dir)
+    if d is None:
+        return False
+    with d:
+        return d.remove(name)
 
 
 class Saved:
@@ -402,12 +428,22 @@ class Saved:
         return name if isinstance(name, str) else None
 
 
-def load_saved(data_dir, container_id):
+def load_saved(data_dir, container_id, d=None):
+    """The saved file of ``container_id`` (in ``d``, dataDir held open, when
+    given); a link or anything but a regular file there is "corrupt", never
+    followed."""
     path = saved_path(data_dir, container_id)
     try:
-        data = fsutil.read_file(path)
+        if d is not None:
+            data = d.read(os.path.basename(path))
+        else:
+            top = _data_dir(data_dir)
+            if top is None:
+                return Saved(path, "missing")
+            with top:
+                data = top.read(os.path.basename(path))
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EISDIR):
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.EINVAL):
             # not followed: DEL rebuilds the config and removes the entry
             return Saved(path, "corrupt", why="not a regular file (%s)" % exc.strerror)
         raise errors.IOFailure("cannot read the saved delegate config %s: %s" % (path, exc.strerror),
@@ -430,16 +466,56 @@ def load_saved(data_dir, container_id):
     return Saved(path, "ok", data, conf)
 
 
-def saved_entries(data_dir):
-    """Names of the saved files in ``data_dir`` (temp files and dirs skipped)."""
-    try:
-        names = os.listdir(data_dir)
-    except FileNotFoundError:
+def saved_entries(data_dir, links=False):
+    """Names of the saved files in ``data_dir``: regular files only (temp
+    files, directories and links are skipped, never followed); with
+    ``links`` symlinks too, for the readers that report them as corrupt."""
+    d = _data_dir(data_dir)
+    if d is None:
         return []
-    except OSError as exc:
-        raise errors.IOFailure("cannot list %s: %s" % (data_dir, exc.strerror)) from exc
-    return sorted(n for n in names if not n.startswith(".")
-                  and os.path.isfile(os.path.join(data_dir, n)))
+    with d:
+        try:
+            names = d.names()
+        except OSError as exc:
+            raise errors.IOFailure("cannot list %s: %s" % (data_dir, exc.strerror)) from exc
+        return sorted(n for n in names if not n.startswith(".") and _entry(d.lstat(n), links))
+
+
+def _entry(st, links):
+    return st is not None and (stat.S_ISREG(st.st_mode) or links and stat.S_ISLNK(st.st_mode))
+
+
+def sweep(data_dir, valid, network, log):
+    """GC: remove the saved files of container IDs not in ``valid`` (and temp
+    files of dead writers), keeping those of other networks sharing dataDir.
+    Only regular files are removed: a link planted there is left alone and
+    logged, nothing is read or removed through it.  The IDs removed."""
+    d = _data_dir(data_dir)
+    if d is None:
+        return []
+    gone = []
+    with d:
+        d.sweep_temps()
+        for name in sorted(d.names()):
+            if name.startswith(".") or name in valid:
+                continue
+            st = d.lstat(name)
+            if st is None:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                if stat.S_ISLNK(st.st_mode):
+                    log.warning("GC: %s is a symbolic link: not followed, left alone", d.join(name))
+                continue
+            try:
+                fsutil.check_component(name, "container ID")
+            except errors.InvalidConfig:
+                continue
+            saved = load_saved(data_dir, name, d)
+            if saved.state == "ok" and saved.conf.get("name") != network:
+                continue  # another flannel network sharing this dataDir
+            if d.remove(name):
+                gone.append(name)
+    return gone
 
 
 def read_all_saved(data_dirs, problems):
@@ -449,7 +525,7 @@ def read_all_saved(data_dirs, problems):
     out = []
     for d in data_dirs:
         try:
-            names = saved_entries(d)
+            names = saved_entries(d, links=True)
         except errors.CniError as exc:
             problems.append(exc.msg)
             continue

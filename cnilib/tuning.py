@@ -233,6 +233,24 @@ def legacy_backup_path(data_dir, cid, ifname):
     return os.path.join(data_dir, backup_name(cid, ifname, legacy=True))
 
 
+def _net_dir(data_dir, network, create=False, log=None):
+    """The network's backup dir held open, relative to dataDir (resolved as
+    configured) and never through a link: None when it does not exist.  A
+    link planted there refuses a writer (``create``: NotFollowed, code 5);
+    for the readers and removers of DEL and GC it is left alone, counts as
+    no dir, and is logged to ``log`` when given."""
+    try:
+        return fsutil.open_dirs(fsutil.check_path(data_dir, "dataDir"),
+                                [fsutil.check_component(network, "network name")],
+                                create, 0o700, "tuning dataDir")
+    except fsutil.NotFollowed as exc:
+        if create:
+            raise
+        if log is not None:
+            log.warning("tuning: %s", exc.msg)
+        return None
+
+
 class BackupFile:
     """A backup as read_backups found it: ``network`` None for the Go
     plugin's (not kept per network), ``ok`` when it parses."""
@@ -246,39 +264,49 @@ class BackupFile:
 def read_backups(data_dirs, problems):
     """Every backup under ``data_dirs``, ours (``<dir>/<network>/<cid>:<if>.json``)
     and the Go plugin's (``<dir>/<cid>_<if>.json``).  For whois and doctor:
-    takes no lock, never raises; what it cannot list or read is noted in
-    ``problems``."""
+    takes no lock, never raises; what it cannot list or read (a link is
+    never followed) is noted in ``problems``."""
     out = []
 
-    def one(path, network, name, legacy):
-        data = fsutil.try_read(path, problems)
+    def one(d, network, name, legacy):
+        data = d.try_read(name, problems)
         try:
             ok = data is not None and isinstance(jsonio.loads(data), dict)
         except ValueError:
             ok = False
         cid, ifname = parse_backup_name(name, legacy)
-        out.append(BackupFile(path, network, cid, ifname, ok))
+        out.append(BackupFile(d.join(name), network, cid, ifname, ok))
 
-    for d in data_dirs:
-        for n in fsutil.try_listdir(d, problems):
-            p = os.path.join(d, n)
-            if n.startswith("."):
-                continue
-            if os.path.isdir(p) and not os.path.islink(p):
-                for f in fsutil.try_listdir(p, problems):
-                    if parse_backup_name(f):
-                        one(os.path.join(p, f), n, f, False)
-            elif parse_backup_name(n, legacy=True):
-                one(p, None, n, True)
+    for top in data_dirs:
+        try:
+            root = fsutil.open_root(top)
+        except errors.CniError as exc:
+            problems.append(exc.msg)
+            continue
+        if root is None:
+            continue
+        with root:
+            for n in root.try_names(problems):
+                if n.startswith("."):
+                    continue
+                if root.is_dir(n):
+                    try:
+                        sub = root.sub(n)
+                    except errors.CniError as exc:
+                        problems.append(exc.msg)
+                        continue
+                    if sub is None:
+                        continue
+                    with sub:
+                        for f in sub.try_names(problems):
+                            if parse_backup_name(f):
+                                one(sub, n, f, False)
+                elif parse_backup_name(n, legacy=True):
+                    one(root, None, n, True)
     return out
 
 
-def read_backup(path):
-    """The saved values at ``path``, or None when missing or unreadable."""
-    try:
-        data = fsutil.read_file(path)
-    except OSError:
-        return None
+def _parse_backup(data):
     if data is None:
         return None
     try:
@@ -286,6 +314,58 @@ def read_backup(path):
     except ValueError:
         return None
     return saved if isinstance(saved, dict) else None
+
+
+def read_backup(path):
+    """The saved values at ``path`` (its last component not followed), or
+    None when missing or unreadable."""
+    try:
+        return _parse_backup(fsutil.read_file(path))
+    except OSError:
+        return None
+
+
+def _read_in(d, name):
+    try:
+        return _parse_backup(d.read(name))
+    except OSError:
+        return None
+
+
+def load_backup(data_dir, network, cid, ifname, log=None):
+    """(saved values, "ours" or "legacy") of the attachment: the record this
+    plugin keeps, else the Go plugin's; (None, None) when neither can be
+    read.  Nothing is read through a link (see ``_net_dir``)."""
+    d = _net_dir(data_dir, network, log=log)
+    if d is not None:
+        with d:
+            saved = _read_in(d, backup_name(cid, ifname))
+        if saved is not None:
+            return saved, "ours"
+    root = fsutil.open_root(fsutil.check_path(data_dir, "dataDir"))
+    if root is not None:
+        with root:
+            saved = _read_in(root, backup_name(cid, ifname, legacy=True))
+        if saved is not None:
+            return saved, "legacy"
+    return None, None
+
+
+def backup_files(data_dir, network, cid, ifname, log=None):
+    """Which of the attachment's records exist (readable or not): a subset
+    of ("ours", "legacy")."""
+    out = []
+    d = _net_dir(data_dir, network, log=log)
+    if d is not None:
+        with d:
+            if d.lstat(backup_name(cid, ifname)) is not None:
+                out.append("ours")
+    root = fsutil.open_root(fsutil.check_path(data_dir, "dataDir"))
+    if root is not None:
+        with root:
+            if root.lstat(backup_name(cid, ifname, legacy=True)) is not None:
+                out.append("legacy")
+    return out
 
 
 def current_values(netlink, link, s):
@@ -305,26 +385,35 @@ def current_values(netlink, link, s):
 
 
 def save_backup(a, s, values):
-    """Record the original values, merged under those an earlier ADD saved."""
-    d = fsutil.ensure_dir(backup_dir(s.data_dir, a.name))
-    path = backup_path(s.data_dir, a.name, a.container_id, a.ifname)
-    with fsutil.Flock(os.path.join(d, ".lock"), what="tuning state lock"):
-        old = read_backup(path) or {}
-        merged = {k: v for k, v in values.items() if k not in old}
-        merged.update({k: old[k] for k in LINK_KEYS if k in old})
-        record = {"network": a.name, "containerID": a.container_id, "ifname": a.ifname}
-        record.update(merged)
-        fsutil.write_atomic(path, jsonio.dumps(record) + "\n")
-    return path
+    """Record the original values, merged under those an earlier ADD saved.
+    A link planted as the network's dir refuses it (NotFollowed, code 5)."""
+    name = backup_name(a.container_id, a.ifname)
+    with _net_dir(s.data_dir, a.name, create=True) as d:
+        with d.lock(".lock", what="tuning state lock"):
+            old = _read_in(d, name) or {}
+            merged = {k: v for k, v in values.items() if k not in old}
+            merged.update({k: old[k] for k in LINK_KEYS if k in old})
+            record = {"network": a.name, "containerID": a.container_id, "ifname": a.ifname}
+            record.update(merged)
+            d.write_atomic(name, jsonio.dumps(record) + "\n")
+    return backup_path(s.data_dir, a.name, a.container_id, a.ifname)
 
 
-def remove_backup(data_dir, network, path):
-    d = backup_dir(data_dir, network)
-    try:
-        with fsutil.Flock(os.path.join(d, ".lock"), what="tuning state lock"):
-            fsutil.remove(path)
-    except FileNotFoundError:
-        pass
+def remove_backup(data_dir, network, cid, ifname, legacy=False, log=None):
+    """Remove the attachment's record (the Go plugin's with ``legacy``);
+    True if there was one.  Never through a link (see ``_net_dir``)."""
+    if legacy:
+        root = fsutil.open_root(fsutil.check_path(data_dir, "dataDir"))
+        if root is None:
+            return False
+        with root:
+            return root.remove(backup_name(cid, ifname, legacy=True))
+    d = _net_dir(data_dir, network, log=log)
+    if d is None:
+        return False
+    with d:
+        with d.lock(".lock", what="tuning state lock"):
+            return d.remove(backup_name(cid, ifname))
 
 
 # ------------------------------------------------------------ kernel
@@ -397,21 +486,27 @@ def check_link(netlink, link, s, ifname):
 
 
 def gc(data_dir, network, valid, log):
-    """Forget saved values of attachments that are not in ``valid``."""
-    d = backup_dir(data_dir, network)
-    try:
-        names = os.listdir(d)
-    except (FileNotFoundError, NotADirectoryError):
+    """Forget saved values of attachments that are not in ``valid``.  Only
+    regular files are removed; a link planted as the network's dir (or as a
+    record) is left alone and logged."""
+    d = _net_dir(data_dir, network, log=log)
+    if d is None:
         return 0
     keep = {backup_name(cid, ifname) for cid, ifname in valid}
     n = 0
-    with fsutil.Flock(os.path.join(d, ".lock"), what="tuning state lock"):
-        for name in names:
-            got = parse_backup_name(name)
-            if got is not None and got[1] is not None and name not in keep:
-                if fsutil.remove(os.path.join(d, name)):
+    with d:
+        names = d.names()
+        with d.lock(".lock", what="tuning state lock"):
+            for name in names:
+                got = parse_backup_name(name)
+                if got is None or got[1] is None or name in keep:
+                    continue
+                if not d.is_file(name):
+                    log.warning("tuning GC: %s is no regular file: left alone", d.join(name))
+                    continue
+                if d.remove(name):
                     n += 1
-        fsutil.sweep_temps(d)
+            d.sweep_temps()
     if n:
         log.info("tuning GC removed %d stale record(s) of network %s", n, network)
     return n

@@ -42,17 +42,17 @@ def cmd_add(a):
         # the delegate undid its own partial work; drop the file unless it
         # belongs to an earlier attachment of this container ID
         if not existed:
-            _remove(a, path)
+            _remove(a, data_dir, path)
         raise
     try:
         failpoint.hit("flannel-after-delegate-add")
     except BaseException:
-        _undo(a, delegate["type"], data, path)
+        _undo(a, delegate["type"], data, data_dir, path)
         raise
     return result
 
 
-def _undo(a, type_name, data, path):
+def _undo(a, type_name, data, data_dir, path):
     """ADD failed after the delegate succeeded: DEL it, then drop the file."""
     try:
         invoke.delegate("DEL", type_name, data, a)
@@ -60,15 +60,14 @@ def _undo(a, type_name, data, path):
         a.log.warning("undoing ADD: %s DEL failed, keeping %s for the runtime's DEL: %s",
                       type_name, path, exc.msg)
         return
-    _remove(a, path)
+    _remove(a, data_dir, path)
 
 
-def _remove(a, path):
-    from cnilib.base import fsutil
+def _remove(a, data_dir, path):
     try:
-        fsutil.remove(path)
-    except OSError as exc:
-        a.log.warning("cannot remove %s: %s", path, exc.strerror)
+        flannel.remove_saved(data_dir, a.container_id)
+    except (OSError, errors.CniError) as exc:
+        a.log.warning("cannot remove %s: %s", path, getattr(exc, "strerror", None) or exc)
 
 
 def cmd_del(a):
@@ -89,7 +88,7 @@ def cmd_del(a):
             invoke.delegate("DEL", delegate["type"], flannel.encode(delegate), a)
     failpoint.hit("flannel-del-before-remove")
     if saved.state != "missing":
-        _remove(a, saved.path)
+        _remove(a, conf["dataDir"], saved.path)
     return None
 
 
@@ -160,18 +159,7 @@ def cmd_gc(a):
     if valid is None:
         a.log.warning("GC without cni.dev/valid-attachments: keeping every saved file")
         return None
-    data_dir = conf["dataDir"]
-    from cnilib.base import fsutil
-    fsutil.sweep_temps(data_dir)
-    gone = []
-    for cid in flannel.saved_entries(data_dir):
-        if cid in valid:
-            continue
-        saved = flannel.load_saved(data_dir, cid)
-        if saved.state == "ok" and saved.conf.get("name") != conf["name"]:
-            continue  # another flannel network sharing this dataDir
-        _remove(a, saved.path)
-        gone.append(cid)
+    gone = flannel.sweep(conf["dataDir"], valid, conf["name"], a.log)
     if gone:
         a.log.info("GC removed saved configs of %d stale attachments: %s", len(gone), " ".join(gone[:20]))
     return None

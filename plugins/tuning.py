@@ -51,11 +51,11 @@ def cmd_add(a):
                 with netlink.Netlink() as nl:
                     link = _container_link(netlink, nl, a)
                     before = tuning.current_values(netlink, link, s)
-                    path = tuning.backup_path(s.data_dir, a.name, a.container_id, a.ifname)
-                    existed = tuning.read_backup(path) is not None
+                    existed = tuning.load_backup(s.data_dir, a.name, a.container_id, a.ifname,
+                                                 a.log)[1] == "ours"
                     failpoint.hit("tuning-before-state-write")
                     tuning.save_backup(a, s, before)
-                    created = None if existed else path
+                    created = not existed
                     failpoint.hit("tuning-after-state-write")
                     tuning.set_link(netlink, nl, link, _link_values(s), a.ifname)
                     failpoint.hit("tuning-after-link")
@@ -104,7 +104,7 @@ def _undo(a, s, written, before, created):
                     if link is not None:
                         tuning.restore_link(netlink, nl, link, before, a.ifname, a.log)
         if created:
-            tuning.remove_backup(s.data_dir, a.name, created)
+            tuning.remove_backup(s.data_dir, a.name, a.container_id, a.ifname, log=a.log)
     except Exception as exc:  # the original error matters more
         a.log.warning("tuning could not undo a failed ADD: %s", exc)
 
@@ -122,13 +122,9 @@ def cmd_del(a):
     from cnilib.cni import validate
     data_dir = validate.validate("tuning", a.conf).get("dataDir") or paths.TUNING_DIR
     a.cni_args  # noqa: B018  (unknown keys are an error, as on ADD)
-    path = tuning.backup_path(data_dir, a.name, a.container_id, a.ifname)
-    legacy = tuning.legacy_backup_path(data_dir, a.container_id, a.ifname)
-    saved, found = tuning.read_backup(path), path
+    saved, found = tuning.load_backup(data_dir, a.name, a.container_id, a.ifname, a.log)
     if saved is None:
-        saved, found = tuning.read_backup(legacy), legacy
-    if saved is None:
-        _drop_unreadable(a, data_dir, path, legacy)
+        _drop_unreadable(a, data_dir)
         return None
     if a.netns_fd is not None:
         from cnilib.kernel import netns
@@ -139,27 +135,20 @@ def cmd_del(a):
                 if link is not None:
                     tuning.restore_link(netlink, nl, link, saved, a.ifname, a.log)
     failpoint.hit("tuning-before-state-remove")
-    if found == path:
-        tuning.remove_backup(data_dir, a.name, path)
-    else:
-        from cnilib.base import fsutil
-        fsutil.remove(legacy)
+    tuning.remove_backup(data_dir, a.name, a.container_id, a.ifname, legacy=found == "legacy", log=a.log)
     return None
 
 
-def _drop_unreadable(a, data_dir, path, legacy):
-    """A record that exists but cannot be read (empty, torn, not JSON) has
-    nothing to restore; left in place it would outlive the container."""
-    import os
-
-    from cnilib.base import fsutil
-    for p in (path, legacy):
-        if os.path.lexists(p):
-            a.log.warning("dropping the unreadable tuning record %s: nothing to restore", p)
-            if p == path:
-                tuning.remove_backup(data_dir, a.name, p)
-            else:
-                fsutil.remove(p)
+def _drop_unreadable(a, data_dir):
+    """A record that exists but cannot be read (empty, torn, not JSON, a
+    link: not followed) has nothing to restore; left in place it would
+    outlive the container.  Removing a link removes the link itself."""
+    for which in tuning.backup_files(data_dir, a.name, a.container_id, a.ifname):
+        legacy = which == "legacy"
+        a.log.warning("dropping the unreadable tuning record %s: nothing to restore",
+                      tuning.legacy_backup_path(data_dir, a.container_id, a.ifname) if legacy
+                      else tuning.backup_path(data_dir, a.name, a.container_id, a.ifname))
+        tuning.remove_backup(data_dir, a.name, a.container_id, a.ifname, legacy=legacy, log=a.log)
 
 
 def cmd_check(a):

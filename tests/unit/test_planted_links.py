@@ -13,6 +13,9 @@ flannel and tuning, need none.
 import json
 import os
 
+import pytest
+
+from cnilib import flannel, tuning
 from cnilib.base import fsutil
 from cnilib.base.log import Log
 from cnilib.cni import skel
@@ -126,3 +129,63 @@ def test_store_readers_skip_links(tmp_path):
     leases, nets = lstore.read_leases([str(data)], problems)
     assert nets == {"net1"} and [le.ip for le in leases] == ["10.1.0.5"]
     assert problems == ["%s is a symbolic link: not followed" % (data / "net2")]
+
+
+# ---- flannel -----------------------------------------------------------------------------------------
+
+def test_flannel_gc_never_sweeps_through_a_link(tmp_path):
+    import plugins.flannel as p
+    v = victim_dir(tmp_path, ["dead1", "passwd"])
+    before = contents(v)
+    data = tmp_path / "flannel"
+    flannel.save(str(data), "live", b'{"name":"cbr0","type":"bridge"}')
+    flannel.save(str(data), "dead", b'{"name":"cbr0","type":"bridge"}')
+    os.symlink(v, data / "linkdir")            # an entry that is a directory link
+    os.symlink(v / "passwd", data / "linkfile")
+    conf = {"cniVersion": "1.1.0", "name": "cbr0", "type": "flannel", "dataDir": str(data),
+            "subnetFile": str(tmp_path / "subnet.env"),
+            "cni.dev/valid-attachments": [{"containerID": "live", "ifname": "eth0"}]}
+    (tmp_path / "nobin").mkdir()
+    old = tmp_path / "nobin" / "bridge"            # a delegate GC is not forwarded to
+    old.write_text("#!/bin/sh\necho '{\"cniVersion\":\"0.4.0\",\"supportedVersions\":[\"0.4.0\"]}'\n")
+    old.chmod(0o755)
+    assert run(p.PLUGIN, "GC", conf, tmp_path, cid="", ifname="", netns="")[0] == 0
+    assert sorted(os.listdir(data)) == ["linkdir", "linkfile", "live"]
+    assert contents(v) == before
+    assert flannel.saved_entries(str(data)) == ["live"]
+
+
+def test_flannel_save_refuses_no_dir_and_dataDir_may_be_a_link(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    os.symlink(real, tmp_path / "flannel")
+    flannel.save(str(tmp_path / "flannel"), "c1", b"{}")        # the operator's link
+    assert (real / "c1").read_bytes() == b"{}"
+    v = victim_dir(tmp_path, ["x"])
+    os.symlink(v / "x", real / "c2")
+    flannel.save(str(tmp_path / "flannel"), "c2", b"{}")        # replaces the link
+    assert contents(v) == {"x": "precious x\n"} and not os.path.islink(real / "c2")
+
+
+# ---- tuning --------------------------------------------------------------------------------------------
+
+def test_tuning_network_dir_planted_as_a_link(tmp_path):
+    import plugins.tuning as p
+    v = victim_dir(tmp_path, ["dead:eth0.json", "c1:eth0.json", "other.txt"])
+    before = contents(v)
+    data = tmp_path / "tuning"
+    data.mkdir()
+    os.symlink(v, data / "net1")
+    gc = {"cniVersion": "1.1.0", "name": "net1", "type": "tuning", "dataDir": str(data),
+          "cni.dev/valid-attachments": []}
+    assert run(p.PLUGIN, "GC", gc, tmp_path, cid="", ifname="", netns="")[0] == 0
+    assert contents(v) == before and os.path.islink(data / "net1")
+    assert "symbolic link" in log_text(tmp_path)
+    a = skel.CmdArgs(p.PLUGIN, "ADD", {"CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0"}, Log("t", {}))
+    a.conf = {"name": "net1", "dataDir": str(data), "mtu": 1400}
+    a.stdin = json.dumps(a.conf).encode()
+    with pytest.raises(fsutil.NotFollowed):
+        tuning.save_backup(a, tuning.settings(a), {"mtu": 1500})
+    assert tuning.load_backup(str(data), "net1", "c1", "eth0") == (None, None)
+    tuning.remove_backup(str(data), "net1", "c1", "eth0")
+    assert contents(v) == before and not os.path.exists(v / ".lock")
