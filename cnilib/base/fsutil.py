@@ -54,7 +54,12 @@ def check_path(path, what):
 
 
 def ensure_dir(path, mode=0o700):
-    """Create ``path`` (and parents) if needed; refuse a symlink or non-directory."""
+    """Create the directory ``path`` (and parents) if needed, as one the
+    suite keeps (not a configured one): a link or anything but a directory
+    at ``path`` is refused, and so are a world-writable ``path`` and one in
+    a world-writable parent that is not sticky.  Returns ``path``.  A
+    configured directory, which may be a link an operator made, is
+    ``ensure_root``'s."""
     try:
         os.makedirs(path, mode, exist_ok=True)
     except FileExistsError as exc:
@@ -65,16 +70,14 @@ def ensure_dir(path, mode=0o700):
     if not stat.S_ISDIR(st.st_mode):
         raise errors.IOFailure("%s is not a directory (found a symlink or file)" % path,
                                "expected a directory owned by root; remove what is there")
-    if st.st_mode & 0o002:
-        raise errors.IOFailure("state directory %s is world-writable" % path,
-                               "expected mode 0700/0755; run chmod o-w %s" % path)
-    parent = os.path.dirname(os.path.abspath(path))
-    pst = os.stat(parent)
-    if pst.st_mode & 0o002 and not pst.st_mode & stat.S_ISVTX:
-        # anyone could swap the state directory for a link of their own
-        raise errors.IOFailure("state directory %s is in %s, which is world-writable" % (path, parent),
-                               "expected a parent writable by root only (or sticky, as /tmp); "
-                               "run chmod o-w %s" % parent)
+    open_root(path, create=True, mode=mode).close()       # the mode checks
+    return path
+
+
+def ensure_root(path, mode=0o700):
+    """Create the configured directory ``path`` (and parents) if needed and
+    check it as ``open_root`` does (it may be a link); returns ``path``."""
+    open_root(path, create=True, mode=mode).close()
     return path
 
 

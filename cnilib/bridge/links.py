@@ -207,7 +207,7 @@ def _repair_stale(nl, link, stale, want, conf, network, own_ips, log):
     """Remove the stale addresses if that is safe (see ensure_gateway_addrs);
     serialised per bridge so that parallel ADDs agree on one answer."""
     from cnilib.base import fsutil, paths
-    fsutil.ensure_dir(paths.run_dir())
+    fsutil.ensure_root(paths.run_dir())
     lock = os.path.join(paths.run_dir(), "bridge-%s.lock" % conf["bridge"])
     with fsutil.Flock(lock, what="bridge address lock"):
         af = netlink.AF_INET if want[0][0].version == 4 else netlink.AF_INET6

@@ -76,7 +76,7 @@ class lock:
         self.fd = None
 
     def __enter__(self):
-        fsutil.ensure_dir(os.path.dirname(self.path))
+        fsutil.ensure_root(os.path.dirname(self.path))
         self.fd = fsutil.open_lock(self.path, "iptables lock")
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self

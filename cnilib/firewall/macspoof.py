@@ -53,7 +53,8 @@ def setup(network, container_id, ifname, host_veth, mac, log, netns=None):
         shared.attach(TABLE, (network, container_id, ifname), elements(host_veth, mac), log,
                       data={"veth": host_veth, "mac": mac}, netns=netns)
     except errors.CniError as exc:
-        raise errors.Internal("failed to setup spoof-check: %s" % exc.msg, exc.details) from exc
+        # the cause's code (a refused state path is 5), with the reference's words
+        raise errors.from_code(exc.code, "failed to setup spoof-check: %s" % exc.msg, exc.details) from exc
 
 
 def _go_deletes(container_id, ifname):

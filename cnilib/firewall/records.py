@@ -7,6 +7,12 @@ written atomically BEFORE the kernel change and removed AFTER the teardown,
 so DEL and GC find an attachment's objects without listing any table, and
 a missing record means nothing of ours exists under that key (a record lost
 anyway is covered by GC's sweep, which reads the element comments).
+
+The state dir is resolved as configured; ``nft`` and ``<kind>`` below it are
+opened without following a link (cnilib.base.fsutil.Dir).  A link planted
+there refuses ``save`` (code 5, naming it); to the readers every record then
+counts as unreadable, so DEL finds the attachment's objects by comment and
+nothing is read or removed through the link.
 """
 
 import os
@@ -23,6 +29,21 @@ def _path(kind, att_hash):
     return os.path.join(_dir(kind), att_hash)
 
 
+REFUSED = "refused"
+
+
+def _open(kind, create=False):
+    """``<state dir>/nft/<kind>`` held open; None when it does not exist,
+    REFUSED (readers) when a link was planted on the way.  A writer
+    (``create``) gets NotFollowed instead."""
+    try:
+        return fsutil.open_dirs(paths.state_dir(), ["nft", kind], create, 0o700, "state directory")
+    except fsutil.NotFollowed:
+        if create:
+            raise
+        return REFUSED
+
+
 def _parse(raw):
     try:
         rec = jsonio.loads(raw)
@@ -35,18 +56,33 @@ def _parse(raw):
 
 def load_hash(kind, att_hash):
     """The record stored under an attachment hash, or None (missing or unreadable)."""
+    d = _open(kind)
+    if d is None or d is REFUSED:
+        return None
+    with d:
+        return _load_in(d, att_hash)
+
+
+def _load_in(d, name):
     try:
-        raw = fsutil.read_file(_path(kind, att_hash))
-    except OSError:
+        raw = d.read(fsutil.check_component(name, "record name"))
+    except (OSError, errors.CniError):
         return None
     return None if raw is None else _parse(raw)
 
 
 def unreadable(kind, network, container_id, ifname):
     """True when the attachment's record file exists but cannot be read
-    (torn, emptied, not ours): its objects must then be found by comment."""
-    path = _path(kind, naming.attachment_hash(network, container_id, ifname))
-    return os.path.lexists(path) and load(kind, network, container_id, ifname) is None
+    (torn, emptied, not ours), or its directory is a planted link: its
+    objects must then be found by comment."""
+    d = _open(kind)
+    if d is REFUSED:
+        return True
+    if d is None:
+        return False
+    with d:
+        exists = d.lstat(naming.attachment_hash(network, container_id, ifname)) is not None
+    return exists and load(kind, network, container_id, ifname) is None
 
 
 def load(kind, network, container_id, ifname):
@@ -63,11 +99,11 @@ def save(kind, network, container_id, ifname, data):
     d = _dir(kind)
     failpoint.hit("fw-record-before-write")
     try:
-        fsutil.ensure_dir(d)
-        # not fsync'd: the nftables state it describes does not survive a
-        # reboot either, and a crashed writer leaves the old file or the new
-        fsutil.write_atomic(_path(kind, naming.attachment_hash(network, container_id, ifname)),
-                            jsonio.dumps(rec), durable=False)
+        with _open(kind, create=True) as h:
+            # not fsync'd: the nftables state it describes does not survive a
+            # reboot either, and a crashed writer leaves the old file or the new
+            h.write_atomic(naming.attachment_hash(network, container_id, ifname), jsonio.dumps(rec),
+                           durable=False)
     except OSError as exc:
         raise errors.IOFailure("cannot write the %s record of %s/%s in %s: %s"
                                % (kind, container_id, ifname, d, exc.strerror or exc)) from exc
@@ -105,25 +141,32 @@ def alive(rec):
 
 
 def remove(kind, network, container_id, ifname):
-    try:
-        return fsutil.remove(_path(kind, naming.attachment_hash(network, container_id, ifname)))
-    except OSError as exc:
-        raise errors.IOFailure("cannot remove the %s record of %s/%s: %s"
-                               % (kind, container_id, ifname, exc.strerror)) from exc
+    d = _open(kind)
+    if d is None or d is REFUSED:
+        return False
+    with d:
+        try:
+            return d.remove(naming.attachment_hash(network, container_id, ifname))
+        except OSError as exc:
+            raise errors.IOFailure("cannot remove the %s record of %s/%s: %s"
+                                   % (kind, container_id, ifname, exc.strerror)) from exc
 
 
 def scan(kind, network=None):
     """Every readable record of ``kind`` (of ``network`` when given)."""
-    d = _dir(kind)
-    try:
-        names = os.listdir(d)
-    except OSError:
+    d = _open(kind)
+    if d is None or d is REFUSED:
         return []
     out = []
-    for name in sorted(names):
-        if name.startswith("."):
-            continue
-        rec = load_hash(kind, name)
-        if rec is not None and (network is None or rec["net"] == network):
-            out.append(rec)
+    with d:
+        try:
+            names = d.names()
+        except OSError:
+            return []
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            rec = _load_in(d, name)
+            if rec is not None and (network is None or rec["net"] == network):
+                out.append(rec)
     return out

@@ -19,6 +19,11 @@ Three readers, one parse (``_decode``):
   Cache.attachments  the usable entries, for GC (libcni's GetCachedAttachments);
   read_cache         every entry, usable or not, each unusable one saying
                      why, for whois and doctor: it never raises.
+
+The cache dir is resolved as configured; ``results`` below it and every
+entry are opened without following a link (cnilib.base.fsutil.Dir).  A link
+planted as ``results`` refuses a write, a read and the listing GC works from
+(code 5, naming it); removing an entry through it is a no-op.
 """
 
 import base64
@@ -95,15 +100,21 @@ def _decode(path, data):
 def read_cache(cache_dir, problems):
     """Every entry of ``<cache_dir>/results``, usable or not, sorted by file
     name; what cannot be listed or read is noted in ``problems``."""
-    d = os.path.join(cache_dir, "results")
     out = []
-    for n in fsutil.try_listdir(d, problems):
-        if n.startswith("."):
-            continue
-        path = os.path.join(d, n)
-        data = fsutil.try_read(path, problems)
-        if data is not None:
-            out.append(_decode(path, data))
+    try:
+        d = fsutil.open_dirs(cache_dir, ["results"], what="cache dir")
+    except errors.CniError as exc:
+        problems.append(exc.msg)
+        return out
+    if d is None:
+        return out
+    with d:
+        for n in d.try_names(problems):
+            if n.startswith("."):
+                continue
+            data = d.try_read(n, problems)
+            if data is not None:
+                out.append(_decode(d.join(n), data))
     return out
 
 
@@ -131,24 +142,46 @@ class Cache:
             fields.append(("result", result))
         return ("{%s}" % ",".join("%s:%s" % (_go_json(k), _go_json(v)) for k, v in fields)).encode()
 
+    def _open(self, create=False):
+        """``results`` held open, None when missing; NotFollowed for a link."""
+        return fsutil.open_dirs(self.dir, ["results"], create, 0o700, "cache dir")
+
+    def _name(self, network, container_id, ifname):
+        return fsutil.check_component("%s-%s-%s" % (network, container_id, ifname), "cache entry")
+
     def write(self, net, att, result):
         try:
-            fsutil.ensure_dir(self.results, 0o700)
-            fsutil.write_atomic(self.path(net.name, att.container_id, att.ifname),
-                                self.encode(net, att, result), 0o600)
+            with self._open(create=True) as d:
+                d.write_atomic(self._name(net.name, att.container_id, att.ifname),
+                               self.encode(net, att, result), 0o600)
+        except fsutil.NotFollowed as exc:
+            raise errors.IOFailure("failed to set network %r cached result: %s" % (net.name, exc.msg),
+                                   exc.details) from exc
         except OSError as exc:
             raise errors.IOFailure("failed to set network %r cached result: %s"
                                    % (net.name, exc.strerror or exc)) from exc
 
     def remove(self, network, container_id, ifname):
-        fsutil.remove(self.path(network, container_id, ifname))
+        """Drop the entry (a link there: the link itself); nothing through a
+        link planted as ``results``."""
+        try:
+            d = self._open()
+            if d is not None:
+                with d:
+                    d.remove(self._name(network, container_id, ifname))
+        except errors.CniError:
+            return      # a link planted as results, or a name no file can have
 
     def read(self, network, container_id, ifname):
         """The raw cache entry (a dict), or None when there is none.  A file
         that is not a cniCacheV1 entry is libcni's legacy form: a bare result."""
         path = self.path(network, container_id, ifname)
+        d = self._open()         # NotFollowed: an I/O error naming the link
+        if d is None:
+            return None
         try:
-            data = fsutil.read_file(path)
+            with d:
+                data = d.read(self._name(network, container_id, ifname))
         except OSError as exc:      # a symlink (not followed) or a directory
             raise errors.IOFailure("cannot read the cached result %s: %s" % (path, exc.strerror)) from None
         if data is None:
@@ -178,23 +211,25 @@ class Cache:
 
     def attachments(self, network=None):
         """Cached attachments (of ``network``, or all), sorted by file name;
-        what libcni's GetCachedAttachments sees.  Unusable entries are skipped."""
-        try:
-            names = sorted(os.listdir(self.results))
-        except FileNotFoundError:
+        what libcni's GetCachedAttachments sees.  Unusable entries are
+        skipped; a link planted as ``results`` is refused (code 5)."""
+        d = self._open()
+        if d is None:
             return []
-        except OSError as exc:
-            raise errors.IOFailure("cannot list %s: %s" % (self.results, exc.strerror)) from exc
         out = []
-        for n in names:
-            if n.startswith("."):
-                continue
-            p = os.path.join(self.results, n)
+        with d:
             try:
-                data = fsutil.read_file(p)
-            except OSError:
-                continue
-            e = _decode(p, data or b"")
-            if e.problem is None and (network is None or e.network == network):
-                out.append(e)
+                names = sorted(d.names())
+            except OSError as exc:
+                raise errors.IOFailure("cannot list %s: %s" % (self.results, exc.strerror)) from exc
+            for n in names:
+                if n.startswith("."):
+                    continue
+                try:
+                    data = d.read(n)
+                except OSError:
+                    continue
+                e = _decode(d.join(n), data or b"")
+                if e.problem is None and (network is None or e.network == network):
+                    out.append(e)
         return out

@@ -64,7 +64,7 @@ def sealed(monkeypatch, tmp_path):
     monkeypatch.setattr(netlink, "Netlink", _SealedNetlink)
     for mod, names in ((proc, ("run", "start")), (sysctl, ("write",)), (netns, ("setns",)),
                        (nftables, ("conntrack_delete_dports", "conntrack_count")),
-                       (fsutil, ("write_atomic", "ensure_dir", "remove", "sweep_temps")),
+                       (fsutil, ("write_atomic", "ensure_dir", "ensure_root", "remove", "sweep_temps")),
                        (fsutil.Dir, ("write_atomic", "create_temp", "remove", "rmdir", "link", "rename",
                                      "utime", "sweep_temps")),
                        (flannel, ("wait_subnet_env",))):

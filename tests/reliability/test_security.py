@@ -126,6 +126,81 @@ def test_a_planted_symlink_is_never_followed(rnode, what):
         assert_untouched(os.path.join(rnode.tmp, "victim-b"))
 
 
+# ---- planted directory links ----------------------------------------------------------------------
+
+PLANTED_DIRS = {
+    # name -> (network, directory below a configured one, replaced by a link to the victim dir)
+    "host-local network dir": ("bnet", "ipam/bnet"),
+    "host-local index dir": ("bnet", "ipam/bnet/.pycni-attachments"),
+    "flannel dataDir entry": ("cbr0", "flannel/other9"),
+    "tuning network dir": ("bnet", "tuning/bnet"),
+    "runner cache results": ("bnet", "cache/results"),
+    "record dir (portmap)": ("cbr0", "state/nft/hostport"),
+    "record dir (all kinds)": ("bnet", "state/nft"),
+}
+
+
+def victim_tree(rnode):
+    """A directory of files named as what a DEL or a GC sweep would remove
+    through a link (leases, index entries, records, cache entries, saved
+    configs), with a subdir per record kind; {relative path: (bytes, mode)}."""
+    v = os.path.join(rnode.tmp, "victim-dir")
+    names = ["10.99.0.2", "10.99.0.3", "fd99::2", "sym1@eth0", "sym1:eth0.json", "sym1_eth0.json",
+             "bnet-sym1-eth0", "cbr0-sym1-eth0", "sym1", "other9", "lock", ".lock", "passwd",
+             "0123456789abcdef0123", ".pycni-tmp-1-dead"]
+    for sub in ("", "masq", "hostport", "fw", "spoof"):
+        os.makedirs(os.path.join(v, sub), exist_ok=True)
+        for n in names:
+            with open(os.path.join(v, sub, n), "w") as f:
+                f.write('{"net": "bnet", "cid": "sym1", "if": "eth0"}\n')
+            os.utime(os.path.join(v, sub, n), (1, 1))       # old enough for any temp sweep
+    return v, tree(v)
+
+
+def tree(top):
+    out = {}
+    for base, dirs, files in os.walk(top):
+        for n in dirs + files:
+            p = os.path.join(base, n)
+            st = os.lstat(p)
+            data = None
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    data = f.read()
+            out[os.path.relpath(p, top)] = (data, st.st_mode, st.st_mtime)
+    return out
+
+
+@PY_ONLY
+@pytest.mark.parametrize("what", sorted(PLANTED_DIRS))
+def test_a_planted_directory_link_is_never_followed(rnode, what):
+    """ADD refuses it (code 5 naming it) or works around it without
+    following it; DEL and GC (libcni's, through ``pycni gc --all``) never
+    delete through it; the link stays, its target untouched, and the DELs
+    leave the node clean."""
+    import shutil
+    net, rel = PLANTED_DIRS[what]
+    rnode.add(net, "warm1")                       # the state dirs exist, as on a node in use
+    rnode.delete(net, "warm1")
+    victim, before = victim_tree(rnode)
+    path = os.path.join(rnode.tmp, rel)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    plant(path, victim)
+    runs = [rnode.pycni("add", net, "sym1"), rnode.pycni("del", net, "sym1"), rnode.pycni("del", net, "sym1"),
+            rnode.pycni("gc", net, extra=["--all"])]
+    assert tree(victim) == before
+    assert os.path.islink(path) and os.readlink(path) == victim
+    for r in runs:
+        assert "Traceback" not in r.stdout + r.stderr, r
+        assert r.rc in (0, 1), r
+        if r.rc == 1:
+            assert re.search(r"code 5 ", r.stderr) and path in r.stderr, r     # names the link
+    assert runs[1].rc == 0 and runs[2].rc == 0, runs                          # DEL of it succeeds
+    rnode.settle()
+    assert rnode.rules() == set() and rnode.veths() == []
+
+
 # ---- world-writable state dirs ------------------------------------------------------------------
 
 WW = {

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from cnilib.base import errors, fsutil
+from cnilib.base import errors, fsutil, paths
 
 
 def test_write_atomic_and_read(tmp_path):
@@ -27,15 +27,24 @@ def test_check_component(bad):
         fsutil.check_component(bad)
 
 
-def test_ensure_dir_refuses_world_writable_and_symlink(tmp_path):
+def test_ensure_dir_refuses_world_writable_and_a_file_and_a_link(tmp_path):
     d = tmp_path / "ww"
     d.mkdir()
     os.chmod(d, 0o777)
     with pytest.raises(errors.IOFailure):
         fsutil.ensure_dir(str(d))
-    os.symlink(tmp_path, tmp_path / "sl")
+    (tmp_path / "f").write_text("x")
     with pytest.raises(errors.IOFailure):
+        fsutil.ensure_dir(str(tmp_path / "f"))
+    # a directory the suite keeps is never a link (pycni install's
+    # .pycni-versions); a configured one may be a link an operator made
+    os.mkdir(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "sl")
+    with pytest.raises(errors.IOFailure, match="symlink"):
         fsutil.ensure_dir(str(tmp_path / "sl"))
+    assert fsutil.ensure_root(str(tmp_path / "sl")) == str(tmp_path / "sl")
+    with pytest.raises(errors.IOFailure):
+        fsutil.ensure_root(str(d))
 
 
 def test_flock_times_out_with_code_11(tmp_path):
@@ -143,6 +152,7 @@ def test_the_configured_root_may_be_a_link_an_operator_made(tmp_path):
     with fsutil.open_dirs(str(tmp_path / "cni"), ["networks", "net1"], create=True) as d:
         d.write_atomic("10.0.0.2", b"c1\r\neth0")
     assert (real / "networks" / "net1" / "10.0.0.2").read_bytes() == b"c1\r\neth0"
+    assert fsutil.ensure_root(str(tmp_path / "cni")) == str(tmp_path / "cni")
 
 
 def test_dir_files_are_never_followed_nor_blocked_on(tmp_path):
@@ -175,3 +185,13 @@ def test_a_lock_is_taken_relative_to_its_dir(tmp_path):
         with h.lock("other"):
             pass
     assert contents(v) == {"f": "precious f\n"}
+
+
+def test_run_and_state_dirs_are_roots(tmp_path, monkeypatch):
+    """The run dir and the state dir are configured directories: a link
+    there is the operator's; what the suite keeps below them is not."""
+    real = tmp_path / "real-run"
+    real.mkdir()
+    os.symlink(real, tmp_path / "run")
+    monkeypatch.setenv("PYCNI_RUN_DIR", str(tmp_path / "run"))
+    assert fsutil.ensure_root(paths.run_dir()) == str(tmp_path / "run")

@@ -16,7 +16,7 @@ import os
 import pytest
 
 from cnilib import flannel, tuning
-from cnilib.base import fsutil
+from cnilib.base import errors, fsutil
 from cnilib.base.log import Log
 from cnilib.cni import skel
 from cnilib.ipam import store as lstore
@@ -189,3 +189,56 @@ def test_tuning_network_dir_planted_as_a_link(tmp_path):
     assert tuning.load_backup(str(data), "net1", "c1", "eth0") == (None, None)
     tuning.remove_backup(str(data), "net1", "c1", "eth0")
     assert contents(v) == before and not os.path.exists(v / ".lock")
+
+
+# ---- the suite's records and libcni's cache ------------------------------------------------------------
+
+def test_records_never_go_through_a_link(tmp_path, monkeypatch):
+    from cnilib.firewall import naming, records
+    monkeypatch.setenv("PYCNI_STATE_DIR", str(tmp_path / "state"))
+    h = naming.attachment_hash("n", "c1", "eth0")
+    v = victim_dir(tmp_path, [h])
+    (v / h).write_text(json.dumps({"net": "n", "cid": "c1", "if": "eth0"}))
+    (v / "masq").mkdir()
+    (v / "masq" / h).write_text(json.dumps({"net": "n", "cid": "c1", "if": "eth0"}))
+    before = contents(v)
+    for planted in (("nft",), ("nft", "masq")):
+        state = tmp_path / "state"
+        if state.exists():
+            import shutil
+            shutil.rmtree(state)
+        state.mkdir()
+        if len(planted) == 2:
+            (state / "nft").mkdir()
+        os.symlink(v, state.joinpath(*planted))
+        assert records.load("masq", "n", "c1", "eth0") is None
+        assert records.scan("masq") == []
+        assert records.remove("masq", "n", "c1", "eth0") is False
+        assert records.unreadable("masq", "n", "c1", "eth0") is True     # DEL: find them by comment
+        with pytest.raises(errors.IOFailure, match="symbolic link"):
+            records.save("masq", "n", "c1", "eth0", {})
+        assert contents(v) == before
+
+
+def test_result_cache_never_goes_through_a_link(tmp_path):
+    from cnilib.ops import resultcache
+    v = victim_dir(tmp_path, ["net1-c1-eth0"])
+    (v / "net1-c1-eth0").write_text(json.dumps({"kind": "cniCacheV1", "containerId": "c1",
+                                                "ifName": "eth0", "networkName": "net1"}))
+    before = contents(v)
+    (tmp_path / "cache").mkdir()
+    os.symlink(v, tmp_path / "cache" / "results")
+    c = resultcache.Cache(str(tmp_path / "cache"))
+    for fn in (c.attachments, lambda: c.read("net1", "c1", "eth0")):    # GC's listing, DEL's read
+        with pytest.raises(errors.IOFailure, match="results is a symbolic link") as ei:
+            fn()
+        assert ei.value.code == 5
+    c.remove("net1", "c1", "eth0")
+    problems = []
+    assert resultcache.read_cache(str(tmp_path / "cache"), problems) == []
+    assert problems and "symbolic link" in problems[0]
+    with pytest.raises(errors.IOFailure, match="symbolic link"):
+        c.write(type("N", (), {"name": "net1", "raw": b"{}"})(),
+                type("A", (), {"container_id": "c1", "ifname": "eth0", "netns": "", "args": [],
+                               "cap_args": {}})(), {})
+    assert contents(v) == before
