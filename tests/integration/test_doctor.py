@@ -508,6 +508,59 @@ def test_bundle(fabric, tmp_path):
     assert "doctor.json" in (out / "README.txt").read_text()
 
 
+def test_bundle_is_private_and_never_follows_a_link(cluster, tmp_path):
+    """``--bundle DIR`` as root: a DIR that exists gets a fresh 0700 dir of
+    its own inside (links planted in DIR as the bundle's file names are
+    never written through); a DIR that does not exist is made 0700; only
+    regular files are copied or shown, never the target of a link planted
+    in a lease dir, a flannel dir or the conf dir."""
+    import stat
+    n1, _n2 = cluster.up()
+    n1.add_pod("a")
+    secret = tmp_path / "secret"
+    secret.write_text("TOP-SECRET-KEY\n")
+    os.chmod(secret, 0o600)
+    (tmp_path / "secretdir").mkdir()
+    (tmp_path / "secretdir" / "10.244.1.7").write_text("TOP-SECRET-KEY\n")
+    os.symlink(secret, os.path.join(n1.ipam_dir, "cbr0", "10.244.1.99"))
+    os.symlink(tmp_path / "secretdir", os.path.join(n1.ipam_dir, "cbr9"))
+    os.symlink(secret, os.path.join(n1.flannel_dir, "deadbeef"))
+    os.symlink(secret, os.path.join(n1.conf_dir, "20-evil.conflist"))
+    given = tmp_path / "given"
+    given.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o644)
+    for name in ("doctor.json", "README.txt", "ipam.txt", "state.txt", "conflists"):
+        os.symlink(victim, given / name)
+    rc, text = n1.doctor_text("--bundle", str(given), "--log", cluster.log)
+    assert rc in (0, 1), text
+    assert victim.read_text() == "precious\n" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    made = [p for p in given.iterdir() if not p.is_symlink()]
+    assert len(made) == 1 and made[0].name.startswith("pycni-bundle-"), made
+    out = made[0]
+    st = out.lstat()
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+    assert "bundle: " in text and str(out) in text
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"doctor.json", "ipam.txt", "state.txt", "10-flannel.conflist"}
+    for p in files:
+        assert "TOP-SECRET" not in p.read_text(errors="replace"), p
+        assert stat.S_IMODE(p.lstat().st_mode) == 0o600 and not p.is_symlink(), p
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    ipam = (out / "ipam.txt").read_text()
+    assert "10.244.1.99 -> %s (symbolic link, not followed)" % secret in ipam, ipam
+    assert "cbr9 -> %s (symbolic link, not followed)" % (tmp_path / "secretdir") in ipam, ipam
+    assert "deadbeef -> %s (symbolic link, not followed)" % secret in (out / "state.txt").read_text()
+    assert "20-evil.conflist" in (out / "README.txt").read_text()          # named as not copied
+    assert not (out / "conflists" / "20-evil.conflist").exists()
+    # a DIR that does not exist yet is the bundle itself, made private
+    new = tmp_path / "deeper" / "new"
+    rc, text = n1.doctor_text("--bundle", str(new), "--log", cluster.log)
+    assert rc in (0, 1) and "bundle: " in text and str(new) in text
+    assert stat.S_IMODE(new.stat().st_mode) == 0o700 and (new / "doctor.json").is_file()
+
+
 def test_go_plugins_state_is_read(cluster, go_plugins):
     """A node whose pods the Go reference plugins attached (no alias on the
     veth, iptables masquerade chains): whois and doctor still map them."""

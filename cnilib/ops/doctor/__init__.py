@@ -8,7 +8,7 @@ from its default-route address, every node announcing 10.0.2.15.  doctor
 runs those checks (user-pain.md section (b)) against the current network
 namespace and prints, for each, PASS / WARN / FAIL / SKIP, the evidence, and
 the command that fixes it.  It reads only: it never writes, creates, loads
-or deletes anything (``--bundle`` writes only into the directory given).
+or deletes anything (``--bundle`` writes only into a fresh private directory).
 
 Checks (ids are stable; ``--only id,id`` runs some):
 

@@ -5,7 +5,7 @@ looks at is described in the package docstring (cnilib.ops.doctor)."""
 import os
 import sys
 
-from cnilib.base import paths
+from cnilib.base import errors, paths
 from cnilib.ops import nodestate
 from cnilib.ops.doctor import config_checks, fabric_checks, node_checks, state_checks
 from cnilib.ops.doctor.bundle import write_bundle
@@ -104,8 +104,8 @@ def main(argv):
         rep = report(checks, loc, ctx.problems)
         if args.bundle:
             try:
-                written = write_bundle(args.bundle, ctx, checks, rep)
-            except OSError as exc:
+                where, written = write_bundle(args.bundle, ctx, checks, rep)
+            except (OSError, errors.CniError) as exc:
                 sys.stderr.write("pycni doctor: cannot write the bundle to %s: %s\n" % (args.bundle, exc))
                 return 2
     finally:
@@ -116,7 +116,7 @@ def main(argv):
     else:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         sys.stdout.write(render(rep, color))
-        if args.bundle:
-            sys.stdout.write("bundle: %d files in %s\n" % (len(written), args.bundle))
+    if args.bundle:     # stdout holds only the report with --json
+        (sys.stderr if args.json else sys.stdout).write("bundle: %d files in %s\n" % (len(written), where))
     return rep["exit"]
 
