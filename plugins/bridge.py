@@ -172,12 +172,16 @@ def cmd_del(a):
         masq = masquerade.start_teardown(a.name, a.container_id, a.ifname, a.log)
         a.log.debug("masquerade elements removed")
     try:
+        from cnilib.bridge import links
+        done = None
         if a.netns_fd is not None:
             with netlink.Netlink.in_netns(a.netns_fd) as cnl:
-                if netlink.link_del(cnl, name=a.ifname):
-                    a.log.debug("deleted %s in %s", a.ifname, a.netns)
-        else:
-            from cnilib.bridge import links
+                done = links.delete_container_link(cnl, a.netns_fd, a.name, a.container_id, a.ifname,
+                                                   a.netns, a.log)
+            a.log.debug("%s in %s: %s", a.ifname, a.netns, done)
+        if done in (None, "not ours"):
+            # no netns, or the link there is another's: this attachment's host
+            # veth may still be on the bridge (its netns held elsewhere)
             with netlink.Netlink() as hnl:
                 links.remove_leftover_veths(hnl, c, a.name, a.container_id, a.ifname, a.log)
     finally:

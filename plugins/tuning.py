@@ -132,11 +132,26 @@ def cmd_del(a):
         with netns.Enter(a.netns_fd):
             with netlink.Netlink() as nl:
                 link = netlink.link_get(nl, a.ifname)
-                if link is not None:
-                    tuning.restore_link(netlink, nl, link, saved, a.ifname, a.log)
+        if link is not None and not _another_s(a, netlink, link):
+            with netlink.Netlink.in_netns(a.netns_fd) as nl:
+                tuning.restore_link(netlink, nl, link, saved, a.ifname, a.log)
     failpoint.hit("tuning-before-state-remove")
     tuning.remove_backup(data_dir, a.name, a.container_id, a.ifname, legacy=found == "legacy", log=a.log)
     return None
+
+
+def _another_s(a, netlink, link):
+    """True when ``link`` is a veth whose host end the suite's bridge tagged
+    for another attachment: the netns path was reused by a new sandbox, and
+    the old attachment's values must not go onto the new pod's interface."""
+    from cnilib.firewall import naming
+    with netlink.Netlink() as hnl:
+        peer = netlink.veth_peer(hnl, link, a.netns_fd)
+    if peer is None or not naming.veth_alias_other(peer.alias, a.name, a.container_id, a.ifname):
+        return False
+    a.log.warning("%s in %s belongs to another attachment (%s): its saved values are not restored",
+                  a.ifname, a.netns, peer.alias)
+    return True
 
 
 def _drop_unreadable(a, data_dir):

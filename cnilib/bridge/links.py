@@ -317,6 +317,31 @@ def wait_port_up(nl, port):
                           "host veth %s did not come up" % port.name)
 
 
+def delete_container_link(cnl, netns_fd, network, container_id, ifname, netns_path, log):
+    """DEL in the netns: delete the attachment's veth by its container end.
+    Returns "deleted", "absent", or "not ours": left alone, with a warning,
+    a link of that name that is no veth (bridge never made it), and a veth
+    whose host end is tagged for another attachment: the sandbox's netns
+    path was deleted and made again for a new pod (libcni's GC, or a late
+    DEL, passes the stale attachment's cached path), and its eth0 is the
+    new pod's."""
+    link = netlink.link_get(cnl, ifname)
+    if link is None:
+        return "absent"
+    if link.kind != "veth":
+        log.warning("%s in %s is a %s link, not a veth bridge made: left alone", ifname, netns_path,
+                    link.kind or "plain")
+        return "not ours"
+    with netlink.Netlink() as hnl:
+        peer = netlink.veth_peer(hnl, link, netns_fd)
+    if peer is not None and naming.veth_alias_other(peer.alias, network, container_id, ifname):
+        log.warning("%s in %s belongs to another attachment (its host veth %s is tagged %r): left "
+                    "alone; the netns path was reused by a new sandbox", ifname, netns_path, peer.name,
+                    peer.alias)
+        return "not ours"
+    return "deleted" if netlink.link_del(cnl, index=link.index) else "absent"
+
+
 def remove_leftover_veths(nl, conf, network, container_id, ifname, log):
     """DEL without a netns: delete host veths on the bridge whose alias names
     this attachment (the pair outlives a netns something still holds)."""

@@ -191,3 +191,12 @@ def veth_alias_names(alias, network, container_id, ifname):
     if "att" in f:
         return f["att"] == attachment_hash(network, container_id, ifname)
     return f.get("cid") == container_id and f.get("net") == network
+
+
+def veth_alias_other(alias, network, container_id, ifname):
+    """True when ``alias`` is one of the suite's and names another attachment
+    than this one: the host veth (and its container end) are not this
+    attachment's to delete or change.  False for this attachment's alias
+    and for no alias at all (the Go plugin's veths, an ADD killed before it
+    tagged the veth), which keep the reference's behaviour."""
+    return parse_veth_alias(alias) is not None and not veth_alias_names(alias, network, container_id, ifname)

@@ -1050,3 +1050,21 @@ def netns_id(nl, fd):
         return None
     (nsid,) = struct.unpack_from("=i", v)
     return nsid if nsid >= 0 else None
+
+
+def veth_peer(nl, link, link_netns_fd):
+    """The other end of veth ``link`` (a Link read in the netns open on
+    ``link_netns_fd``) when that end is in ``nl``'s netns, checked from both
+    sides: its IFLA_LINK is ``link``'s index and its IFLA_LINK_NETNSID the
+    id ``nl``'s netns gave ``link``'s.  None when ``link`` is no veth or its
+    peer is in another netns (an ifindex alone names different links in
+    different namespaces)."""
+    if link.kind != "veth" or not link.peer_index or link.link_netnsid is None:
+        return None
+    nsid = netns_id(nl, link_netns_fd)
+    if nsid is None:
+        return None
+    peer = link_get(nl, index=link.peer_index)
+    if peer is None or peer.kind != "veth" or peer.peer_index != link.index or peer.link_netnsid != nsid:
+        return None
+    return peer

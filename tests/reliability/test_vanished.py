@@ -207,3 +207,68 @@ def test_del_with_every_state_file_of_the_attachment_corrupt_releases_everything
         assert r.rc == 0, r
     rnode.settle()
     assert diff(base, rnode.snapshot()) == {}
+
+
+# ---- a sandbox netns path reused by a new pod (issue 16 item 17) --------------------------------
+
+REUSE = {
+    "bnet": ("bnet", False),                    # bridge (+ portmap, firewall, tuning mtu 1400)
+    "cbr0": ("cbr0", False),                    # flannel -> bridge, portmap
+    "cbr0, no saved config": ("cbr0", True),    # flannel's DEL without its saved file or subnet.env
+}
+
+
+def pod_state(rnode, ns):
+    """What the live pod holds: its links (name, kind, mtu, mac) and addresses."""
+    out = json.loads(ns.run("ip", "-j", "addr", "show").stdout)
+    return sorted((i["ifname"], i.get("mtu"), i.get("address"),
+                   tuple(sorted("%s/%s" % (a["local"], a["prefixlen"]) for a in i.get("addr_info", []))))
+                  for i in out)
+
+
+@PY_ONLY
+@pytest.mark.parametrize("case", sorted(REUSE))
+def test_gc_of_a_stale_attachment_spares_the_pod_that_reused_its_netns_path(rnode, case):
+    """The sandbox of pod old1 went away without a DEL, its netns path was
+    made again for the sandbox of pod new1: libcni's GC (``pycni gc``)
+    DELs old1 with its cached netns, which is new1's now.  new1 keeps its
+    eth0, addresses and MTU (tuning does not put old1's values on it), its
+    traffic flows; old1's lease, cache entry and records go."""
+    net, no_saved = REUSE[case]
+    old = rnode.pod("old1")
+    path = old.path
+    rnode.add(net, "old1")
+    rnode.add(net, "probe1")                       # a pod that stays, on the same bridge
+    old.delete()                                   # the sandbox is gone, no DEL
+    rnode.settle(live=1)
+    new = rnode.netns_factory(name=old.name)       # ... and its path made again for a new sandbox
+    rnode.pods["new1"] = new
+    res = rnode.add(net, "new1", netns=path)
+    ip4 = next(i["address"].split("/")[0] for i in res["ips"] if "." in i["address"])
+    gw = next(i["gateway"] for i in res["ips"] if "." in i["address"])
+    held = pod_state(rnode, new)
+    assert any(n == "eth0" for n, *_ in held)
+    if net == "bnet":     # tuning alone first: old1's saved MTU (1500) must not land on new1's eth0
+        r = rnode.exec_plugin("tuning", "DEL", rnode.plugin_conf(net, "tuning"), cid="old1", netns=path)
+        assert r.rc == 0, r
+        assert pod_state(rnode, new) == held
+    if no_saved:
+        os.unlink(os.path.join(rnode.p["flannel"], "old1"))
+        os.rename(rnode.subnet_file, rnode.subnet_file + ".away")
+    vf = os.path.join(rnode.tmp, "valid.json")
+    with open(vf, "w") as f:
+        json.dump([{"containerID": c, "ifname": "eth0"} for c in ("new1", "probe1")], f)
+    r = rnode.pycni("gc", net, extra=["--valid", vf])
+    if no_saved:
+        os.rename(rnode.subnet_file + ".away", rnode.subnet_file)
+    assert r.rc == 0, r
+    assert pod_state(rnode, new) == held
+    assert new.run("ping", "-c1", "-W3", gw, check=False).returncode == 0
+    assert rnode.host.run("ping", "-c1", "-W3", ip4, check=False).returncode == 0
+    assert sorted(owners(rnode, net)) == ["new1", "probe1"]
+    assert "%s-old1-eth0" % net not in cached(rnode)
+    assert "belongs to another attachment" in rnode.log_text()
+    for cid in ("new1", "probe1"):
+        rnode.delete(net, cid)
+    rnode.settle()
+    assert rnode.rules() == set() and rnode.veths() == [] and owners(rnode, net) == {}

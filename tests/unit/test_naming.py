@@ -58,6 +58,21 @@ def test_veth_alias_round_trip():
     assert len(long) <= 255 and naming.parse_veth_alias(long)["att"]
 
 
+def test_veth_alias_other_says_when_a_veth_is_another_attachment_s():
+    """DEL and GC in a cached netns leave a link whose host end names
+    another attachment (issue 16 item 17); no alias keeps the reference's
+    behaviour (the Go plugin tags nothing)."""
+    mine = ("cbr0", "abc123", "eth0")
+    assert not naming.veth_alias_other(naming.veth_alias(*mine, pod="ns/p"), *mine)
+    for other in (("cbr0", "new456", "eth0"), ("bnet", "abc123", "eth0"), ("cbr0", "abc123", "eth1")):
+        assert naming.veth_alias_other(naming.veth_alias(*other), *mine), other
+    long_mine = ("n" * 128, "c" * 128, "eth0")
+    assert not naming.veth_alias_other(naming.veth_alias(*long_mine), *long_mine)
+    assert naming.veth_alias_other(naming.veth_alias("n" * 128, "d" * 128, "eth0"), *long_mine)
+    for none in (None, "", "operator's note", "pycni"):
+        assert not naming.veth_alias_other(none, *mine)
+
+
 # ---- every name built here is read back here, by the reader whois and doctor use
 
 # short enough that an element comment keeps every name (nft's 127 bytes)

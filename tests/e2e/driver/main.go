@@ -14,6 +14,10 @@
 // libcni v1.1.2 has no GC or STATUS: gc and status do what libcni >= v1.2
 // does (name and cniVersion injected, cni.dev/valid-attachments for GC,
 // empty CNI_* except CNI_PATH) with v1.1.2's InjectConf and invoke package.
+// gc first DELs, as GCNetworkList does, every cached attachment of the
+// network outside the valid set, with the netns, args and capability args
+// it was cached with (libcni >= v1.2 caches the netns; v1.1.2 does not, so
+// its entries are DELed without one).
 // Build in GOPATH mode: GO111MODULE=off GOPATH=/usr/share/gocode.
 package main
 
@@ -86,7 +90,7 @@ func main() {
 	case "version":
 		err = versions(ctx, cni, list)
 	case "gc":
-		err = gc(ctx, cni, list, o.valid)
+		err = gc(ctx, cni, list, o.valid, o.cachedir)
 	case "status":
 		err = status(ctx, cni, list)
 	default:
@@ -179,8 +183,64 @@ func bareArgs(cni *libcni.CNIConfig, verb string) *invoke.Args {
 	return &invoke.Args{Command: verb, Path: strings.Join(cni.Path, string(os.PathListSeparator))}
 }
 
-// gc sends GC to every plugin, continuing past failures, errors joined.
-func gc(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, valid string) error {
+// cachedAttachment is what libcni >= v1.2 reads back of a cache entry.
+type cachedAttachment struct {
+	Kind           string                 `json:"kind"`
+	ContainerID    string                 `json:"containerId"`
+	IfName         string                 `json:"ifName"`
+	NetworkName    string                 `json:"networkName"`
+	NetNS          string                 `json:"netns"`
+	CniArgs        [][2]string            `json:"cniArgs"`
+	CapabilityArgs map[string]interface{} `json:"capabilityArgs"`
+}
+
+// staleDel DELs the cached attachments of the list's network that are not
+// in attachments, as GCNetworkList's first step; the errors it met (their
+// texts, and the first one for its code).
+func staleDel(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList,
+	attachments []map[string]string, cacheDir string) ([]string, error) {
+	keep := map[[2]string]bool{}
+	for _, a := range attachments {
+		keep[[2]string{a["containerID"], a["ifname"]}] = true
+	}
+	dir := filepath.Join(cacheDir, "results")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return []string{err.Error()}, err
+	}
+	var msgs []string
+	var first error
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var c cachedAttachment
+		if json.Unmarshal(data, &c) != nil || c.Kind != "cniCacheV1" || c.NetworkName != list.Name {
+			continue
+		}
+		if keep[[2]string{c.ContainerID, c.IfName}] {
+			continue
+		}
+		rt := &libcni.RuntimeConf{ContainerID: c.ContainerID, NetNS: c.NetNS, IfName: c.IfName,
+			Args: c.CniArgs, CapabilityArgs: c.CapabilityArgs}
+		if err := cni.DelNetworkList(ctx, list, rt); err != nil {
+			if first == nil {
+				first = err
+			}
+			msgs = append(msgs, fmt.Sprintf("failed to delete stale attachment %s %s: %v",
+				c.ContainerID, c.IfName, err))
+		}
+	}
+	return msgs, first
+}
+
+// gc DELs the stale cached attachments, then sends GC to every plugin,
+// continuing past failures, errors joined.
+func gc(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, valid, cacheDir string) error {
 	var attachments []map[string]string
 	if err := json.Unmarshal([]byte(valid), &attachments); err != nil {
 		return fmt.Errorf("--valid: %w", err)
@@ -191,8 +251,7 @@ func gc(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigLi
 		"cni.dev/valid-attachments": attachments,
 		"cni.dev/attachments":       attachments,
 	}
-	var msgs []string
-	var first error
+	msgs, first := staleDel(ctx, cni, list, attachments, cacheDir)
 	for _, p := range list.Plugins {
 		err := func() error {
 			conf, err := libcni.InjectConf(p, inject)
