@@ -173,23 +173,16 @@ def remove(path):
 
 
 def sweep_temps(d, older_than=60.0):
-    """Remove temp files a crashed writer left in ``d``."""
-    now = time.time()
+    """Remove temp files a crashed writer left in the configured directory
+    ``d`` (never through a link: see ``Dir.sweep_temps``)."""
     try:
-        names = os.listdir(d)
-    except OSError:
+        held = open_root(d)
+    except errors.CniError:
         return 0
-    n = 0
-    for name in names:
-        if name.startswith(TMP_PREFIX):
-            p = os.path.join(d, name)
-            try:
-                if now - os.lstat(p).st_mtime > older_than:
-                    os.unlink(p)
-                    n += 1
-            except OSError:
-                pass
-    return n
+    if held is None:
+        return 0
+    with held:
+        return held.sweep_temps(older_than)
 
 
 def open_lock(path, what="lock", dir_fd=None):
