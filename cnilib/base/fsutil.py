@@ -373,7 +373,7 @@ class Dir:
     def __del__(self):
         try:
             self.close()
-        except OSError:
+        except Exception:  # noqa: BLE001 - a finaliser, maybe at interpreter exit
             pass
 
     def join(self, name):

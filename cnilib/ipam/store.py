@@ -109,8 +109,9 @@ def read_leases(data_dirs, problems):
     (torn ones included) and the networks that have a lease directory.  For
     whois and doctor: takes no lock, changes nothing, never raises; what it
     cannot list or read is noted in ``problems`` (an unreadable lease counts
-    as torn).  Nothing is read through a link: a network dir or a lease that
-    is one is skipped (noted in ``problems``), as the plugin refuses it."""
+    as torn).  Nothing is read through a link: a network dir that is one is
+    skipped and noted in ``problems`` (the plugin refuses it), a lease that
+    is one is skipped (the plugin never reads it)."""
     out, nets = [], set()
     for d in data_dirs:
         try:
