@@ -667,7 +667,7 @@ cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case $cmd in
   build) build ;;
-  deps) deps ;;
+  deps) trap stage_summary EXIT; stage deps deps ;;
   test) run_tests "$@" ;;
   demo)
     deps; PYCNI_SKIP_BUNDLE=1 build
