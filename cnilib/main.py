@@ -18,9 +18,25 @@ AGENT_VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 AGENT_PLUGINS = frozenset(("bridge", "loopback", "tuning", "flannel"))
 
 
+def unfreeze_environ(env):
+    """The bundle's bootloader (PyInstaller) runs us with LD_LIBRARY_PATH
+    pointing at the bundle's own libraries, built on Debian 11, and keeps
+    the caller's value in LD_LIBRARY_PATH_ORIG.  Every child would inherit
+    it (nft, iptables, a delegated plugin), loading Debian 11's libz and
+    the like into the node's programs: give children the caller's value.
+    This process is not affected (the loader read the variable at exec)."""
+    orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if orig is not None:
+        env["LD_LIBRARY_PATH"] = orig
+    else:
+        env.pop("LD_LIBRARY_PATH", None)
+
+
 def main(name=None):
     import gc
     gc.disable()  # short-lived process: no cycles worth collecting (~5 ms saved)
+    if getattr(sys, "frozen", False):
+        unfreeze_environ(os.environ)
     # never looser than 022, whatever the runtime runs us with: directories
     # made on the way to a state dir must not come out world-writable
     os.umask(os.umask(0o022) | 0o022)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from cnitest import DIST, ROOT
+from cnitest import DIST, ROOT, run_plugin
 
 BIN = os.path.join(DIST, "bin")
 
@@ -39,3 +39,33 @@ def test_start_up_skips_the_inspect_and_multiprocessing_hooks(bundle):
         data = f.read()
     assert b"pyi_rth_pkgutil" in data
     assert b"pyi_rth_inspect" not in data and b"pyi_rth_multiprocessing" not in data
+
+
+PROBE = """#!/bin/sh
+env > "$(dirname "$0")/env.$CNI_COMMAND"
+echo '{"cniVersion":"1.0.0","ips":[{"address":"10.66.0.2/24"}]}'
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("caller", [None, "/opt/vendor/lib"])
+def test_children_get_the_callers_library_path(bundle, host, ctr, tmp_path, caller):
+    """The bootloader points LD_LIBRARY_PATH at .pycni (Debian 11's libz,
+    libssl, ...); a delegated plugin, nft or iptables must not load those:
+    they get what the runtime gave the bundle."""
+    probe = tmp_path / "bin" / "envprobe"
+    probe.parent.mkdir()
+    probe.write_text(PROBE)
+    probe.chmod(0o755)
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "bridge", "bridge": "brenv", "ipMasq": True,
+            "ipam": {"type": "envprobe"}}
+    extra = {"PYCNI_STATE_DIR": str(tmp_path / "state"), "PYCNI_RUN_DIR": str(tmp_path / "run"),
+             "PYCNI_LOG": "off"}
+    if caller:
+        extra["LD_LIBRARY_PATH"] = caller
+    r = run_plugin(os.path.join(bundle, "bridge"), "ADD", conf, containerid="c1", netns=ctr.path,
+                   ifname="eth0", path=str(probe.parent), host_netns=host.name, extra_env=extra)
+    assert r.rc == 0, r
+    env = dict(line.split("=", 1) for line in (probe.parent / "env.ADD").read_text().splitlines()
+               if "=" in line)
+    assert env.get("LD_LIBRARY_PATH") == caller and "LD_LIBRARY_PATH_ORIG" not in env
