@@ -19,17 +19,23 @@ AGENT_PLUGINS = frozenset(("bridge", "loopback", "tuning", "flannel"))
 
 
 def unfreeze_environ(env):
-    """The bundle's bootloader (PyInstaller) runs us with LD_LIBRARY_PATH
-    pointing at the bundle's own libraries, built on Debian 11, and keeps
-    the caller's value in LD_LIBRARY_PATH_ORIG.  Every child would inherit
-    it (nft, iptables, a delegated plugin), loading Debian 11's libz and
-    the like into the node's programs: give children the caller's value.
-    This process is not affected (the loader read the variable at exec)."""
+    """Give children the environment the bundle was started with.
+
+    The bundle's bootloader (PyInstaller) runs us with LD_LIBRARY_PATH
+    pointing at the bundle's own libraries, built on Debian 11 (keeping the
+    caller's value in LD_LIBRARY_PATH_ORIG), and with _PYI_* variables that
+    tell a bundle it is already set up.  Children inherit both: nft,
+    iptables or a delegated plugin would load Debian 11's libz and the
+    like, and the bundle exec'd again (a delegate) would skip its set-up
+    and miss its own libffi.  This process is not affected: its loader
+    read the variables at exec."""
     orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
     if orig is not None:
         env["LD_LIBRARY_PATH"] = orig
     else:
         env.pop("LD_LIBRARY_PATH", None)
+    for k in [k for k in env if k.startswith("_PYI_")]:
+        del env[k]
 
 
 def main(name=None):

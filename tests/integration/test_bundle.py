@@ -69,3 +69,25 @@ def test_children_get_the_callers_library_path(bundle, host, ctr, tmp_path, call
     env = dict(line.split("=", 1) for line in (probe.parent / "env.ADD").read_text().splitlines()
                if "=" in line)
     assert env.get("LD_LIBRARY_PATH") == caller and "LD_LIBRARY_PATH_ORIG" not in env
+
+
+@pytest.mark.root
+def test_the_bundle_execd_again_sets_itself_up(bundle, host, ctr, tmp_path):
+    """A delegate that is the bundle itself (flannel exec'ing bridge, not
+    running it in process) starts as a fresh bundle: it finds its own
+    libraries (libffi for ctypes, which bridge's setns needs) although the
+    caller's loader path was given back to children."""
+    subnet = tmp_path / "subnet.env"
+    subnet.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.9.1/24\n"
+                      "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+    conf = {"cniVersion": "1.0.0", "name": "cbr0", "type": "flannel", "subnetFile": str(subnet),
+            "dataDir": str(tmp_path / "flannel"), "ipam": {"dataDir": str(tmp_path / "ipam")}}
+    extra = {"PYCNI_STATE_DIR": str(tmp_path / "state"), "PYCNI_RUN_DIR": str(tmp_path / "run"),
+             "PYCNI_LOG": "off", "PYCNI_NO_INPROCESS": "1"}
+    kw = dict(containerid="c1", netns=ctr.path, ifname="eth0", path=bundle, host_netns=host.name,
+              extra_env=extra)
+    r = run_plugin(os.path.join(bundle, "flannel"), "ADD", conf, **kw)
+    assert r.rc == 0, r
+    assert r.json["ips"][0]["address"] == "10.244.9.2/24"
+    r = run_plugin(os.path.join(bundle, "flannel"), "DEL", conf, **kw)
+    assert r.rc == 0, r
