@@ -160,3 +160,17 @@ def test_corrupt_files_are_refused_not_crashed(tmp_path):
         p.write_bytes(bytes(mangled))
         with pytest.raises(elfcheck.BadElf):
             elfcheck.version_needs(str(p))
+
+
+@pytest.mark.parametrize("path", FILES, ids=[os.path.basename(f) for f in FILES])
+def test_agrees_with_the_installers_reader(path):
+    """cnilib/ops/elf.py (shipped: pycni install says which glibc a node
+    lacks) reads the same needs leniently; this strict reader guards the
+    build.  The two must not drift."""
+    from cnilib.ops import elf
+    ours = {}
+    for lib, names in elfcheck.version_needs(path):
+        ours.setdefault(lib, []).extend(names)
+    assert elf.version_needs(path) == ours
+    versions, _private = elfcheck.glibc_needs(elfcheck.version_needs(path))
+    assert elf.glibc_needed(path) == (versions[0] if versions else None)
