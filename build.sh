@@ -639,7 +639,7 @@ ensure_roots() {
 }
 
 # ------------------------------------------------------------------ main
-# the tiers `./build.sh test` runs, one pytest each, in this order
+# the tiers `./build.sh test` runs, one pytest each, in this order (then any other tests/ dir)
 TIERS=(unit integration e2e reliability distro)
 
 run_tests() {
@@ -651,8 +651,12 @@ run_tests() {
   if [ $# -gt 0 ]; then
     tier "pytest $*" "$@"
   else
-    local t
-    for t in "${TIERS[@]}"; do
+    local t d tiers=("${TIERS[@]}")
+    for d in tests/*/; do           # a tier added later is never left out
+      t=$(basename "$d")
+      [[ " ${tiers[*]} " == *" $t "* ]] || ! compgen -G "$d/test_*.py" >/dev/null || tiers+=("$t")
+    done
+    for t in "${tiers[@]}"; do
       tier "$t" "tests/$t"
     done
   fi
