@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench [--forms py,bin,agent] [--go /usr/lib/cni]
                               [--quick] [--only NAME...] [--json FILE]
+                              [--root 11|12|13] [--python PATH]
 
 Needs root: every variant's plugins run in a host netns made for the run,
 with containers in netns of their own and every state path in a temp dir;
@@ -21,6 +22,11 @@ import tempfile
 from bench import plumbing, sandbox, stats
 from bench.workloads import WORKLOADS
 
+# what runs in a root: no Go column (the machine's Go plugins are built for
+# its glibc) and no agent; the pods and growth workloads read the machine's
+# nft, which need not read what a root's nft wrote
+ROOT_WORKLOADS = ("version", "loopback", "host-local", "portmap", "bridge", "chain")
+
 FORMS = {
     "py": ("py", "py"),
     "bin": ("bundle", "bin"),
@@ -36,7 +42,16 @@ class Bench:
         self.quick = args.quick
         self.seed = args.seed if args.seed is not None else random.randrange(1 << 31)
         self.rng = random.Random(self.seed)
-        self.tmp = tempfile.mkdtemp(prefix="pycni-bench-")
+        self.tmp = tempfile.mkdtemp(prefix="pycni-bench-", dir="/tmp")
+        os.chmod(self.tmp, 0o755)
+        self.inroot = None
+        if args.root:
+            # the run's temp dir is bound at its own path inside the root:
+            # state dirs, copies of the forms, spawn.py and the libcni
+            # driver read the same from here and from there
+            from tools.roots import InRoot
+            self.inroot = InRoot(args.root_dir, binds={self.tmp: self.tmp}, writable={self.tmp})
+            shutil.copy(os.path.join(plumbing.HERE, "spawn.py"), os.path.join(self.tmp, "spawn.py"))
         self.sandboxes = sandbox.Sandboxes()
         self.spawners = {}
         self.agent = None
@@ -54,6 +69,14 @@ class Bench:
         for form in self.args.forms:
             label, sub = FORMS[form]
             d = os.path.join(self.args.dist, sub)
+            if os.path.isdir(d) and (self.inroot or (self.args.python and sub == "py")):
+                # a copy: in the run's temp dir (which a root sees), its
+                # launchers pointed at --python
+                copy = os.path.join(self.tmp, "dist", sub)
+                shutil.copytree(d, copy, symlinks=True)
+                if self.args.python and sub == "py":
+                    plumbing.retarget(copy, self.args.python)
+                d = copy
             vs.append(plumbing.Variant(form, label, d, shows_version=form != "agent"))
             if not os.path.isdir(d):
                 vs[-1].unavailable = "n/a (not built: ./build.sh)"
@@ -117,13 +140,17 @@ class Bench:
 
     def spawner(self, v):
         if v.name not in self.spawners:
-            self.spawners[v.name] = plumbing.Spawner(v.host)
+            self.spawners[v.name] = plumbing.Spawner(v.host, self.inroot, os.path.join(self.tmp, "spawn.py"))
         return self.spawners[v.name]
 
     def go(self, spec):
         if self.go_exe is None:
             self.go_exe = plumbing.build_go(log=self.log)
-        return plumbing.run_go(self.go_exe, self.sandboxes.name("main"), spec)
+            if self.inroot:            # static (CGO_ENABLED=0): runs in any root
+                exe = os.path.join(self.tmp, os.path.basename(self.go_exe))
+                shutil.copy(self.go_exe, exe)
+                self.go_exe = exe
+        return plumbing.run_go(self.go_exe, self.sandboxes.name("main"), spec, self.inroot)
 
     def ip(self, *argv, check=True):
         p = subprocess.run(["ip"] + list(argv), capture_output=True, text=True)
@@ -145,6 +172,11 @@ def header(info, variants, seed):
              "containernetworking-plugins %s; libcni %s; %s"
              % (info.get("plugin_python", "?"), info.get("plugin_interpreter", "?"), info["python"],
                 info.get("go_plugins") or "?", info.get("libcni") or "?", info.get("go") or "go ?")]
+    if info.get("root"):
+        r = info["root"]
+        lines.append("in a Debian %s root (%s): glibc %s, python3 %s; every exec of the plugins, the "
+                     "exec timer and the libcni driver run chrooted into it"
+                     % (r["debian"], r["release"], r["glibc"], r["python"]))
     lines.append("variants: " + ", ".join("%s = %s" % (v.label, os.path.relpath(v.dir, plumbing.ROOT)
                                                       if v.dir.startswith(plumbing.ROOT) else v.dir)
                                           + (" + pycni agent" if v.name == "agent" else "")
@@ -175,12 +207,35 @@ def parse_args(argv):
     p.add_argument("--pods", type=int, help="pods in the pods workload (default 200)")
     p.add_argument("--growth", type=int, help="pods in the growth workload (default 1000)")
     p.add_argument("--seed", type=int, help="seed of the interleaving order")
+    p.add_argument("--root", choices=("11", "12", "13"),
+                   help="run our forms inside the cached Debian root of that release (./build.sh root): "
+                        "forms py,bin; no Go column; workloads " + ", ".join(ROOT_WORKLOADS))
+    p.add_argument("--python", metavar="PATH",
+                   help="the interpreter the py form's launchers run (a copy of dist/py is retargeted; "
+                        "with --root, a path in the root)")
     args = p.parse_args(argv)
     args.forms = [f for f in args.forms.split(",") if f]
     args.dist = os.path.abspath(args.dist)
     bad = [f for f in args.forms if f not in FORMS]
     if bad:
         p.error("unknown form %s (known: %s)" % (", ".join(bad), ", ".join(FORMS)))
+    if args.python and not os.path.isabs(args.python):
+        p.error("--python wants an absolute path")
+    args.root_dir = None
+    if args.root:
+        if "agent" in args.forms:
+            if args.forms != p.get_default("forms").split(","):
+                p.error("--root: the agent form does not run in a root (forms py,bin)")
+            args.forms = [f for f in args.forms if f != "agent"]
+        if args.go == p.get_default("go"):
+            args.go = "none"
+        elif args.go != "none":
+            p.error("--root: the Go reference plugins are this machine's (--go none)")
+        wrong = [w for w in args.only or () if w not in ROOT_WORKLOADS]
+        if wrong:
+            p.error("--root: %s cannot run in a root (%s can)"
+                    % (", ".join(wrong), ", ".join(ROOT_WORKLOADS)))
+        args.only = args.only or list(ROOT_WORKLOADS)
     if args.growth is not None and args.growth < 3:
         p.error("--growth needs at least 3 pods")
     return args
@@ -204,8 +259,24 @@ def main(argv=None):
     swept = sandbox.sweep_stale()
     if swept:
         log("removed %d network namespaces left by an earlier run" % swept)
+    root = None
+    if args.root:
+        from tools import roots
+        try:
+            args.root_dir = roots.root(args.root)
+        except roots.RootUnavailable as exc:
+            print("python -m bench: %s" % exc, file=sys.stderr)
+            return 2
     b = Bench(args, log)
-    info = plumbing.machine(os.path.join(args.dist, "py"))
+    if b.inroot:
+        root = dict(plumbing.root_info(b.inroot), release=roots.SUITES[args.root][0])
+    info = plumbing.machine(os.path.join(args.dist, "py"), root)
+    if args.python and not root:
+        info["plugin_interpreter"] = args.python
+        info["plugin_python"] = plumbing._cmd([args.python, "-I", "-S", "-c",
+                                               "import platform; print(platform.python_version())"])
+    elif args.python:
+        info["plugin_interpreter"] = args.python
     rows = []
     try:
         b.setup()

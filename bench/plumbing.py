@@ -98,11 +98,13 @@ def build_go(out_dir=None, log=print):
     return exe
 
 
-def run_go(exe, netns, spec):
-    """Run the driver under ``ip netns exec netns`` with ``spec``; its JSON.
-    Its stderr (progress, fatal errors) goes to ours."""
-    p = subprocess.run(["ip", "netns", "exec", netns, exe], input=json.dumps(spec),
-                       stdout=subprocess.PIPE, text=True, env={"PATH": SYSTEM_PATH})
+def run_go(exe, netns, spec, inroot=None):
+    """Run the driver under ``ip netns exec netns`` (chrooted into a root
+    when ``inroot`` is given) with ``spec``; its JSON.  Its stderr
+    (progress, fatal errors) goes to ours."""
+    argv = inroot.argv(exe, netns=netns) if inroot else ["ip", "netns", "exec", netns, exe]
+    p = subprocess.run(argv, input=json.dumps(spec), stdout=subprocess.PIPE, text=True,
+                       env={"PATH": SYSTEM_PATH})
     if p.returncode != 0:
         raise RuntimeError("libcni driver failed (rc %d): see its message above" % p.returncode)
     return json.loads(p.stdout)["variants"]
@@ -118,12 +120,17 @@ def go_variant_spec(v, conflist, containers, ifname="eth0", capability_args=None
 # ---- direct exec timers
 
 class Spawner:
-    """bench/spawn.py running in one variant's host netns."""
+    """bench/spawn.py running in one variant's host netns; with ``inroot``,
+    chrooted into that root on the root's python3, from ``spawn_py`` (a
+    path the root sees)."""
 
-    def __init__(self, netns):
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-I", "-S", os.path.join(HERE, "spawn.py")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={"PATH": SYSTEM_PATH})
+    def __init__(self, netns, inroot=None, spawn_py=None):
+        if inroot is not None:
+            argv = inroot.argv("python3", "-I", "-S", spawn_py, netns=netns)
+        else:
+            argv = ["ip", "netns", "exec", netns, sys.executable, "-I", "-S", os.path.join(HERE, "spawn.py")]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={"PATH": SYSTEM_PATH})
 
     def run(self, exe, env, stdin=""):
         self.proc.stdin.write(json.dumps({"argv": [exe], "env": env, "stdin": stdin}) + "\n")
@@ -219,8 +226,40 @@ def _cmd(argv):
         return None
 
 
-def machine(py_dir=None):
-    """What the table's figures depend on."""
+def retarget(py_dir, python):
+    """Point every launcher of the dist/py copy ``py_dir`` at ``python``
+    (as pycni install does when it finds another interpreter)."""
+    for name in os.listdir(py_dir):
+        p = os.path.join(py_dir, name)
+        if not os.path.isfile(p):
+            continue
+        with open(p, "rb") as f:
+            text = f.read()
+        if text.startswith(b"#!") and b"pycni-launcher" in text[:300]:
+            rest = text.split(b"\n", 1)[1]
+            with open(p + ".new", "wb") as f:
+                f.write(b"#!" + python.encode() + b" -IS\n" + rest)
+            os.chmod(p + ".new", 0o755)
+            os.rename(p + ".new", p)
+
+
+def root_info(inroot):
+    """The distribution, glibc and python3 of a root, read inside it."""
+    p = subprocess.run(inroot.argv("python3", "-I", "-S", "-c",
+                                   "import platform, sys\n"
+                                   "print(platform.python_version(), platform.libc_ver()[1])\n"
+                                   "print(open('/etc/debian_version').read().strip())"),
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError("the root does not run python3: " + p.stderr.strip()[-300:])
+    lines = p.stdout.splitlines()
+    py, libc = lines[0].split()
+    return {"python": py, "glibc": libc, "debian": lines[1]}
+
+
+def machine(py_dir=None, root=None):
+    """What the table's figures depend on; ``root``: root_info() of the
+    root the plugins run in."""
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": _first("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
@@ -230,7 +269,12 @@ def machine(py_dir=None):
         "loadavg": os.getloadavg()[0],
     }
     interp = launcher_python(py_dir) if py_dir and os.path.isdir(py_dir) else None
-    if interp:
+    if root:
+        info["root"] = root
+        if interp:
+            info["plugin_python"] = root["python"]
+            info["plugin_interpreter"] = interp
+    elif interp:
         info["plugin_python"] = _cmd([interp,
                                       "-I", "-S", "-c", "import platform; print(platform.python_version())"])
         info["plugin_interpreter"] = interp

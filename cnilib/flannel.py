@@ -99,7 +99,11 @@ def parse_cidr(text):
     masked); ValueError for anything Go refuses."""
     import ipaddress
     addr, sep, plen = text.partition("/")
-    if not sep or not plen.isascii() or not plen.isdigit() or "%" in addr:
+    # leading zeros in an IPv4 octet: Go refuses them, as ipaddress does only
+    # from Python 3.9.5 on (CVE-2021-29921; Debian 11 shipped 3.9.2)
+    quad = addr.rpartition(":")[2].split(".")
+    if (not sep or not plen.isascii() or not plen.isdigit() or "%" in addr
+            or (len(quad) > 1 and any(len(o) > 1 and o[0] == "0" for o in quad))):
         raise ValueError("%r is not a CIDR such as 10.244.0.0/16" % text)
     try:
         return str(ipaddress.ip_network(text, strict=False))

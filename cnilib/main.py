@@ -18,9 +18,31 @@ AGENT_VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 AGENT_PLUGINS = frozenset(("bridge", "loopback", "tuning", "flannel"))
 
 
+def unfreeze_environ(env):
+    """Give children the environment the bundle was started with.
+
+    The bundle's bootloader (PyInstaller) runs us with LD_LIBRARY_PATH
+    pointing at the bundle's own libraries, built on Debian 11 (keeping the
+    caller's value in LD_LIBRARY_PATH_ORIG), and with _PYI_* variables that
+    tell a bundle it is already set up.  Children inherit both: nft,
+    iptables or a delegated plugin would load Debian 11's libz and the
+    like, and the bundle exec'd again (a delegate) would skip its set-up
+    and miss its own libffi.  This process is not affected: its loader
+    read the variables at exec."""
+    orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if orig is not None:
+        env["LD_LIBRARY_PATH"] = orig
+    else:
+        env.pop("LD_LIBRARY_PATH", None)
+    for k in [k for k in env if k.startswith("_PYI_")]:
+        del env[k]
+
+
 def main(name=None):
     import gc
     gc.disable()  # short-lived process: no cycles worth collecting (~5 ms saved)
+    if getattr(sys, "frozen", False):
+        unfreeze_environ(os.environ)
     # never looser than 022, whatever the runtime runs us with: directories
     # made on the way to a state dir must not come out world-writable
     os.umask(os.umask(0o022) | 0o022)

@@ -40,6 +40,18 @@ def is_root():
     return os.geteuid() == 0
 
 
+def pydantic_why(module="pydantic"):
+    """Why ``module`` (pydantic, pydantic_core) may be missing, for
+    ``pytest.importorskip(reason=...)``: the unit tier also runs on Debian
+    11's python3 3.9, whose pinned test packages (requirements-py39.txt)
+    have no pydantic, as pydantic 2.14 needs Python 3.10+."""
+    import sys
+    if sys.version_info < (3, 10):
+        return ("%s is not installed: pydantic 2.14 (requirements.txt) needs Python >= 3.10, this is "
+                "%d.%d (requirements-py39.txt has no pydantic)" % ((module,) + tuple(sys.version_info[:2])))
+    return "%s is not installed (pip install -r requirements.txt)" % module
+
+
 def sh(*argv, check=True, input=None, netns=None, env=None, timeout=60):
     """Run a command (optionally inside netns) and return CompletedProcess (text)."""
     argv = [str(a) for a in argv]

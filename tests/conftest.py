@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -75,6 +76,32 @@ def go_plugins():
     if not os.path.isfile(os.path.join(cnitest.GO_CNI, "bridge")):
         pytest.skip("Go reference plugins not installed (containernetworking-plugins)")
     return cnitest.GO_CNI
+
+
+GOPATH = "/usr/share/gocode"
+LIBCNI = os.path.join(GOPATH, "src/github.com/containernetworking/cni/libcni")
+
+
+@pytest.fixture(scope="session")
+def go_driver(tmp_path_factory):
+    """tests/e2e/driver/main.go, built once per session in GOPATH mode
+    against Debian's libcni (golang-github-appc-cni-dev), static
+    (CGO_ENABLED=0): it runs on this machine and in any distribution root."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go is not installed (Debian golang-go)")
+    if not os.path.isdir(LIBCNI):
+        pytest.skip("libcni is not in %s (Debian golang-github-appc-cni-dev)" % GOPATH)
+    out = tmp_path_factory.mktemp("go-driver")
+    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="", CGO_ENABLED="0")
+    if not os.environ.get("HOME"):
+        env["GOCACHE"] = str(out / "gocache")
+    p = subprocess.run([go, "build", "-o", str(out / "driver"), "main.go"],
+                       cwd=os.path.join(cnitest.ROOT, "tests", "e2e", "driver"), env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.fail("building the libcni driver failed:\n%s" % p.stderr)
+    return str(out / "driver")
 
 
 @pytest.fixture(scope="session")

@@ -1,40 +1,17 @@
 """e2e with real clients: a Go driver on Debian's libcni, and ``pycni``.
 
-``go_driver`` builds tests/e2e/driver/main.go once per session in GOPATH
-mode against /usr/share/gocode (golang-github-appc-cni-dev); ``clients``
-gives a test one temp world (config dir, result cache, fake-plugin dir and
-its call record) and runs both clients in the test's host sandbox netns.
+``go_driver`` (tests/conftest.py) builds tests/e2e/driver/main.go once per
+session; ``clients`` gives a test one temp world (config dir, result cache,
+fake-plugin dir and its call record) and runs both clients in the test's
+host sandbox netns.
 """
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 from cnitest import PluginRun, fake_calls, install_fake_plugins
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-GOPATH = "/usr/share/gocode"
-LIBCNI = os.path.join(GOPATH, "src/github.com/containernetworking/cni/libcni")
-
-
-@pytest.fixture(scope="session")
-def go_driver(tmp_path_factory):
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not installed (Debian golang-go)")
-    if not os.path.isdir(LIBCNI):
-        pytest.skip("libcni is not in %s (Debian golang-github-appc-cni-dev)" % GOPATH)
-    out = tmp_path_factory.mktemp("go-driver")
-    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="", CGO_ENABLED="0")
-    if not os.environ.get("HOME"):
-        env["GOCACHE"] = str(out / "gocache")
-    p = subprocess.run([go, "build", "-o", str(out / "driver"), "main.go"],
-                       cwd=os.path.join(HERE, "driver"), env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.fail("building the libcni driver failed:\n%s" % p.stderr)
-    return str(out / "driver")
 
 
 class Clients:

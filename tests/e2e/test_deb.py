@@ -83,7 +83,8 @@ def test_package_in_a_debian_root(droot, debs, go_driver, netns_factory, tmp_pat
     state = tmp_path / "state"
     state.mkdir()
     inroot = distroots.InRoot(root, binds={str(pkgs): "/tmp/pkgs", os.path.dirname(go_driver): "/tmp/drv",
-                                           str(state): "/tmp/state"}, writable={str(state)})
+                                           str(state): "/tmp/state"}, writable={str(state)},
+                              readonly=False)      # a throwaway copy: dpkg writes into it
 
     def sh(script, netns=None, env=None):
         return inroot.run("sh", "-c", script, netns=netns, env=env, timeout=300)

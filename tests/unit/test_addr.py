@@ -38,10 +38,20 @@ def mangled(draw):
     return "".join(s)
 
 
+def _ip_address(text):
+    """ipaddress.ip_address with CPython 3.9.5's rule on every interpreter:
+    an IPv4 octet led by a zero is no address (Debian 11's 3.9.2 reads it
+    as decimal, CVE-2021-29921; Go and inet_pton refuse it)."""
+    quad = text.rpartition(":")[2].split(".")
+    if len(quad) > 1 and any(len(o) > 1 and o[0] == "0" for o in quad):
+        raise ValueError("%r has a zero-led octet" % text)
+    return ipaddress.ip_address(text)
+
+
 @given(mangled())
 def test_parse_accepts_what_ipaddress_accepts(text):
     try:
-        want = ipaddress.ip_address(text)
+        want = _ip_address(text)
     except ValueError:
         assert addr.parse(text) is None and addr.rule_ip(text) is None
         return

@@ -185,6 +185,32 @@ def test_parse_args():
         parse_args(["--only", "nonsense"])
 
 
+def test_parse_args_in_a_root():
+    """--root: our forms only (the machine's Go plugins and the agent stay
+    out), the workloads that run there; --python must be absolute."""
+    a = parse_args(["--root", "11"])
+    assert a.root == "11" and a.forms == ["py", "bin"] and a.go == "none"
+    assert a.only == ["version", "loopback", "host-local", "portmap", "bridge", "chain"]
+    assert parse_args(["--root", "13", "--only", "bridge"]).only == ["bridge"]
+    for bad in (["--root", "10"], ["--root", "11", "--forms", "py,agent"], ["--root", "11", "--go", "/x"],
+                ["--root", "12", "--only", "pods"], ["--python", "python3.9"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    assert parse_args(["--python", "/usr/bin/python3.13"]).python == "/usr/bin/python3.13"
+
+
+def test_retarget_rewrites_only_launchers(tmp_path):
+    from bench import plumbing
+    (tmp_path / "bridge").write_text("#!/usr/bin/python3 -IS\n# pycni-launcher: runs bridge\nmain()\n")
+    (tmp_path / "other").write_text("#!/bin/sh\necho hi\n")
+    (tmp_path / "pycni.d").mkdir()
+    plumbing.retarget(str(tmp_path), "/opt/py/bin/python3.12")
+    head, rest = (tmp_path / "bridge").read_text().split("\n", 1)
+    assert head == "#!/opt/py/bin/python3.12 -IS" and rest == "# pycni-launcher: runs bridge\nmain()\n"
+    assert (tmp_path / "other").read_text() == "#!/bin/sh\necho hi\n"
+    assert os.access(tmp_path / "bridge", os.X_OK)
+
+
 @pytest.mark.root
 @pytest.mark.slow
 def test_quick_version_run(tmp_path):

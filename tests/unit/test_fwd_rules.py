@@ -5,8 +5,10 @@ The reference-style lines are what Debian's firewall plugin 1.1.1
 """
 
 import pytest
+from cnitest import pydantic_why
 
-pytest.importorskip("pydantic")     # before cnilib.cni.validate installs its pydantic_core stub
+# before cnilib.cni.validate installs its pydantic_core stub
+pytest.importorskip("pydantic", reason=pydantic_why())
 
 from cnilib.base import errors
 from cnilib.firewall import forward  # noqa: E402

@@ -1,10 +1,11 @@
 """portmap input checks: what is accepted, what is refused, and with which error."""
 
 import pytest
+from cnitest import pydantic_why
 
 # the real pydantic first: cnilib.cni.validate would otherwise install its light
 # pydantic_core stub in sys.modules, which breaks later imports of pydantic
-pytest.importorskip("pydantic")
+pytest.importorskip("pydantic", reason=pydantic_why())
 
 from cnilib.base import addr, errors
 from cnilib.cni.types import Result  # noqa: E402

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from cnitest import ROOT
+from cnitest import ROOT, pydantic_why
 
 SITE = [p for p in sys.path if p.endswith("site-packages")]
 
@@ -83,7 +83,7 @@ def test_plugins_never_import_each_other():
 
 
 def test_schemas_are_fresh():
-    pytest.importorskip("pydantic")
+    pytest.importorskip("pydantic", reason=pydantic_why())
     r = subprocess.run([sys.executable, "-m", "cnilib.cni.schema", "--check"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -101,7 +101,7 @@ def test_validation_is_light():
 
 def test_validating_first_does_not_break_a_later_pydantic_import():
     """The run-time stub for pydantic_core must not shadow the real package."""
-    pytest.importorskip("pydantic")
+    pytest.importorskip("pydantic", reason=pydantic_why())
     mods = _modules_after(
         "from cnilib.cni import validate\nvalidate.validate('netconf', {'name': 'n'})\n"
         "import pydantic\nclass M(pydantic.BaseModel):\n    x: int\nassert M(x=1).x == 1\n"

@@ -8,13 +8,14 @@ validated output, and on where and why a value is wrong.
 """
 
 import pytest
+from cnitest import pydantic_why
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnilib.cni import schemacheck
 from cnilib.cni._schemas import SCHEMAS
 
-pydantic_core = pytest.importorskip("pydantic_core")
+pydantic_core = pytest.importorskip("pydantic_core", reason=pydantic_why("pydantic_core"))
 
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10, 70000),
                          st.floats(-5, 5, allow_nan=False), st.text(max_size=6))

@@ -50,3 +50,15 @@ def test_in_sandbox_netns_with_its_pods_visible(bullseye, host, ctr, tmp_path):
     assert _mounts(bullseye) == []                     # nothing stays mounted on the root
     assert os.stat(os.path.join(bullseye, ".pycni-root")).st_mtime == stamp
     assert not os.path.exists(os.path.join(bullseye, "run", "netns"))   # nothing made in the cache
+
+
+def test_root_is_read_only_but_its_tmp_and_run_are_not(bullseye):
+    r = distroots.InRoot(bullseye).run(
+        "sh", "-c", "touch /etc/pycni-x 2>&1; touch /tmp/x /run/x && echo writable; "
+        "echo '{}' | cat /dev/stdin; ls -l /dev/stdout /dev/stderr | wc -l")
+    assert r.returncode == 0, r.stderr
+    assert "Read-only file system" in r.stdout and "writable" in r.stdout
+    assert "{}" in r.stdout and r.stdout.strip().endswith("2")        # /dev as a real one has it
+    assert not os.path.exists(os.path.join(bullseye, "etc", "pycni-x"))
+    with pytest.raises(ValueError):
+        distroots.InRoot(bullseye, binds={"/tmp": "/etc/x"})         # binds only under /tmp
