@@ -14,6 +14,13 @@ import cnitest  # noqa: E402
 # tests that want one start a private agent and pass its socket explicitly
 os.environ["PYCNI_AGENT_SOCKET"] = "off"
 
+# nothing a test runs may write the machine's own suite log (rule 2): every
+# exec that does not get a log of its own writes to this session's temp file
+if not os.environ.get("PYCNI_LOG"):
+    import tempfile
+    os.environ["PYCNI_LOG"] = os.path.join(
+        tempfile.mkdtemp(prefix="pycni-testlog-"), "pycni.log")
+
 
 def pytest_collection_modifyitems(config, items):
     skip_root = pytest.mark.skip(reason="needs root (network namespaces)")
