@@ -11,182 +11,15 @@ it runs on.  manylinux/auditwheel hold wheels to a floor the same way.
 
     python3 -m tools.elfcheck --glibc 2.31 dist/bin     # exit 1 above the floor
 
-Pure Python (struct), no binutils: tests/unit/test_elfcheck.py holds it to
-``readelf -V --wide`` on real ELF files.
+The reader is ``cnilib/ops/elf.py`` (pure Python, struct; ``pycni install``
+uses the same one): tests/unit/test_elfcheck.py holds it to ``readelf -V
+--wide`` on real ELF files.
 """
 
 import os
-import re
-import struct
 import sys
 
-SHT_GNU_VERNEED = 0x6FFFFFFE
-SHT_NOBITS = 8
-PT_LOAD = 1
-PT_DYNAMIC = 2
-DT_NULL = 0
-DT_STRTAB = 5
-DT_STRSZ = 10
-DT_VERNEED = 0x6FFFFFFE
-DT_VERNEEDNUM = 0x6FFFFFFF
-GLIBC = re.compile(r"^GLIBC_(\d+(?:\.\d+)*)$")
-
-
-class NotElf(ValueError):
-    """Not an ELF file (no \\x7fELF magic)."""
-
-
-class BadElf(ValueError):
-    """An ELF file whose headers or version needs point outside it."""
-
-
-class _Elf:
-    def __init__(self, data):
-        if data[:4] != b"\x7fELF":
-            raise NotElf("no ELF magic")
-        if len(data) < 64 or data[4] not in (1, 2) or data[5] not in (1, 2):
-            raise BadElf("unknown ELF class or byte order")
-        self.data = data
-        self.is64 = data[4] == 2
-        self.end = "<" if data[5] == 1 else ">"
-        if self.is64:
-            (self.phoff, self.shoff, _flags, _ehsize, self.phentsize, self.phnum,
-             self.shentsize, self.shnum, self.shstrndx) = self.unpack("QQIHHHHHH", 32)
-        else:
-            (self.phoff, self.shoff, _flags, _ehsize, self.phentsize, self.phnum,
-             self.shentsize, self.shnum, self.shstrndx) = self.unpack("IIIHHHHHH", 28)
-
-    def unpack(self, fmt, off):
-        fmt = self.end + fmt
-        if off < 0 or off + struct.calcsize(fmt) > len(self.data):
-            raise BadElf("a header at offset %d runs past the end of the file" % off)
-        return struct.unpack_from(fmt, self.data, off)
-
-    def sections(self):
-        """[(type, offset, size, link, info)] of the section headers."""
-        out = []
-        for i in range(self.shnum if self.shoff else 0):
-            off = self.shoff + i * self.shentsize
-            if self.is64:
-                _n, typ, _f, _a, offset, size, link, info = self.unpack("IIQQQQII", off)
-            else:
-                _n, typ, _f, _a, offset, size, link, info = self.unpack("IIIIIIII", off)
-            out.append((typ, offset, size, link, info))
-        return out
-
-    def segments(self):
-        """[(type, offset, vaddr, filesz)] of the program headers."""
-        out = []
-        for i in range(self.phnum if self.phoff else 0):
-            off = self.phoff + i * self.phentsize
-            if self.is64:
-                typ, _fl, offset, vaddr, _pa, filesz = self.unpack("IIQQQQ", off)
-            else:
-                typ, offset, vaddr, _pa, filesz = self.unpack("IIIII", off)
-            out.append((typ, offset, vaddr, filesz))
-        return out
-
-    def string(self, strtab, strsz, off):
-        if off >= strsz:
-            raise BadElf("a version need names string %d of a %d-byte table" % (off, strsz))
-        start = strtab + off
-        end = self.data.find(b"\0", start, strtab + strsz)
-        if end < 0:
-            raise BadElf("an unterminated string in the dynamic string table")
-        return self.data[start:end].decode("ascii", "replace")
-
-    def walk_verneed(self, off, count, strtab, strsz):
-        """The Elf_Verneed chain at file offset ``off`` (same layout in both
-        classes): [(library, [version name, ...])]."""
-        out, seen = [], set()
-        for _ in range(count):
-            if off in seen:
-                raise BadElf("the version needs loop back on themselves")
-            seen.add(off)
-            _ver, cnt, vn_file, vn_aux, vn_next = self.unpack("HHIII", off)
-            names, aux = [], off + vn_aux
-            for _ in range(cnt):
-                _hash, _flags, _other, vna_name, vna_next = self.unpack("IHHII", aux)
-                names.append(self.string(strtab, strsz, vna_name))
-                if not vna_next:
-                    break
-                aux += vna_next
-            out.append((self.string(strtab, strsz, vn_file), names))
-            if not vn_next:
-                break
-            off += vn_next
-        return out
-
-    def version_needs(self):
-        secs = self.sections()
-        for typ, offset, _size, link, info in secs:
-            if typ == SHT_GNU_VERNEED:
-                if link >= len(secs):
-                    raise BadElf("the version needs name string table %d of %d" % (link, len(secs)))
-                styp, stroff, strsz, _l, _i = secs[link]
-                if styp == SHT_NOBITS:
-                    raise BadElf("the version needs' string table holds no data")
-                return self.walk_verneed(offset, info, stroff, strsz)
-        if secs:
-            return []
-        return self._from_dynamic()
-
-    def _from_dynamic(self):
-        """No section headers (sstrip'ed): the dynamic segment's entries,
-        addresses mapped to file offsets through the PT_LOAD segments."""
-        segs = self.segments()
-        dyn = [s for s in segs if s[0] == PT_DYNAMIC]
-        if not dyn:
-            return []                      # statically linked: needs nothing
-        loads = [s for s in segs if s[0] == PT_LOAD]
-
-        def to_offset(vaddr):
-            for _t, offset, start, filesz in loads:
-                if start <= vaddr < start + filesz:
-                    return offset + vaddr - start
-            raise BadElf("dynamic address %#x is in no loaded segment" % vaddr)
-
-        tags = {}
-        _t, off, _v, size = dyn[0]
-        fmt, step = ("qQ", 16) if self.is64 else ("iI", 8)
-        for pos in range(off, off + size, step):
-            tag, val = self.unpack(fmt, pos)
-            if tag == DT_NULL:
-                break
-            tags.setdefault(tag, val)
-        if DT_VERNEED not in tags:
-            return []
-        return self.walk_verneed(to_offset(tags[DT_VERNEED]), tags.get(DT_VERNEEDNUM, 0),
-                                 to_offset(tags[DT_STRTAB]), tags.get(DT_STRSZ, len(self.data)))
-
-
-def version_needs(path):
-    """[(library, [version names])] the ELF file at ``path`` needs, in file
-    order; [] for a static one.  Raises NotElf, BadElf, OSError."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if head != b"\x7fELF":
-            raise NotElf("%s is not an ELF file" % path)
-        data = head + f.read()
-    return _Elf(data).version_needs()
-
-
-def parse_version(text):
-    return tuple(int(x) for x in text.split("."))
-
-
-def glibc_needs(needs):
-    """The GLIBC_x.y versions among ``needs``, highest first, and whether
-    GLIBC_PRIVATE (an internal interface of one glibc build) is among them."""
-    found, private = set(), False
-    for _lib, names in needs:
-        for n in names:
-            m = GLIBC.match(n)
-            if m:
-                found.add(parse_version(m.group(1)))
-            elif n == "GLIBC_PRIVATE":
-                private = True
-    return sorted(found, reverse=True), private
+from cnilib.ops.elf import GLIBC, BadElf, glibc_needs, parse_version, read_needs
 
 
 def elf_files(top):
@@ -217,7 +50,7 @@ def check(paths, floor):
         for f in elf_files(base):
             checked += 1
             try:
-                needs = version_needs(f)
+                needs = read_needs(f)
             except BadElf as exc:
                 problems.append((f, "unreadable version needs: %s" % exc))
                 continue

@@ -1,8 +1,8 @@
-"""tools/elfcheck.py, the bundle's glibc floor check, held to ``readelf -V
---wide`` (binutils) on real ELF files of this machine: executables, shared
-libraries, Python extension modules, glibc itself, a static Go binary, and
-the same files with their section headers cut off (the dynamic-segment
-path)."""
+"""The ELF reader (cnilib/ops/elf.py) behind tools/elfcheck.py, the
+bundle's glibc floor check, held to ``readelf -V --wide`` (binutils) on
+real ELF files of this machine: executables, shared libraries, Python
+extension modules, glibc itself, a static Go binary, and the same files
+with their section headers cut off (the dynamic-segment path)."""
 
 import glob
 import os
@@ -15,6 +15,7 @@ import sys
 import pytest
 from cnitest import ROOT
 
+from cnilib.ops import elf
 from tools import elfcheck
 
 READELF = shutil.which("readelf")
@@ -67,7 +68,7 @@ def readelf_needs(path):
 @pytest.mark.skipif(READELF is None, reason="readelf is not installed (binutils)")
 @pytest.mark.parametrize("path", FILES, ids=[os.path.basename(f) for f in FILES])
 def test_version_needs_match_readelf(path):
-    assert elfcheck.version_needs(path) == readelf_needs(path)
+    assert elf.read_needs(path) == readelf_needs(path)
 
 
 def _without_sections(src, dst):
@@ -84,30 +85,30 @@ def _without_sections(src, dst):
 def test_dynamic_segment_reading_agrees(path, tmp_path):
     cut = str(tmp_path / "cut")
     _without_sections(path, cut)
-    assert elfcheck._Elf(open(cut, "rb").read()).sections() == []
-    assert elfcheck.version_needs(cut) == elfcheck.version_needs(path)
+    assert elf._Elf(open(cut, "rb").read()).sections() == []
+    assert elf.read_needs(cut) == elf.read_needs(path)
 
 
 def test_glibc_needs_of_a_real_binary():
-    needs = elfcheck.version_needs("/bin/ls")
-    versions, private = elfcheck.glibc_needs(needs)
+    needs = elf.read_needs("/bin/ls")
+    versions, private = elf.glibc_needs(needs)
     assert versions == sorted(versions, reverse=True) and (2, 2, 5) in versions
     assert not private
     # libc itself needs ld.so's GLIBC_PRIVATE: the check names it
-    _v, private = elfcheck.glibc_needs(elfcheck.version_needs(os.path.join(LIBDIR, "libc.so.6")))
+    _v, private = elf.glibc_needs(elf.read_needs(os.path.join(LIBDIR, "libc.so.6")))
     assert private
 
 
 def test_static_and_non_elf(tmp_path):
     script = tmp_path / "launcher"
     script.write_text("#!/usr/bin/python3 -IS\n")
-    with pytest.raises(elfcheck.NotElf):
-        elfcheck.version_needs(str(script))
+    with pytest.raises(elf.NotElf):
+        elf.read_needs(str(script))
     static = [p for p in ("/bin/busybox", "/usr/lib/go/pkg/tool/linux_amd64/compile") if os.path.isfile(p)]
     for p in static:
         if b"\x7fELF" == open(p, "rb").read(4) and "statically" in subprocess.run(
                 ["file", "-L", p], capture_output=True, text=True).stdout:
-            assert elfcheck.version_needs(p) == []
+            assert elf.read_needs(p) == []
 
 
 def test_check_tree_floor(tmp_path):
@@ -119,7 +120,7 @@ def test_check_tree_floor(tmp_path):
     shutil.copy("/bin/ls", d / ".pycni" / "ls")
     os.symlink("/bin/ls", d / "link")
     (d / "script").write_text("#!/bin/sh\n")
-    top = max(elfcheck.glibc_needs(elfcheck.version_needs("/bin/ls"))[0])
+    top = max(elf.glibc_needs(elf.read_needs("/bin/ls"))[0])
     checked, (seen, where), problems = elfcheck.check([str(d)], top)
     assert (checked, seen, problems) == (1, top, []) and where.endswith("/ls")
     checked, _top, problems = elfcheck.check([str(d)], (2, 31))
@@ -150,27 +151,25 @@ def test_corrupt_files_are_refused_not_crashed(tmp_path):
     for cut in (16, 64, 200, len(data) // 2):
         p = tmp_path / ("cut%d" % cut)
         p.write_bytes(data[:cut])
-        with pytest.raises(elfcheck.BadElf):
-            elfcheck.version_needs(str(p))
-    (off,) = [s[1] for s in elfcheck._Elf(data).sections() if s[0] == elfcheck.SHT_GNU_VERNEED]
+        with pytest.raises(elf.BadElf):
+            elf.read_needs(str(p))
+    (off,) = [s[1] for s in elf._Elf(data).sections() if s[0] == elf.SHT_GNU_VERNEED]
     for field, value in ((12, 1 << 31), (8, 1 << 31), (4, 1 << 30)):   # vn_next, vn_aux, vn_file
         mangled = bytearray(data)
         struct.pack_into("<I", mangled, off + field, value)
         p = tmp_path / ("field%d" % field)
         p.write_bytes(bytes(mangled))
-        with pytest.raises(elfcheck.BadElf):
-            elfcheck.version_needs(str(p))
+        with pytest.raises(elf.BadElf):
+            elf.read_needs(str(p))
 
 
 @pytest.mark.parametrize("path", FILES, ids=[os.path.basename(f) for f in FILES])
-def test_agrees_with_the_installers_reader(path):
-    """cnilib/ops/elf.py (shipped: pycni install says which glibc a node
-    lacks) reads the same needs leniently; this strict reader guards the
-    build.  The two must not drift."""
-    from cnilib.ops import elf
+def test_lenient_view_is_the_strict_one(path):
+    """``pycni install`` reads needs leniently ({} for what is not a good
+    ELF) through the same reader the build's strict check uses."""
     ours = {}
-    for lib, names in elfcheck.version_needs(path):
+    for lib, names in elf.read_needs(path):
         ours.setdefault(lib, []).extend(names)
     assert elf.version_needs(path) == ours
-    versions, _private = elfcheck.glibc_needs(elfcheck.version_needs(path))
+    versions, _private = elf.glibc_needs(elf.read_needs(path))
     assert elf.glibc_needed(path) == (versions[0] if versions else None)
