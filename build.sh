@@ -251,7 +251,7 @@ build() {
 }
 
 # ------------------------------------------------------------------ install
-# Thin calls to `pycni install` / `pycni uninstall` (cnilib/ops/install.py),
+# Thin calls to `pycni install` / `pycni uninstall` (cnilib/ops/install/),
 # the code the image and the package run too.  Other options pass through
 # (--conf-dir, --network flannel|bridge, --conflist FILE, --host-root DIR).
 install_suite() {
@@ -275,7 +275,7 @@ install_suite() {
 uninstall_suite() {
   # from the source tree: uninstalling needs none of the built files
   "$PYTHON" -I -S -c 'import sys; sys.path[0:0] = [sys.argv[1]]
-from cnilib.ops import install
+from cnilib.ops.install import cli as install
 sys.exit(install.uninstall_main(sys.argv[2:]))' "$TOP" --bin-dir "${1:-${PYCNI_BIN_DIR:-/usr/libexec/cni}}" "${@:2}"
 }
 

@@ -31,9 +31,11 @@ SUBCOMMANDS = {
     "fabric": ("cnilib.ops.fabric", "flannel by hand: flannel.1, routes, neighbours, fdb, subnet.env"),
     "demo": ("cnilib.ops.demo", "two flannel nodes in throwaway namespaces, pods pinging across"),
     "agent": ("cnilib.agent.server", "the warm agent the plugins hand their work to (optional)"),
-    "install": ("cnilib.ops.install", "copy this build into a plugin dir (atomic switch, backups, checks)"),
-    "uninstall": ("cnilib.ops.install:uninstall_main", "remove it again and restore what install replaced"),
-    "pause": ("cnilib.ops.install:pause_main", "sleep until stopped (the DaemonSet's main container)"),
+    "install": ("cnilib.ops.install.cli",
+                "copy this build into a plugin dir (atomic switch, backups, checks)"),
+    "uninstall": ("cnilib.ops.install.cli:uninstall_main",
+                  "remove it again and restore what install replaced"),
+    "pause": ("cnilib.ops.install.cli:pause_main", "sleep until stopped (the DaemonSet's main container)"),
 }
 
 CODE_NAMES = {

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from cnilib.ops import elf, install
+from cnilib.ops import elf
+from cnilib.ops.install import cli, common, host, state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -99,9 +100,9 @@ def test_resolve_in_keeps_absolute_links_inside(tmp_path):
     assert elf.find_libc(str(r)) == str(r / "usr" / "lib" / "libc.so.6")
 
 
-@pytest.mark.parametrize("choice", sorted(install.BUILTIN_CONFLISTS))
+@pytest.mark.parametrize("choice", sorted(common.BUILTIN_CONFLISTS))
 def test_builtin_conflists_are_the_conf_files(choice):
-    name, text = install.BUILTIN_CONFLISTS[choice]
+    name, text = common.BUILTIN_CONFLISTS[choice]
     with open(os.path.join(ROOT, "conf", name)) as f:
         assert f.read() == text
     conf = json.loads(text)
@@ -109,36 +110,36 @@ def test_builtin_conflists_are_the_conf_files(choice):
 
 
 def test_clean_keeps_a_line_safe():
-    assert install.clean("a\nb\x1b[31mc") == "a | b\\x1b[31mc"
-    assert install.clean("x" * 500).endswith("...") and len(install.clean("x" * 500)) == 303
+    assert common.clean("a\nb\x1b[31mc") == "a | b\\x1b[31mc"
+    assert common.clean("x" * 500).endswith("...") and len(common.clean("x" * 500)) == 303
 
 
 def test_copy_names():
-    assert install.is_copy_of("0.1.0-abc", "0.1.0-abc")
-    assert install.is_copy_of("0.1.0-abc.2", "0.1.0-abc")
-    assert not install.is_copy_of("0.1.0-abcd", "0.1.0-abc")
-    assert not install.is_copy_of("0.1.0-abc.x", "0.1.0-abc")
+    assert state.is_copy_of("0.1.0-abc", "0.1.0-abc")
+    assert state.is_copy_of("0.1.0-abc.2", "0.1.0-abc")
+    assert not state.is_copy_of("0.1.0-abcd", "0.1.0-abc")
+    assert not state.is_copy_of("0.1.0-abc.x", "0.1.0-abc")
 
 
 def test_group_failures():
     tree = "/opt/cni/bin/.pycni-versions/v"
     failed = [(n, "exit 255: [PYI-%d:ERROR] no GLIBC_2.35 for %s/%s" % (i, tree, n))
               for i, n in enumerate(("pycni", "bridge", "tuning"))] + [("flannel", "exit 1: other")]
-    groups = install.group_failures(failed, tree)
+    groups = host.group_failures(failed, tree)
     assert [g[0] for g in groups] == [["pycni", "bridge", "tuning"], ["flannel"]]
 
 
 def test_conflist_choice_and_file(tmp_path):
-    assert install.load_conflist(network="flannel")[0] == "10-flannel.conflist"
-    with pytest.raises(install.InstallError):
-        install.load_conflist(network="calico")
+    assert cli.load_conflist(network="flannel")[0] == "10-flannel.conflist"
+    with pytest.raises(common.InstallError):
+        cli.load_conflist(network="calico")
     p = tmp_path / "net.txt"
     p.write_text("{}")
-    with pytest.raises(install.InstallError, match="must be named"):
-        install.load_conflist(str(p))
+    with pytest.raises(common.InstallError, match="must be named"):
+        cli.load_conflist(str(p))
     p = tmp_path / "10-x.conflist"
     p.write_text('{"name": "x"}')
-    with pytest.raises(install.InstallError, match="not a network config"):
-        install.load_conflist(str(p))
+    with pytest.raises(common.InstallError, match="not a network config"):
+        cli.load_conflist(str(p))
     p.write_text('{"name": "x", "type": "bridge"}')
-    assert install.load_conflist(str(p)) == ("10-x.conflist", b'{"name": "x", "type": "bridge"}')
+    assert cli.load_conflist(str(p)) == ("10-x.conflist", b'{"name": "x", "type": "bridge"}')
