@@ -5,24 +5,8 @@ import ipaddress
 import os
 
 from cnilib.base import errors
-from cnilib.ops.doctor.context import config_subnets, flannel_networks, process_running
+from cnilib.ops.doctor.context import config_subnets, flannel_networks, plugin_types, process_running
 from cnilib.ops.doctor.report import worst
-
-
-def plugin_types(net):
-    """Every plugin binary ``net`` needs: its plugins, flannel's delegate
-    (bridge by default) and IPAM (host-local by default), any ipam.type."""
-    out = []
-    for p in net.plugins:
-        out.append(p.get("type"))
-        ipam = p.get("ipam") if isinstance(p.get("ipam"), dict) else {}
-        if p.get("type") == "flannel":
-            d = p.get("delegate") if isinstance(p.get("delegate"), dict) else {}
-            out.append(d.get("type") or "bridge")
-            out.append(ipam.get("type") or "host-local")
-        elif isinstance(ipam.get("type"), str):
-            out.append(ipam["type"])
-    return [t for i, t in enumerate(out) if isinstance(t, str) and t and t not in out[:i]]
 
 
 def conf_dir_findings(configs, subnet_env_of=lambda path: None, flannel_live=False):

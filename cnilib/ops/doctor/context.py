@@ -6,6 +6,50 @@ import os
 
 from cnilib.base import paths
 
+# the two iptables backends: both hook into the kernel at once when both hold rules
+IPT_BACKENDS = ("iptables-nft", "iptables-legacy")
+
+
+def plugin_types(net):
+    """Every plugin binary ``net`` needs: its plugins, flannel's delegate
+    (bridge by default) and IPAM (host-local by default), any ipam.type."""
+    out = []
+    for p in net.plugins:
+        out.append(p.get("type"))
+        ipam = p.get("ipam") if isinstance(p.get("ipam"), dict) else {}
+        if p.get("type") == "flannel":
+            d = p.get("delegate") if isinstance(p.get("delegate"), dict) else {}
+            out.append(d.get("type") or "bridge")
+            out.append(ipam.get("type") or "host-local")
+        elif isinstance(ipam.get("type"), str):
+            out.append(ipam["type"])
+    return [t for i, t in enumerate(out) if isinstance(t, str) and t and t not in out[:i]]
+
+
+def ipt_default_backend(which=None):
+    """The backend plain ``iptables-save`` (and ``iptables``) is on this node:
+    "iptables-nft", "iptables-legacy", or None when iptables is not installed.
+    Debian's alternatives point it at xtables-nft-multi or -legacy-multi;
+    iptables before 1.8 (iptables-multi, xtables-multi) is legacy only."""
+    if which is None:
+        from cnilib.base import proc
+        which = proc.which
+    exe = which("iptables-save")
+    if exe is None:
+        return None
+    real = os.path.basename(os.path.realpath(exe))
+    return "iptables-nft" if "nft" in real else "iptables-legacy"
+
+
+def parse_kernel_release(text):
+    """(major, minor, patch) of a kernel release ('5.4.0-150-generic',
+    '3.10.0-1160.el7.x86_64', '6.18.44-fc'), or None."""
+    import re
+    m = re.match(r"\s*(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
 
 def flannel_networks(loc):
     """[(network, plugin conf)] of the configs using the flannel plugin."""
@@ -50,7 +94,8 @@ class Context:
         self.by_index = {link.index: link for link in self.links}
         self.addrs = netlink.addrs(self.nl)
         self._envs = {}
-        self._vxlan = self._fdb = None
+        self._vxlan = self._fdb = self._neigh = self._backends = None
+        self.ipt_default = None
 
     def close(self):
         self.nl.close()
@@ -100,6 +145,71 @@ class Context:
         if self._fdb is None:
             self._fdb = [n for n in self.netlink.neighs(self.nl, 0, self.netlink.AF_BRIDGE) if n.dst]
         return [n for n in self._fdb if n.index == index]
+
+    def neighbours_all(self):
+        """Every IPv4 and IPv6 neighbour entry of this netns (one dump per run)."""
+        if self._neigh is None:
+            self._neigh = self.netlink.neighs(self.nl)
+        return self._neigh
+
+    def neighbours(self, index):
+        """IPv4 and IPv6 neighbour entries of link ``index``."""
+        return [n for n in self.neighbours_all() if n.index == index]
+
+    def opt(self, name, default=None):
+        """A command-line option, or ``default`` when this doctor has no such option."""
+        v = getattr(self.args, name, None)
+        return default if v is None else v
+
+    def ipt_backends(self):
+        """[(backend, {family: {table: IptTable}})] of the iptables backends
+        installed here ("iptables-nft", "iptables-legacy"), each read with its
+        own ``-save``: the kernel runs both rule sets, whatever ``iptables``
+        points at.  The backend plain ``iptables-save`` is was read already
+        (``node.ipt``) and is not read twice.  What cannot be read goes to
+        ``problems``; a backend that is not installed is left out."""
+        if self._backends is not None:
+            return self._backends
+        from cnilib.base import proc
+        from cnilib.ops import rulesets
+        self.ipt_default = ipt_default_backend()
+        out = []
+        for b in IPT_BACKENDS:
+            if b == self.ipt_default:
+                out.append((b, dict(self.node.ipt)))
+                continue
+            fams = {}
+            for fam, tool in ((4, "iptables"), (6, "ip6tables")):
+                exe = tool + b[len("iptables"):] + "-save"
+                try:
+                    r = proc.run([exe], timeout=30)
+                except FileNotFoundError:
+                    continue
+                except (OSError, TimeoutError) as exc:
+                    self.problems.append("%s: %s" % (exe, exc))
+                    continue
+                if r.rc != 0:
+                    self.problems.append("%s failed (exit %d): %s" % (exe, r.rc, r.err_text(200)))
+                    continue
+                fams[fam] = rulesets.parse_save(r.out.decode("utf-8", "replace"))
+            if fams:
+                out.append((b, fams))
+        self._backends = out
+        return out
+
+    def ipt_tool(self, backend, family=4):
+        """The command that writes ``backend``'s rules: plain ``iptables`` when
+        it is the node's default, else ``iptables-legacy`` / ``iptables-nft``."""
+        tool = "iptables" if family == 4 else "ip6tables"
+        if backend in (None, "iptables") or backend == self.ipt_default or not backend.startswith("iptables"):
+            return tool
+        return tool + backend[len("iptables"):]
+
+    def kernel_release(self):
+        """(text, (major, minor, patch) or None): --kernel-version when given
+        (judge another kernel), else this one's."""
+        text = self.opt("kernel_version") or os.uname().release
+        return text, parse_kernel_release(text)
 
     def route(self, dst):
         try:

@@ -8,8 +8,11 @@ rule decides its fate, in every table that sees it.
 
 Two sources, both read as text the tools print (parsed by cnilib.ops.rulesets):
 
-  * ``iptables-save`` (legacy or nf_tables variant): chains, policies and
-    ``-A`` lines, walked in table order for the hook (raw, mangle, filter);
+  * ``iptables-save`` of each backend in use (``iptables-nft-save`` and
+    ``iptables-legacy-save``: both hook into the kernel at once, so a packet
+    must pass both): chains, policies and ``-A`` lines, walked in table
+    order for the hook (raw, mangle, filter), each verdict labelled with the
+    backend it came from;
   * ``nft -j list ruleset``: base chains on the hook, in priority order.
     Tables that iptables-nft owns (family ip/ip6, names filter/nat/...) are
     left to the iptables walk, so a rule is never judged twice.
@@ -59,13 +62,14 @@ class Decision:
     """The fate of a packet in one hook: ``verdict`` accept/drop/reject;
     ``by`` the rule or policy that decided (text); ``certain`` False when a
     rule it could not evaluate stood before the decision; ``doubts`` those
-    rules."""
+    rules; ``source`` the rule set that decided ("iptables-nft",
+    "iptables-legacy", "nftables"; several joined by ", " for an accept)."""
 
-    __slots__ = ("verdict", "by", "certain", "doubts", "where")
+    __slots__ = ("verdict", "by", "certain", "doubts", "where", "source")
 
-    def __init__(self, verdict, by, certain=True, doubts=(), where=""):
+    def __init__(self, verdict, by, certain=True, doubts=(), where="", source=""):
         self.verdict, self.by, self.certain = verdict, by, certain
-        self.doubts, self.where = list(doubts), where
+        self.doubts, self.where, self.source = list(doubts), where, source
 
     @property
     def passes(self):
@@ -223,14 +227,15 @@ def ipt_decide(tables, hook, pkt, name="iptables"):
             pol = table.policies.get(chain, "ACCEPT")
             if pol != "ACCEPT":
                 return Decision(pol.lower(), "policy %s of %s %s" % (pol, tname, chain),
-                                not doubts, doubts, where)
+                                not doubts, doubts, where, name)
             continue
         if got[0] != "accept":
-            return Decision(got[0], got[1], not doubts, doubts, where)
+            return Decision(got[0], got[1], not doubts, doubts, where, name)
         accepted.append(got[1])
     if not seen:
         return None
-    return Decision("accept", "; ".join(accepted) or "no %s rule drops it" % name, not doubts, doubts, "")
+    return Decision("accept", "; ".join(accepted) or "no %s rule drops it" % name, not doubts, doubts, "",
+                    name)
 
 
 # ====================================================================== nftables
@@ -457,25 +462,31 @@ def nft_decide(chains, hook, pkt, skip_iptables_tables=True):
         where = "nft %s %s chain %s" % (fam, tname, c.name)
         if got is None:
             if c.policy == "drop":
-                return Decision("drop", "policy drop of %s" % where, not doubts, doubts, where)
+                return Decision("drop", "policy drop of %s" % where, not doubts, doubts, where, "nftables")
             continue
         if got[0] != "accept":
-            return Decision(got[0], got[1], not doubts, doubts, where)
+            return Decision(got[0], got[1], not doubts, doubts, where, "nftables")
         accepted.append(got[1])
-    return Decision("accept", "; ".join(accepted) or "no nft base chain drops it", not doubts, doubts, "")
+    return Decision("accept", "; ".join(accepted) or "no nft base chain drops it", not doubts, doubts, "",
+                    "nftables")
 
 
-def decide(ipt_tables, nft_chains, hook, pkt, skip_iptables_tables=True):
+def decide(ipt, nft_chains, hook, pkt, skip_iptables_tables=True):
     """The packet's fate on ``hook`` across iptables and nftables: the first
-    drop or reject found; otherwise accept (uncertain if either was).
-    Returns None when neither has anything on that hook."""
-    found = [d for d in (ipt_decide(ipt_tables or {}, hook, pkt) if ipt_tables else None,
-                         nft_decide(nft_chains or {}, hook, pkt, skip_iptables_tables)
-                         if nft_chains else None) if d is not None]
+    drop or reject found; otherwise accept (uncertain if any was).
+    ``ipt`` is one backend's tables ({table: IptTable}, named "iptables")
+    or a list of (backend name, tables or None), each walked on its own.
+    Returns None when nothing has anything on that hook."""
+    backends = ipt if isinstance(ipt, list) else [("iptables", ipt)]
+    found = [ipt_decide(tables, hook, pkt, name) for name, tables in backends if tables]
+    if nft_chains:
+        found.append(nft_decide(nft_chains, hook, pkt, skip_iptables_tables))
+    found = [d for d in found if d is not None]
     if not found:
         return None
     for d in found:
         if not d.passes:
             return d
     doubts = [x for d in found for x in d.doubts]
-    return Decision("accept", "; ".join(d.by for d in found), not doubts, doubts, "")
+    return Decision("accept", "; ".join(d.by for d in found), not doubts, doubts, "",
+                    ", ".join(d.source for d in found))
