@@ -25,10 +25,15 @@ Checks (ids are stable; ``--only id,id`` runs some):
   br-netfilter     net.bridge.bridge-nf-call-ip{,6}tables (SKIP where the kernel lacks them)
   forward-policy   a pod-to-pod packet through FORWARD (iptables and nftables):
                    policy DROP or a DROP/REJECT rule with no accept for the pod network
+  iptables-backends rules in both iptables-legacy and iptables-nft (WARN), and
+                   pod or VXLAN packets the two judge differently (FAIL)
   vxlan-port       a VXLAN datagram from each peer (UDP 8472) through INPUT and OUTPUT
   vxlan-local      flannel.1's local address is on the interface that reaches the peers
+  vtep-mac         a peer VTEP with flannel.1's own MAC, or two peers sharing one
   public-ip        no two nodes announce the same public IP (--nodes, --annotations,
                    and flannel.1's fdb), and this node's is one of its addresses
+  node-spec        --node-spec (kubectl get node NAME -o json): podCIDR vs
+                   FLANNEL_SUBNET, flannel's annotations vs flannel.1 and the addresses
   mtu              underlay >= flannel.1 + 50; FLANNEL_MTU = flannel.1 = cni0 = every veth
   ipam-leaks       host-local leases with no live attachment (FAIL when the range is full)
   orphan-veths     host veths no lease or record explains

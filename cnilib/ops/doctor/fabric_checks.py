@@ -6,7 +6,7 @@ import ipaddress
 
 from cnilib.ops.doctor import trace
 from cnilib.ops.doctor.context import process_running
-from cnilib.ops.doctor.report import worst
+from cnilib.ops.doctor.report import plain, worst
 
 OUTSIDE_PROBE = "203.0.113.1"     # TEST-NET-3: only asked of the routing table, never sent to
 ANNOTATION = "flannel.alpha.coreos.com/"
@@ -107,9 +107,23 @@ def _trace_packets(ctx):
     return out
 
 
-def _fix_for(decision, pkt, net):
+def _ipt(ctx, family):
+    """[(backend, tables)] of one family for trace.decide."""
+    return [(name, fams.get(family)) for name, fams in ctx.ipt_backends()]
+
+
+def _decide(ctx, hook, pkt):
+    backends = ctx.ipt_backends()
+    skip = any(name == "iptables-nft" for name, _f in backends) or not backends
+    return trace.decide(_ipt(ctx, pkt.family), ctx.node.nft_chains, hook, pkt, skip)
+
+
+def _src(d):
+    return " (%s)" % d.source if d.source else ""
+
+
+def _fix_for(decision, pkt, net, tool):
     """Commands letting ``pkt`` (of pod network ``net``) through where ``decision`` stopped it."""
-    tool = "iptables" if pkt.family == 4 else "ip6tables"
     if decision.by.startswith("policy ") and "nft" not in decision.by:
         return ["%s -A FORWARD -s %s -j ACCEPT && %s -A FORWARD -d %s -j ACCEPT   # what flanneld's "
                 "FLANNEL-FWD holds (flanneld --iptables-forward-rules, on by default)"
@@ -132,36 +146,60 @@ def check_forward_policy(ctx, c):
     nets = ctx.pod_networks()
     if not nets:
         return c.set("SKIP", "no pod network known (no subnet.env, no bridge subnet)")
-    ipt = ctx.node.ipt.get(4, {})
+    pols = []
+    for name, fams in ctx.ipt_backends():
+        flt = fams.get(4, {}).get("filter")
+        if flt is not None or name == ctx.ipt_default:
+            pol = flt.policies.get("FORWARD", "ACCEPT") if flt else "(no filter table)"
+            pols.append("%s %s" % (name, pol))
     nft_fwd = ["%s %s %s policy %s" % (f, t, ch.name, ch.policy)
                for (f, t), tbl in sorted(ctx.node.nft_chains.items()) for ch in tbl.values()
                if ch.hook == "forward" and not (f in ("ip", "ip6") and t in trace.IPTABLES_NFT_TABLES)]
-    c.evidence.append("FORWARD policy: iptables %s%s" % (
-        ipt["filter"].policies.get("FORWARD", "ACCEPT") if ipt.get("filter") else "(no filter table)",
+    c.evidence.append("FORWARD policy: %s%s" % (
+        ", ".join(pols) or "no iptables",
         "; nft forward base chains: " + ", ".join(nft_fwd) if nft_fwd else ""))
     statuses = []
     for label, pkt in _trace_packets(ctx):
-        d = trace.decide(ctx.node.ipt.get(pkt.family), ctx.node.nft_chains, "forward", pkt)
+        d = _decide(ctx, "forward", pkt)
         if d is None:
             statuses.append("PASS")
             c.evidence.append("%s (%s): no rule on the forward hook" % (label, pkt))
             continue
-        c.evidence.append("%s (%s): %s by %s%s" % (label, pkt, d.verdict.upper(), d.by,
-                                                    "" if d.certain else " (uncertain)"))
+        c.evidence.append("%s (%s): %s by %s%s%s" % (label, pkt, d.verdict.upper(), d.by, _src(d),
+                                                      "" if d.certain else " (uncertain)"))
         for x in d.doubts[:3]:
             c.evidence.append("  could not evaluate: %s" % x)
         net = next((str(n) for n, s, b in nets if pkt.saddr in s or pkt.daddr in s), str(nets[0][0]))
         if d.verdict != "accept":
             statuses.append("FAIL" if d.certain else "WARN")
-            for f in _fix_for(d, pkt, net):
-                if f not in c.fix:
-                    c.fix.append(f)
+            for f in _fix_for(d, pkt, net, ctx.ipt_tool(d.source, pkt.family)):
+                c.add_fix(f)
         else:
             statuses.append("PASS" if d.certain else "WARN")
     st = worst(statuses) if statuses else "PASS"
     c.set(st, {"PASS": "pod traffic passes the forward hook",
                "WARN": "pod traffic may be dropped on the forward hook (rules this walk cannot evaluate)",
                "FAIL": "pod traffic is dropped on the forward hook: pods on different nodes cannot talk"}[st])
+
+
+def _vxlan_packets(ctx, dev, info):
+    """[(peer, hooks, Packet, label)]: a VXLAN datagram from and to each peer
+    in ``dev``'s fdb, with the hooks each crosses."""
+    port = info.port or 8472
+    under = ctx.by_index[info.link].name if info.link in ctx.by_index else None
+    local = str(info.local) if info.local else None
+    out = []
+    for peer in sorted({f.dst for f in ctx.fdb(dev.index)}):
+        if local is None:
+            r = ctx.route(peer)
+            local = r.prefsrc if r is not None else None
+        if local is None:
+            continue
+        out.append((peer, ("prerouting", "input"), trace.Packet(peer, local, "udp", 40000, port, iif=under),
+                    "from %s" % peer))
+        out.append((peer, ("output",), trace.Packet(local, peer, "udp", 40000, port, oif=under),
+                    "to %s" % peer))
+    return out
 
 
 def check_vxlan_port(ctx, c):
@@ -173,49 +211,37 @@ def check_vxlan_port(ctx, c):
         c.evidence.append("firewalld is running: a reload rewrites its rules")
     for dev, info in devs:
         port = info.port or 8472
-        under = ctx.by_index[info.link].name if info.link in ctx.by_index else None
         peers = sorted({f.dst for f in ctx.fdb(dev.index)})
         if not peers:
             c.evidence.append("%s has no peer in its fdb" % dev.name)
             continue
-        local = str(info.local) if info.local else None
-        for peer in peers:
-            if local is None:
-                r = ctx.route(peer)
-                local = r.prefsrc if r is not None else None
-            if local is None:
-                continue
-            for hooks, pkt, label in (
-                    (("prerouting", "input"), trace.Packet(peer, local, "udp", 40000, port, iif=under),
-                     "from %s" % peer),
-                    (("output",), trace.Packet(local, peer, "udp", 40000, port, oif=under),
-                     "to %s" % peer)):
-                for hook in hooks:
-                    d = trace.decide(ctx.node.ipt.get(pkt.family), ctx.node.nft_chains, hook, pkt)
-                    if d is None or (d.passes and d.certain):
-                        continue
-                    c.evidence.append("VXLAN udp/%d %s (%s) on %s: %s by %s%s" % (
-                        port, label, pkt, hook, d.verdict.upper(), d.by, "" if d.certain else " (uncertain)"))
-                    if d.passes:
-                        statuses.append("WARN")
-                        continue
-                    statuses.append("FAIL" if d.certain else "WARN")
-                    tool = "iptables" if pkt.family == 4 else "ip6tables"
-                    chain = "INPUT" if hook != "output" else "OUTPUT"
-                    side = "-s %s" % peer if hook != "output" else "-d %s" % peer
-                    fix = "%s -I %s 1 -p udp --dport %d %s -j ACCEPT" % (tool, chain, port, side)
-                    if d.by.startswith("-A "):
-                        fix += "   # or remove the rule: %s -D %s" % (tool, d.by[3:])
-                    elif d.where.startswith("nft "):
-                        w = d.where.split()
-                        fix = "nft insert rule %s %s %s udp dport %d accept" % (w[1], w[2], w[4], port)
-                    for f in (fix, "firewalld: firewall-cmd --permanent --add-port=%d/udp && "
-                              "firewall-cmd --reload; cloud security groups must allow udp/%d "
-                              "between nodes too" % (port, port)):
-                        if f not in c.fix:
-                            c.fix.append(f)
-                    break
+        for peer, hooks, pkt, label in _vxlan_packets(ctx, dev, info):
             statuses.append("PASS")
+            for hook in hooks:
+                d = _decide(ctx, hook, pkt)
+                if d is None or (d.passes and d.certain):
+                    continue
+                c.evidence.append("VXLAN udp/%d %s (%s) on %s: %s by %s%s%s" % (
+                    port, label, pkt, hook, d.verdict.upper(), d.by, _src(d),
+                    "" if d.certain else " (uncertain)"))
+                if d.passes:
+                    statuses.append("WARN")
+                    continue
+                statuses.append("FAIL" if d.certain else "WARN")
+                tool = ctx.ipt_tool(d.source, pkt.family)
+                chain = "INPUT" if hook != "output" else "OUTPUT"
+                side = "-s %s" % peer if hook != "output" else "-d %s" % peer
+                fix = "%s -I %s 1 -p udp --dport %d %s -j ACCEPT" % (tool, chain, port, side)
+                if d.by.startswith("-A "):
+                    fix += "   # or remove the rule: %s -D %s" % (tool, d.by[3:])
+                elif d.where.startswith("nft "):
+                    w = d.where.split()
+                    fix = "nft insert rule %s %s %s udp dport %d accept" % (w[1], w[2], w[4], port)
+                for f in (fix, "firewalld: firewall-cmd --permanent --add-port=%d/udp && "
+                          "firewall-cmd --reload; cloud security groups must allow udp/%d "
+                          "between nodes too" % (port, port)):
+                    c.add_fix(f)
+                break
         c.evidence.append("%s: udp/%d with %d peer(s): %s" % (dev.name, port, len(peers), ", ".join(peers)))
     st = worst(statuses) if statuses else "SKIP"
     c.set(st, {"PASS": "VXLAN (udp/%d) passes this node's firewall both ways" % (devs[0][1].port or 8472),
@@ -350,3 +376,361 @@ def check_public_ip(ctx, c):
                "FAIL": "two nodes announce one public IP, or this node announces an address it lacks",
                "WARN": "", "SKIP": ""}[st])
 
+
+
+# ---------------------------------------------------------------- iptables split brain
+
+# who writes chains of these names (the evidence of which tool uses which backend)
+CHAIN_OWNERS = (("KUBE-", "kube-proxy/kubelet"), ("FLANNEL-", "flanneld"),
+                ("CNI-", "CNI plugins (portmap, bridge ipMasq, firewall)"), ("DOCKER", "Docker"),
+                ("cali-", "Calico"), ("f2b-", "fail2ban"), ("ufw", "ufw"), ("LIBVIRT_", "libvirt"))
+# what kubelet and kube-proxy leave in the backend they use (iptables-wrapper's test)
+KUBE_MARKS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
+                  "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+                  "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+                  "raw": ("PREROUTING", "OUTPUT"), "security": ("INPUT", "FORWARD", "OUTPUT")}
+
+
+def backend_state(fams):
+    """What one iptables backend holds that can change a packet's fate:
+    {"rules": n, "chains": [user chains], "policies": ["filter FORWARD DROP"],
+    "tables": {family: [tables holding any of it]}}.  A table with only
+    built-in chains, no rule and ACCEPT policies (what listing it once
+    leaves) changes nothing and does not count."""
+    st = {"rules": 0, "chains": [], "policies": [], "tables": {}}
+    for fam, tables in sorted(fams.items()):
+        for tname, t in sorted(tables.items()):
+            rules = sum(len(v) for v in t.chains.values())
+            users = [ch for ch in t.chains if ch not in t.policies]
+            pols = ["%s%s %s %s" % (tname, "" if fam == 4 else " (IPv6)", ch, p)
+                    for ch, p in sorted(t.policies.items()) if p != "ACCEPT"]
+            if rules or users or pols:
+                st["tables"].setdefault(fam, []).append(tname)
+            st["rules"] += rules
+            st["chains"] += [ch for ch in users if ch not in st["chains"]]
+            st["policies"] += pols
+    return st
+
+
+def chain_writers(chains):
+    return sorted({who for ch in chains for prefix, who in CHAIN_OWNERS if ch.startswith(prefix)})
+
+
+def _state_text(st):
+    parts = ["%d rule%s" % (st["rules"], "" if st["rules"] == 1 else "s")]
+    if st["chains"]:
+        n = len(st["chains"])
+        parts.append("%d chain%s (%s%s)" % (n, "" if n == 1 else "s", ", ".join(st["chains"][:6]),
+                                           ", ..." if n > 6 else ""))
+    if st["policies"]:
+        parts.append("policy " + ", ".join(st["policies"]))
+    who = chain_writers(st["chains"])
+    if who:
+        parts.append("written by " + ", ".join(who))
+    return ", ".join(parts)
+
+
+def keep_backend(states, default):
+    """(backend to keep, why): the one kubelet/kube-proxy mark as theirs,
+    else the one holding more rules, else the node's default."""
+    marked = [b for b, st in states.items() if any(m in st["chains"] for m in KUBE_MARKS)]
+    if len(marked) == 1:
+        return marked[0], "kubelet/kube-proxy use it (%s)" % "/".join(KUBE_MARKS)
+    kube = [b for b, st in states.items() if any(ch.startswith("KUBE-") for ch in st["chains"])]
+    if len(kube) == 1:
+        return kube[0], "kube-proxy's chains are there"
+    most = sorted(states, key=lambda b: (-states[b]["rules"], b != default))
+    if states[most[0]]["rules"] != states[most[-1]]["rules"]:
+        return most[0], "it holds more rules"
+    return (default or most[0]), "it is what the node's iptables command writes"
+
+
+def reset_input(tables):
+    """iptables-restore input emptying ``tables``: every chain flushed, user
+    chains deleted, built-in policies ACCEPT."""
+    lines = []
+    for t in tables:
+        lines.append("*%s" % t)
+        lines += [":%s ACCEPT [0:0]" % ch for ch in BUILTIN_CHAINS.get(t, ())]
+        lines.append("COMMIT")
+    return "\\n".join(lines) + "\\n"
+
+
+def _verdict(d):
+    """('accept'|'drop'|'reject', by, certain) of a per-backend decision; no
+    chain on the hook lets the packet through."""
+    if d is None:
+        return "accept", "no rule on that hook", True
+    return d.verdict, d.by, d.certain
+
+
+def check_iptables_backends(ctx, c):
+    backends = ctx.ipt_backends()
+    if not backends:
+        return c.set("SKIP", "iptables is not installed (nftables only: nothing to split)")
+    states = {name: backend_state(fams) for name, fams in backends}
+    for name, _f in backends:
+        c.evidence.append("%s%s: %s" % (name, " (the node's iptables)" if name == ctx.ipt_default else "",
+                                         _state_text(states[name]) if any(states[name]["tables"].values())
+                                         else "nothing"))
+    used = [b for b in states if states[b]["tables"]]
+    if len(used) < 2:
+        if used and used[0] != ctx.ipt_default and ctx.ipt_default:
+            c.evidence.append("the rules are in %s while the node's iptables writes %s: the next tool "
+                              "run as plain iptables starts a split" % (used[0], ctx.ipt_default))
+        return c.set("PASS", "iptables rules live in one backend (%s)"
+                     % (used[0] if used else "none has any"))
+    # both hold rules: the kernel runs both, and a packet must pass both
+    differ, unsure = [], []
+    packets = [(label, ("forward",), pkt) for label, pkt in _trace_packets(ctx)]
+    for dev, info in ctx.vxlan_devs():
+        packets += [("VXLAN " + label, hooks, pkt)
+                    for _p, hooks, pkt, label in _vxlan_packets(ctx, dev, info)]
+    for label, hooks, pkt in packets:
+        for hook in hooks:
+            got = {name: _verdict(trace.ipt_decide(fams.get(pkt.family) or {}, hook, pkt, name))
+                   for name, fams in backends}
+            passes = {name: v[0] == "accept" for name, v in got.items()}
+            if len(set(passes.values())) < 2:
+                continue
+            line = "%s (%s) on %s: %s" % (label, pkt, hook, "; ".join(
+                "%s %s it (%s)" % (name, "ACCEPTS" if passes[name] else v[0].upper() + "S", v[1])
+                for name, v in sorted(got.items())))
+            stop = [(name, v) for name, v in sorted(got.items()) if not passes[name]][0]
+            short = "%s %ss %s what %s accepts (by %s)" % (
+                stop[0], stop[1][0], label, " and ".join(n for n in sorted(got) if passes[n]), stop[1][1])
+            (differ if all(v[2] for v in got.values()) else unsure).append((line, short))
+            break
+    names = " and ".join(sorted(used))
+    keep, why = keep_backend({b: states[b] for b in used}, ctx.ipt_default)
+    drop = [b for b in used if b != keep][0]
+    c.evidence += ["verdicts differ: " + x for x, _s in differ]
+    c.evidence += ["verdicts may differ: " + x for x, _s in unsure]
+    c.evidence.append("keep %s: %s" % (keep, why))
+    sfx = drop[len("iptables"):]
+    c.add_fix("iptables%s-save > /root/iptables%s.rules; ip6tables%s-save > /root/ip6tables%s.rules   "
+              "# a copy of what %s holds: move what you still need into %s"
+              % (sfx, sfx, sfx, sfx, drop, keep))
+    for fam, tool in ((4, "iptables"), (6, "ip6tables")):
+        tables = states[drop]["tables"].get(fam)
+        if tables:
+            c.add_fix("printf '%s' | %s%s-restore   # empties %s's %s tables %s"
+                      % (reset_input(tables), tool, sfx, drop,
+                         "IPv4" if fam == 4 else "IPv6", ", ".join(tables)))
+    ksfx = keep[len("iptables"):]
+    c.add_fix("make every tool write to %s: update-alternatives --set iptables /usr/sbin/iptables%s && "
+              "update-alternatives --set ip6tables /usr/sbin/ip6tables%s (Debian, Ubuntu); images that "
+              "ship their own iptables (kube-proxy, flannel, Docker) choose at start: restart them after"
+              % (keep, ksfx, ksfx))
+    if differ:
+        return c.set("FAIL", "rules in both %s, and their verdicts differ on %d packet%s: %s"
+                     % (names, len(differ), "" if len(differ) == 1 else "s", differ[0][1]))
+    c.set("WARN", "rules in both %s (split brain: every packet must pass both; tools reading one "
+          "backend do not see the other)%s" % (names, ": their verdicts may differ" if unsure else ""))
+
+
+# ---------------------------------------------------------------- VTEP MACs
+
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+def vtep_findings(own, neighbours, fdb):
+    """Duplicate VTEP MACs on one vxlan device, pure: ``own`` its MAC,
+    ``neighbours`` [(peer gateway IP, MAC)], ``fdb`` [(MAC, peer public IP)].
+    Returns (problems, peers): problems [(kind, mac, [peer labels])] with kind
+    "own" (a peer announces this node's MAC) or "shared" (two peers one MAC);
+    peers the labels "10.244.2.0 -> aa:.. -> 192.0.2.2"."""
+    own = (own or "").lower()
+    dst = {}
+    for mac, ip in fdb:
+        if mac and mac.lower() != ZERO_MAC:
+            dst.setdefault(mac.lower(), []).append(ip)
+    by_mac = {}
+    for ip, mac in neighbours:
+        if mac and mac.lower() != ZERO_MAC:
+            by_mac.setdefault(mac.lower(), []).append(ip)
+    peers, problems = [], []
+    for mac in sorted(set(by_mac) | set(dst)):
+        ips = sorted(by_mac.get(mac, []), key=lambda ip: (":" in ip, ipaddress.ip_address(ip)))
+        labels = ["%s -> %s -> %s" % (ip, mac, ", ".join(dst.get(mac, [])) or "(no fdb entry)")
+                  for ip in ips] or ["(no neighbour) -> %s -> %s" % (mac, ", ".join(dst[mac]))]
+        peers += labels
+        if mac == own:
+            problems.append(("own", mac, labels))
+        elif len(ips) > 1 or len(dst.get(mac, [])) > 1:
+            problems.append(("shared", mac, labels))
+    return problems, peers
+
+
+def check_vtep_mac(ctx, c):
+    devs = ctx.vxlan_devs()
+    if not devs:
+        return c.set("SKIP", "no flannel vxlan device here (host-gw, or no flannel)")
+    bad = []
+    for dev, _info in devs:
+        neigh = [(n.dst, n.lladdr) for n in ctx.neighbours(dev.index) if n.dst and n.lladdr]
+        fdb = [(f.lladdr, f.dst) for f in ctx.fdb(dev.index)]
+        problems, peers = vtep_findings(dev.mac, neigh, fdb)
+        c.evidence.append("%s MAC %s; %d peer VTEP(s)%s" % (dev.name, (dev.mac or "?").lower(), len(peers),
+                                                            ": " + "; ".join(peers) if peers else ""))
+        for kind, mac, labels in problems:
+            where = " and ".join(x.split(" -> ")[0] for x in labels)
+            nodes = ", ".join(sorted({x.split(" -> ")[2] for x in labels}))
+            if kind == "own":
+                bad.append("peer %s announces VTEP MAC %s, %s's own" % (where, mac, dev.name))
+                c.evidence.append("%s: frames for that peer carry this node's own MAC; the peer's "
+                                  "replies and every third node cannot tell the two apart" % mac)
+            else:
+                bad.append("peers %s share VTEP MAC %s" % (where, mac))
+                c.evidence.append("%s: the fdb sends it to %s only, so traffic to the other peer's pods "
+                                  "goes to the wrong node and is dropped" % (mac, nodes))
+            c.add_fix("on the node behind %s (%s): give it its own machine-id if it is a clone "
+                      "(rm /etc/machine-id && systemd-machine-id-setup; flanneld < 0.15.1 under systemd's "
+                      "MACAddressPolicy=persistent derives flannel.1's MAC from it), then ip link delete %s "
+                      "and restart flanneld there: it makes %s with a new MAC and announces it (VtepMAC), "
+                      "and every flanneld rewrites its entries" % (where, nodes, dev.name, dev.name))
+    if bad:
+        return c.set("FAIL", "duplicate VTEP MAC: " + "; ".join(bad) + ": traffic to them black-holes")
+    c.set("PASS", "every peer VTEP has its own MAC, none is this node's")
+
+
+# ---------------------------------------------------------------- the node as the cluster sees it
+
+def parse_node_spec(data, name=None):
+    """(node name, podCIDRs, annotations, InternalIPs) of a ``kubectl get node
+    NAME -o json`` dump (or a List: the item called ``name``, or the only one),
+    every string made safe to show.  Raises ValueError naming what is wrong."""
+    if isinstance(data, dict) and isinstance(data.get("items"), list):
+        items = [i for i in data["items"] if isinstance(i, dict)]
+        if name:
+            items = [i for i in items if (i.get("metadata") or {}).get("name") == name]
+        if len(items) != 1:
+            raise ValueError("%d nodes in the list%s: pass one node's dump or --node NAME"
+                             % (len(items), " called %s" % name if name else ""))
+        data = items[0]
+    if not isinstance(data, dict) or data.get("kind", "Node") != "Node":
+        raise ValueError("not a Node object (kubectl get node NAME -o json)")
+    md = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+    cidrs = [x for x in spec.get("podCIDRs") or [] if isinstance(x, str)]
+    if isinstance(spec.get("podCIDR"), str) and spec["podCIDR"] not in cidrs:
+        cidrs.insert(0, spec["podCIDR"])
+    ann = md.get("annotations") if isinstance(md.get("annotations"), dict) else {}
+    st = data.get("status") if isinstance(data.get("status"), dict) else {}
+    internal = [plain(a["address"], 64) for a in st.get("addresses") or []
+                if isinstance(a, dict) and a.get("type") == "InternalIP"
+                and isinstance(a.get("address"), str)]
+    ann = {k: plain(v, 1024) for k, v in ann.items() if isinstance(k, str) and isinstance(v, str)}
+    name = md.get("name") if isinstance(md.get("name"), str) else None
+    return plain(name, 253) if name else "(unnamed)", [plain(x, 64) for x in cidrs], ann, internal
+
+
+def _backend_data(ann, key):
+    from cnilib.base import jsonio
+    bd = ann.get(ANNOTATION + key)
+    if isinstance(bd, str):
+        try:
+            bd = jsonio.loads(bd)
+        except ValueError:
+            return None
+    return bd if isinstance(bd, dict) else None
+
+
+def check_node_spec(ctx, c):
+    path = ctx.opt("node_spec")
+    if not path:
+        return c.set("SKIP", "no --node-spec FILE (kubectl get node <this node> -o json > FILE)")
+    from cnilib.base import jsonio
+    try:
+        with open(path, "rb") as f:
+            name, cidrs, ann, internal = parse_node_spec(jsonio.loads(f.read()), ctx.opt("node"))
+    except (OSError, ValueError) as exc:
+        c.error = "cannot read --node-spec %s: %s" % (path, exc)
+        return c.set("SKIP", c.error)
+    bad = []
+    restart = ("restart flanneld on %s (kubectl -n kube-flannel delete pod --field-selector "
+               "spec.nodeName=%s): it rewrites subnet.env from the node's podCIDR and re-announces "
+               "flannel.1's MAC and its public IP" % (name, name))
+    env, env_path = ctx.flannel_env()
+    c.evidence.append("node %s: podCIDR %s; InternalIP %s" % (name, ", ".join(cidrs) or "(none)",
+                                                             ", ".join(internal) or "(none)"))
+    if not cidrs:
+        bad.append("node %s has no spec.podCIDR" % name)
+        c.add_fix("let the controller manager allocate node CIDRs (kube-controller-manager "
+                  "--allocate-node-cidrs=true --cluster-cidr=<the flannel Network>; kubeadm init "
+                  "--pod-network-cidr): flanneld's kube subnet manager waits for it")
+    elif env is None:
+        c.evidence.append("no usable subnet.env to compare the podCIDR with (%s)"
+                          % ", ".join(ctx.subnet_files()))
+    else:
+        have = {str(ipaddress.ip_network(s, strict=False)) for s in env.subnets()}
+        want = {str(ipaddress.ip_network(x, strict=False)) for x in cidrs if _is_net(x)}
+        c.evidence.append("%s: FLANNEL_SUBNET %s, FLANNEL_NETWORK %s" % (
+            env_path, ", ".join(sorted(have)), ", ".join(env.all_networks())))
+        if have != want:
+            bad.append("spec.podCIDR %s but FLANNEL_SUBNET %s (%s)" % (", ".join(sorted(want)),
+                                                                      ", ".join(sorted(have)), env_path))
+            c.add_fix(restart)
+            c.add_fix("then recreate the pods holding addresses of the old subnet (pycni whois lists them)")
+        nets = [ipaddress.ip_network(n) for n in env.all_networks()]
+        for x in sorted(want):
+            n = ipaddress.ip_network(x)
+            if not any(n.version == m.version and n.subnet_of(m) for m in nets):
+                bad.append("podCIDR %s is outside FLANNEL_NETWORK %s" % (x, ", ".join(env.all_networks())))
+                c.add_fix("make kube-controller-manager's --cluster-cidr and Network in the kube-flannel-cfg "
+                          "ConfigMap (net-conf.json) the same range, then restart flanneld everywhere")
+    btype = ann.get(ANNOTATION + "backend-type")
+    devs = {link.name: (link, info) for link, info in ctx.vxlan_devs()}
+    c.evidence.append("annotations: backend-type %s, public-ip %s%s" % (
+        btype or "(none)", ann.get(ANNOTATION + "public-ip") or "(none)",
+        ", public-ip-overwrite %s" % ann[ANNOTATION + "public-ip-overwrite"]
+        if ann.get(ANNOTATION + "public-ip-overwrite") else ""))
+    if btype == "vxlan":
+        for dev_name, data_key, ip_key in (("flannel.1", "backend-data", "public-ip"),
+                                           ("flannel-v6.1", "backend-v6-data", "public-ipv6")):
+            bd = _backend_data(ann, data_key)
+            if bd is None and dev_name != "flannel.1":
+                continue
+            if dev_name not in devs:
+                bad.append("backend-type vxlan, but this node has no %s" % dev_name)
+                c.add_fix(restart)
+                continue
+            link, info = devs[dev_name]
+            mac = (bd or {}).get("VtepMAC")
+            c.evidence.append("%s: annotated VtepMAC %s, device MAC %s, local %s" % (
+                dev_name, mac or "(none)", (link.mac or "?").lower(), info.local or "(unset)"))
+            if mac and link.mac and mac.lower() != link.mac.lower():
+                bad.append("the cluster sends %s traffic for this node to VTEP MAC %s, but %s has %s"
+                           % (dev_name, mac.lower(), dev_name, link.mac.lower()))
+                c.add_fix(restart)
+                c.add_fix("or, until flanneld restarts: kubectl annotate node %s --overwrite "
+                          "%s%s='{\"VNI\":%s,\"VtepMAC\":\"%s\"}'"
+                          % (name, ANNOTATION, data_key, (bd or {}).get("VNI", info.vni), link.mac.lower()))
+            pub = ann.get(ANNOTATION + ip_key + "-overwrite") or ann.get(ANNOTATION + ip_key)
+            if pub and info.local and str(info.local) != pub:
+                bad.append("the node announces %s %s, but %s sends from %s"
+                           % (ip_key, pub, dev_name, info.local))
+                c.add_fix(restart)
+    elif btype == "host-gw" and "flannel.1" in devs:
+        c.evidence.append("backend-type host-gw, yet flannel.1 exists here (a leftover of vxlan?)")
+    pub = ann.get(ANNOTATION + "public-ip-overwrite") or ann.get(ANNOTATION + "public-ip")
+    if pub and pub not in ctx.local_ips():
+        bad.append("the node announces public-ip %s, which no interface here holds" % pub)
+        c.add_fix("flanneld --iface=<the cluster NIC> or --public-ip=<an address of this node> on %s, or "
+                  "kubectl annotate node %s --overwrite %spublic-ip-overwrite=<its IP>; then restart "
+                  "flanneld" % (name, name, ANNOTATION))
+    if not (pub in ctx.local_ips() or any(ip in ctx.local_ips() for ip in internal)):
+        c.evidence.append("none of the node's addresses (%s) is here: is this %s's dump?"
+                          % (", ".join([x for x in [pub] + internal if x]) or "none", name))
+    if bad:
+        return c.set("FAIL", "the cluster's view of %s disagrees with this node: %s" % (name, "; ".join(bad)))
+    c.set("PASS", "node %s: podCIDR, backend and VTEP annotations match this node" % name)
+
+
+def _is_net(x):
+    try:
+        ipaddress.ip_network(x, strict=False)
+        return True
+    except ValueError:
+        return False

@@ -21,9 +21,12 @@ CHECKS = (
     ("rp-filter", "reverse-path filter", node_checks.check_rp_filter),
     ("br-netfilter", "bridge netfilter", node_checks.check_br_netfilter),
     ("forward-policy", "pod traffic through FORWARD", fabric_checks.check_forward_policy),
+    ("iptables-backends", "iptables-legacy vs iptables-nft", fabric_checks.check_iptables_backends),
     ("vxlan-port", "VXLAN udp port through the firewall", fabric_checks.check_vxlan_port),
     ("vxlan-local", "flannel.1 local address vs the route to the peers", fabric_checks.check_vxlan_local),
+    ("vtep-mac", "duplicate VTEP MACs", fabric_checks.check_vtep_mac),
     ("public-ip", "public IPs of the nodes", fabric_checks.check_public_ip),
+    ("node-spec", "the node as the cluster sees it (--node-spec)", fabric_checks.check_node_spec),
     ("mtu", "MTU chain", node_checks.check_mtu),
     ("ipam-leaks", "leaked IPAM reservations", state_checks.check_ipam_leaks),
     ("orphan-veths", "orphan host veths", state_checks.check_orphan_veths),
@@ -34,7 +37,7 @@ CHECKS = (
 CHECK_IDS = tuple(c[0] for c in CHECKS)
 
 # checks that judge the firewall rules: without them they cannot pass
-RULE_CHECKS = ("forward-policy", "vxlan-port", "leftover-rules")
+RULE_CHECKS = ("forward-policy", "iptables-backends", "vxlan-port", "leftover-rules")
 
 
 def run_checks(ctx, only=None):
@@ -75,7 +78,10 @@ def _parser():
     p.add_argument("--annotations", metavar="FILE",
                    help="node annotations as JSON (kubectl get nodes -o json, "
                         "or {node: {annotation: value}})")
-    p.add_argument("--node", metavar="NAME", help="this node's name in --nodes / --annotations")
+    p.add_argument("--node", metavar="NAME", help="this node's name in --nodes / --annotations / --node-spec")
+    p.add_argument("--node-spec", metavar="FILE",
+                   help="this node as the cluster sees it (kubectl get node NAME -o json): podCIDR and "
+                        "flannel's annotations against subnet.env, flannel.1 and the addresses here")
     p.add_argument("--log", metavar="FILE", help="the suite's log for the bundle (default $PYCNI_LOG, "
                                                  "%s)" % paths.LOG_FILE)
     nodestate.add_location_options(p, bin_dirs=True)

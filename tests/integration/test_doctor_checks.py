@@ -1,0 +1,214 @@
+"""doctor's checks for the failures flannel clusters report beyond the seed
+article (issue 19): each broken state is built for real in sandbox
+namespaces (files under /etc only in a private mount namespace, through
+doctor_env.EtcOverlay), doctor must name it (check id, status, what is at
+fault in the summary line itself), and the fix line it prints is applied
+and the check passes again.  Where the limits are machine-wide (table-sizes)
+the test stops at doctor naming the problem."""
+
+import json
+import shutil
+
+import pytest
+from cnitest import schema_errors
+from doctor_env import NETWORK, Cluster, check, statuses
+
+from cnilib.ops.doctor import report as doctor
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def cluster(plugins, netns_factory, tmp_path):
+    return Cluster(plugins, netns_factory, tmp_path)
+
+
+@pytest.fixture
+def fabric(cluster):
+    """Both nodes up with one pod each."""
+    n1, n2 = cluster.up()
+    n1.add_pod("a")
+    n2.add_pod("b")
+    assert n1.ping("a", n2.pod_ip("b"))
+    return cluster
+
+
+def named(rep, cid, status, *in_summary):
+    """The check ``cid`` has ``status`` and its summary line names each of ``in_summary``."""
+    c = check(rep, cid)
+    assert c["status"] == status, json.dumps(c, indent=1)
+    for part in in_summary:
+        assert part in c["summary"], (part, c["summary"])
+    assert schema_errors(doctor.JSON_SCHEMA, rep) == []
+    return c
+
+
+def fix_with(c, part):
+    line = next((f for f in c["fix"] if part in f), None)
+    assert line is not None, (part, json.dumps(c, indent=1))
+    return line.split("   #")[0]
+
+
+def mac_of(node, dev):
+    return json.loads(node.sh("ip", "-j", "link", "show", dev).stdout)[0]["address"]
+
+
+# ---------------------------------------------------------------- 1. iptables split brain
+
+def test_iptables_split_brain(fabric):
+    """node2's tools write iptables-legacy while flanneld (our fabric) wrote
+    iptables-nft: state in both is a WARN naming both; a FORWARD DROP only in
+    legacy is a FAIL, and the forward walk says the drop came from legacy."""
+    if shutil.which("iptables-legacy") is None or shutil.which("iptables-nft") is None:
+        pytest.skip("needs both iptables-legacy and iptables-nft (Debian's iptables)")
+    n1, n2 = fabric.nodes
+    assert statuses(n2.doctor()[1])["iptables-backends"] == "PASS"
+    r = n2.sh("iptables-legacy", "-N", "STRAY-CHAIN", check=False)
+    if r.returncode != 0:
+        pytest.skip("the legacy backend's kernel part is missing here: %s" % r.stderr.strip())
+    rc, rep = n2.doctor()
+    c = named(rep, "iptables-backends", "WARN", "iptables-legacy and iptables-nft")
+    assert any(e.startswith("iptables-legacy: 0 rules, 1 chain (STRAY-CHAIN)") for e in c["evidence"]), c
+    assert any("written by flanneld" in e for e in c["evidence"] if e.startswith("iptables-nft")), c
+    assert "keep iptables-nft: it holds more rules" in c["evidence"]
+    assert c["safeFix"] == []
+    # the verdicts part: a DROP policy in legacy alone stops the pods' traffic
+    n2.sh("iptables-legacy", "-P", "FORWARD", "DROP")
+    if n1.ping("a", n2.pod_ip("b")):
+        pytest.skip("iptables-legacy's FORWARD hook does not filter in this kernel")
+    rc, rep = n2.doctor()
+    assert rc == 1
+    c = named(rep, "iptables-backends", "FAIL", "iptables-legacy and iptables-nft",
+              "verdicts differ on 3 packets", "iptables-legacy drops from a pod on another node what "
+              "iptables-nft accepts (by policy DROP of filter FORWARD)")
+    assert any("iptables-legacy DROPS it (policy DROP of filter FORWARD); iptables-nft ACCEPTS it "
+               "(-A FLANNEL-FWD" in e for e in c["evidence"]), c
+    f = named(rep, "forward-policy", "FAIL")
+    assert any("DROP by policy DROP of filter FORWARD (iptables-legacy)" in e for e in f["evidence"]), f
+    assert any(x.startswith("iptables-legacy -A FORWARD -s %s -j ACCEPT" % NETWORK) for x in f["fix"]), f
+    n2.sh("sh", "-c", fix_with(c, "| iptables-legacy-restore"))
+    assert n1.ping("a", n2.pod_ip("b"))
+    st = statuses(n2.doctor()[1])
+    assert (st["iptables-backends"], st["forward-policy"]) == ("PASS", "PASS")
+    # the VXLAN walk too: a legacy INPUT rule node2's own tools added drops node1's datagrams
+    n2.sh("iptables-legacy", "-A", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP")
+    assert not n1.ping("a", n2.pod_ip("b"))
+    rc, rep = n2.doctor()
+    c = named(rep, "iptables-backends", "FAIL", "iptables-legacy drops VXLAN from 192.0.2.1 what "
+              "iptables-nft accepts (by -A INPUT -p udp -m udp --dport 8472 -j DROP)")
+    assert any("iptables-legacy DROPS it (-A INPUT -p udp -m udp --dport 8472 -j DROP); iptables-nft "
+               "ACCEPTS it (no iptables-nft rule drops it)" in e for e in c["evidence"]), c
+    v = named(rep, "vxlan-port", "FAIL")
+    assert any(e.endswith("DROP by -A INPUT -p udp -m udp --dport 8472 -j DROP (iptables-legacy)")
+               for e in v["evidence"]), v
+    assert fix_with(v, "-I INPUT 1").startswith("iptables-legacy -I INPUT 1 -p udp --dport 8472 -s 192.0.2.1")
+    n2.sh("sh", "-c", fix_with(c, "| iptables-legacy-restore"))
+    assert n1.ping("a", n2.pod_ip("b"))
+    st = statuses(n2.doctor()[1])
+    assert (st["iptables-backends"], st["vxlan-port"]) == ("PASS", "PASS")
+
+
+# ---------------------------------------------------------------- 2. duplicate VTEPs
+
+def test_peer_with_this_nodes_vtep_mac(fabric):
+    """node2 is a clone of node1: its flannel.1 has node1's MAC, and node1's
+    flanneld wrote that MAC for node2's subnet.  The fix (on node2: a new
+    flannel.1, flanneld restarted everywhere) makes it pass."""
+    n1, n2 = fabric.nodes
+    assert statuses(n1.doctor()[1])["vtep-mac"] == "PASS"
+    m1, m2 = mac_of(n1, "flannel.1"), mac_of(n2, "flannel.1")
+    n2.sh("ip", "link", "set", "flannel.1", "address", m1)
+    n1.sh("ip", "neigh", "replace", "10.244.2.0", "lladdr", m1, "dev", "flannel.1", "nud", "permanent")
+    n1.sh("bridge", "fdb", "del", m2, "dev", "flannel.1", "dst", "192.0.2.2")
+    n1.sh("bridge", "fdb", "append", m1, "dev", "flannel.1", "dst", "192.0.2.2")
+    rc, rep = n1.doctor()
+    assert rc == 1
+    c = named(rep, "vtep-mac", "FAIL", "peer 10.244.2.0 announces VTEP MAC %s, flannel.1's own" % m1)
+    line = fix_with(c, "ip link delete flannel.1")
+    assert "on the node behind 10.244.2.0 (192.0.2.2)" in line and "machine-id" in line
+    n2.sh("ip", "link", "delete", "flannel.1")          # the fix, on the node it names ...
+    n2.fabric()                                         # ... and flanneld restarted there
+    n1.fabric()                                         # (and here: it rewrites the entries)
+    assert statuses(n1.doctor()[1])["vtep-mac"] == "PASS"
+    assert n1.ping("a", n2.pod_ip("b"))
+
+
+def test_two_peers_share_a_vtep_mac(fabric):
+    """A third node cloned from node2 announces node2's MAC for its subnet:
+    the fdb can send that MAC to one node only, and node2's pods black-hole."""
+    n1, n2 = fabric.nodes
+    m2 = mac_of(n2, "flannel.1")
+    n1.sh("ip", "neigh", "replace", "10.244.3.0", "lladdr", m2, "dev", "flannel.1", "nud", "permanent")
+    n1.sh("bridge", "fdb", "replace", m2, "dev", "flannel.1", "dst", "192.0.2.3")
+    n1.sh("ip", "route", "replace", "10.244.3.0/24", "via", "10.244.3.0", "dev", "flannel.1", "onlink")
+    assert not n1.ping("a", n2.pod_ip("b"))
+    rc, rep = n1.doctor()
+    assert rc == 1
+    c = named(rep, "vtep-mac", "FAIL", "peers 10.244.2.0 and 10.244.3.0 share VTEP MAC %s" % m2,
+              "black-holes")
+    assert any("the fdb sends it to 192.0.2.3 only" in e for e in c["evidence"]), c
+    fix_with(c, "on the node behind 10.244.2.0 and 10.244.3.0 (192.0.2.3)")
+    n1.fabric()        # flanneld after the clone got its own MAC: node3 is not a peer with node2's any more
+    assert statuses(n1.doctor()[1])["vtep-mac"] == "PASS"
+    assert n1.ping("a", n2.pod_ip("b"))
+
+
+# ---------------------------------------------------------------- 8. the node as the cluster sees it
+
+def node_json(name, pod_cidr, public_ip, mac, backend="vxlan", internal=None):
+    ann = {"flannel.alpha.coreos.com/backend-type": backend,
+           "flannel.alpha.coreos.com/backend-data": json.dumps({"VNI": 1, "VtepMAC": mac}),
+           "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+           "flannel.alpha.coreos.com/public-ip": public_ip}
+    spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]} if pod_cidr else {}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": ann},
+            "spec": spec, "status": {"addresses": [{"type": "InternalIP", "address": internal or public_ip},
+                                                   {"type": "Hostname", "address": name}]}}
+
+
+def test_node_spec_against_this_node(fabric, tmp_path):
+    """A kubectl get node dump of node1: its podCIDR against FLANNEL_SUBNET,
+    flannel's annotations against flannel.1 and the addresses here."""
+    n1, _n2 = fabric.nodes
+    spec = tmp_path / "node1.json"
+    mac = mac_of(n1, "flannel.1")
+
+    def doctor_with(**kw):
+        args = dict(name="node1", pod_cidr="10.244.1.0/24", public_ip="192.0.2.1", mac=mac)
+        args.update(kw)
+        spec.write_text(json.dumps(node_json(**args)))
+        return n1.doctor("--node-spec", str(spec))
+
+    assert statuses(n1.doctor()[1])["node-spec"] == "SKIP"
+    c = named(doctor_with()[1], "node-spec", "PASS", "node node1")
+    assert "flannel.1: annotated VtepMAC %s, device MAC %s, local 192.0.2.1" % (mac, mac) in c["evidence"]
+    # the controller manager gave node1 another podCIDR than flanneld's lease
+    rc, rep = doctor_with(pod_cidr="10.244.7.0/24")
+    assert rc == 1
+    c = named(rep, "node-spec", "FAIL", "spec.podCIDR 10.244.7.0/24 but FLANNEL_SUBNET 10.244.1.0/24")
+    fix_with(c, "restart flanneld on node1 (kubectl -n kube-flannel delete pod --field-selector "
+                "spec.nodeName=node1)")
+    nodes = fabric.write_nodes(str(tmp_path / "nodes7.json"), [("node1", "192.0.2.1", "10.244.7.0/24"),
+                                                               ("node2", "192.0.2.2", "10.244.2.0/24")])
+    n1.fabric(nodes)                                  # flanneld restarted: it takes the podCIDR
+    named(doctor_with(pod_cidr="10.244.7.0/24")[1], "node-spec", "PASS")
+    n1.fabric()
+    # flannel.1's MAC changed after flanneld announced it (udev's MACAddressPolicy, flannel#1795)
+    n1.sh("ip", "link", "set", "flannel.1", "address", "0e:11:22:33:44:55")
+    rc, rep = doctor_with()
+    c = named(rep, "node-spec", "FAIL", "the cluster sends flannel.1 traffic for this node to VTEP MAC %s, "
+              "but flannel.1 has 0e:11:22:33:44:55" % mac)
+    assert any(f.startswith("or, until flanneld restarts: kubectl annotate node node1 --overwrite "
+                            "flannel.alpha.coreos.com/backend-data='{\"VNI\":1,\"VtepMAC\":\"0e:11:22:33:44:55\"}'")
+               for f in c["fix"]), c
+    n1.fabric()                                       # the restart: flanneld sets the MAC it announces
+    named(doctor_with()[1], "node-spec", "PASS")
+    # the node announces an address it does not hold, or has no podCIDR at all
+    c = named(doctor_with(public_ip="10.0.2.15", internal="192.0.2.1")[1], "node-spec", "FAIL",
+              "the node announces public-ip 10.0.2.15, which no interface here holds",
+              "but flannel.1 sends from 192.0.2.1")
+    fix_with(c, "flanneld --iface=<the cluster NIC>")
+    named(doctor_with(pod_cidr=None)[1], "node-spec", "FAIL", "node node1 has no spec.podCIDR")
+    spec.write_text("{not json")
+    rc, rep = n1.doctor("--node-spec", str(spec))
+    assert rc == 2 and check(rep, "node-spec")["error"].startswith("cannot read --node-spec")
