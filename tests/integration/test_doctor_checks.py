@@ -153,6 +153,87 @@ def test_two_peers_share_a_vtep_mac(fabric):
     assert n1.ping("a", n2.pod_ip("b"))
 
 
+# ---------------------------------------------------------------- 3. VXLAN checksum offload
+
+BAD_CSUM = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+payload = b"x" * 32
+for _ in range(int(sys.argv[2])):
+    hdr = struct.pack("!HHHH", 40000, 8472, 8 + len(payload), 0x1234)    # a checksum that is wrong
+    s.sendto(hdr + payload, (sys.argv[1], 0))
+"""
+
+
+def test_vxlan_checksum_offload(fabric):
+    """flannel.1 keeps tx checksum offload on; on a kernel in the affected
+    range (fed with --kernel-version) that is a WARN, a FAIL once datagrams
+    with bad checksums arrive; the safe fix turns the offload off."""
+    if shutil.which("ethtool") is None:
+        pytest.skip("ethtool is not installed")
+    n1, n2 = fabric.nodes
+    feats = n2.sh("ethtool", "-k", "flannel.1").stdout
+    assert "tx-checksum-ip-generic: on" in feats, feats
+    c = named(n2.doctor()[1], "vxlan-csum", "PASS", "does not send bad VXLAN checksums")
+    rc, rep = n2.doctor("--kernel-version", "5.4.0-150-generic")
+    assert rc == 0
+    c = named(rep, "vxlan-csum", "WARN", "kernel 5.4.0-150-generic", "tx checksum offload", "flannel.1")
+    assert "flannel.1: tx-checksum-ip-generic on" in c["evidence"]
+    assert any(e.startswith("source: fixed in Linux 5.7 by ea64d8d6c675") for e in c["evidence"]), c
+    assert c["safeFix"] == ["ethtool -K flannel.1 tx-checksum-ip-generic off"]
+    assert any("/etc/udev/rules.d/90-flannel.rules" in f for f in c["fix"]), c
+    # the symptom: datagrams with a bad UDP checksum arrive (from node1's underlay)
+    n1.sh("python3", "-c", BAD_CSUM, "192.0.2.2", "3")
+    rc, rep = n2.doctor("--kernel-version", "5.4.0")
+    assert rc == 1
+    c = named(rep, "vxlan-csum", "FAIL", "kernel 5.4.0", "UDP datagrams with bad checksums arrived here")
+    assert any(e.startswith("Udp InCsumErrors ") and not e.startswith("Udp InCsumErrors 0")
+               for e in c["evidence"]), c
+    n2.sh(*c["safeFix"][0].split())
+    assert "tx-checksum-ip-generic: off" in n2.sh("ethtool", "-k", "flannel.1").stdout
+    named(n2.doctor("--kernel-version", "5.4.0")[1], "vxlan-csum", "PASS", "the workaround is in place")
+    assert n1.ping("a", n2.pod_ip("b"))
+
+
+# ---------------------------------------------------------------- 5. tables too small
+
+def test_tables_too_small_for_the_node(fabric):
+    """The machine-wide limits are fed through options (a sandbox netns has
+    no gc_thresh and a read-only nf_conntrack_max); the node's peers are
+    raised for real (30 more VTEPs in flannel.1's fdb).  doctor names each
+    table and prints the sysctls; nothing is applied."""
+    n1, n2 = fabric.nodes
+    c = named(n1.doctor()[1], "table-sizes", "PASS")
+    assert any("gc_thresh3: not visible in this netns" in e for e in c["evidence"]), c
+    for i in range(30):
+        n1.sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "flannel.1",
+              "dst", "198.18.0.%d" % (i + 1))
+    rc, rep = n1.doctor("--neigh-gc-thresh3", "16")
+    assert rc == 1
+    c = named(rep, "table-sizes", "FAIL", "gc_thresh3 16 is below the 33 neighbours this node needs",
+              "neighbour table overflow")
+    assert "1 live pod(s) + 32 node(s) = 33 neighbours needed" in c["evidence"][0], c
+    assert fix_with(c, "sysctl -w").startswith("sysctl -w net.ipv4.neigh.default.gc_thresh1=1024 "
+                                                "net.ipv4.neigh.default.gc_thresh2=2048 "
+                                                "net.ipv4.neigh.default.gc_thresh3=4096 net.ipv6.neigh")
+    assert c["safeFix"] == []
+    named(n1.doctor("--neigh-gc-thresh3", "4096")[1], "table-sizes", "PASS")
+    # conntrack: connections through node1 fill a table of the size given
+    n1.sh("ip", "netns", "exec", n1.pods["a"][0].name, "python3", "-c",
+          "import socket\nfor p in range(20):\n    socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+          ".sendto(b'x', (%r, 20000 + p))" % n2.pod_ip("b"))
+    count = int(n1.sh("cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout)
+    assert count >= 20
+    rc, rep = n1.doctor("--neigh-gc-thresh3", "4096", "--conntrack-max", str(count))
+    c = named(rep, "table-sizes", "FAIL", "conntrack holds %d of %d entries" % (count, count),
+              "table full, dropping packet")
+    assert fix_with(c, "nf_conntrack_max=").startswith("sysctl -w net.netfilter.nf_conntrack_max=")
+    named(n1.doctor("--neigh-gc-thresh3", "4096", "--conntrack-max", str(count + count // 4 + 1))[1],
+          "table-sizes", "WARN", "conntrack holds")
+    named(n1.doctor("--neigh-gc-thresh3", "4096", "--conntrack-max", str(100 * count))[1],
+          "table-sizes", "PASS")
+
+
 # ---------------------------------------------------------------- 8. the node as the cluster sees it
 
 def node_json(name, pod_cidr, public_ip, mac, backend="vxlan", internal=None):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cnilib.ops import rulesets
-from cnilib.ops.doctor import context, fabric_checks, report
+from cnilib.ops.doctor import context, fabric_checks, node_checks, report
 
 # ---------------------------------------------------------------- report: safe fixes
 
@@ -132,5 +132,34 @@ def test_parse_node_spec():
         fabric_checks.parse_node_spec(lst)
     with pytest.raises(ValueError, match="not a Node"):
         fabric_checks.parse_node_spec({"kind": "Pod"})
+
+
+# ---------------------------------------------------------------- 3. checksum offload, 5. table sizes
+
+def test_checksum_kernel_table():
+    assert node_checks.csum_affected((5, 4, 0)) and node_checks.csum_affected((3, 10, 0))
+    assert not node_checks.csum_affected((5, 7, 0)) and not node_checks.csum_affected(None)
+    for lo, hi, why, source in node_checks.VXLAN_CSUM_KERNELS:
+        assert lo < hi and why and "ea64d8d6c675" in source
+
+
+def test_ethtool_features_and_udp_counters(tmp_path):
+    text = ("Features for flannel.1:\nrx-checksumming: on\ntx-checksumming: on\n"
+            "\ttx-checksum-ipv4: off [fixed]\n\ttx-checksum-ip-generic: on\n"
+            "tcp-segmentation-offload: off [requested on]\n")
+    f = node_checks.parse_ethtool_features(text)
+    assert f["tx-checksum-ip-generic"] == "on" and f["tx-checksum-ipv4"] == "off"
+    assert f["tcp-segmentation-offload"] == "off"
+    snmp = tmp_path / "snmp"
+    snmp.write_text("Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n"
+                    "Udp: 5 1 3 4 0 0 3\n")
+    assert node_checks.udp_csum_errors(str(snmp)) == 3
+    assert node_checks.udp_csum_errors(str(tmp_path / "none")) is None
+
+
+def test_neighbour_sizes_leave_room():
+    assert node_checks.neigh_sizes(33) == (1024, 2048, 4096)
+    t1, t2, t3 = node_checks.neigh_sizes(5000)
+    assert t3 >= 10000 and t1 < t2 < t3
 
 

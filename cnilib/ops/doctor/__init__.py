@@ -23,12 +23,17 @@ Checks (ids are stable; ``--only id,id`` runs some):
   ip-forward       net.ipv4.ip_forward (and IPv6 forwarding for v6 networks)
   rp-filter        strict reverse-path filtering where the pod path is asymmetric
   br-netfilter     net.bridge.bridge-nf-call-ip{,6}tables (SKIP where the kernel lacks them)
+  table-sizes      gc_thresh3 of the neighbour table >= pods + nodes; conntrack
+                   entries well below nf_conntrack_max (--neigh-gc-thresh3,
+                   --conntrack-max where the limits are not visible)
   forward-policy   a pod-to-pod packet through FORWARD (iptables and nftables):
                    policy DROP or a DROP/REJECT rule with no accept for the pod network
   iptables-backends rules in both iptables-legacy and iptables-nft (WARN), and
                    pod or VXLAN packets the two judge differently (FAIL)
   vxlan-port       a VXLAN datagram from each peer (UDP 8472) through INPUT and OUTPUT
   vxlan-local      flannel.1's local address is on the interface that reaches the peers
+  vxlan-csum       tx checksum offload on flannel.1 on a kernel that then sends bad
+                   VXLAN checksums (node_checks.VXLAN_CSUM_KERNELS; --kernel-version)
   vtep-mac         a peer VTEP with flannel.1's own MAC, or two peers sharing one
   public-ip        no two nodes announce the same public IP (--nodes, --annotations,
                    and flannel.1's fdb), and this node's is one of its addresses

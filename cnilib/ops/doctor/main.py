@@ -20,10 +20,12 @@ CHECKS = (
     ("ip-forward", "IP forwarding", node_checks.check_ip_forward),
     ("rp-filter", "reverse-path filter", node_checks.check_rp_filter),
     ("br-netfilter", "bridge netfilter", node_checks.check_br_netfilter),
+    ("table-sizes", "neighbour and conntrack tables vs the node's size", node_checks.check_table_sizes),
     ("forward-policy", "pod traffic through FORWARD", fabric_checks.check_forward_policy),
     ("iptables-backends", "iptables-legacy vs iptables-nft", fabric_checks.check_iptables_backends),
     ("vxlan-port", "VXLAN udp port through the firewall", fabric_checks.check_vxlan_port),
     ("vxlan-local", "flannel.1 local address vs the route to the peers", fabric_checks.check_vxlan_local),
+    ("vxlan-csum", "VXLAN checksum offload vs the kernel", node_checks.check_vxlan_csum),
     ("vtep-mac", "duplicate VTEP MACs", fabric_checks.check_vtep_mac),
     ("public-ip", "public IPs of the nodes", fabric_checks.check_public_ip),
     ("node-spec", "the node as the cluster sees it (--node-spec)", fabric_checks.check_node_spec),
@@ -82,6 +84,15 @@ def _parser():
     p.add_argument("--node-spec", metavar="FILE",
                    help="this node as the cluster sees it (kubectl get node NAME -o json): podCIDR and "
                         "flannel's annotations against subnet.env, flannel.1 and the addresses here")
+    p.add_argument("--kernel-version", metavar="VERSION",
+                   help="judge the kernel-dependent checks (vxlan-csum) for this kernel release "
+                        "instead of the running one")
+    p.add_argument("--neigh-gc-thresh3", metavar="N", type=int,
+                   help="net.ipv4.neigh.default.gc_thresh3 to judge (machine-wide: absent in a "
+                        "container's netns)")
+    p.add_argument("--conntrack-max", metavar="N", type=int,
+                   help="net.netfilter.nf_conntrack_max to judge (machine-wide: read-only in a "
+                        "container's netns)")
     p.add_argument("--log", metavar="FILE", help="the suite's log for the bundle (default $PYCNI_LOG, "
                                                  "%s)" % paths.LOG_FILE)
     nodestate.add_location_options(p, bin_dirs=True)
