@@ -114,10 +114,15 @@ class Node:
         return ["--conf-dir", self.conf_dir, "--cache-dir", self.cache, "--data-dir", self.ipam_dir,
                 "--flannel-dir", self.flannel_dir, "--tuning-dir", self.tuning_dir]
 
-    def doctor(self, *args, bin_dir=None):
-        """(exit status, report dict) of ``pycni doctor --json`` in this node."""
-        r = self.sh(self.pycni, "doctor", "--json", *self.state_args(),
-                    "--bin-dir", bin_dir or self.cluster.plugins, *args, check=False, env=self.env())
+    def doctor(self, *args, bin_dir=None, etc=None):
+        """(exit status, report dict) of ``pycni doctor --json`` in this node;
+        ``bin_dir`` False leaves --bin-dir out (doctor reads the runtimes'
+        configs); ``etc`` (an EtcOverlay) runs it over the test's /etc files."""
+        bins = [] if bin_dir is False else ["--bin-dir", bin_dir or self.cluster.plugins]
+        argv = ["ip", "netns", "exec", self.ns.name, self.pycni, "doctor", "--json", *self.state_args(),
+                *bins, *[str(a) for a in args]]
+        r = subprocess.run(etc.argv(argv) if etc is not None else argv, capture_output=True, text=True,
+                           env=self.env(), timeout=120)
         assert "Traceback" not in r.stderr, r.stderr
         rep = json.loads(r.stdout)
         return r.returncode, rep
@@ -166,6 +171,44 @@ class Cluster:
             if conflists:
                 n.write_conflist()
         return self.nodes
+
+
+class EtcOverlay:
+    """/etc files of one test, seen only by the commands run through it: each
+    runs in a private mount namespace where an overlay lays ``upper`` (in the
+    test's temp dir) over the machine's /etc.  Reads fall through to the real
+    /etc; whatever the command writes under /etc lands in ``upper``, so the
+    next command through the overlay sees it and the machine never does."""
+
+    def __init__(self, tmp):
+        self.upper, self.work = os.path.join(str(tmp), "etc-upper"), os.path.join(str(tmp), "etc-work")
+        os.makedirs(self.upper, exist_ok=True)
+        os.makedirs(self.work, exist_ok=True)
+
+    def write(self, path, text):
+        assert path.startswith("/etc/")
+        p = os.path.join(self.upper, path[len("/etc/"):])
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write(text)
+        return path
+
+    def read(self, path):
+        with open(os.path.join(self.upper, path[len("/etc/"):])) as f:
+            return f.read()
+
+    def argv(self, inner):
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount -t overlay overlay -o lowerdir=/etc,upperdir="$1",workdir="$2" /etc && shift 2 && '
+                'exec "$@"', "sh", self.upper, self.work] + [str(a) for a in inner]
+
+    def sh(self, node, cmd):
+        """Run a shell command line (a fix line) in ``node`` over this /etc."""
+        p = subprocess.run(self.argv(["ip", "netns", "exec", node.ns.name, "sh", "-c", cmd]),
+                           capture_output=True, text=True, env=node.env(), timeout=120)
+        if p.returncode != 0:
+            raise AssertionError("%s: exit %d\n%s\n%s" % (cmd, p.returncode, p.stdout, p.stderr))
+        return p
 
 
 def statuses(rep):

@@ -7,11 +7,12 @@ and the check passes again.  Where the limits are machine-wide (table-sizes)
 the test stops at doctor naming the problem."""
 
 import json
+import os
 import shutil
 
 import pytest
 from cnitest import schema_errors
-from doctor_env import NETWORK, Cluster, check, statuses
+from doctor_env import NETWORK, Cluster, EtcOverlay, check, statuses
 
 from cnilib.ops.doctor import report as doctor
 
@@ -47,6 +48,13 @@ def fix_with(c, part):
     line = next((f for f in c["fix"] if part in f), None)
     assert line is not None, (part, json.dumps(c, indent=1))
     return line.split("   #")[0]
+
+
+def etc_overlay(tmp_path):
+    with open("/proc/filesystems") as f:
+        if "overlay" not in f.read():
+            pytest.skip("no overlayfs in this kernel: cannot lay test files over /etc")
+    return EtcOverlay(tmp_path)
 
 
 def mac_of(node, dev):
@@ -193,6 +201,50 @@ def test_vxlan_checksum_offload(fabric):
     assert "tx-checksum-ip-generic: off" in n2.sh("ethtool", "-k", "flannel.1").stdout
     named(n2.doctor("--kernel-version", "5.4.0")[1], "vxlan-csum", "PASS", "the workaround is in place")
     assert n1.ping("a", n2.pod_ip("b"))
+
+
+# ---------------------------------------------------------------- 4. other network managers
+
+def test_networkmanager_would_manage_our_links(fabric, tmp_path):
+    """A NetworkManager.conf with no unmanaged-devices: cni0, flannel.1 and the
+    pod's veth are NetworkManager's; the printed drop-in leaves them alone."""
+    n1, _n2 = fabric.nodes
+    etc = etc_overlay(tmp_path)
+    etc.write("/etc/NetworkManager/NetworkManager.conf", "[main]\nplugins=ifupdown,keyfile\n\n"
+              "[ifupdown]\nmanaged=false\n")
+    etc.write("/etc/NetworkManager/conf.d/10-other.conf",
+              "[keyfile]\nunmanaged-devices=interface-name:docker0\n")
+    rc, rep = n1.doctor(etc=etc)
+    veth = [e for e in check(rep, "link-managers")["evidence"] if e.startswith("links of the plugins:")][0]
+    c = named(rep, "link-managers", "WARN", "NetworkManager would manage cni0, flannel.1, veth",
+              "strips addresses and routes")
+    assert "veth" in veth and c["safeFix"] == []
+    line = fix_with(c, "/etc/NetworkManager/conf.d/90-cni-unmanaged.conf")
+    assert "unmanaged-devices+=interface-name:cni0;interface-name:flannel*;interface-name:veth*" in line
+    etc.sh(n1, line)
+    c = named(n1.doctor(etc=etc)[1], "link-managers", "PASS", "neither NetworkManager nor systemd-networkd")
+    assert any("cni0: unmanaged by the config (unmanaged-devices interface-name:cni0" in e
+               for e in c["evidence"]), c
+    assert not os.path.exists("/etc/NetworkManager/conf.d/90-cni-unmanaged.conf")
+
+
+def test_networkd_would_manage_our_links(fabric, tmp_path):
+    """A catch-all .network file (Name=*, DHCP) configures every link; the
+    printed Unmanaged=yes file sorts before it and wins."""
+    n1, _n2 = fabric.nodes
+    etc = etc_overlay(tmp_path)
+    etc.write("/etc/systemd/network/10-all.network", "[Match]\nName=*\n\n[Network]\nDHCP=yes\n")
+    etc.write("/etc/systemd/network/05-eth.network", "[Match]\nName=!cni* flannel* veth*\n\n[Network]\n"
+              "DHCP=yes\n")
+    rc, rep = n1.doctor(etc=etc)
+    c = named(rep, "link-managers", "WARN", "systemd-networkd would manage cni0, flannel.1, veth",
+              "(10-all.network)")
+    assert any("flannel.1: /etc/systemd/network/10-all.network matches it" in e for e in c["evidence"]), c
+    line = fix_with(c, "Unmanaged=yes")
+    assert line.endswith("> /etc/systemd/network/00-cni-unmanaged.network")
+    etc.sh(n1, line)
+    assert "Name=cni0 flannel* veth*" in etc.read("/etc/systemd/network/00-cni-unmanaged.network")
+    named(n1.doctor(etc=etc)[1], "link-managers", "PASS")
 
 
 # ---------------------------------------------------------------- 5. tables too small

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cnilib.ops import rulesets
-from cnilib.ops.doctor import context, fabric_checks, node_checks, report
+from cnilib.ops.doctor import context, fabric_checks, netmgr_checks, node_checks, report
 
 # ---------------------------------------------------------------- report: safe fixes
 
@@ -161,5 +161,95 @@ def test_neighbour_sizes_leave_room():
     assert node_checks.neigh_sizes(33) == (1024, 2048, 4096)
     t1, t2, t3 = node_checks.neigh_sizes(5000)
     assert t3 >= 10000 and t1 < t2 < t3
+
+
+# ---------------------------------------------------------------- 4. network managers
+
+def link(name, kind, mac=""):
+    return netmgr_checks.Link(name, kind, mac)
+
+
+def test_networkmanager_specs():
+    m = netmgr_checks.spec_matches
+    assert m("interface-name:veth*", link("veth0123abcd", "veth"))
+    assert not m("interface-name:=veth*", link("veth0123abcd", "veth"))
+    assert m("interface-name:~CNI0", link("cni0", "bridge"))
+    assert m("driver:veth", link("vethx", "veth")) and m("type:vxlan", link("flannel.1", "vxlan"))
+    assert m("except:interface-name:eth*", link("cni0", "bridge"))
+    assert m("mac:0E:00:00:00:00:01", link("x", "veth", "0e:00:00:00:00:01"))
+    assert m("*", link("x", "veth")) and not m("interface-name:eth0", link("cni0", "bridge"))
+
+
+def test_networkmanager_config_merges_like_networkmanager():
+    files = [("/usr/lib/NetworkManager/conf.d/00-a.conf",
+              "[keyfile]\nunmanaged-devices=interface-name:docker0\n"),
+             ("/etc/NetworkManager/NetworkManager.conf",
+              "[main]\nplugins=keyfile\n# a comment\n[device-all]\nmatch-device=*\nmanaged=1\n"),
+             ("/etc/NetworkManager/conf.d/90-cni.conf",
+              "[keyfile]\nunmanaged-devices+=interface-name:cni0;interface-name:veth*\n"
+              "[device-flannel]\nmatch-device=interface-name:flannel*\nmanaged=0\n")]
+    unmanaged, devices = netmgr_checks.nm_config(files)
+    assert [s for s, _p in unmanaged] == ["interface-name:docker0", "interface-name:cni0",
+                                          "interface-name:veth*"]
+    assert [d[1] for d in devices] == ["device-flannel", "device-all"]       # later files first
+    v = netmgr_checks.nm_verdict
+    assert v(link("cni0", "bridge"), unmanaged, devices)[0] is False
+    assert v(link("flannel.1", "vxlan"), unmanaged, devices) == (
+        False, "[device-flannel] managed=0 (/etc/NetworkManager/conf.d/90-cni.conf)")
+    assert v(link("eth0", "ether"), unmanaged, devices)[0] is True
+    unmanaged, _ = netmgr_checks.nm_config(files + [("/etc/NetworkManager/conf.d/99-x.conf",
+                                                     "[keyfile]\nunmanaged-devices-=interface-name:cni0\n")])
+    assert "interface-name:cni0" not in [s for s, _p in unmanaged]
+    unmanaged, _ = netmgr_checks.nm_config(files + [("/etc/NetworkManager/conf.d/99-y.conf",
+                                                     "[keyfile]\nunmanaged-devices=interface-name:eth9\n")])
+    assert [s for s, _p in unmanaged] == ["interface-name:eth9"]     # a plain = replaces the list
+
+
+def test_networkmanager_file_order_and_shadowing():
+    tree = {"/etc/NetworkManager/conf.d": ["20-b.conf", "10-a.conf", "x.txt"],
+            "/usr/lib/NetworkManager/conf.d": ["10-a.conf", "05-sys.conf"],
+            "/run/NetworkManager/conf.d": ["07-run.conf"]}
+
+    def listdir(d):
+        if d not in tree:
+            raise FileNotFoundError(d)
+        return tree[d]
+    assert netmgr_checks.nm_files(lambda p: True, listdir) == [
+        "/usr/lib/NetworkManager/conf.d/05-sys.conf", "/run/NetworkManager/conf.d/07-run.conf",
+        "/etc/NetworkManager/NetworkManager.conf", "/etc/NetworkManager/conf.d/10-a.conf",
+        "/etc/NetworkManager/conf.d/20-b.conf"]
+    assert netmgr_checks.parse_nmcli("cni0:unmanaged\nflannel.1:connected (externally)\n") == {
+        "cni0": "unmanaged", "flannel.1": "connected (externally)"}
+
+
+def test_networkd_matching():
+    r = netmgr_checks.read_network
+    files = [("/etc/systemd/network/05-eth.network", r("[Match]\nName=!cni* flannel* veth*\n")),
+             ("/usr/lib/systemd/network/80-container-ve.network", r("[Match]\nName=ve-*\nDriver=veth\n")),
+             ("/etc/systemd/network/99-all.network", r("[Match]\n[Network]\nDHCP=yes\n"))]
+    v = netmgr_checks.networkd_verdict
+    assert v(link("cni0", "bridge"), files) == ("/etc/systemd/network/99-all.network", False)
+    assert v(link("eth0", "ether"), files) == ("/etc/systemd/network/05-eth.network", False)
+    assert v(link("ve-x", "veth"), files[1:])[0].endswith("80-container-ve.network")
+    assert v(link("ve-x", "bridge"), files[1:])[0].endswith("99-all.network")
+    unmanaged = [("/etc/systemd/network/00-cni.network",
+                  r("[Match]\nName=cni0 veth*\n\n[Link]\nUnmanaged=yes\n"))]
+    assert v(link("veth1", "veth"), unmanaged + files) == ("/etc/systemd/network/00-cni.network", True)
+    assert v(link("vethx", "veth"), [("/a", r("[Match]\nType=ether\n"))])[0] == "/a"
+    assert netmgr_checks.dropin_name("/etc/systemd/network/10-all.network") == "00-cni-unmanaged.network"
+    assert netmgr_checks.dropin_name("/x/00-all.network") == "0-cni-unmanaged.network"
+
+
+def test_networkd_file_order_and_shadowing():
+    tree = {"/etc/systemd/network": ["50-x.network", "10-a.network", "x.link"],
+            "/usr/lib/systemd/network": ["10-a.network", "80-c.network"]}
+
+    def listdir(d):
+        if d not in tree:
+            raise FileNotFoundError(d)
+        return tree[d]
+    assert netmgr_checks.networkd_files(listdir) == ["/etc/systemd/network/10-a.network",
+                                                     "/etc/systemd/network/50-x.network",
+                                                     "/usr/lib/systemd/network/80-c.network"]
 
 

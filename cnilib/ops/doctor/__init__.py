@@ -23,6 +23,8 @@ Checks (ids are stable; ``--only id,id`` runs some):
   ip-forward       net.ipv4.ip_forward (and IPv6 forwarding for v6 networks)
   rp-filter        strict reverse-path filtering where the pod path is asymmetric
   br-netfilter     net.bridge.bridge-nf-call-ip{,6}tables (SKIP where the kernel lacks them)
+  link-managers    NetworkManager and systemd-networkd leave cni0, flannel.1 and
+                   the veths alone (their config files; nmcli/networkctl when running)
   table-sizes      gc_thresh3 of the neighbour table >= pods + nodes; conntrack
                    entries well below nf_conntrack_max (--neigh-gc-thresh3,
                    --conntrack-max where the limits are not visible)

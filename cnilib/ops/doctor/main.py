@@ -7,7 +7,7 @@ import sys
 
 from cnilib.base import errors, paths
 from cnilib.ops import nodestate
-from cnilib.ops.doctor import config_checks, fabric_checks, node_checks, state_checks
+from cnilib.ops.doctor import config_checks, fabric_checks, netmgr_checks, node_checks, state_checks
 from cnilib.ops.doctor.bundle import write_bundle
 from cnilib.ops.doctor.context import Context
 from cnilib.ops.doctor.report import Check, render, report
@@ -20,6 +20,8 @@ CHECKS = (
     ("ip-forward", "IP forwarding", node_checks.check_ip_forward),
     ("rp-filter", "reverse-path filter", node_checks.check_rp_filter),
     ("br-netfilter", "bridge netfilter", node_checks.check_br_netfilter),
+    ("link-managers", "NetworkManager / systemd-networkd leave our links alone",
+     netmgr_checks.check_link_managers),
     ("table-sizes", "neighbour and conntrack tables vs the node's size", node_checks.check_table_sizes),
     ("forward-policy", "pod traffic through FORWARD", fabric_checks.check_forward_policy),
     ("iptables-backends", "iptables-legacy vs iptables-nft", fabric_checks.check_iptables_backends),
