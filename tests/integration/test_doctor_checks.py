@@ -9,9 +9,10 @@ the test stops at doctor naming the problem."""
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
-from cnitest import schema_errors
+from cnitest import ROOT, schema_errors
 from doctor_env import NETWORK, Cluster, EtcOverlay, check, statuses
 
 from cnilib.ops.doctor import report as doctor
@@ -284,6 +285,166 @@ def test_tables_too_small_for_the_node(fabric):
           "table-sizes", "WARN", "conntrack holds")
     named(n1.doctor("--neigh-gc-thresh3", "4096", "--conntrack-max", str(100 * count))[1],
           "table-sizes", "PASS")
+
+
+# ---------------------------------------------------------------- 6. the flannel that really runs
+
+KUBE_FLANNEL_MAIN = """package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if os.Getenv("CNI_COMMAND") == "VERSION" {
+		fmt.Print(`{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}`)
+		return
+	}
+	fmt.Fprintln(os.Stderr, "CNI flannel plugin (a stand-in for kube-flannel's)")
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def kube_flannel_binary(tmp_path_factory):
+    """A Go binary built as kube-flannel's flannel is: the module
+    github.com/flannel-io/cni-plugin (a stand-in: it only answers VERSION)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go is not installed (Debian golang-go)")
+    d = tmp_path_factory.mktemp("kube-flannel")
+    (d / "go.mod").write_text("module github.com/flannel-io/cni-plugin\n\ngo 1.17\n")
+    (d / "main.go").write_text(KUBE_FLANNEL_MAIN)
+    env = dict(os.environ, GO111MODULE="on", GOFLAGS="-mod=mod", GOPROXY="off", CGO_ENABLED="0",
+               GOCACHE=str(d / "gocache"), GOPATH=str(d / "gopath"))
+    p = subprocess.run([go, "build", "-trimpath", "-o", str(d / "flannel"), "."], cwd=str(d), env=env,
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        pytest.fail("building the kube-flannel stand-in failed:\n%s" % p.stderr)
+    return str(d / "flannel")
+
+
+CONTAINERD_TOML = """version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "%s"
+      conf_dir = "/etc/cni/net.d"
+"""
+
+
+def test_kube_flannel_copied_its_flannel_onto_the_runtimes_path(cluster, tmp_path, kube_flannel_binary):
+    """containerd's bin_dir (its config.toml, under a private /etc) holds the
+    Go flannel kube-flannel copied there: doctor names the file, its origin
+    and the README's options; the first (point bin_dir at pycni) applied
+    in that /etc makes it pass.  CRI-O's plugin_dirs likewise."""
+    n1, _n2 = cluster.up()
+    opt = tmp_path / "opt-cni-bin"
+    opt.mkdir()
+    shutil.copy(kube_flannel_binary, str(opt / "flannel"))       # install-cni-plugin: cp -f /flannel ...
+    etc = etc_overlay(tmp_path)
+    conf = etc.write("/etc/containerd/config.toml", CONTAINERD_TOML % opt)
+    rc, rep = n1.doctor(bin_dir=False, etc=etc)
+    assert rc == 1
+    c = named(rep, "flannel-binary", "FAIL", "containerd runs %s/flannel, a Go binary: "
+              "github.com/flannel-io/cni-plugin" % opt, "not pycni's")
+    assert "containerd looks in %s (%s bin_dir)" % (opt, conf) in c["evidence"]
+    assert any("kube-flannel's flannel plugin (flannel-io/cni-plugin)" in e for e in c["evidence"]), c
+    assert any("# 2. or delete the install-cni-plugin init container" in f for f in c["fix"])
+    assert any("# 3. or re-install over it" in f for f in c["fix"]) and c["safeFix"] == []
+    line = fix_with(c, "sed -i")
+    assert line.endswith(" %s && systemctl restart containerd" % conf), line
+    etc.sh(n1, line.split(" && systemctl")[0])
+    assert 'bin_dir = "%s"' % cluster.plugins in etc.read(conf)
+    c = named(n1.doctor(bin_dir=False, etc=etc)[1], "flannel-binary", "PASS")
+    assert any(e.startswith("containerd runs %s/flannel: pycni's" % cluster.plugins)
+               for e in c["evidence"]), c
+    # CRI-O: its plugin_dirs put the copied flannel first
+    crio = etc.write("/etc/crio/crio.conf", '[crio]\n[crio.network]\nplugin_dirs = ["%s", "%s"]\n'
+                     % (opt, cluster.plugins))
+    c = named(n1.doctor(bin_dir=False, etc=etc)[1], "flannel-binary", "FAIL",
+              "CRI-O runs %s/flannel, a Go binary" % opt)
+    assert "CRI-O looks in %s:%s (%s plugin_dirs)" % (opt, cluster.plugins, crio) in c["evidence"]
+    etc.sh(n1, fix_with(c, "/etc/crio/crio.conf.d/90-pycni-plugins.conf").split(" && systemctl")[0])
+    named(n1.doctor(bin_dir=False, etc=etc)[1], "flannel-binary", "PASS")
+
+
+# ---------------------------------------------------------------- 7. every plugin starts
+
+def _elf(tmp, name, kind):
+    """A real ELF that cannot start here: 'lib' needs a library that is gone,
+    'glibc' a GLIBC symbol version this libc lacks."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build a broken ELF")
+    src, out = tmp / (name + ".c"), tmp / name
+    if kind == "lib":
+        (tmp / "gone.c").write_text("int pycni_gone(void) { return 1; }\n")
+        subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp / "libpycnigone.so"), str(tmp / "gone.c")],
+                       check=True)
+        src.write_text("int pycni_gone(void);\nint main(void) { return pycni_gone(); }\n")
+        subprocess.run([cc, "-o", str(out), str(src), "-L%s" % tmp, "-lpycnigone"], check=True)
+        os.remove(str(tmp / "libpycnigone.so"))
+        return str(out)
+    import re
+    src.write_text("int main(void) { return 0; }\n")
+    subprocess.run([cc, "-o", str(out), str(src)], check=True)
+    data = out.read_bytes()
+    old = re.findall(rb"GLIBC_2\.[0-9]+(?:\.[0-9]+)?", data)[0]
+    new = b"GLIBC_9." + b"9" * (len(old) - len(b"GLIBC_9."))
+    out.write_bytes(data.replace(old, new))
+    return str(out), new.decode()
+
+
+def test_plugins_that_cannot_start(cluster, tmp_path, form):
+    """Copies of the suite in a plugin dir, then broken for real: a launcher
+    whose python does not exist, an ELF needing a library that is gone, one
+    needing a newer GLIBC, one speaking too old a CNI version.  Each is a
+    FAIL with the loader's own words; the printed install fixes them all."""
+    n1, _n2 = cluster.up()
+    bins = str(tmp_path / "bins")
+    form_args = ["--form", "bundle"] if form == "bin" else []
+    subprocess.run([os.path.join(ROOT, "build.sh"), "install"] + form_args + [bins], check=True,
+                   capture_output=True, timeout=300)
+    c = named(n1.doctor(bin_dir=bins)[1], "plugin-start", "PASS", "(4 probed)")
+    assert "flannel: %s/flannel answers VERSION: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0" % bins \
+        in c["evidence"], c
+    src = os.path.join(ROOT, "dist", "py", "bridge")
+    launcher = open(src).read() if os.path.exists(src) else "#!/usr/bin/python3 -IS\n# pycni-launcher\n"
+    os.remove(os.path.join(bins, "bridge"))
+    with open(os.path.join(bins, "bridge"), "w") as f:
+        f.write("#!/nonexistent/python3.99 -IS\n" + launcher.split("\n", 1)[1])
+    os.chmod(os.path.join(bins, "bridge"), 0o755)
+    work = tmp_path / "cc"
+    work.mkdir()
+    os.remove(os.path.join(bins, "host-local"))
+    shutil.copy(_elf(work, "needs-lib", "lib"), os.path.join(bins, "host-local"))
+    glibc_elf, version = _elf(work, "needs-glibc", "glibc")
+    os.remove(os.path.join(bins, "portmap"))
+    shutil.copy(glibc_elf, os.path.join(bins, "portmap"))
+    os.remove(os.path.join(bins, "flannel"))
+    with open(os.path.join(bins, "flannel"), "w") as f:
+        old = {"cniVersion": "0.3.1", "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1"]}
+        f.write("#!/bin/sh\necho '%s'\n" % json.dumps(old))
+    os.chmod(os.path.join(bins, "flannel"), 0o755)
+    rc, rep = n1.doctor(bin_dir=bins)
+    assert rc == 1
+    c = named(rep, "plugin-start", "FAIL",
+              "the runtime cannot start bridge (for cbr0): %s/bridge: its interpreter "
+              "/nonexistent/python3.99 does not exist (exec: No such file or directory)" % bins,
+              "cannot start host-local (for cbr0): %s/host-local exits 127: %s/host-local: error while "
+              "loading shared libraries: libpycnigone.so: cannot open shared object file: No such file or "
+              "directory" % (bins, bins),
+              "cannot start portmap (for cbr0): %s/portmap exits " % bins,
+              "version `%s' not found (required by %s/portmap)" % (version, bins),
+              "the runtime: %s/flannel (for cbr0) speaks 0.1.0, 0.2.0, 0.3.0, 0.3.1, the config asks 1.1.0 "
+              "(incompatible CNI versions)" % bins)
+    line = fix_with(c, "./build.sh install")
+    assert line == "./build.sh install %s%s" % ("--form bundle " if form == "bin" else "", bins), line
+    subprocess.run(["sh", "-c", line], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    named(n1.doctor(bin_dir=bins)[1], "plugin-start", "PASS")
 
 
 # ---------------------------------------------------------------- 8. the node as the cluster sees it

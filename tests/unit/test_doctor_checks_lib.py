@@ -3,12 +3,14 @@ VTEP duplicates, the node spec, the checksum kernel table, the network
 managers' config readers, the runtimes' config readers and what a plugin
 binary is.  No root, no kernel."""
 
+import json
 import os
+import struct
 
 import pytest
 
 from cnilib.ops import rulesets
-from cnilib.ops.doctor import context, fabric_checks, netmgr_checks, node_checks, report
+from cnilib.ops.doctor import context, fabric_checks, netmgr_checks, node_checks, report, runtime_checks
 
 # ---------------------------------------------------------------- report: safe fixes
 
@@ -253,3 +255,117 @@ def test_networkd_file_order_and_shadowing():
                                                      "/usr/lib/systemd/network/80-c.network"]
 
 
+# ---------------------------------------------------------------- 6./7. runtimes and binaries
+
+CONTAINERD_V2 = """version = 2
+root = "/var/lib/containerd"  # a comment
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.9"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+"""
+CONTAINERD_V3 = """version = 3
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = [
+    "/opt/pycni/bin",
+    "/opt/cni/bin",
+  ]
+"""
+
+
+def test_runtime_configs_read_with_and_without_tomllib():
+    for text in (CONTAINERD_V2, CONTAINERD_V3):
+        assert runtime_checks._mini_toml(text) == runtime_checks.load_toml(text)
+    p = runtime_checks.containerd_path(runtime_checks.load_toml(CONTAINERD_V2), "/etc/containerd/config.toml")
+    assert (p.dirs, p.key, p.source) == (["/usr/lib/cni"], "bin_dir", "/etc/containerd/config.toml bin_dir")
+    p = runtime_checks.containerd_path(runtime_checks.load_toml(CONTAINERD_V3), "/c.toml")
+    assert p.dirs == ["/opt/pycni/bin", "/opt/cni/bin"] and p.key == "bin_dirs"
+    p = runtime_checks.containerd_path({"version": 2}, "/c.toml")
+    assert p.dirs == ["/opt/cni/bin"] and p.key is None and "containerd's default" in p.source
+    assert runtime_checks.containerd_path({"disabled_plugins": ["cri"]}, "/c.toml") is None
+
+
+def test_crio_drop_ins_override_in_name_order():
+    toml = runtime_checks.load_toml
+    docs = [("/etc/crio/crio.conf", toml('[crio.network]\nplugin_dirs = ["/opt/cni/bin/"]\n')),
+            ("/etc/crio/crio.conf.d/10-a.conf", toml('[crio.network]\nnetwork_dir = "/x"\n')),
+            ("/etc/crio/crio.conf.d/20-b.conf",
+             runtime_checks.load_toml('[crio.network]\nplugin_dirs = ["/usr/libexec/cni"]\n'))]
+    p = runtime_checks.crio_path(docs)
+    assert (p.dirs, p.source) == (["/usr/libexec/cni"], "/etc/crio/crio.conf.d/20-b.conf plugin_dirs")
+    assert runtime_checks.crio_path([]).dirs == ["/opt/cni/bin"]
+
+
+def test_find_in_path_takes_the_first_regular_file(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "flannel").mkdir()                       # a directory is not a plugin
+    (b / "flannel").write_text("x")
+    assert runtime_checks.find_in_path("flannel", [str(a), str(b)]) == str(b / "flannel")
+    assert runtime_checks.find_in_path("bridge", [str(a), str(b)]) is None
+
+
+def _buildinfo(version, modinfo):
+    def s(b):
+        n, out = len(b), b""
+        while True:
+            out += bytes([(n & 0x7f) | (0x80 if n > 0x7f else 0)])
+            n >>= 7
+            if not n:
+                return out + b
+    hdr = runtime_checks.GO_MAGIC + bytes([8, 2]) + b"\0" * 16
+    return b"\x7fELF" + b"\0" * 100 + hdr + s(version) + s(b"0" * 16 + modinfo + b"1" * 16)
+
+
+def test_go_buildinfo_and_origin(tmp_path):
+    mod = (b"path\tgithub.com/flannel-io/cni-plugin\n"
+           b"mod\tgithub.com/flannel-io/cni-plugin\tv1.4.0-flannel1\th1:x=\n")
+    data = _buildinfo(b"go1.21.5", mod)
+    assert runtime_checks.go_buildinfo(data) == ("go1.21.5", "github.com/flannel-io/cni-plugin",
+                                                 {"github.com/flannel-io/cni-plugin": "v1.4.0-flannel1"})
+    f = tmp_path / "flannel"
+    f.write_bytes(data)
+    ours, what = runtime_checks.origin(str(f), owner=lambda p: None)
+    assert not ours and what.startswith("a Go binary: github.com/flannel-io/cni-plugin v1.4.0-flannel1, "
+                                        "built with go1.21.5; kube-flannel's flannel plugin")
+    ours, what = runtime_checks.origin(str(f), owner=lambda p: "flannel-cni")
+    assert what.endswith("; installed by the package flannel-cni")
+    launcher = tmp_path / "bridge"
+    launcher.write_text('#!/usr/bin/python3 -IS\n# pycni-launcher: runs "bridge" of the pycni suite\n')
+    assert runtime_checks.origin(str(launcher), owner=lambda p: None) == (
+        True, "pycni's launcher (py form, runs /usr/bin/python3 -IS)")
+    script = tmp_path / "other"
+    script.write_text("#!/bin/sh\nexec true\n")
+    assert runtime_checks.origin(str(script), owner=lambda p: None) == (False, "a script (#!/bin/sh)")
+    bundle = tmp_path / "bin"
+    (bundle / ".pycni").mkdir(parents=True)
+    (bundle / "pycni").write_bytes(b"\x7fELF" + b"\0" * 60)
+    os.symlink("pycni", str(bundle / "flannel"))
+    assert runtime_checks.origin(str(bundle / "flannel"), owner=lambda p: None) == (
+        True, "pycni's bundle (-> %s) (PyInstaller)" % (bundle / "pycni"))
+
+
+def test_elf_interp_names_the_loader():
+    with open("/bin/sh", "rb") as f:
+        interp = runtime_checks._elf_interp(f.read(1 << 16))
+    assert interp is None or interp.startswith("/lib")
+    # a 64-bit little-endian header with one PT_INTERP entry
+    path = b"/lib/ld-musl-x86_64.so.1\0"
+    ehdr = b"\x7fELF\x02\x01" + b"\0" * 26 + struct.pack("<Q", 64) + b"\0" * 14 + struct.pack("<HH", 56, 1)
+    ehdr += b"\0" * (64 - len(ehdr))
+    phdr = struct.pack("<IIQQQQQQ", 3, 4, 120, 0, 0, len(path), len(path), 1)
+    assert runtime_checks._elf_interp(ehdr + phdr + path) == "/lib/ld-musl-x86_64.so.1"
+
+
+def test_needed_plugins_include_what_containerd_runs_itself():
+    from cnilib.ops import runner
+    net = runner.list_from_bytes(json.dumps({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
+        {"type": "flannel"}, {"type": "portmap"}]}).encode(), "/d/10.conflist")
+    got = dict(runtime_checks.needed_plugins([net], containerd=True))
+    assert sorted(got) == ["bridge", "flannel", "host-local", "loopback", "portmap"]
+    assert got["loopback"] == [("containerd's pod loopback", "0.3.1")]
+    assert "loopback" not in dict(runtime_checks.needed_plugins([net], containerd=False))

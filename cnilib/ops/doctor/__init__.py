@@ -8,7 +8,8 @@ from its default-route address, every node announcing 10.0.2.15.  doctor
 runs those checks (user-pain.md section (b)) against the current network
 namespace and prints, for each, PASS / WARN / FAIL / SKIP, the evidence, and
 the command that fixes it.  It reads only: it never writes, creates, loads
-or deletes anything (``--bundle`` writes only into a fresh private directory).
+or deletes anything (``--bundle`` writes only into a fresh private directory;
+the plugins it runs for VERSION run with their log and agent off).
 
 Checks (ids are stable; ``--only id,id`` runs some):
 
@@ -17,6 +18,12 @@ Checks (ids are stable; ``--only id,id`` runs some):
                    files that do not parse, a flannel network shadowed
   plugins          every plugin type the configs name (flannel's delegate
                    and IPAM included) is an executable in the bin dirs
+  flannel-binary   the first flannel on the runtime's plugin path (containerd's
+                   bin_dir, CRI-O's plugin_dirs, podman's, or --bin-dir) is
+                   pycni's, not a Go binary kube-flannel copied over it
+  plugin-start     every plugin the configs name or imply (containerd's own
+                   loopback too) answers VERSION on this node and speaks the
+                   configs' cniVersion; the loader's words when it cannot start
   subnet-env       flannel's subnet.env present, complete, SUBNET inside NETWORK
   bridge-address   cni0 (each CNI bridge) holds the gateway of its subnet and
                    no address from another subnet

@@ -7,7 +7,14 @@ import sys
 
 from cnilib.base import errors, paths
 from cnilib.ops import nodestate
-from cnilib.ops.doctor import config_checks, fabric_checks, netmgr_checks, node_checks, state_checks
+from cnilib.ops.doctor import (
+    config_checks,
+    fabric_checks,
+    netmgr_checks,
+    node_checks,
+    runtime_checks,
+    state_checks,
+)
 from cnilib.ops.doctor.bundle import write_bundle
 from cnilib.ops.doctor.context import Context
 from cnilib.ops.doctor.report import Check, render, report
@@ -15,6 +22,9 @@ from cnilib.ops.doctor.report import Check, render, report
 CHECKS = (
     ("conflists", "network configs in load order", config_checks.check_conflists),
     ("plugins", "plugin binaries", config_checks.check_plugins),
+    ("flannel-binary", "the flannel the runtime runs", runtime_checks.check_flannel_binary),
+    ("plugin-start", "every plugin starts and speaks the configs' CNI version",
+     runtime_checks.check_plugin_start),
     ("subnet-env", "flannel subnet.env", config_checks.check_subnet_env),
     ("bridge-address", "bridge gateway address", node_checks.check_bridge_address),
     ("ip-forward", "IP forwarding", node_checks.check_ip_forward),
