@@ -80,8 +80,12 @@ The package:
   report          Check, the JSON report and its schema, the human rendering
   bundle          --bundle: what a bug report needs
   config_checks   conflists, plugins, subnet-env
-  node_checks     bridge-address, ip-forward, rp-filter, br-netfilter, mtu
-  fabric_checks   forward-policy, vxlan-port, vxlan-local, public-ip
+  runtime_checks  flannel-binary, plugin-start (what the runtime really execs)
+  node_checks     bridge-address, ip-forward, rp-filter, br-netfilter, mtu,
+                  vxlan-csum, table-sizes
+  netmgr_checks   link-managers
+  fabric_checks   forward-policy, iptables-backends, vxlan-port, vxlan-local,
+                  vtep-mac, public-ip, node-spec
   state_checks    ipam-leaks, orphan-veths, leftover-rules, stale-records, state-files
   trace           the packet tracer the fabric checks walk the rules with
 
