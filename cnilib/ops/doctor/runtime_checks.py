@@ -378,7 +378,7 @@ def check_flannel_binary(ctx, c):
         if path is None:
             bad.append("%s finds no flannel in %s" % (rt.label, ":".join(rt.dirs)))
             c.add_fix(_point_fix(rt, ours[0]) if ours else
-                      install_fix(rt.dirs[0] if rt.dirs else paths.BIN_DIRS[1]) + "   # from the pycni tree")
+                      install_fix(rt.dirs[0] if rt.dirs else paths.BIN_DIRS[1]))
             continue
         is_ours, what = origin(path)
         c.evidence.append("%s runs %s: %s" % (rt.label, path, what))
@@ -387,8 +387,7 @@ def check_flannel_binary(ctx, c):
         bad.append("%s runs %s, %s, not pycni's" % (rt.label, path, what.split(";")[0]))
         target = ours[0] if ours else paths.BIN_DIRS[1]
         if not ours:
-            c.add_fix(install_fix(target) + "   # from the pycni tree: pycni where kube-flannel does not "
-                      "copy to")
+            c.add_fix(install_fix(target) + "   # pycni where kube-flannel does not copy to")
         c.add_fix(_point_fix(rt, target) + "   # 1. point %s at pycni's dir: kube-flannel keeps copying "
                   "into %s, which no one reads any more" % (rt.label, os.path.dirname(path)))
         c.add_fix("kubectl -n kube-flannel edit ds kube-flannel-ds   # 2. or delete the install-cni-plugin "
@@ -497,9 +496,31 @@ def needed_plugins(nets, containerd):
 
 
 def install_fix(d):
-    """``./build.sh install`` of the form this doctor runs as, into ``d``."""
+    """``pycni install`` into ``d`` by this pycni: it copies the tree doctor
+    runs from, and checks every plugin answers VERSION there before any
+    name switches (cnilib.ops.install)."""
     import sys
-    return "./build.sh install %s%s" % ("--form bundle " if getattr(sys, "frozen", False) else "", d)
+    exe = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "pycni" else "pycni"
+    return "%s install --bin-dir %s" % (os.path.abspath(exe) if "/" in exe else exe, d)
+
+
+def glibc_note(path):
+    """'; it needs glibc >= X (GLIBC_X, in F), this node has Y' when an ELF
+    plugin (or the bundle's libraries) needs a newer glibc than this node's."""
+    from cnilib.ops import elf
+    real = os.path.realpath(path)
+    if not elf.is_elf(real):
+        return ""
+    need, who = elf.glibc_needed(real), os.path.basename(real)
+    if is_pycni_bundle(real):
+        t, w = elf.tree_glibc_needed(os.path.join(os.path.dirname(real), ".pycni"))
+        if t and (need is None or t > need):
+            need, who = t, ".pycni/" + w
+    have = elf.glibc_provided("/")
+    if need and have and need > have:
+        return "; it needs glibc >= %s (GLIBC_%s, in %s), this node has %s" % (
+            elf.vtext(need), elf.vtext(need), plain(who, 120), elf.vtext(have))
+    return ""
 
 
 def check_plugin_start(ctx, c):
@@ -516,17 +537,17 @@ def check_plugin_start(ctx, c):
             if path is None:
                 d = rt.dirs[0] if rt.dirs else paths.BIN_DIRS[1]
                 bad.append("%s: %s (for %s) is not in %s" % (rt.label, t, who, ":".join(rt.dirs)))
-                c.add_fix(install_fix(d) + "   # from the pycni tree" if ours else
+                c.add_fix(install_fix(d) if ours else
                           "install the %s plugin into %s (pycni has none: containernetworking/plugins "
                           "has most)" % (t, d))
                 continue
             want = sorted({v for _n, v in users}, key=lambda v: [int(x) for x in v.split(".") if x.isdigit()])
             vers, why = probe(path, rt.dirs, want[-1] if want else None)
             if why is not None:
-                bad.append("%s cannot start %s (for %s): %s" % (rt.label, t, who, why))
-                c.add_fix(install_fix(os.path.dirname(path)) + "   # from the pycni tree: its plugins, for "
-                          "this node (the bundle needs the glibc it was built on or newer; the py form "
-                          "python3 >= 3.11)" if ours else "replace %s with a build for this node" % path)
+                bad.append("%s cannot start %s (for %s): %s%s" % (rt.label, t, who, why, glibc_note(path)))
+                c.add_fix(install_fix(os.path.dirname(path)) + "   # pycni's plugins, checked to start here "
+                          "before they replace anything" if ours else
+                          "replace %s with a build for this node" % path)
                 continue
             missing = [v for v in want if v not in vers]
             c.evidence.append("%s: %s answers VERSION: %s" % (t, path, ", ".join(vers)))
@@ -534,8 +555,8 @@ def check_plugin_start(ctx, c):
                 bad.append("%s: %s (for %s) speaks %s, the config asks %s (incompatible CNI versions)"
                            % (rt.label, path, who, ", ".join(vers), ", ".join(missing)))
                 if ours:
-                    c.add_fix(install_fix(os.path.dirname(path)) + "   # from the pycni tree: pycni's %s "
-                              "speaks %s" % (t, ", ".join(SUITE_VERSIONS)))
+                    c.add_fix(install_fix(os.path.dirname(path)) + "   # pycni's %s speaks %s"
+                              % (t, ", ".join(SUITE_VERSIONS)))
                 c.add_fix("or lower cniVersion to one %s speaks in the config of %s" % (path, who))
                 continue
             ok += 1
