@@ -374,28 +374,25 @@ def test_kube_flannel_copied_its_flannel_onto_the_runtimes_path(cluster, tmp_pat
 # ---------------------------------------------------------------- 7. every plugin starts
 
 def _elf(tmp, name, kind):
-    """A real ELF that cannot start here: 'lib' needs a library that is gone,
-    'glibc' a GLIBC symbol version this libc lacks."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler to build a broken ELF")
-    src, out = tmp / (name + ".c"), tmp / name
-    if kind == "lib":
-        (tmp / "gone.c").write_text("int pycni_gone(void) { return 1; }\n")
-        subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp / "libpycnigone.so"), str(tmp / "gone.c")],
-                       check=True)
-        src.write_text("int pycni_gone(void);\nint main(void) { return pycni_gone(); }\n")
-        subprocess.run([cc, "-o", str(out), str(src), "-L%s" % tmp, "-lpycnigone"], check=True)
-        os.remove(str(tmp / "libpycnigone.so"))
-        return str(out)
+    """A real ELF that cannot start here, made from this machine's ``true``:
+    'lib' needs a library that does not exist (its DT_NEEDED libc.so.6
+    renamed libgone.6), 'glibc' a GLIBC symbol version this libc lacks
+    (its highest GLIBC_x.y need renamed GLIBC_9.99...).  Returns (path,
+    what the loader will name)."""
     import re
-    src.write_text("int main(void) { return 0; }\n")
-    subprocess.run([cc, "-o", str(out), str(src)], check=True)
-    data = out.read_bytes()
-    old = re.findall(rb"GLIBC_2\.[0-9]+(?:\.[0-9]+)?", data)[0]
-    new = b"GLIBC_9." + b"9" * (len(old) - len(b"GLIBC_9."))
+    with open(os.path.realpath(shutil.which("true") or "/bin/true"), "rb") as f:
+        data = f.read()
+    if kind == "lib":
+        old, new = b"libc.so.6\0", b"libgone.6\0"
+    else:
+        names = re.findall(rb"GLIBC_[0-9][0-9.]*\0", data)
+        old = max(names, key=lambda n: [int(x) for x in n[6:-1].split(b".")])
+        new = b"GLIBC_9." + b"9" * (len(old) - len(b"GLIBC_9.") - 1) + b"\0"
+    assert old in data and len(old) == len(new)
+    out = tmp / name
     out.write_bytes(data.replace(old, new))
-    return str(out), new.decode()
+    out.chmod(0o755)
+    return str(out), new[:-1].decode()
 
 
 def test_plugins_that_cannot_start(cluster, tmp_path, form):
@@ -420,7 +417,7 @@ def test_plugins_that_cannot_start(cluster, tmp_path, form):
     work = tmp_path / "cc"
     work.mkdir()
     os.remove(os.path.join(bins, "host-local"))
-    shutil.copy(_elf(work, "needs-lib", "lib"), os.path.join(bins, "host-local"))
+    shutil.copy(_elf(work, "needs-lib", "lib")[0], os.path.join(bins, "host-local"))
     glibc_elf, version = _elf(work, "needs-glibc", "glibc")
     os.remove(os.path.join(bins, "portmap"))
     shutil.copy(glibc_elf, os.path.join(bins, "portmap"))
@@ -435,7 +432,7 @@ def test_plugins_that_cannot_start(cluster, tmp_path, form):
               "the runtime cannot start bridge (for cbr0): %s/bridge: its interpreter "
               "/nonexistent/python3.99 does not exist (exec: No such file or directory)" % bins,
               "cannot start host-local (for cbr0): %s/host-local exits 127: %s/host-local: error while "
-              "loading shared libraries: libpycnigone.so: cannot open shared object file: No such file or "
+              "loading shared libraries: libgone.6: cannot open shared object file: No such file or "
               "directory" % (bins, bins),
               "cannot start portmap (for cbr0): %s/portmap exits " % bins,
               "version `%s' not found (required by %s/portmap); it needs glibc >= %s (%s, in "
