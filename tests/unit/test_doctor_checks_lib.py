@@ -30,6 +30,24 @@ def test_plain_escapes_what_a_program_printed():
     assert len(report.plain("x" * 1000, 50)) == 50
 
 
+
+def test_the_text_report_shows_no_control_character():
+    """A path from a runtime's config or a conflist's plugin type reaches the
+    terminal escaped, whichever check put it in a line; fix lines otherwise
+    stay the command to copy."""
+    c = report.Check("flannel-binary", "t")
+    c.error = "cannot read /etc/\x1b]0;owned\x07x"
+    c.set("FAIL", "containerd runs /opt/\x1b[2Jcni/flannel", ["bin_dir \u202e/opt\r"],
+          ["sed -i 's|/opt/cni/bin|/usr/libexec/cni|' /etc/containerd/config.toml"])
+    rep = {"version": "0", "summary": {"PASS": 0, "WARN": 0, "FAIL": 1, "SKIP": 0}, "exit": 1,
+           "checks": [c.as_dict()], "problems": ["layer \x1bX"]}
+    out = report.render(rep)
+    assert not [ch for ch in out if not ch.isprintable() and ch != "\n"], out
+    assert "containerd runs /opt/\\x1b[2Jcni/flannel" in out
+    assert "bin_dir \\u202e/opt\\x0d" in out and "error: cannot read /etc/\\x1b]0;owned\\x07x" in out
+    assert "    fix: sed -i 's|/opt/cni/bin|/usr/libexec/cni|' /etc/containerd/config.toml\n" in out
+    assert report.shown("ip addr del 10.244.3.1/24 dev cni0") == "ip addr del 10.244.3.1/24 dev cni0"
+
 # ---------------------------------------------------------------- context
 
 @pytest.mark.parametrize("text,want", [("5.4.0-150-generic", (5, 4, 0)),

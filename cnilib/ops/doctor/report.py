@@ -89,6 +89,17 @@ def plain(text, limit=400):
     return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
+def shown(text):
+    """``text`` as the terminal may see it: every character that is not
+    printable (ESC, CR, a newline inside a line) escaped, the rest as is,
+    so a fix line stays the command to copy."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else "\\x%02x" % ord(ch) if ord(ch) < 256 else "\\u%04x" % ord(ch)
+                   for ch in text)
+
+
 def cmd_text(argv):
     import shlex
     return " ".join(shlex.quote(str(a)) for a in argv)
@@ -130,16 +141,16 @@ def render(rep, color=False):
     for c in rep["checks"]:
         st = c["status"]
         tag = "\x1b[%sm%-4s\x1b[0m" % (_COLORS[st], st) if color else "%-4s" % st
-        lines.append("%s  %-*s  %s" % (tag, width, c["id"], c["summary"]))
+        lines.append("%s  %-*s  %s" % (tag, width, c["id"], shown(c["summary"])))
         if st in ("WARN", "FAIL") or c["error"]:
             for e in c["evidence"]:
-                lines.append("        %s" % e)
+                lines.append("        %s" % shown(e))
             for f in c["fix"]:
-                lines.append("    fix: %s" % f)
+                lines.append("    fix: %s" % shown(f))
             if c["error"]:
-                lines.append("    error: %s" % c["error"])
+                lines.append("    error: %s" % shown(c["error"]))
     for p in rep["problems"]:
-        lines.append("note: %s" % p)
+        lines.append("note: %s" % shown(p))
     verdict = {0: "healthy (no check failed)", 1: "FAILED: see the fix lines above",
                2: "could not check everything (see the errors above)"}[rep["exit"]]
     lines.append("pycni doctor: %s" % verdict)
