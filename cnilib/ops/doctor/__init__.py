@@ -47,8 +47,10 @@ and nothing failed).
 shows it too, and tests/unit/test_doctor_lib.py keeps the two equal).
 ``summary`` counts the statuses; ``evidence`` lines are what was observed;
 ``fix`` lines are commands (or one-line instructions) that cure a WARN or
-FAIL; ``error`` is set when the check itself could not run (it then shows
-as SKIP); ``problems`` lists state layers that could not be read.
+FAIL; ``safeFix`` the ones among them a check marks safe to apply without a
+person (one command, local, idempotent, attributable: report.Check); ``error``
+is set when the check itself could not run (it then shows as SKIP);
+``problems`` lists state layers that could not be read.
 
 The package:
 

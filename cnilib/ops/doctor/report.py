@@ -20,7 +20,7 @@ JSON_SCHEMA = {
                                    "SKIP": {"type": "integer", "minimum": 0}}},
         "checks": {"type": "array", "items": {
             "type": "object",
-            "required": ["id", "title", "status", "summary", "evidence", "fix", "error"],
+            "required": ["id", "title", "status", "summary", "evidence", "fix", "safeFix", "error"],
             "additionalProperties": False,
             "properties": {
                 "id": {"type": "string", "pattern": "^[a-z0-9-]+$"},
@@ -29,6 +29,7 @@ JSON_SCHEMA = {
                 "summary": {"type": "string"},
                 "evidence": {"type": "array", "items": {"type": "string"}},
                 "fix": {"type": "array", "items": {"type": "string"}},
+                "safeFix": {"type": "array", "items": {"type": "string"}},
                 "error": {"type": ["string", "null"]}}}},
         "locations": {"type": "object"},
         "problems": {"type": "array", "items": {"type": "string"}}}}
@@ -38,23 +39,54 @@ STATUSES = ("PASS", "WARN", "FAIL", "SKIP")
 
 
 class Check:
-    """One check's outcome."""
+    """One check's outcome.
 
-    __slots__ = ("id", "title", "status", "summary", "evidence", "fix", "error")
+    ``fix`` lists every fix line shown; ``safe`` the ones among them that
+    ``pycni doctor --fix`` may apply on its own.  A check marks a line safe
+    (``add_fix(line, safe=True)``) only when it is one command (``shlex.split``
+    gives its argv: no pipes, redirections or ``&&``; text after ``   #`` is a
+    comment), local (this node, this netns), idempotent (a second run changes
+    nothing) and attributable (it touches only what the check named as
+    broken).  Every other line is print-only: a person decides."""
+
+    __slots__ = ("id", "title", "status", "summary", "evidence", "fix", "safe", "error")
 
     def __init__(self, cid, title):
         self.id, self.title = cid, title
         self.status, self.summary, self.evidence, self.fix, self.error = "SKIP", "", [], [], None
+        self.safe = []
 
     def set(self, status, summary, evidence=(), fix=()):
         self.status, self.summary = status, summary
         self.evidence += list(evidence)
-        self.fix += list(fix)
+        for f in fix:
+            self.add_fix(f)
+        return self
+
+    def add_fix(self, line, safe=False):
+        """Add a fix line once; ``safe`` marks it for ``--fix`` (see the class)."""
+        if line not in self.fix:
+            self.fix.append(line)
+        if safe and line not in self.safe:
+            self.safe.append(line)
         return self
 
     def as_dict(self):
         return {"id": self.id, "title": self.title, "status": self.status, "summary": self.summary,
-                "evidence": list(self.evidence), "fix": list(self.fix), "error": self.error}
+                "evidence": list(self.evidence), "fix": list(self.fix),
+                "safeFix": [f for f in self.safe if f in self.fix], "error": self.error}
+
+
+def plain(text, limit=400):
+    """Foreign text (a program's stderr, a file's line) made safe to show:
+    control characters escaped, lines joined with ' | ', at most ``limit``
+    characters."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    out = "".join(ch if ch.isprintable() else "\\x%02x" % ord(ch) if ord(ch) < 256 else "\\u%04x" % ord(ch)
+                  for ch in " | ".join(lines))
+    return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
 def cmd_text(argv):
