@@ -30,11 +30,14 @@ container ID, ifname, as every layer keys it) is judged by ``judge``:
 
 It refuses to act on a view of the node that is empty or unreadable, and
 says what it saw: no conf dir or no network config that loads; a result
-cache or a state layer that cannot be read; no network namespace mount
-visible at all (a mount namespace that does not see the runtimes'
-/run/netns would make every pod look dead: ``--allow-no-netns`` is for a
-node that really has no pod netns, as after a reboot).  ``--dry-run``
-prints the plan and changes nothing.
+cache that cannot be read (an entry it cannot read could be a live pod's
+claim); a state layer that cannot be listed, or rules that cannot be
+read (a lease, flannel or tuning file it cannot read is only noted: none
+of them is evidence of life, and its plugin's DEL deals with it); no
+network namespace mount visible at all (a mount namespace that does not
+see the runtimes' /run/netns would make every pod look dead:
+``--allow-no-netns`` is for a node that really has no pod netns, as after
+a reboot).  ``--dry-run`` prints the plan and changes nothing.
 
 Each thing freed is one line in the suite's log, under the run's summary
 line; after the DELs the node is read again, and what is still there is
@@ -223,7 +226,7 @@ class View:
         self.conf_dir, self.cache_dir = conf_dir, cache_dir
         self.loc = self.node = None
         self.records = {}
-        self.problems = []
+        self.problems, self.notes = [], []
         self.rows = []          # [(row, Verdict)] of the rows with a full key
         self.keyless = []       # rows no DEL can name
 
@@ -249,10 +252,12 @@ class View:
             raise Refused("cannot read this node's links and rules: %s" % exc) from None
         self.records = read_records(self.problems)
         self.problems += self.node.problems
-        if check:
-            bad = [p for p in self.problems if "is not installed" not in p]
-            if bad:
-                raise Refused("part of the node cannot be read: %s" % "; ".join(bad))
+        # a file of a layer that cannot be read is a thing gc cannot free, noted; a layer
+        # that cannot be listed, or rules that cannot be read, is a view it cannot trust
+        self.notes = [p for p in self.problems if p.startswith("cannot read ")]
+        bad = [p for p in self.problems if p not in self.notes and "is not installed" not in p]
+        if check and bad:
+            raise Refused("part of the node cannot be read: %s" % "; ".join(bad))
         self._judge()
         return self
 
@@ -513,6 +518,8 @@ def main(argv):
             if items:
                 out("  keep  %s/%s/%s: %s (%s)" % (clean(r.network), clean(r.cid), clean(r.ifname),
                                                    clean(v.why), ", ".join(k for k, _t in items)))
+        for n in view.notes:
+            out("  note: %s" % clean(n))
         for r in view.keyless:
             out("  keep  %s/%s/%s: no layer names its whole key, so no DEL can name it (%s)" % (
                 clean(r.network or "?"), clean(r.cid or "?"), clean(r.ifname or "?"),
