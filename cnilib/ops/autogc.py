@@ -216,6 +216,14 @@ def things(r, recs):
     return out
 
 
+def layers(items):
+    """'lease x2, cache' of [(layer, text)]."""
+    counts = {}
+    for k, _t in items:
+        counts[k] = counts.get(k, 0) + 1
+    return ", ".join(k if n == 1 else "%s x%d" % (k, n) for k, n in counts.items())
+
+
 # ====================================================================== reading the node
 
 class View:
@@ -517,13 +525,13 @@ def main(argv):
             items = things(r, view.records.get(r.key, []))
             if items:
                 out("  keep  %s/%s/%s: %s (%s)" % (clean(r.network), clean(r.cid), clean(r.ifname),
-                                                   clean(v.why), ", ".join(k for k, _t in items)))
+                                                   clean(v.why), layers(items)))
         for n in view.notes:
             out("  note: %s" % clean(n))
         for r in view.keyless:
             out("  keep  %s/%s/%s: no layer names its whole key, so no DEL can name it (%s)" % (
                 clean(r.network or "?"), clean(r.cid or "?"), clean(r.ifname or "?"),
-                ", ".join(k for k, _t in things(r, []))))
+                layers(things(r, []))))
         if args.dry_run:
             for r, v in dead:
                 net, where = view.network(r)

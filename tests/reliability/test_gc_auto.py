@@ -240,11 +240,17 @@ def test_unattributable_state_is_kept_and_named(gnode):
                    host_netns=n.host.name, extra_env=n.env())
     assert r.rc == 0, r
     n.pods.pop("orphan-lease").delete()
+    # and a link planted as a lease: not followed, not a reason to refuse
+    target = os.path.join(n.tmp, "elsewhere")
+    with open(target, "w") as f:
+        f.write("someone\r\neth0")
+    os.symlink(target, os.path.join(n.p["ipam"], "bnet", "10.99.0.200"))
     before = n.snapshot()
     r = n.timer_command()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "keep  bnet/orphan-lease/eth0: no record says where its netns was" in r.stdout, r.stdout
     assert diff(before, n.snapshot()) == {}
+    assert os.path.islink(os.path.join(n.p["ipam"], "bnet", "10.99.0.200"))
 
 
 @PY_ONLY
