@@ -130,9 +130,17 @@ def test_package_in_a_debian_root(droot, debs, go_driver, netns_factory, tmp_pat
     for wants in ("multi-user.target.wants", "timers.target.wants"):
         d = os.path.join(root, "etc", "systemd", "system", wants)
         assert not [n for n in (os.listdir(d) if os.path.isdir(d) else ()) if n.startswith("pycni")]
-    # the timer's command runs from the package (here only its refusal: this root has no conf dir)
+    # the timer's command runs from the package; this root has no network config, so it refuses,
+    # with the reason: no conf dir at all, then an empty one (the cached roots may hold either)
+    confd = os.path.join(root, "etc", "cni", "net.d")
+    if os.path.isdir(confd):
+        os.rmdir(confd)         # empty in a fresh root: nothing installed a network yet
     r = sh("/usr/libexec/cni/pycni gc --auto --dry-run")
     assert r.returncode == 2 and "REFUSED: no network config dir /etc/cni/net.d" in r.stderr, r.stderr
+    os.makedirs(confd)
+    r = sh("/usr/libexec/cni/pycni gc --auto --dry-run")
+    assert r.returncode == 2 and "REFUSED: no network config loads in /etc/cni/net.d: no *.conflist" \
+        in r.stderr, r.stderr
 
     # a plugin from the package at work: bridge + host-local ADD/DEL through libcni
     host, ctr = netns_factory(), netns_factory()
