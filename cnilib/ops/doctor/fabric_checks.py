@@ -120,9 +120,11 @@ def _fix_for(decision, pkt, net):
             "default): FORWARD jumps to it, it accepts from and to %s" % (
                 cmd_text([pycni_command()]), "--network" if pkt.family == 4 else "--network-v6", net,
                 FWD_CHAIN, net)]
+        # by hand (the only line when another backend than the node's iptables drops it)
         return own + [
-                "or by hand: %s -A FORWARD -s %s -j ACCEPT && %s -A FORWARD -d %s -j ACCEPT   # what "
-                "flanneld's FLANNEL-FWD holds" % (tool, net, tool, net),
+                ("or by hand: " if own else "") + "%s -A FORWARD -s %s -j ACCEPT && %s -A FORWARD -d %s "
+                "-j ACCEPT   # what flanneld's FLANNEL-FWD holds (flanneld --iptables-forward-rules, on "
+                "by default)" % (tool, net, tool, net),
                 "or: %s -P FORWARD ACCEPT   # the seed's cure; Docker sets DROP at every start" % tool]
     if decision.by.startswith("-A "):
         return ["%s -I FORWARD 1 -s %s -j ACCEPT && %s -I FORWARD 1 -d %s -j ACCEPT   # before: %s"
