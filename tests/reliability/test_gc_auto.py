@@ -144,8 +144,8 @@ def test_timer_frees_what_dead_pods_left_and_nothing_else(gnode):
     holder, path = n.held_pod()
     res["dead-held-06"] = n.add("bnet", "dead-held-06", netns=path)
     # pods whose netns path is deleted and made again for a new pod: one
-    # with hostPorts (its rule record keeps the netns inode), one without
-    # (only the cache says where it was)
+    # without hostPorts (only the cache says where it was: judged by the new
+    # pod's veth peer), one with (its rule record keeps the netns inode)
     reused = {"dead-reused-07": n.pod("dead-reused-07"), "dead-reused-12": n.pod("dead-reused-12")}
     res["dead-reused-07"] = n.add("cbr0", "dead-reused-07", env={"CAP_ARGS": ""})
     res["dead-reused-12"] = n.add("cbr0", "dead-reused-12")
