@@ -358,7 +358,8 @@ build_image() {
 # dist/pycni_<version>_amd64.deb (dpkg-deb): the bundle in
 # /usr/lib/pycni/<version>/, each plugin a symlink in /usr/libexec/cni (a
 # directory no Debian package owns; Debian's own plugins are in /usr/lib/cni),
-# pycni on PATH, the agent's unit installed but not enabled.  dpkg replaces
+# pycni on PATH, the agent's unit and the gc service and timer installed but
+# not enabled.  dpkg replaces
 # each symlink by rename, and a new version's tree is a new directory, so an
 # exec during an upgrade runs one whole tree.  Pre-Depends on the glibc the
 # bundle needs: dpkg refuses before unpacking anything on an older node.
@@ -381,10 +382,11 @@ write_deb_meta() {   # write_deb_meta ROOT VERSION FLOOR SIZE
     " flannel, portmap, loopback, firewall, tuning), for containerd, CRI-O," \
     " kubelet and podman, plus pycni, an operator's tool (cnitool-compatible" \
     " runner, whois, doctor).  The plugins are in /usr/libexec/cni: point the" \
-    " runtime's plugin dir there.  The optional agent's unit, pycni-agent, is" \
+    " runtime's plugin dir there.  The optional agent's unit, pycni-agent, and" \
+    " the leak collector's timer, pycni-gc.timer (pycni gc --auto), are" \
     " installed but not enabled." > "$root/DEBIAN/control"
   printf '%s\n' '#!/bin/sh' 'set -e' \
-    '# the agent unit is installed, never enabled or started here' \
+    '# the agent and gc units are installed, never enabled or started here' \
     'if [ "$1" = configure ] && [ -d /run/systemd/system ]; then' \
     '  systemctl daemon-reload >/dev/null 2>&1 || true' 'fi' 'exit 0' > "$root/DEBIAN/postinst"
   printf '%s\n' '#!/bin/sh' 'set -e' 'if [ "$1" = purge ]; then' \
@@ -417,7 +419,9 @@ build_deb() {
     ln -s "../../lib/pycni/$version/$name" "$root/usr/libexec/cni/$name"
   done
   ln -s "../lib/pycni/$version/pycni" "$root/usr/bin/pycni"
-  install -m 644 conf/pycni-agent.service "$root/lib/systemd/system/pycni-agent.service"
+  for name in pycni-agent.service pycni-gc.service pycni-gc.timer; do
+    install -m 644 "conf/$name" "$root/lib/systemd/system/$name"
+  done
   write_deb_meta "$root" "$version" "$floor" "$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
   (cd "$root" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | sort \
       | xargs md5sum) > "$root/DEBIAN/md5sums"
@@ -432,7 +436,7 @@ build_deb() {
 # dist/pycni-<version>-1.x86_64.rpm (rpmbuild from Debian's rpm package),
 # the same layout as the .deb: the bundle in /usr/lib/pycni/<version>/, a
 # symlink per plugin in /usr/libexec/cni (RHEL's plugin dir), /usr/bin/pycni,
-# the agent's unit not enabled.  Requires the glibc the bundle needs; no
+# the agent's and gc's units not enabled.  Requires the glibc the bundle needs; no
 # automatic requires (the bundle carries its own libraries).  The directory
 # /usr/libexec/cni is not claimed: containernetworking-plugins owns it there.
 build_rpm() {
@@ -445,14 +449,17 @@ build_rpm() {
   rm -rf "$work"
   mkdir -p "$stage$lib" "$stage/usr/libexec/cni" "$stage/usr/bin" "$stage/usr/lib/systemd/system"
   cp -a "$DIST/bin/." "$stage$lib/"
-  local files=("%dir /usr/lib/pycni" "$lib" /usr/bin/pycni /usr/lib/systemd/system/pycni-agent.service)
+  local files=("%dir /usr/lib/pycni" "$lib" /usr/bin/pycni /usr/lib/systemd/system/pycni-agent.service
+               /usr/lib/systemd/system/pycni-gc.service /usr/lib/systemd/system/pycni-gc.timer)
   for name in "${PLUGINS[@]}" pycni; do
     [ -e "$DIST/bin/$name" ] || continue
     ln -s "../../lib/pycni/$version/$name" "$stage/usr/libexec/cni/$name"
     files+=("/usr/libexec/cni/$name")
   done
   ln -s "../lib/pycni/$version/pycni" "$stage/usr/bin/pycni"
-  install -m 644 conf/pycni-agent.service "$stage/usr/lib/systemd/system/pycni-agent.service"
+  for name in pycni-agent.service pycni-gc.service pycni-gc.timer; do
+    install -m 644 "conf/$name" "$stage/usr/lib/systemd/system/$name"
+  done
   {
     printf '%s\n' "Name: pycni" "Version: $version" "Release: 1" \
       "Summary: CNI plugins in Python: bridge, host-local, flannel, portmap and more" \
@@ -462,7 +469,8 @@ build_rpm() {
       "%description" \
       "Drop-in replacements for the reference CNI plugins (bridge, host-local, flannel," \
       "portmap, loopback, firewall, tuning) in /usr/libexec/cni, and pycni, an" \
-      "operator's tool.  The optional agent's unit, pycni-agent, is not enabled." \
+      "operator's tool.  The optional agent's unit, pycni-agent, and the leak" \
+      "collector's timer, pycni-gc.timer, are not enabled." \
       "%install" "cp -a $stage/. %{buildroot}/" "%files"
     printf '%s\n' "${files[@]}"
   } > "$work/pycni.spec"

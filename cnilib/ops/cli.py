@@ -2,7 +2,8 @@
 
 ``pycni add|del|check|gc|status <network> [<netns>]`` drives a network
 config list as cnitool does (same environment, same container ID, same
-result cache as libcni), through cnilib.ops.runner.  Other subcommands live in
+result cache as libcni), through cnilib.ops.runner; ``pycni gc --auto``
+(no network: every one) is cnilib.ops.autogc.  Other subcommands live in
 their own modules, listed in SUBCOMMANDS; each exposes ``main(argv) -> int``
 (or the function named after a ':') taking argv after the subcommand name,
 and is imported only when asked for.
@@ -20,7 +21,8 @@ RUNNER_VERBS = {
     "add": "attach a container netns to a network (prints the result)",
     "del": "detach it (the cached result is the plugins' prevResult)",
     "check": "verify an attachment (cniVersion >= 0.4.0)",
-    "gc": "free what no valid attachment holds (--valid FILE, --dry-run)",
+    "gc": "free what no valid attachment holds (--valid FILE, --dry-run); --auto: every network, "
+          "the attachments whose netns is gone",
     "status": "ask every plugin of a network whether it can ADD (cniVersion >= 1.1.0)",
 }
 
@@ -126,6 +128,9 @@ def _parser(verb):
         p.add_argument("--all", action="store_true",
                        help="allow an empty valid set (frees every attachment of the network)")
         p.add_argument("--dry-run", action="store_true", help="show what would be freed, change nothing")
+        p.add_argument("--auto", action="store_true",
+                       help="no network: every network of the conf dir, freeing the attachments whose "
+                            "netns is gone (pycni gc --auto -h)")
     return p
 
 
@@ -173,6 +178,9 @@ def attachment(verb, opts, env):
 
 
 def run_verb(verb, argv):
+    if verb == "gc" and "--auto" in argv:
+        from cnilib.ops import autogc
+        return autogc.main(argv)
     opts = _parser(verb).parse_args(argv)
     env = os.environ
     from cnilib.ops import runner

@@ -23,7 +23,9 @@ its address, the iptables rules, subnet.env, then the per-peer state:
 With ipMasq, FLANNEL-POSTRTG in nat/POSTROUTING; FLANNEL-FWD in
 filter/FORWARD unless --no-forward-rules (flanneld's default keeps it).  A
 re-run converges: devices are reused when compatible, peers no longer listed
-are removed, chains are rewritten.  ``down`` removes all of it.
+are removed, chains are rewritten.  ``down`` removes all of it;
+``forward-rules`` makes only FLANNEL-FWD what flanneld keeps for --network
+(the fix ``pycni doctor --fix`` applies for a FORWARD policy of DROP).
 """
 
 import os
@@ -243,6 +245,23 @@ def chain_batch(saved, parent, chain, comment, rules):
     lines += ["-D" + j[2:] for j in jumps]
     lines.append(want_jump)
     lines += ["-A %s %s" % (chain, r) for r in rules]
+    return lines
+
+
+def ensure_forward_rules(network, out=None):
+    """FLANNEL-FWD as flanneld keeps it for ``network`` (an ip_network), and
+    only that: the chain holds the two ACCEPT rules, FORWARD jumps to it
+    once.  Re-running changes nothing (``pycni fabric forward-rules``, the
+    fix doctor's forward-policy check marks safe)."""
+    from cnilib.firewall import iptables
+    fam = network.version
+    with iptables.lock():
+        lines = chain_batch(iptables.save(fam, "filter"), "FORWARD", FWD, FWD_COMMENT,
+                            forward_rules(str(network)))
+        iptables.restore(fam, "filter", lines, what="flannel forward rules")
+    if out is not None:
+        out("ip%stables: %s %s" % ("" if fam == 4 else "6", FWD,
+                                   "accepts %s" % network if lines else "already accepts %s" % network))
     return lines
 
 
@@ -498,7 +517,9 @@ def _parser():
         description="Set up (or tear down) on this node what flanneld would: the flannel.1 VXLAN "
                     "device or host-gw routes, the iptables rules and subnet.env, from a static "
                     "list of nodes.  Runs in the current network namespace unless --netns is given.")
-    p.add_argument("action", nargs="?", choices=("up", "down"), default="up")
+    p.add_argument("action", nargs="?", choices=("up", "down", "forward-rules"), default="up",
+                   help="up (default), down, or forward-rules: only FLANNEL-FWD for --network "
+                        "and --network-v6, as flanneld keeps it")
     p.add_argument("--nodes", help="JSON file: [{name, publicIP, subnet, subnetV6?, publicIPv6?}, ...]")
     p.add_argument("--node", help="which entry of --nodes this node is")
     p.add_argument("--network", help="the cluster network (FLANNEL_NETWORK), default %s" % DEFAULT_NETWORK)
@@ -531,6 +552,16 @@ def _enter_netns(spec):
         raise FabricError(exc.msg) from None
     netns.setns(fd)  # for good: the iptables children must inherit it
     os.close(fd)
+
+
+def _flag_networks(args):
+    """The networks --network and --network-v6 name."""
+    nets = []
+    if args.network:
+        nets.append(_net(args.network, 4, "--network"))
+    if args.network_v6:
+        nets.append(_net(args.network_v6, 6, "--network-v6"))
+    return nets
 
 
 def _down_networks(args):
@@ -569,6 +600,15 @@ def load_plan(args):
 
 
 def run(args, out):
+    if args.action == "forward-rules":
+        nets = _flag_networks(args)
+        if not nets:
+            raise FabricError("forward-rules needs --network (and/or --network-v6)")
+        if args.netns:
+            _enter_netns(args.netns)
+        for n in nets:
+            ensure_forward_rules(n, out)
+        return
     plan = load_plan(args) if args.action == "up" else None
     if args.netns:
         _enter_netns(args.netns)

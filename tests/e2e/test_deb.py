@@ -122,10 +122,25 @@ def test_package_in_a_debian_root(droot, debs, go_driver, netns_factory, tmp_pat
     r = sh("pycni --version && CNI_COMMAND=VERSION /usr/libexec/cni/host-local")
     assert r.returncode == 0 and "pycni %s" % version in r.stdout, r.stderr
     assert json.loads(r.stdout.splitlines()[1])["supportedVersions"]
-    # the agent's unit is there and not enabled
-    assert os.path.isfile(os.path.join(root, "lib", "systemd", "system", "pycni-agent.service"))
-    wants = os.path.join(root, "etc", "systemd", "system", "multi-user.target.wants")
-    assert not os.path.lexists(os.path.join(wants, "pycni-agent.service"))
+    # the agent's unit and gc's service and timer are there and not enabled
+    for name in ("pycni-agent.service", "pycni-gc.service", "pycni-gc.timer"):
+        with open(os.path.join(root, "lib", "systemd", "system", name)) as f, \
+                open(os.path.join(cnitest.ROOT, "conf", name)) as g:
+            assert f.read() == g.read(), name
+    for wants in ("multi-user.target.wants", "timers.target.wants"):
+        d = os.path.join(root, "etc", "systemd", "system", wants)
+        assert not [n for n in (os.listdir(d) if os.path.isdir(d) else ()) if n.startswith("pycni")]
+    # the timer's command runs from the package; this root has no network config, so it refuses,
+    # with the reason: no conf dir at all, then an empty one (the cached roots may hold either)
+    confd = os.path.join(root, "etc", "cni", "net.d")
+    if os.path.isdir(confd):
+        os.rmdir(confd)         # empty in a fresh root: nothing installed a network yet
+    r = sh("/usr/libexec/cni/pycni gc --auto --dry-run")
+    assert r.returncode == 2 and "REFUSED: no network config dir /etc/cni/net.d" in r.stderr, r.stderr
+    os.makedirs(confd)
+    r = sh("/usr/libexec/cni/pycni gc --auto --dry-run")
+    assert r.returncode == 2 and "REFUSED: no network config loads in /etc/cni/net.d: no *.conflist" \
+        in r.stderr, r.stderr
 
     # a plugin from the package at work: bridge + host-local ADD/DEL through libcni
     host, ctr = netns_factory(), netns_factory()
@@ -173,6 +188,7 @@ def test_rpm_lists_the_same_layout():
     assert {"/usr/libexec/cni/" + n for n in plugins} <= set(files)
     assert "/usr/libexec/cni" not in files          # containernetworking-plugins owns the dir on RHEL
     assert {"/usr/bin/pycni", "/usr/lib/systemd/system/pycni-agent.service",
+            "/usr/lib/systemd/system/pycni-gc.service", "/usr/lib/systemd/system/pycni-gc.timer",
             "/usr/lib/pycni/%s/.pycni" % version} <= set(files)
     dump = subprocess.run(["rpm", "-qp", "--dump", rpm], capture_output=True, text=True, check=True).stdout
     links = {ln.split()[0]: ln.split()[-1] for ln in dump.splitlines() if ln.startswith("/usr/libexec/cni/")}

@@ -62,6 +62,14 @@ Exit status: 0 no check failed (WARN and SKIP included), 1 a check failed,
 2 doctor could not run (bad options, or a check could not read what it needs
 and nothing failed).
 
+``--fix`` is the one way doctor changes the node: it applies the fix lines
+the checks mark safe (``safeFix`` below), each shown and asked for unless
+``--yes``, then runs the checks again (cnilib.ops.doctor.fix).  Marked safe
+today: a stale address on a CNI bridge no pod uses, IP forwarding, the DEL
+of an attachment ``pycni gc --auto`` would judge dead (its lease, rule
+elements and records go through its plugins), flanneld's FLANNEL-FWD
+accept rules where only the FORWARD policy drops pod traffic.
+
 ``--json`` prints one object, described by report.JSON_SCHEMA (the README
 shows it too, and tests/unit/test_doctor_lib.py keeps the two equal).
 ``summary`` counts the statuses; ``evidence`` lines are what was observed;
@@ -88,6 +96,7 @@ The package:
                   vtep-mac, public-ip, node-spec
   state_checks    ipam-leaks, orphan-veths, leftover-rules, stale-records, state-files
   trace           the packet tracer the fabric checks walk the rules with
+  fix             --fix: the safe lines shown, asked for, re-checked, applied
 
 A check module imports context, report and trace, never another check
 module (tests/unit/test_layers.py): what two groups share goes to context

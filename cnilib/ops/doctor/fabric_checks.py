@@ -3,13 +3,16 @@ forward hook and VXLAN through INPUT/OUTPUT (walked by ``trace``), flannel.1's
 local address, the nodes' public IPs."""
 
 import ipaddress
+import re
 
 from cnilib.ops.doctor import trace
 from cnilib.ops.doctor.context import process_running
-from cnilib.ops.doctor.report import plain, worst
+from cnilib.ops.doctor.report import cmd_text, plain, pycni_command, worst
 
 OUTSIDE_PROBE = "203.0.113.1"     # TEST-NET-3: only asked of the routing table, never sent to
 ANNOTATION = "flannel.alpha.coreos.com/"
+FWD_CHAIN = "FLANNEL-FWD"
+FWD_FIX = re.compile(r"^\S+ fabric forward-rules --network(-v6)? \S+   # ")
 
 
 def remote_address(network, local):
@@ -125,9 +128,17 @@ def _src(d):
 def _fix_for(decision, pkt, net, tool):
     """Commands letting ``pkt`` (of pod network ``net``) through where ``decision`` stopped it."""
     if decision.by.startswith("policy ") and "nft" not in decision.by:
-        return ["%s -A FORWARD -s %s -j ACCEPT && %s -A FORWARD -d %s -j ACCEPT   # what flanneld's "
-                "FLANNEL-FWD holds (flanneld --iptables-forward-rules, on by default)"
-                % (tool, net, tool, net),
+        # only the policy stopped it: flanneld's FLANNEL-FWD, appended to FORWARD, lets it through
+        own = [] if tool not in ("iptables", "ip6tables") else [
+            "%s fabric forward-rules %s %s   # %s as flanneld keeps it (--iptables-forward-rules, on by "
+            "default): FORWARD jumps to it, it accepts from and to %s" % (
+                cmd_text([pycni_command()]), "--network" if pkt.family == 4 else "--network-v6", net,
+                FWD_CHAIN, net)]
+        # by hand (the only line when another backend than the node's iptables drops it)
+        return own + [
+                ("or by hand: " if own else "") + "%s -A FORWARD -s %s -j ACCEPT && %s -A FORWARD -d %s "
+                "-j ACCEPT   # what flanneld's FLANNEL-FWD holds (flanneld --iptables-forward-rules, on "
+                "by default)" % (tool, net, tool, net),
                 "or: %s -P FORWARD ACCEPT   # the seed's cure; Docker sets DROP at every start" % tool]
     if decision.by.startswith("-A "):
         return ["%s -I FORWARD 1 -s %s -j ACCEPT && %s -I FORWARD 1 -d %s -j ACCEPT   # before: %s"
@@ -176,6 +187,9 @@ def check_forward_policy(ctx, c):
                 c.add_fix(f)
         else:
             statuses.append("PASS" if d.certain else "WARN")
+    for f in list(c.fix):
+        if FWD_FIX.search(f):       # one command, converging, touching only FLANNEL-FWD: safe
+            c.add_fix(f, safe=True)
     st = worst(statuses) if statuses else "PASS"
     c.set(st, {"PASS": "pod traffic passes the forward hook",
                "WARN": "pod traffic may be dropped on the forward hook (rules this walk cannot evaluate)",

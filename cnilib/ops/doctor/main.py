@@ -81,13 +81,18 @@ def _parser():
         prog="pycni doctor",
         description="Check this node's CNI setup (the current network namespace): each check "
                     "PASS / WARN / FAIL / SKIP with its evidence and the command that fixes it. "
-                    "Reads only.",
+                    "Reads only, unless --fix.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="checks: %s\n\nExit status: 0 healthy, 1 a check failed, 2 could not run."
                % ", ".join(CHECK_IDS))
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema pycni-doctor/1)")
     p.add_argument("--bundle", metavar="DIR", help="also write a bug-report bundle into DIR")
     p.add_argument("--only", metavar="ID[,ID]", help="run only these checks")
+    p.add_argument("--fix", action="store_true",
+                   help="apply the fix lines the checks mark safe (one command, local, idempotent, "
+                        "touching only what the check named), each shown and asked for first; then "
+                        "check again")
+    p.add_argument("--yes", action="store_true", help="with --fix: apply without asking")
     p.add_argument("--nodes", metavar="FILE", help="the fabric's node list (pycni fabric --nodes)")
     p.add_argument("--annotations", metavar="FILE",
                    help="node annotations as JSON (kubectl get nodes -o json, "
@@ -121,6 +126,8 @@ def main(argv):
             sys.stderr.write("pycni doctor: unknown check %s; known: %s\n" % (", ".join(unknown),
                                                                             ", ".join(CHECK_IDS)))
             return 2
+    if args.fix or args.yes:
+        return _fix(args, only)
     try:
         loc = nodestate.locations_from_args(args)
         ctx = Context(args, loc)
@@ -149,3 +156,27 @@ def main(argv):
         (sys.stderr if args.json else sys.stdout).write("bundle: %d files in %s\n" % (len(written), where))
     return rep["exit"]
 
+
+
+def _fix(args, only):
+    """--fix: cnilib.ops.doctor.fix, with a fresh look at the node for each round."""
+    if not args.fix or args.json or args.bundle:
+        sys.stderr.write("pycni doctor: %s\n" % ("--yes goes with --fix" if not args.fix else
+                                                 "--fix shows and asks; it takes no --json or --bundle"))
+        return 2
+
+    def check_node():
+        loc = nodestate.locations_from_args(args)
+        ctx = Context(args, loc)
+        try:
+            checks = run_checks(ctx, only)
+            return checks, report(checks, loc, ctx.problems)
+        finally:
+            ctx.close()
+    from cnilib.ops.doctor import fix
+    try:
+        return fix.main(args, check_node)
+    except OSError as exc:
+        sys.stderr.write("pycni doctor: cannot read this node: %s (run it as root, in the node's "
+                         "network namespace)\n" % exc)
+        return 2

@@ -39,8 +39,9 @@ def check_bridge_address(ctx, c):
                     c.fix.append("%d pod(s) still use %s: drain the node (kubectl drain <node> "
                                  "--ignore-daemonsets), then ip link delete %s" % (len(ports), br, br))
                 else:
-                    c.fix.append("ip addr del %s dev %s   # no pod uses it; the next ADD adds the gateway"
-                                 % (a.cidr, br))
+                    # no port on the bridge, the address outside every subnet it serves: safe
+                    c.add_fix("ip addr del %s dev %s   # no pod uses it; the next ADD adds the gateway"
+                              % (a.cidr, br), safe=True)
             continue
         if gw:
             want = [str(n.network_address + 1) for n in nets_]
@@ -74,10 +75,11 @@ def check_ip_forward(ctx, c):
     if want6 and v6 != "1":
         bad.append("net.ipv6.conf.all.forwarding=1")
     if bad:
+        for b in bad:
+            c.add_fix("sysctl -w %s" % b, safe=True)
         return c.set("FAIL", "forwarding is off: pods cannot reach beyond this node", (),
-                     ["sysctl -w %s" % b for b in bad]
-                     + ["echo '%s' > /etc/sysctl.d/90-pycni.conf   # survives a reboot"
-                        % "\\n".join(b.replace("=", " = ") for b in bad)])
+                     ["printf '%%s\\n' %s > /etc/sysctl.d/90-pycni.conf   # survives a reboot"
+                      % " ".join("'%s'" % b.replace("=", " = ") for b in bad)])
     c.set("PASS", "forwarding is on")
 
 

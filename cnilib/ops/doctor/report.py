@@ -105,6 +105,20 @@ def cmd_text(argv):
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+def pycni_command():
+    """How a fix line calls pycni: 'pycni' when the running one is on PATH
+    (or when doctor does not run as pycni), else its full path.  ``--fix``
+    runs a line's 'pycni' as the running pycni either way."""
+    import os
+    import sys
+    exe = sys.argv[0] if sys.argv else ""
+    if os.path.basename(exe) != "pycni":
+        return "pycni"
+    d = os.path.dirname(os.path.abspath(exe))
+    on_path = [os.path.abspath(p) for p in os.environ.get("PATH", "").split(":") if p]
+    return "pycni" if d in on_path else os.path.abspath(exe)
+
+
 def worst(statuses):
     for s in ("FAIL", "WARN", "PASS"):
         if s in statuses:

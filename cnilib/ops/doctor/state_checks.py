@@ -1,42 +1,74 @@
 """doctor's pod and state checks: what the layers hold for attachments that
 are gone (leases, veths, rules, records) and state files that are damaged,
-each with the command that cleans it up."""
+each with the command that cleans it up.
+
+The cleanup of an attachment is marked safe for ``--fix`` only when
+``pycni gc --auto`` would free it too (its judgement, cnilib.ops.autogc: a
+record says its netns is gone, nothing holds it live) and then it is the
+DEL through its network's plugins; a lease or record removed by hand,
+without its plugin's lock, is never applied by ``--fix``."""
 
 import ipaddress
-import os
-import sys
 
 from cnilib.base import paths
 from cnilib.ops.doctor.context import config_subnets
-from cnilib.ops.doctor.report import cmd_text, worst
-
-
-def _pycni():
-    """How to call pycni in a fix line: 'pycni' when the running one is on
-    PATH, else its full path."""
-    exe = sys.argv[0] if sys.argv else ""
-    if os.path.basename(exe) != "pycni":
-        return "pycni"
-    d = os.path.dirname(os.path.abspath(exe))
-    on_path = [os.path.abspath(p) for p in os.environ.get("PATH", "").split(":") if p]
-    return "pycni" if d in on_path else os.path.abspath(exe)
+from cnilib.ops.doctor.report import cmd_text, pycni_command, worst
 
 
 def _del_cmd(ctx, r):
     env = []
     if ctx.loc.conf_dir != paths.CONF_DIR:
-        env.append("NETCONFPATH=%s" % ctx.loc.conf_dir)
-    env.append("CNI_PATH=%s" % ":".join(ctx.loc.bin_dirs))
+        env.append("NETCONFPATH=%s" % cmd_text([ctx.loc.conf_dir]))
+    env.append("CNI_PATH=%s" % cmd_text([":".join(ctx.loc.bin_dirs)]))
     if ctx.loc.cache_dir != paths.CACHE_DIR:
-        env.append("PYCNI_CACHE_DIR=%s" % ctx.loc.cache_dir)
-    return "%s %s del %s --container-id %s --ifname %s   # DEL with the cached config releases " \
-           "every layer" % (" ".join(env), _pycni(), cmd_text([r.network]), cmd_text([r.cid]),
-                            cmd_text([r.ifname]))
+        env.append("PYCNI_CACHE_DIR=%s" % cmd_text([ctx.loc.cache_dir]))
+    return "%s %s del %s --container-id %s --ifname %s   # DEL through the network's plugins " \
+           "releases every layer" % (" ".join(env), cmd_text([pycni_command()]), cmd_text([r.network]),
+                                     cmd_text([r.cid]), cmd_text([r.ifname]))
 
 
 def _can_del(ctx, r):
-    return (r.cache is not None and r.network and r.cid and r.ifname
-            and any(n.name == r.network for n in ctx.loc.networks()))
+    return r.cache is not None and _configured(ctx, r)
+
+
+def _configured(ctx, r):
+    return bool(r.network and r.cid and r.ifname and any(n.name == r.network for n in ctx.loc.networks()))
+
+
+def _verdicts(ctx):
+    """{attachment key: Verdict} by ``pycni gc --auto``'s judgement
+    (cnilib.ops.autogc.judge: the netns a record names is gone, and nothing
+    holds the attachment live), read once per run."""
+    v = getattr(ctx, "gc_verdicts", None)
+    if v is None:
+        from cnilib.ops import autogc
+        recs = autogc.read_records([])
+        by_netns = autogc.peers_by_netns(ctx.node.rows)
+        nsdev = autogc.nsfs_dev()
+        v = {r.key: autogc.judge(r, recs.get(r.key, []), by_netns, nsdev)
+             for r in ctx.node.rows if all(r.key)}
+        ctx.gc_verdicts = v
+    return v
+
+
+def _cleanup(ctx, c, r, by_hand):
+    """The fix for what gone attachment ``r`` left: its DEL through the
+    network's plugins when gc --auto would judge it dead (safe: every layer
+    released under its plugin's lock, CNI_NETNS empty), else the DEL with
+    its cached config or ``by_hand`` (print-only: nothing says its netns is
+    gone, or no config can DEL it).  ``by_hand`` is [(line, safe)]."""
+    v = _verdicts(ctx).get(r.key)
+    dead = v is not None and v.state == "dead"
+    name = "%s/%s/%s" % (r.network or "?", r.cid or "?", r.ifname or "?")
+    if dead and _configured(ctx, r):
+        c.evidence.append("  %s is gone: %s" % (name, v.why))
+        return c.add_fix(_del_cmd(ctx, r), safe=True)
+    if v is not None and not dead:
+        c.evidence.append("  %s: not for --fix: %s" % (name, v.why))
+    if _can_del(ctx, r):
+        return c.add_fix(_del_cmd(ctx, r))
+    for line, safe in by_hand:
+        c.add_fix(line, safe=safe and dead)
 
 
 def _capacity(ctx, network):
@@ -78,18 +110,14 @@ def check_ipam_leaks(ctx, c):
         for lease in r.leases:
             c.evidence.append("%s %s held by %s/%s: no veth, no netns"
                               % (r.network, lease.ip, r.cid, r.ifname))
-        if _can_del(ctx, r):
-            f = _del_cmd(ctx, r)
-        else:
-            f = "rm %s" % " ".join(cmd_text([lease.path]) for lease in r.leases)
-        if f not in c.fix:
-            c.fix.append(f)
+        # by hand: the lease file alone, without host-local's lock: never applied by --fix
+        _cleanup(ctx, c, r, [("rm %s" % " ".join(cmd_text([lease.path]) for lease in r.leases), False)])
     for net, n in counts.items():
         cap = _capacity(ctx, net)
         if cap and n >= cap:
             full.append(net)
-    c.fix.append("or for a whole network: pycni gc <network> --dry-run, then without --dry-run "
-                 "(cniVersion 1.1.0; the result cache is the valid set)")
+    c.add_fix("or for every network: pycni gc --auto --dry-run, then without --dry-run (what the "
+              "pycni-gc.timer runs: attachments whose netns is gone)")
     n = sum(len(r.leases) for r in rows)
     if full:
         return c.set("FAIL", "%d leaked lease(s); %s full: new pods get 'no IP addresses available'"
@@ -134,11 +162,8 @@ def check_leftover_rules(ctx, c):
                 if other is not None:
                     conflict.append("hostPort %s/%d goes to the dead %s and the live %s (%s)" % (
                         p[0], p[2], p[3], other[1][3], other[0].pod or other[0].cid))
-        if _can_del(ctx, r):
-            c.fix.append(_del_cmd(ctx, r))
-        else:
-            for g in r.rules:
-                c.fix += [cmd_text(argv) for argv in g.delete]
+        # by hand: each element, chain or rule, named by the attachment's key
+        _cleanup(ctx, c, r, [(cmd_text(argv), True) for g in r.rules for argv in g.delete])
     if conflict:
         c.evidence += conflict
         return c.set("FAIL", "leftover rules: " + "; ".join(conflict))
@@ -159,11 +184,8 @@ def check_stale_records(ctx, c):
                      "tuning": "tuning originals"}[o], r.network or "?", r.cid or "?", r.ifname or "?",
                     obj.path)
                     + (" (netns %s gone)" % r.cache.netns if o == "cache" and r.cache.netns else ""))
-        if _can_del(ctx, r):
-            c.fix.append(_del_cmd(ctx, r))
-        else:
-            c.fix += ["rm %s" % cmd_text([obj.path]) for o, obj in (("cache", r.cache), ("saved", r.saved),
-                                                                  ("tuning", r.tuning)) if o in layers]
+        _cleanup(ctx, c, r, [("rm %s" % cmd_text([obj.path]), False) for o, obj in
+                             (("cache", r.cache), ("saved", r.saved), ("tuning", r.tuning)) if o in layers])
     if not found:
         return c.set("PASS", "no record of a gone attachment (cache %s, flannel %s)"
                      % (ctx.loc.cache_dir, ", ".join(ctx.loc.flannel_dirs)))
@@ -179,7 +201,7 @@ def check_state_files(ctx, c):
             c.evidence.append("flannel saved config %s is %s%s"
                               % (s.path, s.state, ": " + s.why if s.why else ""))
             c.fix.append("NETCONFPATH=%s CNI_PATH=%s " % (ctx.loc.conf_dir, ":".join(ctx.loc.bin_dirs))
-                         + _pycni() + " del %s --container-id %s   # pycni's "
+                         + pycni_command() + " del %s --container-id %s   # pycni's "
                          "flannel rebuilds the config from subnet.env and releases the lease; the Go "
                          "plugin fails this DEL: then rm %s" % (s.network or "<network>", cmd_text([s.cid]),
                                                               cmd_text([s.path])))
