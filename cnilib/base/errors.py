@@ -6,13 +6,8 @@ name the object, what was found and what was expected; ``details`` carries
 the longer story (the fix, the value seen).
 """
 
-
-def one_line(text):
-    """``text`` with control characters escaped (a newline or NUL from a
-    quoted input value): runtimes log the message as one line."""
-    if not isinstance(text, str) or text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+# an error message is one line: runtimes log it as one
+from cnilib.base.text import printable as one_line  # noqa: F401
 
 
 class CniError(Exception):

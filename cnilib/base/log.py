@@ -4,7 +4,10 @@ libcni shows a plugin's stderr only when its stdout is empty, so this file
 is what an operator reads at 3 a.m.  Every exec appends exactly one summary
 line (time, plugin, verb, network, container, ifname, outcome, ms); an error
 adds its traceback, indented, below it.  Debug lines are written only when
-the level asks for them.  Logging never raises: a plugin that cannot log
+the level asks for them.  Every line goes through cnilib.base.text.printable:
+a control character from input (an ESC in a refused container ID, a newline
+in a quoted value) is escaped, so it can neither forge a line nor reach the
+terminal of whoever tails the file.  Logging never raises: a plugin that cannot log
 still does its job.
 
 Where it goes, first match wins: $PYCNI_LOG, the config's ``logFile``,
@@ -16,6 +19,7 @@ import os
 import time
 
 from cnilib.base import paths
+from cnilib.base.text import printable
 
 MAX_BYTES = 10 * 1024 * 1024
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -49,7 +53,7 @@ class Log:
             # the lines of parallel execs can be laid side by side
             t = time.time()
             tag = "%s.%03d %s" % (time.strftime("%H:%M:%S", time.gmtime(t)), int(t * 1000) % 1000, tag)
-        self.lines.append("  " + tag + text)
+        self.lines.append("  " + tag + printable(text))
 
     def debug(self, msg, *a):
         if self.level <= 10:
@@ -67,11 +71,11 @@ class Log:
         """Write the summary line plus any buffered detail lines."""
         if self.path == "off":
             return
-        text = summary + "\n"
+        text = printable(summary) + "\n"
         for line in self.lines:
             text += line + "\n"
         if trace:
-            text += "".join("  | " + ln + "\n" for ln in trace.rstrip("\n").split("\n"))
+            text += "".join("  | " + printable(ln) + "\n" for ln in trace.rstrip("\n").split("\n"))
         self.lines = []
         data = text.encode("utf-8", "replace")
         if self.path == "-":

@@ -23,6 +23,7 @@ import time
 
 from cnilib.base import errors, jsonio
 from cnilib.base.log import Log, stamp
+from cnilib.base.text import printable
 from cnilib.cni import version
 
 MAX_STDIN = 1 << 20
@@ -307,9 +308,11 @@ def execute(plugin, env, stdin_fd=0, stdin_data=None):
 
 
 def _field(v):
+    """A summary-line field: one token, escaped (flush escapes the line too;
+    cutting first keeps a long refused value from flooding the log)."""
     if not v or not isinstance(v, str):
         return "-"
-    return v[:64].replace(" ", "_").replace("\n", "_")
+    return printable(v[:64]).replace(" ", "_")
 
 
 def _q(s):

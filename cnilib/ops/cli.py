@@ -16,6 +16,7 @@ import os
 import sys
 
 from cnilib.base import errors, paths
+from cnilib.base.text import printable
 
 RUNNER_VERBS = {
     "add": "attach a container netns to a network (prints the result)",
@@ -217,14 +218,16 @@ def run_verb(verb, argv):
 
 
 def _note(text):
-    sys.stderr.write("pycni: %s\n" % text)
+    sys.stderr.write("pycni: %s\n" % printable(text))
 
 
 def _error(what, exc):
-    lines = ["pycni %s: %s" % (what, exc.msg)]
+    # a plugin's message may quote input (or come from a plugin that is not
+    # ours): escaped, so it can only be read, not obeyed, by the terminal
+    lines = ["pycni %s: %s" % (printable(what), printable(exc.msg))]
     lines.append("  code %d (%s)" % (exc.code, CODE_NAMES.get(exc.code, "plugin-specific")))
     if exc.details:
-        lines.append("  details: %s" % exc.details)
+        lines.append("  details: %s" % printable(exc.details))
     sys.stderr.write("\n".join(lines) + "\n")
 
 

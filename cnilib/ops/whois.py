@@ -51,6 +51,7 @@ import os
 import sys
 
 from cnilib.base import paths
+from cnilib.base.text import printable
 from cnilib.firewall import naming
 from cnilib.ops import nodestate, resultcache
 
@@ -475,9 +476,12 @@ def render_table(rows):
     head = ("NETWORK", "CONTAINER", "IF", "POD", "NETNS", "HOST VETH", "IP", "HOSTPORTS", "STATE")
     lines = [head]
     for r in rows:
-        lines.append((r.network or "?", _short(r.cid), r.ifname or "?", r.pod or "-", _netns_text(r),
-                      r.veth.name if r.veth else "-", ",".join(r.ips()) or "-", _ports_text(r),
-                      _state_text(r)))
+        # names a pod controls (its interface name, its process names) are
+        # escaped: an ESC from there would drive the operator's terminal
+        lines.append(tuple(printable(str(c)) for c in (
+            r.network or "?", _short(r.cid), r.ifname or "?", r.pod or "-", _netns_text(r),
+            r.veth.name if r.veth else "-", ",".join(r.ips()) or "-", _ports_text(r),
+            _state_text(r))))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
                      for line in lines) + "\n"
@@ -487,7 +491,7 @@ def render_block(r):
     out = []
 
     def kv(k, v):
-        out.append("  %-12s %s" % (k, v))
+        out.append("  %-12s %s" % (k, printable(v)))      # one line, escaped, whatever the pod named
     kv("network", r.network or "? (no layer names it)")
     kv("container", r.cid or "?")
     if r.pod:
@@ -575,5 +579,5 @@ def main(argv):
         sys.stdout.write("%d attachment(s), %d with an orphan%s\n" % (
             len(node.rows), orphans, " (pycni doctor prints the fixes)" if orphans else ""))
     for p in node.problems:
-        sys.stderr.write("pycni whois: %s\n" % p)
+        sys.stderr.write("pycni whois: %s\n" % printable(p))
     return 1 if args.query and not rows else 0

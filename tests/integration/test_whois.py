@@ -149,3 +149,35 @@ def test_gc_dry_run_shows_what_the_plugins_would_free(cluster):
     assert not os.path.exists(os.path.join(n1.ipam_dir, NET_NAME, ip))
     _rc, out = n1.whois(kept.path)
     assert out["attachments"][0]["orphan"] == [] and out["attachments"][0]["leases"]
+
+
+def test_whois_escapes_names_a_pod_controls(cluster):
+    """A pod names its own interface and its processes: ESC and BEL there
+    retitled (or cleared) the operator's terminal when `pycni whois` printed
+    them.  Human output escapes them; --json keeps them exact."""
+    import subprocess
+    import sys
+    n1, _n2 = cluster.up()
+    pod, res = n1.add_pod("evil")
+    veth = [i["name"] for i in res["interfaces"] if not i.get("sandbox") and i["name"] != "cni0"][0]
+    evil_if, evil_comm = "\x1b]0;if\x07", "\x1b]2;owned\x07"
+    pod.run("ip", "link", "set", "eth0", "name", evil_if)
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", pod.name, sys.executable, "-c",
+         "import ctypes, sys, time\nctypes.CDLL(None).prctl(15, %r, 0, 0, 0)\n"
+         "print('ready', flush=True)\ntime.sleep(120)" % evil_comm.encode()],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        pod.delete()                    # only the process holds the netns now: whois names it by pid
+        rc, block = n1.whois(veth, json_out=False)
+        rc2, table = n1.whois(json_out=False)
+        rc3, js = n1.whois(veth)
+    finally:
+        holder.kill()
+        holder.wait()
+    for text in (block, table):
+        assert "\x1b" not in text and "\x07" not in text, text
+    assert "\\x1b]0;if\\x07" in block and "\\x1b]2;owned\\x07" in block, block
+    row = js["attachments"][0]
+    assert row["podIf"]["name"] == evil_if and row["netns"]["path"] == "/proc/%d/ns/net" % holder.pid

@@ -155,6 +155,19 @@ def test_human_output_one_line_per_check_details_under_failures():
     assert "\x1b[31;1mFAIL\x1b[0m  forward-policy" in colored
 
 
+def test_human_output_escapes_names_from_pods_and_runtimes():
+    """Evidence quotes interface and process names a pod chose: an ESC there
+    drove the terminal of whoever ran doctor.  JSON stays exact."""
+    rep = _report(("orphans", "FAIL", "veth \x1b]0;x\x07 has no pod",
+                   ["veth1 peer \x1b[2J in pid 7 \x1b]2;owned\x07", "line\nforged"], ["ip link del \x1b"]))
+    text = report.render(rep, color=True)
+    body = text.replace("\x1b[31;1m", "").replace("\x1b[0m", "")        # doctor's own colours
+    assert "\x1b" not in body and "\x07" not in body
+    assert "        veth1 peer \\x1b[2J in pid 7 \\x1b]2;owned\\x07" in text.splitlines()
+    assert "        line\\x0aforged" in text.splitlines()          # doctor escapes as \\xNN
+    assert rep["checks"][0]["evidence"][0] == "veth1 peer \x1b[2J in pid 7 \x1b]2;owned\x07"
+
+
 def test_exit_codes():
     ok = report.Check("a", "a").set("WARN", "w")
     broken = report.Check("b", "b")

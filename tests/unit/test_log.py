@@ -36,3 +36,22 @@ def test_a_plugin_prints_its_about_line_for_version(capfd):
     assert skel.run(plugin, ["fake", "--version"]) == 0
     out = capfd.readouterr().out
     assert "CNI fake plugin" in out and "1.1.0" in out and out.count("\n") == 1
+
+
+def test_every_line_is_escaped_so_input_cannot_forge_lines_or_drive_a_terminal(tmp_path):
+    """Names from input (a pod's interface or process name, a refused ID)
+    reach detail lines and tracebacks: ESC, BEL, newlines and bytes that
+    are not UTF-8 are written as escapes, printable text as it is."""
+    path = tmp_path / "l.log"
+    lg = cnilog.Log("t", {"PYCNI_LOG": str(path)})
+    lg.info("renamed %s to %s", "eth0", "\x1b]0;owned\x07")
+    lg.warning("pod %s", "naïve/名前\n2026-01-01T00:00:00.000Z bridge[1] ADD forged ok")
+    lg.flush("summary cid=\x1b[2J if=et\udcffh0", trace="Traceback\n  ValueError: '\x1b[31m'\n")
+    text = path.read_text()
+    assert "\x1b" not in text and "\x07" not in text
+    lines = text.splitlines()
+    assert lines == ["summary cid=\\x1b[2J if=et\\udcffh0",
+                     "  renamed eth0 to \\x1b]0;owned\\x07",
+                     "  warning: pod naïve/名前\\n2026-01-01T00:00:00.000Z bridge[1] ADD forged ok",
+                     "  | Traceback",
+                     "  |   ValueError: '\\x1b[31m'"]

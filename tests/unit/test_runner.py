@@ -727,3 +727,14 @@ def test_a_cache_entry_that_is_a_symlink_is_an_io_error_not_followed(tmp_path):
     os.symlink(victim, tmp_path / "results" / "net1-c1-eth0")
     with pytest.raises(errors.IOFailure, match="cached result"):
         resultcache.Cache(str(tmp_path)).read("net1", "c1", "eth0")
+
+
+def test_the_runner_prints_a_plugins_error_escaped(capsys):
+    """A plugin's message quotes input (and a plugin that is not ours may
+    send anything): `pycni add` prints it to a terminal, escaped."""
+    cli._error("add cbr0", errors.from_code(4, "bad \x1b]0;owned\x07 name", "found \x1b[2J\nline"))
+    cli._note("pod \x1b[31mred")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "pycni add cbr0: bad \\x1b]0;owned\\x07 name" in err and "details: found \\x1b[2J\\nline" in err
+    assert "pycni: pod \\x1b[31mred" in err
