@@ -33,7 +33,9 @@ def _shown(value):
 
 
 def describe(exc, what):
-    """One line per problem: key path, what is wrong, what was found."""
+    """(msg, details): the first problem in the message, every other one in
+    the details, each once.  libcni shows an error as "msg; details", so
+    details that repeated the message showed a single problem twice."""
     problems = []
     for err in exc.errors():
         loc = _where(err.get("loc", ()))
@@ -43,9 +45,11 @@ def describe(exc, what):
         else:
             problems.append("key %s: %s, found %s"
                             % (loc, msg[0].lower() + msg[1:], _shown(err.get("input"))))
-    first = problems[0]
-    more = "" if len(problems) == 1 else " (and %d more)" % (len(problems) - 1)
-    return "invalid %s: %s%s" % (what, first, more), "; ".join(problems)
+    first, rest = problems[0], problems[1:]
+    if not rest:
+        return "invalid %s: %s" % (what, first), ""
+    return ("invalid %s: %s (and %d more)" % (what, first, len(rest)),
+            "also " + "; ".join(rest))
 
 
 def validate(name, data, what=None, error=errors.InvalidConfig):

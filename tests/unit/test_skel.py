@@ -262,3 +262,19 @@ def test_case_insensitive_capabilities():
     assert cniargs.normalize_keys(m, ("hostPort", "containerPort", "protocol", "hostIP")) == {
         "hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}
     assert cniargs.runtime_config({"runtimeConfig": {"PortMappings": [1]}}, "portMappings") == [1]
+
+
+def test_one_validation_problem_is_shown_once():
+    """libcni prints "msg; details": details that repeat the message showed
+    a single problem twice."""
+    from cnilib.cni import validate
+    with pytest.raises(errors.InvalidConfig) as ei:
+        validate.validate("bridge", conf(ipMasq="yes"))
+    e = ei.value
+    assert e.msg == 'invalid bridge network config: key ipMasq: input should be a valid boolean, found "yes"'
+    assert e.details == "" and str(e) == e.msg
+    with pytest.raises(errors.InvalidConfig) as ei:
+        validate.validate("bridge", conf(ipMasq="yes", mtu="x"))
+    e = ei.value
+    assert e.msg.endswith('found "yes" (and 1 more)')
+    assert e.details == 'also key mtu: input should be a valid integer, found "x"'
