@@ -34,7 +34,7 @@ def cmd_add(a):
 def cmd_del(a):
     try:
         cfg = forward.parse(a, need_prev=False)
-    except errors.InvalidConfig as exc:
+    except errors.CONFIG_ERRORS as exc:      # prevResult included
         # the key alone is enough to clean up
         a.log.warning("DEL with an invalid config (%s): removing by key alone", exc.msg)
         cfg = forward.bare(a)

@@ -43,7 +43,7 @@ def cmd_add(a):
 def cmd_del(a):
     try:
         mappings = portmap.parse(a, need_prev=False).mappings
-    except errors.InvalidConfig as exc:
+    except errors.CONFIG_ERRORS as exc:      # prevResult included
         # the key alone is enough to clean up: a config that ADD would have
         # refused must not wedge the container's teardown
         a.log.warning("DEL with an invalid config (%s): removing by key alone", exc.msg)

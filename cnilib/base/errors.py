@@ -80,6 +80,10 @@ class Internal(CniError):
     code = 999
 
 
+# what a config ADD refuses raises: a DEL that can clean up by the
+# attachment's key alone catches these instead of failing for ever
+CONFIG_ERRORS = (IncompatibleVersion, UnsupportedField, DecodingFailure, InvalidConfig)
+
 BY_CODE = {
     cls.code: cls
     for cls in (

@@ -30,7 +30,39 @@ def parse_result(data, default_version, what="result"):
     from cnilib.cni import validate
     schema = "result02" if version.family(v) == "02x" else "result"
     validate.validate(schema, data, what=what, error=errors.DecodingFailure)
-    return Result.parse(data, v)
+    res = Result.parse(data, v)
+    check_addresses(res, what)
+    return res
+
+
+def check_addresses(res, what):
+    """Every address, gateway and route of a parsed result is an IP or a
+    CIDR, as Go's types unmarshal them (DNS nameservers are strings there,
+    and may carry a zone).  Without this a chained plugin read
+    ``"address": "banana"`` as a result without an address and did
+    nothing, successfully: portmap mapped no port and exited 0.  Every
+    prevResult, and every delegate's result, is parsed here."""
+    from cnilib.base import addr
+
+    def bad(where, value, want):
+        return errors.DecodingFailure(
+            "%s.%s %s is not %s" % (what, where, _shown(value), want),
+            "a result's addresses are CIDRs (10.1.2.3/24) and its gateways IPs (10.1.2.1)")
+    for i, ip in enumerate(res.ips):
+        if addr.parse_cidr(ip["address"]) is None:
+            raise bad("ips[%d].address" % i, ip["address"], "an address with a prefix length")
+        if ip.get("gateway") and addr.parse(ip["gateway"]) is None:
+            raise bad("ips[%d].gateway" % i, ip["gateway"], "an IP address")
+    for i, r in enumerate(res.routes):
+        if addr.parse_cidr(r["dst"]) is None:
+            raise bad("routes[%d].dst" % i, r["dst"], "a CIDR")
+        if r.get("gw") and addr.parse(r["gw"]) is None:
+            raise bad("routes[%d].gw" % i, r["gw"], "an IP address")
+
+
+def _shown(value):
+    from cnilib.base.text import printable
+    return '"%s"' % printable(str(value)[:80])
 
 
 def check_type_name(name, what="plugin type"):

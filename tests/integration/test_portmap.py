@@ -316,6 +316,35 @@ def test_hostile_values_refused_with_nothing_changed(plugins, node, what, maps, 
     assert_cni_error(pm(node, plugins, "ADD", dict(conf, prevResult=None, runtimeConfig={})), 7)
 
 
+BAD_PREV = [
+    ("address banana", {"ips": [{"address": "banana", "interface": 2}]}),
+    ("address without prefix", {"ips": [{"address": "10.1.2.3", "interface": 2}]}),
+    ("gateway garbage", {"ips": [{"address": "10.1.2.3/24", "gateway": "10.1.2.1; drop"}]}),
+    ("route dst garbage", {"routes": [{"dst": "default"}]}),
+]
+
+
+@pytest.mark.parametrize("what,bad", BAD_PREV, ids=[b[0] for b in BAD_PREV])
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_prev_result_that_does_not_parse_is_a_cni_error(plugins, node, what, bad, backend):
+    """portmap read "address": "banana" as a result without an address:
+    exit 0, nothing mapped, and the runtime believed the hostPort was up.
+    Every chained plugin parses prevResult in cnilib.cni: code 6 on ADD and
+    CHECK, and DEL still cleans up by the attachment's key."""
+    node.attach("c1")
+    good = pm_conf(node, "c1", backend)
+    assert pm(node, plugins, "ADD", good).rc == 0
+    mapped = node.ruleset()
+    conf = dict(good, prevResult=dict(good["prevResult"], **bad))
+    for verb in ("ADD", "CHECK"):
+        err = assert_cni_error(pm(node, plugins, verb, conf), 6)
+        assert err["msg"].startswith("prevResult.") and "is not" in err["msg"], err
+    assert node.ruleset() == mapped
+    r = pm(node, plugins, "DEL", conf)
+    assert r.rc == 0 and r.stdout == "", r
+    assert no_portmap_rules(node)
+
+
 OPTIONS = [
     ("iptables", {"externalSetMarkChain": "KUBE-MARK-MASQ", "conditionsV4": ["!", "-s", "10.66.0.0/16"]}),
     ("iptables", {"markMasqBit": 14, "masqAll": True, "conditionsV6": ["-m", "comment", "--comment", "a b"]}),

@@ -89,6 +89,31 @@ def test_prevresult_bad_shape_is_decoding_failure():
     assert "ips[0].address" in ei.value.msg
 
 
+@pytest.mark.parametrize("v,bad,where", [
+    ("1.0.0", {"ips": [{"address": "banana"}]}, "ips[0].address"),
+    ("1.0.0", {"ips": [{"address": "10.0.0.2"}]}, "ips[0].address"),
+    ("1.0.0", {"ips": [{"address": "10.0.0.2/33"}]}, "ips[0].address"),
+    ("1.0.0", {"ips": [{"address": "10.0.0.2/24", "gateway": "10.0.0.1/24"}]}, "ips[0].gateway"),
+    ("1.1.0", {"routes": [{"dst": "default"}]}, "routes[0].dst"),
+    ("0.4.0", {"routes": [{"dst": "0.0.0.0/0", "gw": "gw.example"}]}, "routes[0].gw"),
+    ("0.2.0", {"ip4": {"ip": "banana/24"}}, "ips[0].address"),
+    ("0.2.0", {"ip4": {"ip": "10.0.0.2/24", "routes": [{"dst": "10.9.0.0/16x"}]}}, "routes[0].dst"),
+])
+def test_an_address_that_does_not_parse_is_a_decoding_failure(v, bad, where):
+    """Go's types unmarshal every address and route; ours were kept as
+    strings, so portmap read "banana" as no address and mapped nothing."""
+    with pytest.raises(errors.DecodingFailure) as ei:
+        parse_result(dict(bad, cniVersion=v), v, "prevResult")
+    assert ei.value.code == 6 and ("prevResult.%s" % where) in ei.value.msg
+
+
+def test_what_go_takes_as_a_string_stays_one():
+    res = parse_result({"cniVersion": "1.0.0", "ips": [{"address": "fd00::2/64", "gateway": "fd00::1"}],
+                        "routes": [{"dst": "::/0"}], "dns": {"nameservers": ["fe80::1%eth0", "ns"]},
+                        "interfaces": [{"name": "eth0", "mac": "not checked"}]}, "1.0.0")
+    assert res.dns["nameservers"] == ["fe80::1%eth0", "ns"] and res.ips[0]["address"] == "fd00::2/64"
+
+
 def test_interface_index_negative_dropped():
     res = parse_result({"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.0.0.2/24",
                                                         "interface": -1}]}, "0.4.0")
