@@ -152,23 +152,35 @@ def chain_key(prefix, chain):
 
 # ---- host veth ifalias: how an operator (and pycni whois/doctor, flannel's
 # DEL fallback) maps a veth on the node to its attachment
-IFALIAS_MAX = 255
+# IFALIASZ is 256 bytes and the attribute goes with its NUL (as pyroute2
+# sends it): an alias of 255 bytes is refused with ERANGE, 254 is the most
+IFALIAS_MAX = 254
 
 
 def veth_alias(network, container_id, ifname, pod=None):
     """``pycni net=<network> cid=<container id> if=<ifname>[ pod=<ns>/<name>]``.
 
     ``pod`` comes from K8S_POD_NAMESPACE/K8S_POD_NAME and is sanitised here;
-    the other fields are names skel already validated.
+    the other fields are names skel already validated.  The kernel's limit
+    is in *bytes* (IFALIAS_MAX): everything is measured in UTF-8 bytes, and
+    the pod is cut on a character boundary to fit (a pod name in another
+    script takes two to four bytes a character).
     """
     base = "pycni net=%s cid=%s if=%s" % (network, container_id, ifname)
+    if _nbytes(base) > IFALIAS_MAX:
+        return "pycni att=%s if=%s" % (attachment_hash(network, container_id, ifname), ifname)
     if pod:
         clean = "".join(c if (c.isalnum() or c in "-_./") else "_" for c in pod)[:100]
-        if len(base) + len(clean) + 5 <= IFALIAS_MAX:
-            base += " pod=" + clean
-    if len(base) > IFALIAS_MAX:
-        base = "pycni att=%s if=%s" % (attachment_hash(network, container_id, ifname), ifname)
+        room = IFALIAS_MAX - _nbytes(base) - len(" pod=")
+        if room > 0:
+            cut = clean.encode("utf-8")[:room].decode("utf-8", "ignore")
+            if cut:
+                base += " pod=" + cut
     return base
+
+
+def _nbytes(text):
+    return len(text.encode("utf-8", "surrogateescape"))
 
 
 def parse_veth_alias(alias):

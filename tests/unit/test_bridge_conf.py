@@ -113,6 +113,27 @@ def test_veth_alias_names_the_attachment():
     assert not naming.veth_alias_names(None, "n", "c", "eth0")
 
 
+@pytest.mark.parametrize("ns,pod", [("default", "日" * 90), ("名前空間" * 10, "ポッド" * 40),
+                                    ("default", "é" * 100), ("n", "😀" * 100)],
+                         ids=["3-byte pod", "3-byte both", "2-byte pod", "4-byte symbols"])
+def test_veth_alias_is_measured_in_bytes_and_cut_on_a_character(ns, pod):
+    """The kernel's limit is in bytes (254 and the NUL): a pod name in
+    another script (2-4 bytes a character) made the alias too long and
+    every bridge ADD fail."""
+    from cnilib.firewall import naming
+    for net, cid, ifname in (("net1", "abc123", "eth0"), ("n" * 100, "c" * 100, "éé"),
+                             ("n" * 128, "c" * 110, "e" * 15)):
+        a = netconf.veth_alias(net, cid, ifname, {"K8S_POD_NAMESPACE": ns, "K8S_POD_NAME": pod})
+        assert len(a.encode()) <= naming.IFALIAS_MAX == 254, (len(a.encode()), a)
+        assert naming.veth_alias_names(a, net, cid, ifname)
+        fields = naming.parse_veth_alias(a)
+        clean = "".join(c if c.isalnum() or c in "/" else "_" for c in ns + "/" + pod)
+        if "pod" in fields:
+            assert fields["pod"] and clean.startswith(fields["pod"])
+    a = netconf.veth_alias("net1", "abc123", "eth0", {"K8S_POD_NAMESPACE": ns, "K8S_POD_NAME": pod})
+    assert a.startswith("pycni net=net1 cid=abc123 if=eth0 pod=" + ns[:20])
+
+
 def ipam_result(ips, routes=()):
     return Result(ips=[dict(i) for i in ips], routes=[dict(r) for r in routes])
 
