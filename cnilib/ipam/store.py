@@ -492,7 +492,15 @@ class Store:
 
     # -- health ---------------------------------------------------------------
     def unwritable(self):
-        """Why leases could not be written here, or None.  Creates nothing."""
+        """Why a lease could not be taken here now, or None.  Leaves nothing
+        behind and changes no directory's mtime (the index stamp holds).
+
+        Checked on the deepest directory that exists of the lease dir's path
+        (ADD creates the rest there): a directory, on a writable file system
+        with a free inode and a free block, where a lease-sized file can be
+        written.  That last one is the truth the others only predict (quota,
+        an immutable directory, a full disk whose reserve root may not use):
+        an unnamed O_TMPFILE, written and closed, vanishes with its fd."""
         p = self.dir
         while not os.path.lexists(p):
             parent = os.path.dirname(p)
@@ -502,10 +510,36 @@ class Store:
         if not os.path.isdir(p):
             return "%s is not a directory" % p
         try:
-            if os.statvfs(p).f_flag & os.ST_RDONLY:
-                return "%s is on a read-only file system" % p
+            vfs = os.statvfs(p)
         except OSError as exc:
             return "cannot stat %s: %s" % (p, exc.strerror)
+        if vfs.f_flag & os.ST_RDONLY:
+            return "%s is on a read-only file system" % p
+        if vfs.f_blocks and not vfs.f_bfree:
+            return "the file system of %s is full (no free block)" % p
+        if vfs.f_files and not vfs.f_ffree:
+            return "the file system of %s has no free inode" % p
         if not os.access(p, os.W_OK | os.X_OK):
             return "%s is not writable" % p
-        return None
+        return _probe_write(p)
+
+
+PROBE = b"probe\r\n" + b"x" * 120     # as long as a lease of a 128-character ID
+
+
+def _probe_write(d):
+    """None when an unnamed file can be created and written in ``d``; else why not."""
+    tmpfile = getattr(os, "O_TMPFILE", 0o20000000 | os.O_DIRECTORY)
+    try:
+        fd = os.open(d, tmpfile | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None     # no O_TMPFILE on this file system: the statvfs checks stand
+        return "cannot create a file in %s: %s" % (d, exc.strerror)
+    try:
+        os.write(fd, PROBE)
+    except OSError as exc:
+        return "cannot write a lease in %s: %s" % (d, exc.strerror)
+    finally:
+        os.close(fd)
+    return None

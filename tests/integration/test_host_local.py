@@ -340,3 +340,34 @@ def test_in_process_delegation_as_bridge_does(hl, plugins, ctr):
     assert res.ips[0]["address"] == "10.77.0.3/16"
     assert invoke.delegate("DEL", "host-local", conf, a) is None
     assert hl.leases() == ["10.77.0.3"]
+
+
+@pytest.mark.parametrize("full", ["blocks", "inodes", "read-only"])
+def test_status_is_50_while_the_data_dir_cannot_take_a_lease(plugins, host, full, tmp_path):
+    """STATUS answered ready on a full disk: every ADD then failed with
+    ENOSPC.  A small tmpfs, in a mount namespace of the plugin's own, is
+    filled (or remounted read-only) under dataDir; ADD and STATUS agree."""
+    data = tmp_path / "data"
+    data.mkdir()
+    conf = {"cniVersion": "1.1.0", "name": "net1", "type": "host-local",
+            "ipam": {"type": "host-local", "dataDir": str(data), "subnet": "10.77.0.0/24"}}
+    fill = {"blocks": "dd if=/dev/zero of=$D/fill bs=4k 2>/dev/null; true",
+            "inodes": "i=0; while touch $D/f$i 2>/dev/null; do i=$((i+1)); done",
+            "read-only": "mount -o remount,ro $D"}[full]
+    script = ("D=%s; mount -t tmpfs -o size=256k,nr_inodes=64 tmpfs $D && mkdir $D/net1 && %s && "
+              "for v in STATUS ADD STATUS; do CNI_COMMAND=$v ip netns exec %s %s/host-local < %s "
+              "> %s/out.$v.$$; done" % (data, fill, host.name, plugins, tmp_path / "conf.json", tmp_path))
+    (tmp_path / "conf.json").write_text(json.dumps(conf))
+    env = dict(os.environ, CNI_CONTAINERID="c1", CNI_IFNAME="eth0", CNI_NETNS=host.path,
+               CNI_NETNS_OVERRIDE="1", CNI_PATH=plugins)
+    import subprocess
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script.replace("$$", "1")], env=env, capture_output=True, text=True, timeout=60)
+    status = json.loads((tmp_path / "out.STATUS.1").read_text() or "null")
+    add = json.loads((tmp_path / "out.ADD.1").read_text() or "null")
+    assert status and status["code"] == 50, (status, done)
+    assert add and add["code"] == 5, add          # what STATUS foretold
+    why = {"blocks": "is full (no free block)", "inodes": "has no free inode",
+           "read-only": "is on a read-only file system"}[full]
+    assert status["msg"].startswith("host-local cannot write leases: ") and why in status["msg"], status
+    assert not any(data.iterdir())         # the tmpfs went with its mount namespace

@@ -138,6 +138,18 @@ def test_unwritable_reports_why_without_creating(tmp_path):
     assert "not a directory" in why
 
 
+def test_the_write_probe_leaves_nothing_and_no_mtime_behind(st, tmp_path):
+    """STATUS writes an unnamed file where a lease would go: the directory
+    must look untouched after it (the index stamp compares its mtime)."""
+    with st.lock():
+        st.create()
+    before = sorted(os.listdir(st.dir)), os.stat(st.dir).st_mtime_ns
+    assert st.unwritable() is None
+    assert (sorted(os.listdir(st.dir)), os.stat(st.dir).st_mtime_ns) == before
+    assert lstore._probe_write(st.dir) is None
+    assert "cannot create a file in" in lstore._probe_write(str(tmp_path / "missing"))
+
+
 def test_gc_sweeps_the_index_entries_of_dead_attachments(st):
     seed_gc(st)
     with st.lock():
