@@ -163,10 +163,16 @@ def parse_subnet_env(text, path=paths.FLANNEL_SUBNET_FILE):
 
 
 def _read(path):
-    """Text of ``path``; SubnetEnvError when absent or unreadable."""
+    """Text of ``path``; SubnetEnvError when absent, unreadable or no regular
+    file (opened without blocking: a FIFO there would hang every exec)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SUBNET_FILE + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SubnetEnvError("unreadable", "%s is not a regular file" % path)
+            data = os.read(fd, MAX_SUBNET_FILE + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise SubnetEnvError("absent", "%s does not exist" % path) from None
     except OSError as exc:

@@ -20,6 +20,8 @@ as Go's JSON decoder matches them.  Nothing here touches the disk except
 ``read_resolv_conf``.
 """
 
+import os
+
 from cnilib.base import addr, errors, paths
 from cnilib.cni import validate, version
 from cnilib.cni.args import normalize_keys
@@ -338,9 +340,17 @@ def locate(conf):
 
 def read_resolv_conf(path):
     """ipam.resolvConf as a result's dns block (nameserver, domain, search, options)."""
+    import stat
     try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 20)
+        # without blocking, and only a regular file: a FIFO there hung every ADD
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise errors.IOFailure("ipam.resolvConf %s is not a regular file" % path,
+                                       "expected a resolv.conf-style file readable by root")
+            data = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise errors.IOFailure("cannot read ipam.resolvConf %s: %s" % (path, exc.strerror),
                                "expected a resolv.conf-style file readable by root") from exc

@@ -364,3 +364,29 @@ def test_a_saved_entry_that_is_a_symlink_is_corrupt_and_not_followed(tmp_path):
     os.symlink(victim, tmp_path / "c1")
     saved = flannel.load_saved(str(tmp_path), "c1")
     assert saved.state == "corrupt" and "not a regular file" in saved.why
+
+
+def _in_child(code, timeout=20):
+    """Run ``code`` in a fresh interpreter: a regression that blocks in
+    open() hangs the child, not the suite."""
+    import subprocess
+    import sys
+
+    from cnitest import ROOT
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n%s" % (ROOT, code)],
+                          capture_output=True, text=True, timeout=timeout)
+    return done.stdout.strip()
+
+
+def test_a_fifo_as_subnet_file_or_resolv_conf_is_refused_without_blocking(tmp_path):
+    """Paths from the config are opened O_NONBLOCK and must be regular
+    files: a FIFO there blocked every flannel and host-local exec."""
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    got = _in_child("from cnilib import flannel\ntry:\n    flannel.load_subnet_env(%r)\n"
+                    "except flannel.SubnetEnvError as e:\n    print(e.kind, e.msg)" % fifo)
+    assert got == "unreadable %s is not a regular file" % fifo
+    got = _in_child("from cnilib.ipam import config\nfrom cnilib.base import errors\ntry:\n"
+                    "    config.read_resolv_conf(%r)\nexcept errors.CniError as e:\n"
+                    "    print(e.code, e.msg)" % fifo)
+    assert got == "5 ipam.resolvConf %s is not a regular file" % fifo
