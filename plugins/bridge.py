@@ -275,4 +275,4 @@ def cmd_gc(a):
 
 
 PLUGIN = skel.Plugin("bridge", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,
-                     status=cmd_status, cni_args=("MAC", "IP"))
+                     status=cmd_status, cni_args=("MAC", "IP"), makes_ifname=True)

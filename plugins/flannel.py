@@ -178,4 +178,4 @@ def cmd_status(a):
 
 
 PLUGIN = skel.Plugin("flannel", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,
-                     status=cmd_status)
+                     status=cmd_status, makes_ifname=True)

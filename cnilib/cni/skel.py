@@ -50,40 +50,80 @@ def _name_ok(s):
     return True
 
 
+def shown(value, limit=64):
+    """A value from input as an error message quotes it: cut, quoted, and
+    with control characters and non-UTF-8 bytes escaped."""
+    cut = value[:limit] + ("..." if len(value) > limit else "")
+    return '"%s"' % printable(cut)
+
+
+def _unprintable(value):
+    """What is wrong with a value holding characters isprintable refuses."""
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        return "bytes that are not UTF-8"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return "control characters"
+    return "characters that are not printable"
+
+
+# Messages: libcni checks the container ID, the network name and the
+# interface name itself before an ADD (utils.Validate*) and leaves the other
+# verbs to the plugin, so the same problem reaches a runtime's log from
+# either side; the message (the part before "; ") is libcni's, word for
+# word, and the details name the variable and what was found.
+
 def check_container_id(cid):
-    if len(cid) > MAX_ID:
-        raise errors.InvalidEnvironment(
-            "CNI_CONTAINERID is %d characters long, expected at most %d" % (len(cid), MAX_ID),
-            "found %r" % cid[:64])
     if not _name_ok(cid):
         raise errors.InvalidEnvironment(
-            "CNI_CONTAINERID %r has invalid characters" % cid[:64],
-            "expected letters, digits, '_', '.' or '-', starting with a letter or digit")
+            "invalid characters in containerID",
+            "CNI_CONTAINERID %s: expected letters, digits, '_', '.' or '-', starting with a letter "
+            "or digit" % shown(cid))
+    if len(cid) > MAX_ID:
+        raise errors.InvalidEnvironment(
+            "containerID is too long",
+            "CNI_CONTAINERID is %d characters, expected at most %d: %s" % (len(cid), MAX_ID, shown(cid)))
 
 
 def check_ifname(name):
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) > 15:
         raise errors.InvalidEnvironment(
-            "CNI_IFNAME %r is %d bytes long, expected at most 15" % (name[:40], len(raw)),
-            "Linux interface names are limited to 15 bytes")
-    if name in (".", "..") or any(c in name for c in "/:\x00") or any(c.isspace() for c in name):
+            "interface name is too long",
+            "CNI_IFNAME %s is %d bytes; Linux interface names are at most 15" % (shown(name), len(raw)))
+    if name in (".", ".."):
+        raise errors.InvalidEnvironment("interface name is . or ..", "CNI_IFNAME is %s" % shown(name))
+    if any(c in name for c in "/:") or any(c.isspace() for c in name):
+        raise errors.InvalidEnvironment("interface name contains / or : or whitespace characters",
+                                        "CNI_IFNAME is %s" % shown(name))
+    if not name.isprintable():
+        # the kernel takes any other byte, but the name goes to logs, terminals
+        # (ip link, pycni whois) and state files: ESC or BEL there is an attack
         raise errors.InvalidEnvironment(
-            "CNI_IFNAME %r is not a valid interface name" % name,
-            "expected 1-15 bytes without '/', ':', NUL or whitespace, and not '.' or '..'")
+            "interface name contains %s" % _unprintable(name),
+            "CNI_IFNAME is %s; expected printable UTF-8" % shown(name))
 
 
 def check_network_name(name):
     if not isinstance(name, str) or not name:
-        raise errors.InvalidConfig("network config has no \"name\"",
-                                   "expected a non-empty string naming the network")
-    if len(name) > MAX_NAME:
-        raise errors.InvalidConfig(
-            "network name is %d characters long, expected at most %d" % (len(name), MAX_NAME))
+        raise errors.InvalidConfig("missing network name",
+                                   "the network config needs \"name\", a non-empty string")
     if not _name_ok(name):
         raise errors.InvalidConfig(
-            "network name %r has invalid characters" % name[:64],
-            "expected letters, digits, '_', '.' or '-', starting with a letter or digit")
+            "invalid characters found in network name",
+            "name %s: expected letters, digits, '_', '.' or '-', starting with a letter or digit"
+            % shown(name))
+    if len(name) > MAX_NAME:
+        raise errors.InvalidConfig(
+            "network name is too long",
+            "name is %d characters, expected at most %d: %s" % (len(name), MAX_NAME, shown(name)))
+
+
+def check_printable(key, value):
+    """CNI_NETNS, CNI_PATH, CNI_ARGS: any value goes, but not a control
+    character or a byte that is not UTF-8 (no runtime sends one)."""
+    if value and not value.isprintable():
+        raise errors.InvalidEnvironment("%s contains %s" % (key, _unprintable(value)),
+                                        "%s is %s" % (key, shown(value, 200)))
 
 
 class CmdArgs:
@@ -134,15 +174,18 @@ class Plugin:
 
     Handlers take a CmdArgs.  ADD returns a cnilib.cni.types.Result; the other
     verbs return None.  A verb without a handler succeeds doing nothing
-    (what Go's skel does for GC/STATUS).
+    (what Go's skel does for GC/STATUS).  ``makes_ifname``: the plugin
+    creates CNI_IFNAME in the container, so ``lo`` (always there) is refused
+    on ADD and CHECK, and its DEL has nothing to delete.
     """
 
     def __init__(self, name, add=None, delete=None, check=None, gc=None, status=None,
-                 cni_args=(), uses_netns=True):
+                 cni_args=(), uses_netns=True, makes_ifname=False):
         self.name = name
         self.handlers = {"ADD": add, "DEL": delete, "CHECK": check, "GC": gc, "STATUS": status}
         self.cni_args = frozenset(cni_args)
         self.uses_netns = uses_netns
+        self.makes_ifname = makes_ifname
 
 
 def about(plugin):
@@ -150,22 +193,70 @@ def about(plugin):
         plugin.name, version.SUITE_VERSION, ", ".join(version.SUPPORTED))
 
 
-def _check_env(env, command):
+def _check_env(a, env, command):
+    """Refuse what no verb can work with; for DEL, return instead the reason
+    the attachment cannot exist (an ID, an ifname or a CNI_PATH ADD
+    refuses), or None.
+
+    A DEL must never fail for ever on a value its ADD would have refused:
+    the runtime retries it and the pod never goes away.  Nothing was made
+    for such an attachment, so there is nothing to delete.  A missing
+    required variable stays an error: that is a broken runtime.
+    """
     if command not in VERBS:
         raise errors.InvalidEnvironment(
-            "unknown CNI_COMMAND %r" % command[:40],
+            "unknown CNI_COMMAND %s" % shown(command, 40),
             "expected one of %s" % ", ".join(VERBS))
     missing = [k for k, verbs in REQUIRED.items() if command in verbs and not env.get(k)]
     if missing:
         raise errors.InvalidEnvironment(
             "required environment variables %s missing for %s" % (",".join(missing), command),
             "libcni sends empty values for GC/STATUS/VERSION; %s needs them set" % command)
-    if command in ("ADD", "DEL", "CHECK"):
+    if command in ("GC", "STATUS"):
+        check_printable("CNI_PATH", env.get("CNI_PATH", ""))
+    if command not in ("ADD", "DEL", "CHECK"):
+        return None
+    try:
         check_container_id(env["CNI_CONTAINERID"])
         check_ifname(env["CNI_IFNAME"])
-        if env.get("CNI_ARGS"):
-            from cnilib.cni.args import parse_cni_args
-            parse_cni_args(env["CNI_ARGS"], known=None)   # syntax; keys are per plugin
+        check_printable("CNI_PATH", env.get("CNI_PATH", ""))     # no delegate could be found
+        if a.plugin.makes_ifname and env["CNI_IFNAME"] == "lo":
+            raise errors.InvalidEnvironment(
+                "CNI_IFNAME lo is the container's loopback interface",
+                "%s creates CNI_IFNAME in the container, and lo is always there (the loopback "
+                "plugin brings it up); name another interface, such as eth0" % a.plugin.name)
+    except errors.InvalidEnvironment as exc:
+        if command == "DEL":
+            return exc
+        raise
+    if command != "DEL":
+        for key in ("CNI_NETNS", "CNI_ARGS"):
+            check_printable(key, env.get(key, ""))
+    if a.args_raw:
+        from cnilib.cni.args import parse_cni_args
+        try:
+            check_printable("CNI_ARGS", a.args_raw)
+            parse_cni_args(a.args_raw, known=None)   # syntax; keys are per plugin
+        except errors.InvalidEnvironment as exc:
+            if command != "DEL":
+                raise
+            # DEL needs no argument: the attachment is keyed by network, ID and ifname
+            a.log.warning("CNI_ARGS ignored: %s; %s", exc.msg, exc.details)
+            a.args_raw = ""
+    return None
+
+
+def _conf_version(conf):
+    """The config's network name checked and its cniVersion, supported."""
+    check_network_name(conf.get("name"))
+    v = conf.get("cniVersion")
+    if v in (None, ""):
+        v = "0.1.0"
+    if not isinstance(v, str):
+        raise errors.DecodingFailure("cniVersion is a %s, expected a string such as \"1.0.0\""
+                                     % type(v).__name__)
+    version.check_supported(v)
+    return v
 
 
 def read_stdin(fd):
@@ -255,7 +346,7 @@ def execute(plugin, env, stdin_fd=0, stdin_data=None):
     out_version = version.CURRENT
     rc, out, trace, outcome = 0, b"", None, "ok"
     try:
-        _check_env(env, command)
+        nothing = _check_env(a, env, command)
         if command == "VERSION":
             try:
                 data = stdin_data if stdin_data is not None else read_stdin(stdin_fd)
@@ -268,23 +359,26 @@ def execute(plugin, env, stdin_fd=0, stdin_data=None):
         a.stdin = _check_size(stdin_data if stdin_data is not None else read_stdin(stdin_fd))
         a.conf = conf = _parse_conf(a.stdin)
         log.configure(conf)
-        check_network_name(conf.get("name"))
-        v = conf.get("cniVersion")
-        if v in (None, ""):
-            v = "0.1.0"
-        if not isinstance(v, str):
-            raise errors.DecodingFailure("cniVersion is a %s, expected a string such as \"1.0.0\""
-                                         % type(v).__name__)
-        version.check_supported(v)
-        a.version = out_version = v
-        version.check_verb(command, v)
-        _open_netns(a, env)
-        handler = plugin.handlers.get(command)
-        result = handler(a) if handler is not None else None
-        if command == "ADD":
-            if result is None:
-                raise errors.Internal("%s ADD produced no result" % plugin.name)
-            out = (jsonio.dumps(result.to_dict(v)) + "\n").encode()
+        try:
+            v = _conf_version(conf)
+        except (errors.InvalidConfig, errors.DecodingFailure, errors.IncompatibleVersion) as exc:
+            if command != "DEL":
+                raise
+            nothing = nothing or exc        # state is keyed by the name ADD refused
+        if nothing is not None:
+            # DEL of an attachment ADD would have refused: nothing of it exists
+            log.warning("nothing to delete, as ADD refuses this: %s; %s", nothing.msg, nothing.details)
+            outcome = "ok (nothing to delete)"
+        else:
+            a.version = out_version = v
+            version.check_verb(command, v)
+            _open_netns(a, env)
+            handler = plugin.handlers.get(command)
+            result = handler(a) if handler is not None else None
+            if command == "ADD":
+                if result is None:
+                    raise errors.Internal("%s ADD produced no result" % plugin.name)
+                out = (jsonio.dumps(result.to_dict(v)) + "\n").encode()
     except errors.CniError as exc:
         rc = 1
         out = (jsonio.dumps(exc.to_dict(out_version)) + "\n").encode()

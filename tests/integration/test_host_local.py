@@ -301,8 +301,8 @@ def test_hostile_names_refused_with_nothing_written(hl, tmp_path, what, change, 
     before = sorted(n for n in os.listdir(tmp_path) if n != "pycni.log")
     for verb in ("ADD", "CHECK", "DEL"):
         r = hl.run(verb, conf, cid=cid, ifname=ifname)
-        if verb == "DEL" and "dataDir" in change:
-            assert r.rc == 0, r         # nothing of ours can be there: DEL succeeds
+        if verb == "DEL":
+            assert r.rc == 0 and r.stdout == "", r      # nothing of ours can be there: DEL succeeds
         else:
             assert_cni_error(r, code)
     assert sorted(n for n in os.listdir(tmp_path) if n != "pycni.log") == before

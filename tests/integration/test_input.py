@@ -1,9 +1,16 @@
-"""Hostile names and paths from the runtime, through the built plugins in
-sandbox namespaces (issue 16): a pod name in another script."""
+"""Hostile names from the runtime, through the built plugins in sandbox
+namespaces (issue 16): a pod name in another script, an ifname that is not
+UTF-8 or holds an ESC, and CNI_IFNAME=lo for the bridge."""
+
+import json
+import os
 
 import pytest
+from cnitest import assert_cni_error, run_plugin
 
 pytestmark = pytest.mark.root
+
+NOT_UTF8 = os.fsdecode(b"et\xffh0")          # reaches the plugin as the bytes et 0xff h0
 
 
 @pytest.mark.parametrize("ns,pod,cid", [("default", "日本語のポッド名" * 12, "abc123"),
@@ -22,3 +29,75 @@ def test_a_pod_name_in_another_script_fits_the_veth_alias(node, ns, pod, cid):
     assert len(alias.encode()) <= 254 and (ns + "/" + pod).startswith(alias.split(" pod=")[1])
     node.delete(node.conf(isGateway=True), ctr, cid=cid)
     node.assert_clean()
+
+
+def nothing_changed(node, ctr, before):
+    assert (node.veths(), node.leases(), ctr.links().keys()) == before
+
+
+def snapshot(node, ctr):
+    return node.veths(), node.leases(), ctr.links().keys()
+
+
+def test_an_ifname_that_is_not_utf8_is_code_4_and_its_del_succeeds(node):
+    """It was a 999 with a traceback on ADD (netlink could not encode it),
+    and its DEL failed the same way for ever."""
+    ctr = node.container()
+    conf = node.conf(isGateway=True, ipMasq=True)
+    before = snapshot(node, ctr)
+    err = assert_cni_error(node.run("ADD", conf, ctr, ifname=NOT_UTF8), 4)
+    assert err["msg"] == "interface name contains bytes that are not UTF-8"
+    assert err["details"] == 'CNI_IFNAME is "et\\udcffh0"; expected printable UTF-8'
+    r = node.run("DEL", conf, ctr, ifname=NOT_UTF8)
+    assert r.rc == 0 and r.stdout == "", r
+    nothing_changed(node, ctr, before)
+    assert node.owned() == [] and node.records() == []
+    text = node.log_text()
+    assert "Traceback" not in text and "if=et\\udcffh0" in text
+    assert all(line.isprintable() for line in text.splitlines())
+
+
+@pytest.mark.parametrize("ifname", ["e\x1b[2Jth", "eth\x07", "e\u202eth0"])
+def test_an_ifname_with_a_control_character_is_refused(node, ifname):
+    """The kernel takes an ESC in an interface name, and `ip link`, the log
+    and `pycni whois` then print it to whoever looks."""
+    ctr = node.container()
+    before = snapshot(node, ctr)
+    err = assert_cni_error(node.run("ADD", node.conf(isGateway=True), ctr, ifname=ifname), 4)
+    assert err["msg"] in ("interface name contains control characters",
+                          "interface name contains characters that are not printable")
+    assert node.run("DEL", node.conf(isGateway=True), ctr, ifname=ifname).rc == 0
+    nothing_changed(node, ctr, before)
+    assert all(line.isprintable() for line in node.log_text().splitlines())
+
+
+def test_bridge_refuses_lo_on_add_and_its_del_touches_nothing(node):
+    """bridge DEL with CNI_IFNAME=lo failed for ever (it tried to delete the
+    container's lo: EOPNOTSUPP), and ADD failed with a 999 after IPAM."""
+    ctr = node.container()
+    conf = node.conf(isGateway=True, ipMasq=True)
+    live = node.container()
+    node.add(conf, live, cid="c1")                        # the same container ID's real attachment
+    before = snapshot(node, ctr)
+    err = assert_cni_error(node.run("ADD", conf, ctr, cid="c1", ifname="lo"), 4)
+    assert "CNI_IFNAME lo" in err["msg"]
+    for netns in (ctr, live):
+        r = node.run("DEL", conf, netns, cid="c1", ifname="lo")
+        assert r.rc == 0 and r.stdout == "", r
+    assert snapshot(node, ctr) == before and len(before[1]) == 1      # the live lease is kept
+    assert ctr.links()["lo"]["operstate"] == "UNKNOWN" and "eth0" in live.links()
+    node.delete(conf, live, cid="c1")
+    node.assert_clean()
+
+
+def test_json_errors_stay_exact_while_logs_escape(node):
+    """Escaping is for log lines and terminals: a result keeps an ifname in
+    another script exactly as the runtime sent it."""
+    ctr = node.container()
+    res = node.add(node.conf(isGateway=True), ctr, ifname="éth0")
+    assert res["interfaces"][2]["name"] == "éth0"
+    raw = run_plugin(node.exe, "DEL", node.conf(isGateway=True), containerid="c1", netns=ctr.path,
+                     ifname="éth0", path=node.path, host_netns=node.host.name,
+                     extra_env=node.env)
+    assert raw.rc == 0, raw
+    assert json.dumps(res, ensure_ascii=False).count("éth0") == 1

@@ -28,6 +28,7 @@ POD = "hpod"
 PREV = {"cniVersion": "1.1.0",
         "interfaces": [{"name": "eth0", "mac": "0a:58:0a:63:00:63", "sandbox": "/var/run/netns/x"}],
         "ips": [{"address": "10.99.0.99/24", "gateway": "10.99.0.1", "interface": 0}]}
+NOT_UTF8 = os.fsdecode(b"et\xffh0")
 INJECT = ("host-local; rm -rf /", "../../bin/sh", "1.2.3.4\ndrop", "$(reboot)", "`id`",
           "x\" ; flush ruleset ; \"", "a\x00b")
 
@@ -102,6 +103,13 @@ def generic_cases():
             Case("%s ifname ../" % p, p, 4, env={"CNI_IFNAME": "../x"}),
             Case("%s ifname .." % p, p, 4, env={"CNI_IFNAME": ".."}),
             Case("%s no ifname" % p, p, 4, env={"CNI_IFNAME": ""}),
+            Case("%s ifname with ESC" % p, p, 4, env={"CNI_IFNAME": "e\x1b]0;x\x07"}),
+            Case("%s ifname not UTF-8" % p, p, 4, env={"CNI_IFNAME": NOT_UTF8}),
+            Case("%s ifname with a bidi override" % p, p, 4, env={"CNI_IFNAME": "e\u202eth"}),
+            Case("%s container ID with ESC" % p, p, 4, env={"CNI_CONTAINERID": "c\x1b[2Jc"}),
+            Case("%s netns with ESC" % p, p, 4, env={"CNI_NETNS": "/var/run/netns/x\x1b[2J"}),
+            Case("%s CNI_ARGS with ESC" % p, p, 4, env={"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=a\x1b[2J"}),
+            Case("%s CNI_PATH with BEL" % p, p, 4, env={"CNI_PATH": "/opt/cni/bin\x07"}),
             Case("%s CNI_ARGS garbage" % p, p, 4, env={"CNI_ARGS": "===;;;nokey"}),
             Case("%s CNI_ARGS of 100 KiB" % p, p, 4, env={"CNI_ARGS": "IgnoreUnknown=1;A=" + "x" * 100000}),
             Case("%s unknown command" % p, p, 4, env={"CNI_COMMAND": "ADDX"}),
@@ -295,6 +303,10 @@ def test_hostile_input_is_refused_with_nothing_changed(hnodes, hf, case):
     try:
         err = assert_cni_error(r, case.code)
         assert len(err["msg"]) < 1000 and "\n" not in err.get("details", ""), err
+        # libcni shows "msg; details": one problem is said once
+        assert not err.get("details") or (err["details"] not in err["msg"]
+                                          and err["msg"] not in err["details"]), err
+        assert err["msg"].isprintable() and err.get("details", "").isprintable(), err
         assert r.stderr == "", r
     finally:
         now = node.snapshot(pods=["live1", "live2", POD])

@@ -278,3 +278,118 @@ def test_one_validation_problem_is_shown_once():
     e = ei.value
     assert e.msg.endswith('found "yes" (and 1 more)')
     assert e.details == 'also key mtu: input should be a valid integer, found "x"'
+
+
+# ----------------------------------------------------------------- hardening (issue 16)
+ESC_NAMES = ["e\x1bth0", "eth\x07", "e\x7fth", "e\u202eth0", "et\udcffh0", "e\x9bth"]
+
+
+@pytest.mark.parametrize("ifname", ESC_NAMES)
+@pytest.mark.parametrize("verb", ["ADD", "CHECK"])
+def test_ifname_with_a_control_character_or_not_utf8_is_refused(ifname, verb, tmp_path):
+    log = tmp_path / "l.log"
+    rc, out = run(verb, conf(), log=log, CNI_IFNAME=ifname)
+    assert rc == 1 and out["code"] == 4, out
+    assert out["msg"].startswith("interface name contains ")
+    assert "CNI_IFNAME" in out["details"] and out["details"].isprintable()
+    assert all(line.isprintable() for line in log.read_text().splitlines())
+
+
+def test_an_ifname_in_another_script_is_fine():
+    assert run("ADD", conf(), CNI_IFNAME="éth0")[0] == 0
+
+
+@pytest.mark.parametrize("ifname,msg", [
+    ("e" * 16, "interface name is too long"), ("é" * 8, "interface name is too long"),
+    ("..", "interface name is . or .."), ("a/b", "interface name contains / or : or whitespace characters"),
+    ("a b", "interface name contains / or : or whitespace characters"),
+])
+def test_ifname_problems_are_worded_as_libcni_words_them(ifname, msg):
+    """libcni refuses a bad ifname itself before an ADD, and leaves CHECK
+    (and DEL) to the plugin: one wording whichever side refuses it."""
+    for verb in ("ADD", "CHECK"):
+        rc, out = run(verb, conf(), CNI_IFNAME=ifname)
+        assert rc == 1 and out["code"] == 4 and out["msg"] == msg, out
+        assert "CNI_IFNAME" in out["details"]
+    from cnilib.ops import runner
+    with pytest.raises(errors.InvalidEnvironment) as ei:
+        runner.check_attachment("net1", runner.Attachment("c1", "", ifname, {}, {}))
+    assert ei.value.msg == msg
+
+
+@pytest.mark.parametrize("key,value", [
+    ("CNI_NETNS", "/var/run/netns/a\x1b[2Jb"), ("CNI_PATH", "/opt/cni/bin:/x\x07"),
+    ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=a\x1b[2Jb\x07"), ("CNI_NETNS", "/run/netns/\udcff"),
+])
+def test_a_control_character_in_any_cni_value_is_refused(key, value):
+    CALLS.clear()
+    rc, out = run("ADD", conf(), **{key: value})
+    assert rc == 1 and out["code"] == 4 and key in out["msg"], out
+    assert CALLS == []
+
+
+def test_gc_and_status_refuse_a_control_character_in_cni_path():
+    for verb in ("GC", "STATUS"):
+        rc, out = run(verb, conf("1.1.0"), CNI_PATH="/opt/cni/bin\x1b", CNI_CONTAINERID="", CNI_IFNAME="")
+        assert rc == 1 and out["code"] == 4 and "CNI_PATH" in out["msg"], out
+
+
+def test_a_refused_container_id_reaches_the_log_escaped(tmp_path):
+    log = tmp_path / "l.log"
+    rc, out = run("ADD", conf(), log=log, CNI_CONTAINERID="c\x1b]0;pwned\x07\n2026 fake line")
+    assert rc == 1 and out["code"] == 4 and out["msg"] == "invalid characters in containerID"
+    text = log.read_text()
+    assert "\x1b" not in text and "\x07" not in text and len(text.splitlines()) == 1
+    assert "cid=c\\x1b]0;pwned\\x07\\n2026_fake_line" in text
+
+
+DELETED = []
+
+
+DEL_PLUGIN = skel.Plugin("fake", add=_add, delete=lambda a: DELETED.append((a.container_id, a.ifname)),
+                         uses_netns=False, makes_ifname=True)
+
+
+def run_del(conf_data, log=None, **env):
+    e = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "", "CNI_IFNAME": "eth0",
+         "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": "", "PYCNI_LOG": str(log) if log else "off"}
+    e.update(env)
+    data = conf_data if isinstance(conf_data, bytes) else json.dumps(conf_data).encode()
+    return skel.execute(DEL_PLUGIN, e, stdin_data=data)
+
+
+@pytest.mark.parametrize("env,data", [
+    ({"CNI_IFNAME": "et\udcffh0"}, conf()), ({"CNI_IFNAME": "e\x1bth0"}, conf()),
+    ({"CNI_IFNAME": "e" * 16}, conf()), ({"CNI_IFNAME": ".."}, conf()), ({"CNI_IFNAME": "lo"}, conf()),
+    ({"CNI_CONTAINERID": "../../etc"}, conf()), ({"CNI_CONTAINERID": "c" * 300}, conf()),
+    ({}, conf(name="../x")), ({}, {"cniVersion": "1.0.0"}), ({}, conf("9.9.9")), ({}, conf(1.0)),
+])
+def test_del_of_an_attachment_add_refuses_succeeds_and_runs_nothing(env, data, tmp_path):
+    """The runtime retries a failing DEL for ever and the pod never goes
+    away; an attachment ADD refuses cannot exist, so there is nothing to do."""
+    DELETED.clear()
+    log = tmp_path / "l.log"
+    rc, out = run_del(data, log=log, **env)
+    assert (rc, out) == (0, b"")
+    assert DELETED == []
+    text = log.read_text()
+    assert " DEL " in text and "ok (nothing to delete)" in text
+    assert "nothing to delete, as ADD refuses" in text
+    assert all(line.isprintable() for line in text.splitlines())
+
+
+def test_del_still_fails_on_what_is_no_config_or_no_runtime():
+    assert json.loads(run_del(b"{")[1])["code"] == 6
+    assert json.loads(run_del(b"[1]")[1])["code"] == 6
+    assert json.loads(run_del(conf(), CNI_CONTAINERID="")[1])["code"] == 4
+    assert json.loads(run_del(conf(), CNI_IFNAME="")[1])["code"] == 4
+
+
+def test_a_plugin_that_makes_its_ifname_refuses_lo_on_add_and_check():
+    for verb in ("ADD", "CHECK"):
+        e = {"CNI_COMMAND": verb, "CNI_CONTAINERID": "c", "CNI_NETNS": "/n", "CNI_IFNAME": "lo",
+             "PYCNI_LOG": "off"}
+        rc, out = skel.execute(DEL_PLUGIN, e, stdin_data=json.dumps(conf()).encode())
+        assert rc == 1 and json.loads(out)["code"] == 4 and "lo" in json.loads(out)["msg"]
+    # the loopback plugin and the chained ones take lo as they always did
+    assert run("ADD", conf(), CNI_IFNAME="lo")[0] == 0
