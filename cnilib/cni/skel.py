@@ -8,14 +8,25 @@ module writes stdout.
 
 Order of checks, each with its spec code:
   CNI_COMMAND missing          -> about text, exit 0
-  required env missing/invalid -> 4
+  required env missing/invalid -> 4 (a control character or a byte that is
+                                  not UTF-8 in any CNI_* value is invalid)
   VERSION                      -> version info (stdin is optional)
   stdin unreadable/oversized   -> 5 / 6, JSON malformed -> 6
   name missing or invalid      -> 7
   cniVersion unsupported       -> 1 (details list the supported versions)
   verb not allowed by version  -> 1
-  CNI_NETNS not a netns, or the plugin's own netns -> 8 (plugins that never
-    enter CNI_NETNS only refuse their own netns)
+  CNI_NETNS not a network namespace (missing, a FIFO, a file) -> 4; the
+    plugin's own netns -> 8 (plugins that never enter CNI_NETNS only refuse
+    their own netns)
+
+DEL of nothing always succeeds.  A DEL whose container ID, ifname, network
+name or cniVersion ADD would refuse names an attachment that cannot exist:
+it succeeds without running the handler, and the log says why.  A DEL's
+CNI_ARGS are not needed (state is keyed by network, ID and ifname), so
+garbage there is logged and ignored; a CNI_NETNS that is no network
+namespace is treated as one that is gone.  Only stdin that is not a JSON
+object, a missing required variable and the plugin's own netns still fail
+a DEL.
 """
 
 import os
@@ -309,19 +320,27 @@ def _open_netns(a, env):
     try:
         a.netns_fd = netns.open_netns(a.netns)
     except netns.NetNSGone:
-        if a.command in ("DEL",):
+        if a.command == "DEL":
             a.netns_gone = True
             return
-        raise errors.InvalidNetNS(
-            "container netns %r does not exist" % a.netns,
+        raise errors.InvalidEnvironment(
+            "CNI_NETNS %s does not exist" % shown(a.netns, 200),
             "expected the path of a live network namespace") from None
+    except errors.InvalidEnvironment as exc:
+        if a.command != "DEL":
+            raise
+        # ADD refuses it, so nothing of ours is in there: clean up outside, as
+        # for a netns that is gone
+        a.log.warning("%s: cleaning up outside it", exc.msg)
+        a.netns_gone = True
+        return
     if not override and netns.is_own(a.netns_fd):
         raise _own_netns(a)
 
 
 def _own_netns(a):
     return errors.InvalidNetNS(
-        "CNI_NETNS %r is the plugin's own network namespace" % a.netns,
+        "CNI_NETNS %s is the plugin's own network namespace" % shown(a.netns, 200),
         "refusing to %s there (a stale /proc/<pid>/ns/net path can point at the host); "
         "expected the container's network namespace" % a.command)
 

@@ -1,8 +1,10 @@
 """Network namespaces by path: validate, compare, enter and return.
 
 A namespace is only ever *opened* (O_RDONLY, never O_CREAT: pyroute2's
-default would mint a new netns for a vanished path).  ``NS_GET_NSTYPE``
-proves the file is a network namespace; comparing (st_dev, st_ino) with
+default would mint a new netns for a vanished path), and only once an
+O_PATH look has shown a file on nsfs, so a FIFO or a device named as a
+namespace is refused without blocking or waking a driver.
+``NS_GET_NSTYPE`` proves the file is a network namespace; comparing (st_dev, st_ino) with
 /proc/self/ns/net catches a CNI_NETNS that is the plugin's own namespace,
 where a loopback DEL would take the host's ``lo`` down.
 
@@ -11,6 +13,7 @@ loaded only when a namespace is actually entered.
 """
 
 import os
+import stat
 
 from cnilib.base import errors
 
@@ -22,41 +25,100 @@ class NetNSGone(Exception):
     """The netns path does not exist (any more)."""
 
 
+def _nsfs_dev():
+    """st_dev of nsfs (every namespace file lives on that one internal
+    file system), or None where /proc is not mounted."""
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_dev
+    except OSError:
+        return None
+
+
+def _shown(path):
+    from cnilib.base.text import printable
+    return '"%s"' % printable(path[:200])
+
+
 def open_netns(path):
     """Open ``path`` as a network namespace; return the fd.
 
-    Raises NetNSGone when the path does not exist, InvalidNetNS when it is
-    not a network namespace.
+    Raises NetNSGone when the path does not exist, InvalidEnvironment
+    (code 4: CNI_NETNS is wrong) when it is not a network namespace.
+
+    Nothing but a namespace file is ever opened for reading: the path is
+    first opened O_PATH (which neither blocks on a FIFO nor wakes a device
+    driver), checked to be a regular file on nsfs, and only then reopened
+    through /proc/self/fd.  A FIFO used to block the open for ever (the
+    plugin hung until the runtime killed it), and a device's open has side
+    effects of its own (a watchdog starts counting).
     """
     if not path.startswith("/"):
-        raise errors.InvalidNetNS(
-            "CNI_NETNS %r is not an absolute path" % path[:200],
+        raise errors.InvalidEnvironment(
+            "CNI_NETNS %s is not an absolute path" % _shown(path),
             "expected a path such as /var/run/netns/<name> or /proc/<pid>/ns/net")
     if "\x00" in path:
-        raise errors.InvalidNetNS("CNI_NETNS contains a NUL byte")
+        raise errors.InvalidEnvironment("CNI_NETNS contains a NUL byte")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise NetNSGone(path) from exc
     except OSError as exc:
-        raise errors.InvalidNetNS(
-            "cannot open CNI_NETNS %r: %s" % (path, exc.strerror),
+        raise errors.InvalidEnvironment(
+            "cannot open CNI_NETNS %s: %s" % (_shown(path), exc.strerror),
             "expected a readable network namespace file") from exc
+    try:
+        st = os.fstat(pfd)
+        dev = _nsfs_dev()
+        if not stat.S_ISREG(st.st_mode) or (dev is not None and st.st_dev != dev):
+            raise errors.InvalidEnvironment(
+                "CNI_NETNS %s is not a namespace file" % _shown(path),
+                "found %s; expected a network namespace such as /var/run/netns/<name> or "
+                "/proc/<pid>/ns/net" % _kind(st.st_mode, dev is not None and st.st_dev != dev))
+        try:
+            fd = os.open("/proc/self/fd/%d" % pfd, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # no /proc: the path itself, without blocking, and the same inode
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            again = os.fstat(fd)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                raise errors.InvalidEnvironment("CNI_NETNS %s changed while it was opened"
+                                                % _shown(path)) from None
+    except OSError as exc:
+        raise errors.InvalidEnvironment(
+            "cannot open CNI_NETNS %s: %s" % (_shown(path), exc.strerror),
+            "expected a readable network namespace file") from exc
+    finally:
+        os.close(pfd)
     try:
         import fcntl
         nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError as exc:
         os.close(fd)
-        raise errors.InvalidNetNS(
-            "CNI_NETNS %r is not a namespace file" % path,
+        raise errors.InvalidEnvironment(
+            "CNI_NETNS %s is not a namespace file" % _shown(path),
             "found a file the kernel does not know as a namespace (%s); "
             "expected a network namespace such as /var/run/netns/<name>" % exc.strerror) from exc
     if nstype != CLONE_NEWNET:
         os.close(fd)
-        raise errors.InvalidNetNS(
-            "CNI_NETNS %r is not a network namespace" % path,
+        raise errors.InvalidEnvironment(
+            "CNI_NETNS %s is not a network namespace" % _shown(path),
             "found a namespace of type 0x%x, expected a network namespace" % nstype)
     return fd
+
+
+def _kind(mode, other_fs):
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if other_fs:
+        return "a file outside nsfs"
+    return "a file that is no namespace"
 
 
 def is_own(fd):

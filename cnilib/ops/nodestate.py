@@ -208,11 +208,11 @@ def netns_by_pid(skip_inos):
 
 def assign_nsids(nl, refs):
     """Fill ``ref.nsid`` with the id this netns gave each one (None: no id)."""
-    from cnilib.kernel import netlink
+    from cnilib.kernel import netlink, netns
     for r in refs:
         try:
-            fd = os.open(r.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            fd = netns.open_netns(r.path)     # checked to be nsfs: a FIFO there would hang
+        except (OSError, netns.NetNSGone, errors.CniError):
             continue
         try:
             r.nsid = netlink.netns_id(nl, fd)

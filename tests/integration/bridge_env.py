@@ -91,14 +91,14 @@ class Node:
 
     # -- running the plugin ------------------------------------------------
     def run(self, command, conf, ctr=None, cid="c1", ifname="eth0", args="", netns=None,
-            exe=None, path=None, env=None):
+            exe=None, path=None, env=None, timeout=60):
         e = dict(self.env)
         e.update(env or {})
         if netns is None:
             netns = ctr.path if ctr is not None else ""
         return run_plugin(exe or self.exe, command, conf, containerid=cid, netns=netns,
                           ifname=ifname, args=args, path=path or self.path,
-                          host_netns=self.host.name, extra_env=e)
+                          host_netns=self.host.name, extra_env=e, timeout=timeout)
 
     def add(self, conf, ctr, **kw):
         r = self.run("ADD", conf, ctr, **kw)

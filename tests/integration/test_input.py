@@ -1,6 +1,7 @@
-"""Hostile names from the runtime, through the built plugins in sandbox
-namespaces (issue 16): a pod name in another script, an ifname that is not
-UTF-8 or holds an ESC, and CNI_IFNAME=lo for the bridge."""
+"""Hostile names and paths from the runtime, through the built plugins in
+sandbox namespaces (issue 16): a CNI_NETNS that is a FIFO, an ifname that
+is not UTF-8 or holds an ESC, a pod name in another script, CNI_IFNAME=lo
+for the bridge."""
 
 import json
 import os
@@ -101,3 +102,26 @@ def test_json_errors_stay_exact_while_logs_escape(node):
                      extra_env=node.env)
     assert raw.rc == 0, raw
     assert json.dumps(res, ensure_ascii=False).count("éth0") == 1
+
+
+@pytest.mark.parametrize("plugin", ["bridge", "loopback", "tuning"])
+def test_a_fifo_as_cni_netns_is_refused_at_once_and_its_del_succeeds(node, plugin, tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes: bridge,
+    loopback and tuning hung until the runtime killed them, and their DEL
+    hung too.  Now: code 4 within a second, DEL succeeds, nothing made."""
+    fifo = str(tmp_path / "netns-fifo")
+    os.mkfifo(fifo)
+    conf = {"bridge": node.conf(isGateway=True),
+            "loopback": {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"},
+            "tuning": {"cniVersion": "1.0.0", "name": "tn", "type": "tuning", "mtu": 1400,
+                       "dataDir": str(tmp_path / "tuning"),
+                       "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}]}}}[plugin]
+    exe = os.path.join(node.plugins, plugin)
+    for verb in ("ADD", "CHECK"):
+        r = node.run(verb, conf, netns=fifo, exe=exe, timeout=10)
+        err = assert_cni_error(r, 4)
+        assert "is not a namespace file" in err["msg"] and "a FIFO" in err["details"], err
+    r = node.run("DEL", conf, netns=fifo, exe=exe, timeout=10)
+    assert r.rc == 0 and r.stdout == "", r
+    assert node.veths() == [] and node.leases() == []
+    assert "is not a namespace file: cleaning up outside it" in node.log_text()

@@ -8,8 +8,8 @@ traceback, and change nothing: the state dirs, the links, addresses and
 routes of the node and of the pods, the nftables ruleset and both
 iptables-saves are compared with a snapshot taken before the case.
 
-Codes: 1 incompatible version, 4 bad environment, 6 undecodable stdin,
-7 invalid config, 8 bad netns.
+Codes: 1 incompatible version, 4 bad environment (a CNI_NETNS that is no
+network namespace included), 6 undecodable stdin, 7 invalid config.
 """
 
 import json
@@ -28,6 +28,7 @@ POD = "hpod"
 PREV = {"cniVersion": "1.1.0",
         "interfaces": [{"name": "eth0", "mac": "0a:58:0a:63:00:63", "sandbox": "/var/run/netns/x"}],
         "ips": [{"address": "10.99.0.99/24", "gateway": "10.99.0.1", "interface": 0}]}
+FIFO = "@fifo"                      # replaced by a FIFO the node holds
 NOT_UTF8 = os.fsdecode(b"et\xffh0")
 INJECT = ("host-local; rm -rf /", "../../bin/sh", "1.2.3.4\ndrop", "$(reboot)", "`id`",
           "x\" ; flush ruleset ; \"", "a\x00b")
@@ -126,11 +127,13 @@ def generic_cases():
     for p in USES_NETNS:
         out += [
             Case("%s no netns" % p, p, 4, env={"CNI_NETNS": ""}),
-            Case("%s netns is a regular file" % p, p, 8, env={"CNI_NETNS": "/etc/hostname"}),
-            Case("%s netns is a uts namespace" % p, p, 8, env={"CNI_NETNS": "/proc/self/ns/uts"}),
-            Case("%s netns relative" % p, p, 8, env={"CNI_NETNS": "var/run/netns/x"}),
-            Case("%s netns missing on ADD" % p, p, 8, env={"CNI_NETNS": "/var/run/netns/pycni-none"}),
-            Case("%s netns is a directory" % p, p, 8, env={"CNI_NETNS": "/var/run/netns"}),
+            Case("%s netns is a regular file" % p, p, 4, env={"CNI_NETNS": "/etc/hostname"}),
+            Case("%s netns is a uts namespace" % p, p, 4, env={"CNI_NETNS": "/proc/self/ns/uts"}),
+            Case("%s netns relative" % p, p, 4, env={"CNI_NETNS": "var/run/netns/x"}),
+            Case("%s netns missing on ADD" % p, p, 4, env={"CNI_NETNS": "/var/run/netns/pycni-none"}),
+            Case("%s netns is a directory" % p, p, 4, env={"CNI_NETNS": "/var/run/netns"}),
+            Case("%s netns is a FIFO" % p, p, 4, env={"CNI_NETNS": FIFO}),
+            Case("%s netns is a device" % p, p, 4, env={"CNI_NETNS": "/dev/null"}),
         ]
     return out
 
@@ -267,6 +270,8 @@ def hnodes(tmp_path_factory):
             node.add("cbr0", "live1")
             node.add("bnet", "live2")
             node.pod(POD).run("ip", "link", "add", "net1", "type", "veth", "peer", "name", "net1p")
+            node.fifo = os.path.join(node.tmp, "netns-fifo")
+            os.mkfifo(node.fifo)
             node.base = node.snapshot(pods=["live1", "live2", POD])
             nodes[form] = node
         return nodes[form]
@@ -294,6 +299,8 @@ def test_hostile_input_is_refused_with_nothing_changed(hnodes, hf, case):
         stdin = json.dumps(conf).encode()
     env = dict(case.env)
     netns = env.pop("CNI_NETNS", node.pods[POD].path)
+    if netns == FIFO:
+        netns = node.fifo
     cid = env.pop("CNI_CONTAINERID", "hostile1")
     ifname = env.pop("CNI_IFNAME", "net1" if case.plugin == "tuning" else "eth0")
     args = env.pop("CNI_ARGS", "")

@@ -1,6 +1,7 @@
 """The protocol boundary without root: env checks, version gates, error JSON."""
 
 import json
+import os
 
 import pytest
 
@@ -393,3 +394,30 @@ def test_a_plugin_that_makes_its_ifname_refuses_lo_on_add_and_check():
         assert rc == 1 and json.loads(out)["code"] == 4 and "lo" in json.loads(out)["msg"]
     # the loopback plugin and the chained ones take lo as they always did
     assert run("ADD", conf(), CNI_IFNAME="lo")[0] == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file", "dir", "device", "uts"])
+def test_a_netns_that_is_no_network_namespace_is_refused_at_once(kind, tmp_path):
+    """CNI_NETNS naming a FIFO blocked the open for ever (bridge, loopback and
+    tuning hung until the runtime killed them).  The path is looked at with
+    O_PATH and must be a file on nsfs before anything opens it: code 4 on
+    ADD and CHECK; a DEL treats it as a netns that is gone."""
+    import subprocess
+    import sys
+
+    from cnitest import ROOT
+    path = {"fifo": tmp_path / "fifo", "file": tmp_path / "file", "dir": tmp_path,
+            "device": "/dev/null", "uts": "/proc/self/ns/uts"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "file":
+        path.write_text("")
+    prog = ("import json, sys\nsys.path.insert(0, %r)\nfrom cnilib.cni import skel\n"
+            "p = skel.Plugin('p', add=lambda a: None, check=lambda a: None, delete=lambda a: None)\n"
+            "for verb in ('ADD', 'CHECK', 'DEL'):\n"
+            "    e = dict(CNI_COMMAND=verb, CNI_CONTAINERID='c', CNI_NETNS=%r, CNI_IFNAME='eth0',"
+            " PYCNI_LOG='off')\n"
+            "    rc, out = skel.execute(p, e, stdin_data=b'{\"cniVersion\":\"1.0.0\",\"name\":\"n\"}')\n"
+            "    print(verb, rc, json.loads(out)['code'] if out else None)\n" % (ROOT, str(path)))
+    done = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=20)
+    assert done.stdout.split("\n")[:3] == ["ADD 1 4", "CHECK 1 4", "DEL 0 None"], done
