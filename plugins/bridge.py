@@ -6,7 +6,8 @@ ADD   IPAM -> bridge -> gateway address -> veth -> port flags -> container
       masquerade transaction is started right after IPAM and collected once
       the container is set up: nft runs while netlink works.
 DEL   rules and container link -> IPAM, succeeding in every partial state,
-      with or without a netns.  The masquerade elements are found by the
+      with or without a netns, and whatever the config: with one ADD
+      refuses, what the attachment's key finds is removed.  The masquerade elements are found by the
       attachment's record and removed over netlink just before the link is
       deleted, so that the kernel frees both in one RCU grace period; IPAM
       is released only after both.
@@ -163,7 +164,14 @@ def _delete_link(index):
 
 
 def cmd_del(a):
-    c = _conf(a)
+    from cnilib.bridge import netconf
+    try:
+        c = netconf.load_conf(a.conf)
+    except errors.InvalidConfig as exc:
+        # DEL of nothing succeeds whatever the config: remove by the attachment's key
+        a.log.warning("DEL with a config ADD refuses (%s): removing what the attachment's key finds",
+                      exc.msg)
+        c = netconf.teardown_conf(a.conf, a.log)
     from cnilib.kernel import netlink
     masq = None
     if c["_l3"] and c["ipMasq"]:

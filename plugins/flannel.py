@@ -3,9 +3,9 @@
 ADD waits (bounded) for subnet.env, builds the delegate config, saves it to
 ``<dataDir>/<container id>`` and runs the delegate.  DEL replays the saved
 config; without a usable one it rebuilds it, or releases the lease and the
-veth directly.  CHECK runs the delegate's CHECK with the saved config.  GC
-and STATUS are forwarded to delegates that speak 1.1.0.  The work lives in
-cnilib.flannel.
+veth directly; it succeeds whatever the config, as upstream's does.  CHECK
+runs the delegate's CHECK with the saved config.  GC and STATUS are
+forwarded to delegates that speak 1.1.0.  The work lives in cnilib.flannel.
 """
 
 from cnilib import flannel
@@ -70,26 +70,68 @@ def _remove(a, data_dir, path):
         a.log.warning("cannot remove %s: %s", path, getattr(exc, "strerror", None) or exc)
 
 
+def _del_conf(a):
+    """(conf, raw) as DEL reads them: DEL of nothing succeeds whatever the
+    config (upstream flannel's does too), so keys that do not validate are
+    left out (conf has their defaults), and an unusable dataDir or
+    subnetFile is None: nothing was saved in the first, the second cannot
+    be read."""
+    conf, raw = validate.validate_for_del("flannel", a.conf, a.log)
+    for key in ("dataDir", "subnetFile"):
+        try:
+            fsutil.check_path(conf[key], key)
+        except errors.InvalidConfig as exc:
+            a.log.warning("DEL: %s", exc.msg)
+            conf[key] = None
+    return conf, raw
+
+
 def cmd_del(a):
-    conf, raw = _conf(a)
-    saved = flannel.load_saved(conf["dataDir"], a.container_id)
+    conf, raw = _del_conf(a)
+    if conf["dataDir"] is None:
+        saved = flannel.Saved(None, "missing")
+    else:
+        saved = flannel.load_saved(conf["dataDir"], a.container_id)
     if saved.state == "ok":
         invoke.delegate("DEL", saved.conf["type"], saved.data, a)
     else:
         if saved.state != "missing":
             a.log.warning("saved delegate config %s is %s%s: rebuilding it", saved.path, saved.state,
                           " (%s)" % saved.why if saved.why else "")
-        try:
-            env = flannel.load_subnet_env(conf["subnetFile"])
-        except flannel.SubnetEnvError as exc:
-            _release_without_subnet_env(a, conf, raw, exc)
-        else:
-            delegate = flannel.build_delegate(raw, env)
-            invoke.delegate("DEL", delegate["type"], flannel.encode(delegate), a)
+        _del_unsaved(a, conf, raw)
     failpoint.hit("flannel-del-before-remove")
     if saved.state != "missing":
         _remove(a, conf["dataDir"], saved.path)
     return None
+
+
+def _del_unsaved(a, conf, raw):
+    """DEL without a usable saved config: the delegate config rebuilt from
+    subnet.env; without subnet.env, or with a config ADD would refuse (a
+    ``delegate`` holding ``ipam``), the lease released through the IPAM
+    plugin and the veth removed by its alias; with an IPAM block no plugin
+    can take, the veth alone."""
+    try:
+        if conf["subnetFile"] is None:
+            raise flannel.SubnetEnvError("unusable", "subnetFile is not a usable path")
+        env = flannel.load_subnet_env(conf["subnetFile"])
+    except flannel.SubnetEnvError as exc:
+        problem = exc.msg
+    else:
+        try:
+            delegate = flannel.build_delegate(raw, env)
+        except errors.InvalidConfig as exc:
+            problem = "a config ADD refuses (%s)" % exc.msg
+        else:
+            invoke.delegate("DEL", delegate["type"], flannel.encode(delegate), a)
+            return
+    try:
+        _release_without_subnet_env(a, conf, raw, problem)
+    except errors.InvalidConfig as exc:
+        a.log.warning("no lease released: %s", exc.msg)
+        removed = flannel.remove_attachment_links(a, conf["name"])
+        if removed:
+            a.log.info("removed %s", ", ".join(removed))
 
 
 def _release_without_subnet_env(a, conf, raw, problem):
@@ -97,7 +139,7 @@ def _release_without_subnet_env(a, conf, raw, problem):
     plugin (host-local releases by container ID + ifname) and delete the veth."""
     release = flannel.release_config(raw)
     a.log.info("no saved config and %s: releasing through %s and removing the veth",
-               problem.msg, release["ipam"]["type"])
+               problem, release["ipam"]["type"])
     invoke.delegate("DEL", release["ipam"]["type"], flannel.encode(release), a)
     removed = flannel.remove_attachment_links(a, conf["name"])
     if removed:

@@ -117,12 +117,17 @@ def _update_mac(result, a, mac):
 
 
 def cmd_del(a):
-    # the keys' types and CNI_ARGS are checked as on ADD; the values are not
-    # (a MAC or sysctl that ADD would refuse must not block the teardown)
+    # DEL of nothing succeeds whatever the config: only dataDir is read, a
+    # key that does not validate is left at its default, and a dataDir no
+    # system call can take holds nothing of ours
     from cnilib.cni import validate
-    data_dir = validate.validate("tuning", a.conf).get("dataDir") or paths.TUNING_DIR
-    a.cni_args  # noqa: B018  (unknown keys are an error, as on ADD)
-    saved, found = tuning.load_backup(data_dir, a.name, a.container_id, a.ifname, a.log)
+    conf, _ = validate.validate_for_del("tuning", a.conf, a.log)
+    data_dir = conf.get("dataDir") or paths.TUNING_DIR
+    try:
+        saved, found = tuning.load_backup(data_dir, a.name, a.container_id, a.ifname, a.log)
+    except errors.InvalidConfig as exc:
+        a.log.warning("DEL: nothing saved under an unusable dataDir: %s", exc.msg)
+        return None
     if saved is None:
         _drop_unreadable(a, data_dir)
         return None

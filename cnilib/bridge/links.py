@@ -344,12 +344,17 @@ def delete_container_link(cnl, netns_fd, network, container_id, ifname, netns_pa
 
 def remove_leftover_veths(nl, conf, network, container_id, ifname, log):
     """DEL without a netns: delete host veths on the bridge whose alias names
-    this attachment (the pair outlives a netns something still holds)."""
-    br = netlink.link_get(nl, conf["bridge"])
-    if br is None:
-        return 0
+    this attachment (the pair outlives a netns something still holds); on
+    any bridge when the config names none it can use (``bridge`` None)."""
+    if conf["bridge"] is None:
+        ports = [(link.index, link.name, link.alias) for link in netlink.links(nl) if link.kind == "veth"]
+    else:
+        br = netlink.link_get(nl, conf["bridge"])
+        if br is None:
+            return 0
+        ports = netlink.port_aliases(nl, br.index)
     n = 0
-    for index, name, alias in netlink.port_aliases(nl, br.index):
+    for index, name, alias in ports:
         if naming.veth_alias_names(alias, network, container_id, ifname):
             if netlink.link_del(nl, index=index):
                 log.info("deleted leftover veth %s (%s)", name, alias)

@@ -28,8 +28,7 @@ def load_conf(conf):
     or None)."""
     c = validate.validate("bridge", _args.normalize_keys(conf, KEYS))
     name = c["bridge"]
-    if not (name[0].isascii() and name[0].isalnum()) or any(
-            not (ch.isascii() and (ch.isalnum() or ch in "_.-")) for ch in name):
+    if not _bridge_name_ok(name):
         raise errors.InvalidConfig("bridge name %r is not a usable interface name" % name,
                                    "expected 1-15 of [A-Za-z0-9_.-], starting with a letter or digit")
     ipam = c.get("ipam") or {}
@@ -57,6 +56,39 @@ def load_conf(conf):
                 "bridge %r with vlan %d needs a gateway interface %r, longer than 15 bytes"
                 % (c["bridge"], c["vlan"], name), "use a bridge name of at most %d characters"
                 % (14 - len(str(c["vlan"]))))
+    return c
+
+
+def _bridge_name_ok(name):
+    return bool(name) and name[0].isascii() and name[0].isalnum() and all(
+        ch.isascii() and (ch.isalnum() or ch in "_.-") for ch in name)
+
+
+def teardown_conf(conf, log):
+    """What bridge DEL needs from a config ADD refuses, since DEL of nothing
+    must succeed whatever the config: every key that does not validate is
+    left at its default (and logged), an unusable bridge name means the
+    attachment's veth is looked for among all the node's veths (``bridge``
+    None), an
+    IPAM type that is not a plain plugin name means no IPAM to release,
+    and the masquerade and macspoofchk teardowns always run (they find what
+    is theirs by the attachment's key, and do nothing when nothing is)."""
+    c, _ = validate.validate_for_del("bridge", _args.normalize_keys(conf, KEYS), log)
+    if not _bridge_name_ok(c["bridge"]):
+        log.warning("DEL: bridge name %r unusable, looking among all veths", c["bridge"])
+        c["bridge"] = None
+    ipam = c.get("ipam") or {}
+    c["_ipam"] = ipam.get("type") or ""
+    if c["_ipam"]:
+        from cnilib.cni import invoke
+        try:
+            invoke.check_type_name(c["_ipam"], "ipam.type")
+        except errors.InvalidConfig as exc:
+            log.warning("DEL: no IPAM to release: %s", exc.msg)
+            c["_ipam"] = ""
+    c["_l3"] = bool(c["_ipam"])
+    c["ipMasq"] = c["macspoofchk"] = True
+    c["_trunk"] = None
     return c
 
 

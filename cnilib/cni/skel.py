@@ -164,10 +164,12 @@ class CmdArgs:
 
     @property
     def cni_args(self):
-        """CNI_ARGS as a dict, checked against the plugin's known keys."""
+        """CNI_ARGS as a dict, checked against the plugin's known keys (on
+        DEL, which needs none of them, an unknown key is no error)."""
         if self._cni_args is None:
             from cnilib.cni.args import parse_cni_args
-            self._cni_args = parse_cni_args(self.args_raw, self.plugin.cni_args)
+            known = None if self.command == "DEL" else self.plugin.cni_args
+            self._cni_args = parse_cni_args(self.args_raw, known)
         return self._cni_args
 
     @property

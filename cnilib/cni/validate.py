@@ -64,3 +64,25 @@ def validate(name, data, what=None, error=errors.InvalidConfig):
     except schemacheck.Invalid as exc:
         msg, details = describe(exc, what or ("%s network config" % name))
         raise error(msg, details) from exc
+
+
+def validate_for_del(name, data, log):
+    """For DEL, which must not fail on a config ADD would refuse: validate
+    ``data`` against schema ``name``, leaving out every top-level key whose
+    value does not validate (its default takes its place), and log each key
+    left out.  Returns (the validated config, ``data`` without those keys);
+    raises InvalidConfig only when a required key is missing."""
+    from cnilib.cni import schemacheck
+    data = dict(data)
+    while True:
+        try:
+            return schemacheck.validate(schema(name), data), data
+        except schemacheck.Invalid as exc:
+            msg, details = describe(exc, "%s network config" % name)
+            bad = {e["loc"][0] for e in exc.errors() if e.get("loc") and e["loc"][0] in data}
+            if not bad:
+                raise errors.InvalidConfig(msg, details) from exc
+            log.warning("DEL leaves out %s: %s%s", ", ".join(sorted(map(str, bad))), msg,
+                        "; " + details if details else "")
+            for k in bad:
+                del data[k]

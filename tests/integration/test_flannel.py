@@ -522,6 +522,41 @@ def test_del_replays_saved_config_whatever_the_current_one(node, ctr):
     assert_clean(node, "replay1", ctr)
 
 
+@pytest.mark.parametrize("with_env", [True, False], ids=["subnet.env", "no subnet.env"])
+@pytest.mark.parametrize("bad", [
+    {"delegate": {"ipam": {"type": "host-local"}}}, {"delegate": {"name": "x"}}, {"delegate": "bridge"},
+    {"subnetFile": 5, "dataDir": ["x"]}, {"ipam": ["host-local"]}, {"ipam": {"type": "../../bin/sh"}},
+    {"dataDir": "/tmp/\x00x", "subnetFile": "/run/\x00"}, {"subnetFileWait": "soon"},
+], ids=["delegate ipam", "delegate name", "delegate string", "paths wrong type", "ipam list",
+        "ipam type injection", "paths with NUL", "wait as string"])
+def test_del_of_nothing_succeeds_with_a_config_add_refuses(node, ctr, bad, with_env):
+    """flannel DEL with a config its ADD refuses (a delegate holding ipam)
+    failed with code 7 although nothing was saved: the runtime retried it
+    for ever and the pod never went away.  Upstream flannel succeeds."""
+    if with_env:
+        node.write_env()
+    conf = node.conf(**dict({"subnetFileWait": 0}, **bad))
+    assert node.run("ADD", "never1", ctr, conf=conf).rc == 1
+    links = set(node.ns.links())
+    r = node.run("DEL", "never1", ctr, conf=conf)
+    assert r.rc == 0 and r.stdout == "", r
+    assert set(node.ns.links()) == links and node.leases() == []
+    assert not os.path.lexists(node.saved("never1"))
+
+
+def test_del_with_a_config_add_refuses_still_cleans_up_what_is_there(node, ctr):
+    """The saved config is lost and the config now puts ipam in the
+    delegate: the lease is released through the top-level ipam, the veth
+    found by its alias."""
+    node.write_env()
+    assert node.run("ADD", "lost1", ctr).rc == 0
+    os.unlink(node.saved("lost1"))
+    assert node.leases() and node.pod_veths()
+    r = node.run("DEL", "lost1", ctr, conf=node.conf(delegate={"ipam": {"type": "host-local"}}))
+    assert r.rc == 0, r
+    assert_clean(node, "lost1", ctr)
+
+
 def test_pycni_fabric_with_netns(plugins, go_plugins, netns_factory, tmp_path, run_env):
     """``pycni fabric --netns`` of the form under test works from outside the node."""
     import subprocess

@@ -1,7 +1,7 @@
 """Hostile names and paths from the runtime, through the built plugins in
 sandbox namespaces (issue 16): a CNI_NETNS that is a FIFO, an ifname that
 is not UTF-8 or holds an ESC, a pod name in another script, CNI_IFNAME=lo
-for the bridge."""
+for the bridge.  DEL of nothing succeeds whatever the config."""
 
 import json
 import os
@@ -125,3 +125,40 @@ def test_a_fifo_as_cni_netns_is_refused_at_once_and_its_del_succeeds(node, plugi
     assert r.rc == 0 and r.stdout == "", r
     assert node.veths() == [] and node.leases() == []
     assert "is not a namespace file: cleaning up outside it" in node.log_text()
+
+
+def test_loopback_del_with_a_config_add_refuses_still_succeeds(node, ctr):
+    conf = {"cniVersion": "1.0.0", "name": "lo", "type": "loopback", "logLevel": 5, "dns": "x"}
+    exe = os.path.join(node.plugins, "loopback")
+    assert_cni_error(node.run("ADD", conf, ctr, exe=exe, ifname="lo"), 7)
+    r = node.run("DEL", conf, ctr, exe=exe, ifname="lo")
+    assert r.rc == 0 and r.stdout == "", r
+
+
+def test_tuning_del_with_a_config_add_refuses_still_succeeds(node, ctr, tmp_path):
+    conf = {"cniVersion": "1.0.0", "name": "tn", "type": "tuning", "mtu": "1400",
+            "dataDir": str(tmp_path / "tuning"), "prevResult": {"cniVersion": "1.0.0"}}
+    exe = os.path.join(node.plugins, "tuning")
+    assert_cni_error(node.run("ADD", conf, ctr, exe=exe, args="FOO=1"), 7)
+    for c, args in ((conf, "FOO=1"), (dict(conf, dataDir="/tmp/\x00x"), ""), (dict(conf, sysctl=[]), "")):
+        r = node.run("DEL", c, ctr, exe=exe, args=args)
+        assert r.rc == 0 and r.stdout == "", r
+
+
+@pytest.mark.parametrize("bad", [{"ipMasq": "yes", "mtu": "x"}, {"hairpinMode": True, "promiscMode": True},
+                                 {"bridge": "br/../x"}], ids=["wrong types", "conflict", "bridge name"])
+def test_bridge_del_with_a_config_add_refuses_removes_what_the_key_finds(node, bad):
+    """The attachment was made with a good config, which was then broken:
+    DEL still removes its veth (by its alias when CNI_NETNS is empty: on
+    any bridge when the config's bridge name is unusable), masquerade
+    elements and lease, all keyed by network, container ID and ifname,
+    instead of failing for ever."""
+    good = node.conf(isGateway=True, ipMasq=True)
+    ctr = node.container()
+    node.add(good, ctr)
+    assert node.veths() and node.leases() and node.owned()
+    for netns in ("", None):     # without CNI_NETNS first (found by its alias), then in it
+        r = node.run("DEL", dict(good, **bad), ctr, netns=netns)
+        assert r.rc == 0 and r.stdout == "", r
+    node.assert_clean()
+    assert "DEL with a config ADD refuses" in node.log_text()

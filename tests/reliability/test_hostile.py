@@ -9,7 +9,9 @@ routes of the node and of the pods, the nftables ruleset and both
 iptables-saves are compared with a snapshot taken before the case.
 
 Codes: 1 incompatible version, 4 bad environment (a CNI_NETNS that is no
-network namespace included), 6 undecodable stdin, 7 invalid config.
+network namespace included), 6 undecodable stdin, 7 invalid config.  The
+same requests as DELs of nothing all succeed, changing nothing, unless
+stdin is no JSON object or a required variable is missing.
 """
 
 import json
@@ -255,6 +257,26 @@ BIN_EVERY = 3       # the bundle form runs every third case: the same code, slow
 PAIRS = [(f, c) for f in cnitest.forms() for i, c in enumerate(CASES) if f == "py" or i % BIN_EVERY == 0]
 
 
+def del_code(case):
+    """What the same request gets as a DEL of an attachment that does not
+    exist: DEL of nothing succeeds whatever the config and whatever value
+    ADD would refuse, unless the runtime left out a variable DEL needs
+    (None: the case has no DEL form; stdin that is no JSON object takes
+    the skel's one path, the same for DEL as for ADD, and is left to
+    test_skel)."""
+    if case.verb != "ADD" or "CNI_COMMAND" in case.env or case.raw is not None:
+        return None
+    if case.env.get("CNI_CONTAINERID") == "" or case.env.get("CNI_IFNAME") == "":
+        return 4
+    return 0
+
+
+DEL_CASES = [c for c in CASES if del_code(c) is not None]
+DEL_BIN_EVERY = 6   # the bundle form runs every sixth DEL: the same code as the py form's
+DEL_PAIRS = [(f, c) for f in cnitest.forms() for i, c in enumerate(DEL_CASES)
+             if f == "py" or i % DEL_BIN_EVERY == 0]
+
+
 @pytest.fixture(scope="module")
 def hnodes(tmp_path_factory):
     """``get(form)``: a node per install form, made on first use, with a live
@@ -287,9 +309,7 @@ def test_the_corpus_is_large_and_covers_every_plugin():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("hf,case", PAIRS, ids=["%s-%s" % (f, c.id) for f, c in PAIRS])
-def test_hostile_input_is_refused_with_nothing_changed(hnodes, hf, case):
-    node = hnodes(hf)
+def _exec(node, case, verb=None):
     if case.raw is not None:
         stdin = case.raw
     else:
@@ -298,15 +318,24 @@ def test_hostile_input_is_refused_with_nothing_changed(hnodes, hf, case):
             conf = put(conf, k, v)
         stdin = json.dumps(conf).encode()
     env = dict(case.env)
-    netns = env.pop("CNI_NETNS", node.pods[POD].path)
+    # loopback's DEL takes lo down in any netns it is given, attachment or
+    # not: its DELs get a pod of their own, whose lo is not compared
+    pod = "hdel-lo" if verb == "DEL" and case.plugin == "loopback" else POD
+    netns = env.pop("CNI_NETNS", node.pod(pod).path)
     if netns == FIFO:
         netns = node.fifo
     cid = env.pop("CNI_CONTAINERID", "hostile1")
     ifname = env.pop("CNI_IFNAME", "net1" if case.plugin == "tuning" else "eth0")
     args = env.pop("CNI_ARGS", "")
-    verb = env.pop("CNI_COMMAND", case.verb)
-    r = node.exec_plugin(case.plugin, verb, stdin, cid=cid, netns=netns, ifname=ifname, args=args,
-                         env=env)
+    verb = env.pop("CNI_COMMAND", verb or case.verb)
+    return node.exec_plugin(case.plugin, verb, stdin, cid=cid, netns=netns, ifname=ifname, args=args,
+                            env=env)
+
+
+@pytest.mark.parametrize("hf,case", PAIRS, ids=["%s-%s" % (f, c.id) for f, c in PAIRS])
+def test_hostile_input_is_refused_with_nothing_changed(hnodes, hf, case):
+    node = hnodes(hf)
+    r = _exec(node, case)
     try:
         err = assert_cni_error(r, case.code)
         assert len(err["msg"]) < 1000 and "\n" not in err.get("details", ""), err
@@ -320,6 +349,28 @@ def test_hostile_input_is_refused_with_nothing_changed(hnodes, hf, case):
         changed, node.base = diff(node.base, now), now      # a case that changed something fails alone
     assert changed == {}
     count("hostile cases refused with nothing changed")
+
+
+@pytest.mark.parametrize("hf,case", DEL_PAIRS, ids=["%s-%s" % (f, c.id) for f, c in DEL_PAIRS])
+def test_del_of_nothing_succeeds_whatever_the_input(hnodes, hf, case):
+    """The same hostile requests as DELs of an attachment that does not
+    exist: a DEL that fails is retried by the runtime for ever and the pod
+    never goes away, so each one succeeds (and changes nothing), unless
+    stdin is no JSON object or a required variable is missing."""
+    node = hnodes(hf)
+    r = _exec(node, case, "DEL")
+    try:
+        want = del_code(case)
+        if want:
+            assert_cni_error(r, want)
+        else:
+            assert r.rc == 0 and r.stdout == "", r
+        assert r.stderr == "", r
+    finally:
+        now = node.snapshot(pods=["live1", "live2", POD])
+        changed, node.base = diff(node.base, now), now
+    assert changed == {}
+    count("hostile DELs of nothing that succeeded or were refused, nothing changed")
 
 
 FRESH = [

@@ -225,15 +225,15 @@ def _modules_after(code):
 @pytest.mark.parametrize("command,stdin", [
     ("VERSION", b'{"cniVersion":"1.0.0"}'),
     ("STATUS", b'{"cniVersion":"1.1.0","name":"n","type":"bridge","vlan":5000}'),
-    ("DEL", b'{"cniVersion":"1.0.0","name":"n","type":"bridge","mtu":"1500"}'),
-    ("DEL", b'{"cniVersion":"1.0.0","name":"n","type":"bridge","hairpinMode":true,"promiscMode":true}'),
+    ("ADD", b'{"cniVersion":"1.0.0","name":"n","type":"bridge","mtu":"1500"}'),
+    ("ADD", b'{"cniVersion":"1.0.0","name":"n","type":"bridge","hairpinMode":true,"promiscMode":true}'),
 ])
 def test_version_and_config_errors_stay_light(command, stdin):
     """No pyroute2, ipaddress or json before the config has passed.  (An error
     logged with its cause loads ``traceback``, and with it ``re``: skel's.)"""
     mods = _modules_after(
-        "import os\nos.environ.update(CNI_COMMAND=%r, CNI_CONTAINERID='c', CNI_NETNS='',"
-        " CNI_IFNAME='eth0', CNI_PATH='/nonexistent', PYCNI_LOG='off')\n"
+        "import os\nos.environ.update(CNI_COMMAND=%r, CNI_CONTAINERID='c', CNI_NETNS='/proc/self/ns/net',"
+        " CNI_NETNS_OVERRIDE='1', CNI_IFNAME='eth0', CNI_PATH='/nonexistent', PYCNI_LOG='off')\n"
         "from cnilib.cni import skel\nimport plugins.bridge as p\n"
         "rc, out = skel.execute(p.PLUGIN, os.environ, stdin_data=%r)\n"
         "assert (rc == 0) == (%r == 'VERSION'), out\n"

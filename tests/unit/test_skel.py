@@ -421,3 +421,25 @@ def test_a_netns_that_is_no_network_namespace_is_refused_at_once(kind, tmp_path)
             "    print(verb, rc, json.loads(out)['code'] if out else None)\n" % (ROOT, str(path)))
     done = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=20)
     assert done.stdout.split("\n")[:3] == ["ADD 1 4", "CHECK 1 4", "DEL 0 None"], done
+
+
+def test_del_ignores_garbage_cni_args_and_unknown_keys(tmp_path):
+    log = tmp_path / "l.log"
+    seen = []
+    p = skel.Plugin("p", delete=lambda a: seen.append(a.cni_args), cni_args=("MAC",), uses_netns=False)
+    for args in ("===;;;nokey", "FOO=bar", "K8S_POD_NAME=a\x1b"):
+        e = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "eth0", "CNI_ARGS": args,
+             "PYCNI_LOG": str(log)}
+        assert skel.execute(p, e, stdin_data=json.dumps(conf()).encode()) == (0, b"")
+    assert seen == [{}, {"FOO": "bar"}, {}]
+    assert "CNI_ARGS ignored" in log.read_text()
+
+
+def test_validate_for_del_leaves_out_the_keys_add_refuses(tmp_path):
+    from cnilib.base.log import Log
+    from cnilib.cni import validate
+    log = Log("t", {"PYCNI_LOG": str(tmp_path / "l.log")})
+    c, kept = validate.validate_for_del("bridge", conf(ipMasq="yes", mtu="x", bridge="br9"), log)
+    assert c["ipMasq"] is False and c["mtu"] == 0 and c["bridge"] == "br9"
+    assert "ipMasq" not in kept and "mtu" not in kept and kept["bridge"] == "br9"
+    assert "DEL leaves out ipMasq, mtu" in log.lines[0]
