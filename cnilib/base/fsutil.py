@@ -128,12 +128,22 @@ def fsync_dir(d):
 
 
 def read_file(path, limit=1 << 20):
-    """Contents of ``path`` (not following a final symlink), or None if missing."""
+    """Contents of ``path`` (not following a final symlink), or None if missing.
+
+    Opened without blocking and read only when it is a regular file: a FIFO
+    planted where a state file goes (a lease, a saved config, a record)
+    blocked the open until a writer came, and with it every exec that
+    scans the directory.  Anything but a regular file is an OSError
+    (EISDIR for a directory, EINVAL otherwise), as a symlink is (ELOOP)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+            raise OSError(code, "not a regular file" if code == errno.EINVAL else os.strerror(code), path)
         return os.read(fd, limit)
     finally:
         os.close(fd)

@@ -371,3 +371,20 @@ def test_status_is_50_while_the_data_dir_cannot_take_a_lease(plugins, host, full
            "read-only": "is on a read-only file system"}[full]
     assert status["msg"].startswith("host-local cannot write leases: ") and why in status["msg"], status
     assert not any(data.iterdir())         # the tmpfs went with its mount namespace
+
+
+def test_a_fifo_planted_as_a_lease_blocks_nothing(hl):
+    """The lease scan opened every address-named entry blocking: a FIFO
+    there hung ADD, DEL and GC of the whole network until the runtime
+    killed them.  It is skipped (and its address never handed out)."""
+    conf = hl.conf([[{"subnet": "10.77.0.0/29"}]], version="1.1.0")
+    assert hl.run("ADD", conf, cid="c0").rc == 0
+    os.mkfifo(hl.netdir / "10.77.0.3")
+    r = hl.run("ADD", conf, cid="c1", timeout=20)
+    assert r.rc == 0 and r.json["ips"][0]["address"] == "10.77.0.4/29", r
+    for verb, cid in (("DEL", "c1"), ("DEL", "c0"), ("STATUS", ""),
+                      ("GC", "")):
+        c = dict(conf, **{"cni.dev/valid-attachments": []}) if verb == "GC" else conf
+        r = hl.run(verb, c, cid=cid, ifname="" if not cid else "eth0", timeout=20)
+        assert r.rc == 0, (verb, r)
+    assert hl.leases() == ["10.77.0.3"]            # not ours: left where it was

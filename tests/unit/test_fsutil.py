@@ -195,3 +195,30 @@ def test_run_and_state_dirs_are_roots(tmp_path, monkeypatch):
     os.symlink(real, tmp_path / "run")
     monkeypatch.setenv("PYCNI_RUN_DIR", str(tmp_path / "run"))
     assert fsutil.ensure_root(paths.run_dir()) == str(tmp_path / "run")
+
+
+def test_a_fifo_where_a_state_file_goes_is_refused_without_blocking(tmp_path):
+    """A FIFO planted as a lease (or a flannel saved config, a tuning or
+    firewall record, a cached result) blocked the open until a writer
+    came: host-local DEL hung on the directory scan.  Run in a child, so a
+    regression hangs that, not the suite: the store skips the FIFO, the
+    flannel DEL sees a corrupt saved config it can rebuild and remove."""
+    import subprocess
+    import sys
+
+    from cnitest import ROOT
+    (tmp_path / "net1").mkdir()
+    os.mkfifo(tmp_path / "net1" / "10.77.0.5")
+    os.mkfifo(tmp_path / "ctr1")
+    prog = (
+        "import sys\nsys.path.insert(0, %r)\nfrom cnilib.base import fsutil\n"
+        "from cnilib.base.log import Log\n"
+        "from cnilib.ipam.store import Store\nfrom cnilib import flannel\n"
+        "try:\n    fsutil.read_file(%r)\nexcept OSError as e:\n    print('read', e.errno, e.strerror)\n"
+        "st = Store(%r, 'net1', Log('t', {'PYCNI_LOG': 'off'}))\n"
+        "print('scan', st.scan(sweep=False), st.owner('10.77.0.5'))\n"
+        "s = flannel.load_saved(%r, 'ctr1')\nprint('saved', s.state)\n"
+        % (ROOT, str(tmp_path / "ctr1"), str(tmp_path), str(tmp_path)))
+    done = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=20)
+    want = ["read 22 not a regular file", "scan {} foreign", "saved corrupt"]
+    assert done.stdout.splitlines() == want, done
