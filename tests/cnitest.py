@@ -65,14 +65,106 @@ def unique(prefix="pt"):
     return "%s%s" % (prefix, uuid.uuid4().hex[:8])
 
 
+# Every netns this process makes is written to a registry file named by its
+# pid, and struck off when deleted.  Fixtures delete their netns on failure
+# too, but a pytest killed outright (SIGKILL, a wedged run stopped from
+# outside) runs no teardown: the next session deletes what a dead process's
+# registry still lists (``sweep_dead_registries``), and never touches the
+# netns of a live one (other test runs share the machine).
+REGISTRY_DIR = os.path.join("/run", "pycni-test-netns")
+_live = set()
+
+
+def _registry_path(pid=None):
+    return os.path.join(REGISTRY_DIR, "%d" % (pid or os.getpid()))
+
+
+def _register(name, live):
+    if live:
+        _live.add(name)
+    else:
+        _live.discard(name)
+    try:
+        os.makedirs(REGISTRY_DIR, 0o700, exist_ok=True)
+        tmp = _registry_path() + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(n + "\n" for n in sorted(_live)))
+        os.replace(tmp, _registry_path())
+    except OSError:
+        pass            # the registry is a safety net: a test never fails for it
+
+
+def live_netns():
+    """Names of the netns this process made and has not deleted."""
+    return sorted(_live)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_registries():
+    """Delete the netns listed by the registry of a test process that is
+    gone; returns their names."""
+    swept = []
+    try:
+        entries = os.listdir(REGISTRY_DIR)
+    except OSError:
+        return swept
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid() or _pid_alive(int(entry)):
+            continue
+        path = os.path.join(REGISTRY_DIR, entry)
+        try:
+            with open(path) as f:
+                names = f.read().split()
+        except OSError:
+            continue
+        for name in names:
+            if name.isprintable() and "/" not in name and os.path.exists("/run/netns/" + name):
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+                swept.append(name)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return swept
+
+
+def delete_live_netns():
+    """Delete every netns this process made and still holds (session end:
+    what a fixture failed to clean up); returns their names."""
+    left = live_netns()
+    for name in left:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        _register(name, False)
+    try:
+        if not _live:
+            os.unlink(_registry_path())
+    except OSError:
+        pass
+    return left
+
+
 class Netns:
     """A network namespace made for one test; ``delete()`` is idempotent."""
 
     def __init__(self, name=None, lo_up=True):
         self.name = name or unique("pt")
         sh("ip", "netns", "add", self.name)
+        _register(self.name, True)
         if lo_up:
-            sh("ip", "link", "set", "lo", "up", netns=self.name)
+            try:
+                sh("ip", "link", "set", "lo", "up", netns=self.name)
+            except BaseException:
+                self.delete()
+                raise
 
     @property
     def path(self):
@@ -92,6 +184,7 @@ class Netns:
 
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        _register(self.name, False)
 
 
 class PluginRun:

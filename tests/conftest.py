@@ -114,3 +114,31 @@ def go_driver(tmp_path_factory):
 @pytest.fixture(scope="session")
 def have_nft():
     return shutil.which("nft") is not None
+
+
+# ---- no network namespace outlives the session, also when it fails or is stopped ------------------
+
+def _interrupted(signum, frame):
+    # pytest tears the fixtures down on KeyboardInterrupt, not on SIGTERM/SIGHUP:
+    # a run stopped from outside deletes its namespaces as a failed one does
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def pytest_sessionstart(session):
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _interrupted)
+    if cnitest.is_root():
+        swept = cnitest.sweep_dead_registries()
+        if swept:
+            sys.stderr.write("deleted %d network namespace(s) a killed test run left: %s\n"
+                             % (len(swept), " ".join(swept)))
+
+
+@pytest.hookimpl(trylast=True)     # after the session fixtures' own teardown
+def pytest_sessionfinish(session, exitstatus):
+    left = cnitest.delete_live_netns()
+    if left:
+        sys.stderr.write("\nteardown left %d network namespace(s), now deleted: %s\n"
+                         % (len(left), " ".join(left)))
