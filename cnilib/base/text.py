@@ -22,3 +22,15 @@ def printable(text):
         return text
     # repr escapes exactly the characters isprintable refuses
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def cut_bytes(text, limit, tail="..."):
+    """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary,
+    ending in ``tail`` when cut: for the kernel's strings, whose limits are
+    in bytes (an iptables comment is 255), while a name from input may
+    take two to four bytes a character."""
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return text
+    room = limit - len(tail.encode("utf-8"))
+    return raw[:room].decode("utf-8", "ignore") + tail

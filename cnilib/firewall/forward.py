@@ -52,8 +52,9 @@ def network_key_prefix(network):
 
 
 def comment(network, container_id, ifname):
+    from cnilib.base.text import cut_bytes
     text = "%s net=%s id=%s if=%s" % (key(network, container_id, ifname), network, container_id, ifname)
-    return text if len(text) <= 255 else text[:252] + "..."
+    return cut_bytes(text, 255)        # iptables counts bytes; an ifname may be non-ASCII
 
 
 def parse_comment(text):

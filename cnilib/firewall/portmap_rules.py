@@ -320,9 +320,10 @@ def ipt_quote(token):
 
 
 def trim_comment(text):
-    """iptables takes comments of at most 255 characters (the reference's
-    trimComment cuts to 256, which iptables refuses)."""
-    return text if len(text) <= 255 else text[:252] + "..."
+    """iptables takes comments of at most 255 bytes (the reference's
+    trimComment cuts to 256 characters, which iptables refuses)."""
+    from cnilib.base.text import cut_bytes
+    return cut_bytes(text, 255)
 
 
 def entry_comment(name, container_id):

@@ -24,6 +24,15 @@ def test_names():
     assert len(forward.comment("n" * 128, "c" * 128, "eth0")) == 255
 
 
+def test_a_comment_is_cut_in_bytes_on_a_character():
+    """iptables keeps at most 255 *bytes* of a comment (1.8.9 cuts the rest
+    silently): an ifname in another script made a comment of 255 characters
+    and 262 bytes, cut by iptables in the middle of a character."""
+    text = forward.comment("n" * 128, "c" * 69, "\u00e9" * 7)
+    assert len(text.encode()) == 255 and text.endswith(" if=\u00e9\u00e9...")
+    assert text.startswith(forward.key("n" * 128, "c" * 69, "\u00e9" * 7) + " net=")
+
+
 def test_comments_read_back():
     nh, ah = KEY.split()[2].split("-")
     assert forward.parse_comment(NOTE) == (nh, ah, {"net": "cbr0", "id": "abc123", "if": "eth0"})

@@ -55,3 +55,12 @@ def test_every_line_is_escaped_so_input_cannot_forge_lines_or_drive_a_terminal(t
                      "  warning: pod naïve/名前\\n2026-01-01T00:00:00.000Z bridge[1] ADD forged ok",
                      "  | Traceback",
                      "  |   ValueError: '\\x1b[31m'"]
+
+
+def test_cut_bytes_cuts_on_a_character_and_marks_the_cut():
+    from cnilib.base.text import cut_bytes
+    assert cut_bytes("abc", 3) == "abc"
+    assert cut_bytes("\u00e9" * 4, 8) == "\u00e9" * 4
+    cut = cut_bytes("\u00e9" * 5, 8)
+    assert cut == "\u00e9\u00e9..." and len(cut.encode()) == 7      # never half an é
+    assert cut_bytes("\u65e5\u672c" * 3, 10, tail="") == "\u65e5\u672c\u65e5"
