@@ -238,15 +238,15 @@ def _ipt_lock():
     return iptables.lock()
 
 
-def flush_conntrack(families, ports, log, sock=None):
+def flush_conntrack(families, ports, log, nf=None):
     """Drop UDP conntrack entries to the host ports (user-pain #19): a
     stream refreshed by its client never expires and keeps its old NAT."""
     if not ports:
         return
-    from cnilib.kernel import nftables
+    from cnilib.kernel import conntrack
     shown = ",".join(map(str, sorted(ports)))
     try:
-        n = nftables.conntrack_delete_dports(families, "udp", ports, sock)
+        n = conntrack.conntrack_delete_dports(families, "udp", ports, nf)
     except OSError as exc:
         log.warning("failed to delete stale UDP conntrack entries (ports %s): %s", shown, exc)
         return
@@ -261,8 +261,8 @@ def guard_iface(cfg):
     (usually the bridge): route_localnet goes on there."""
     if not cfg.snat or 4 not in cfg.ctrs:
         return None
-    from cnilib.kernel import nftables
-    name = nftables.route_oif_name(cfg.ctrs[4][0], 4)
+    from cnilib.kernel.route import route_oif_name
+    name = route_oif_name(cfg.ctrs[4][0])
     if not name or name == "lo" or any(c in name for c in '"\\') or not name.isprintable():
         return None
     return name
@@ -426,7 +426,7 @@ def teardown(name, cid, ifname, mappings, log):
         return
     try:
         _teardown(nf, (name, cid, ifname), chains, udp, log)
-        flush_conntrack((4, 6), udp, log, nf.s)     # one netfilter socket for all of it
+        flush_conntrack((4, 6), udp, log, nf)     # one netfilter socket for all of it
     finally:
         nf.close()
 
