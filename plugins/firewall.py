@@ -2,7 +2,8 @@
 
 ADD needs the previous result (its addresses) and returns it unchanged; DEL
 finds the attachment's rules by key, with or without a previous result.
-The work is in cnilib.firewall.forward.
+ADD and CHECK use the backend forward.choose picks from the config; DEL and
+GC run both.  The work is in cnilib.firewall.forward.
 """
 
 from cnilib.base import errors, failpoint
@@ -15,11 +16,7 @@ def cmd_add(a):
     if not cfg.ips:
         a.log.warning("prevResult has no address: no firewall rules installed")
         return cfg.prev
-    backend = forward.choose(cfg)
-    if backend == "nftables":
-        forward.nft_add(cfg, a.log)
-    else:
-        forward.ipt_add(cfg, a.log)
+    forward.choose(cfg).add(cfg, a.log)
     try:
         failpoint.hit("firewall-after-rules")
     except BaseException:
@@ -45,10 +42,7 @@ def cmd_check(a):
     cfg = forward.parse(a, need_prev=True)
     if not cfg.ips:
         return
-    if forward.choose(cfg) == "nftables":
-        forward.nft_check(cfg)
-    else:
-        forward.ipt_check(cfg)
+    forward.choose(cfg).check(cfg)
 
 
 def cmd_gc(a):

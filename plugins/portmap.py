@@ -4,8 +4,9 @@ ADD installs the mappings of runtimeConfig.portMappings for the first IPv4
 and first IPv6 address of the previous result, then turns on
 route_localnet where localhost hostPorts need it and drops stale UDP
 conntrack entries; the result is the previous one, unchanged.  No mappings:
-nothing is touched and nothing is exec'd.  DEL removes everything under
-the attachment's key from both backends.  The work is in cnilib.firewall.portmap.
+nothing is touched and nothing is exec'd.  ADD and CHECK use the backend
+portmap.choose picks from the config; DEL and GC run both.  The work is in
+cnilib.firewall.portmap.
 """
 
 from cnilib.base import errors, failpoint
@@ -20,12 +21,9 @@ def cmd_add(a):
     if not cfg.ctrs:
         a.log.warning("prevResult has no address on %s: no port mappings installed", a.ifname)
         return cfg.prev
-    backend = portmap.choose(cfg)
+    mapper = portmap.choose(cfg)
     iface = portmap.guard_iface(cfg)
-    if backend == "nftables":
-        portmap.nft_add(cfg, iface, a.log)
-    else:
-        portmap.ipt_add(cfg, a.log)
+    mapper.add(cfg, iface, a.log)
     try:
         failpoint.hit("portmap-after-rules")
         if iface:
@@ -55,10 +53,7 @@ def cmd_check(a):
     cfg = portmap.parse(a, need_prev=True)
     if not cfg.mappings or not cfg.ctrs:
         return
-    if portmap.choose(cfg) == "nftables":
-        portmap.nft_check(cfg)
-    else:
-        portmap.ipt_check(cfg)
+    portmap.choose(cfg).check(cfg)
 
 
 def cmd_gc(a):

@@ -67,6 +67,28 @@ def restore(family, table, lines, what="iptables batch"):
                               "batch:\n" + text[:4000])
 
 
+def edit(family, table, fn, what, unreadable_ok=False):
+    """One read-modify-write of ``table``, the only way the rule sets change
+    iptables: under lock(), ``fn`` turns the table's iptables-save text into
+    the lines to apply, and those go in as one iptables-restore --noflush
+    batch (nothing is exec'd for no lines).  Returns the lines.
+
+    ``unreadable_ok``: when iptables-save cannot read the table (not
+    installed, or a kernel without it), return None instead of raising:
+    for sweeps that visit every family whether or not it is in use.
+    """
+    with lock():
+        try:
+            saved = save(family, table)
+        except errors.CniError:
+            if unreadable_ok:
+                return None
+            raise
+        lines = fn(saved)
+        restore(family, table, lines, what)
+    return lines
+
+
 class lock:
     """flock serialising the suite's own iptables read-modify-write cycles."""
 

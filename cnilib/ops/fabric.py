@@ -421,11 +421,10 @@ class Fabric:
             self._apply_chains(iptables, 6, {POSTRTG: None, FWD: None})
 
     def _apply_chains(self, iptables, fam, want):
-        with iptables.lock():
-            for table, parent, chain, comment in CHAINS:
-                saved = iptables.save(fam, table)
-                lines = chain_batch(saved, parent, chain, comment, want[chain])
-                iptables.restore(fam, table, lines, what="%s flannel rules" % table)
+        for table, parent, chain, comment in CHAINS:
+            def lines(saved, parent=parent, chain=chain, comment=comment):
+                return chain_batch(saved, parent, chain, comment, want[chain])
+            iptables.edit(fam, table, lines, what="%s flannel rules" % table)
 
     # -- the whole node --------------------------------------------------
     def up(self, plan):
