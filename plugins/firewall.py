@@ -8,10 +8,10 @@ GC run both.  The work is in cnilib.firewall.forward.
 
 from cnilib.base import errors, failpoint
 from cnilib.cni import skel
-from cnilib.firewall import forward
 
 
 def cmd_add(a):
+    from cnilib.firewall import forward
     cfg = forward.parse(a, need_prev=True)
     if not cfg.ips:
         a.log.warning("prevResult has no address: no firewall rules installed")
@@ -29,6 +29,7 @@ def cmd_add(a):
 
 
 def cmd_del(a):
+    from cnilib.firewall import forward
     try:
         cfg = forward.parse(a, need_prev=False)
     except errors.InvalidConfig as exc:
@@ -39,6 +40,7 @@ def cmd_del(a):
 
 
 def cmd_check(a):
+    from cnilib.firewall import forward
     cfg = forward.parse(a, need_prev=True)
     if not cfg.ips:
         return
@@ -47,6 +49,7 @@ def cmd_check(a):
 
 def cmd_gc(a):
     from cnilib.cni.args import valid_attachments
+    from cnilib.firewall import forward
     cfg = forward.parse(a, need_prev=False)
     valid = valid_attachments(a.conf)
     if valid is None:

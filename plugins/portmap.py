@@ -11,10 +11,10 @@ cnilib.firewall.portmap.
 
 from cnilib.base import errors, failpoint
 from cnilib.cni import skel
-from cnilib.firewall import portmap
 
 
 def cmd_add(a):
+    from cnilib.firewall import portmap
     cfg = portmap.parse(a, need_prev=True)
     if not cfg.mappings:
         return cfg.prev
@@ -39,6 +39,7 @@ def cmd_add(a):
 
 
 def cmd_del(a):
+    from cnilib.firewall import portmap
     try:
         mappings = portmap.parse(a, need_prev=False).mappings
     except errors.InvalidConfig as exc:
@@ -50,6 +51,7 @@ def cmd_del(a):
 
 
 def cmd_check(a):
+    from cnilib.firewall import portmap
     cfg = portmap.parse(a, need_prev=True)
     if not cfg.mappings or not cfg.ctrs:
         return
@@ -57,6 +59,7 @@ def cmd_check(a):
 
 
 def cmd_gc(a):
+    from cnilib.firewall import portmap
     cfg = portmap.parse(a, need_prev=False)
     from cnilib.cni.args import valid_attachments
     valid = valid_attachments(a.conf)
