@@ -12,7 +12,7 @@ import os
 from cnilib.base import errors, fsutil, proc
 
 _BIN = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
-_available = {}
+_available = {}     # per process, like nft._available: never outlives one request
 
 
 def available(family=4):
