@@ -65,14 +65,32 @@ def unique(prefix="pt"):
     return "%s%s" % (prefix, uuid.uuid4().hex[:8])
 
 
+# the netns this process made and has not deleted: tests/conftest.py deletes
+# what is left when the session ends, however it ends
+LIVE_NETNS = set()
+
+
 class Netns:
-    """A network namespace made for one test; ``delete()`` is idempotent."""
+    """A network namespace made for one test; ``delete()`` is idempotent.
+    A constructor that fails after ``ip netns add`` deletes what it made (a
+    factory never sees the object, so nothing else would)."""
 
     def __init__(self, name=None, lo_up=True):
         self.name = name or unique("pt")
-        sh("ip", "netns", "add", self.name)
-        if lo_up:
-            sh("ip", "link", "set", "lo", "up", netns=self.name)
+        try:
+            sh("ip", "netns", "add", self.name)
+        except subprocess.CalledProcessError:
+            raise               # not made (the name is taken): not ours to delete
+        except BaseException:   # a timeout or an interrupt: it may have been made
+            self.delete()
+            raise
+        LIVE_NETNS.add(self.name)
+        try:
+            if lo_up:
+                sh("ip", "link", "set", "lo", "up", netns=self.name)
+        except BaseException:
+            self.delete()
+            raise
 
     @property
     def path(self):
@@ -92,6 +110,16 @@ class Netns:
 
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        LIVE_NETNS.discard(self.name)
+
+
+def delete_leftover_netns():
+    """Delete every netns this process made that nothing deleted; their names."""
+    left = sorted(LIVE_NETNS)
+    for name in left:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    LIVE_NETNS.clear()
+    return left
 
 
 class PluginRun:

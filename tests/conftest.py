@@ -22,6 +22,29 @@ if not os.environ.get("PYCNI_LOG"):
         tempfile.mkdtemp(prefix="pycni-testlog-"), "pycni.log")
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_configure(config):
+    # `timeout` and CI cancel with SIGTERM, which would end the process with
+    # no fixture teardown: made an interrupt, the session still ends below
+    import signal
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Whatever a failed fixture or an interrupted test left of the network
+    namespaces this session made goes now (rule 2: leave none behind)."""
+    left = cnitest.delete_leftover_netns()
+    if left:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line("deleted %d network namespace(s) no fixture deleted: %s"
+                          % (len(left), " ".join(left)), yellow=True)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_root = pytest.mark.skip(reason="needs root (network namespaces)")
     for item in items:
