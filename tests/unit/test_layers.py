@@ -186,8 +186,11 @@ def test_agent_preload_covers_what_a_verb_can_import():
     import sys
     plugins = [m for m in MODULES if m.startswith("plugins.")]
     want = {m for m in _reachable(plugins) if _layer(m) not in ("ops", "agent")} - {"cnilib.main"}
-    prog = ("import sys; sys.path.insert(0, %r)\nfrom cnilib.agent import server\n"
-            "server.preload(lambda m: print('ERR', m))\nprint('\\n'.join(sys.modules))" % ROOT)
+    # the child sees this interpreter's path (-I drops PYTHONPATH, which is
+    # where a Debian root's unit run finds pyroute2)
+    prog = ("import sys; sys.path[:0] = %r\nfrom cnilib.agent import server\n"
+            "server.preload(lambda m: print('ERR', m))\nprint('\\n'.join(sys.modules))"
+            % ([ROOT] + sys.path))
     out = subprocess.run([sys.executable, "-I", "-c", prog], capture_output=True, text=True,
                          check=True).stdout.split()
     assert "ERR" not in out, out
