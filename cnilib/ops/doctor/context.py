@@ -153,7 +153,8 @@ class Context:
     def neighbours_all(self):
         """Every IPv4 and IPv6 neighbour entry of this netns (one dump per run)."""
         if self._neigh is None:
-            self._neigh = self.netlink.neighs(self.nl)
+            from cnilib.kernel.route import neighs
+            self._neigh = neighs(self.nl)
         return self._neigh
 
     def neighbours(self, index):
