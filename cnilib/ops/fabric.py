@@ -270,10 +270,9 @@ def ensure_forward_rules(network, out=None):
     fix doctor's forward-policy check marks safe)."""
     from cnilib.firewall import iptables
     fam = network.version
-    with iptables.lock():
-        lines = chain_batch(iptables.save(fam, "filter"), "FORWARD", FWD, FWD_COMMENT,
-                            forward_rules(str(network)))
-        iptables.restore(fam, "filter", lines, what="flannel forward rules")
+    lines = iptables.edit(fam, "filter", lambda saved: chain_batch(saved, "FORWARD", FWD, FWD_COMMENT,
+                                                                   forward_rules(str(network))),
+                          what="flannel forward rules")
     if out is not None:
         out("ip%stables: %s %s" % ("" if fam == 4 else "6", FWD,
                                    "accepts %s" % network if lines else "already accepts %s" % network))
