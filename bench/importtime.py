@@ -23,8 +23,9 @@ from bench import plumbing, sandbox, workloads
 WATCH = ("re", "enum", "typing", "logging", "multiprocessing", "ipaddress", "ctypes", "hashlib",
          "pydantic_core._pydantic_core", "socket", "json", "subprocess", "datetime", "asyncio",
          "pyroute2.netlink", "pyroute2.netlink.rtnl.ifinfmsg", "pyroute2.netlink.rtnl.rtmsg",
-         "pyroute2.config", "cnilib.kernel.netlink", "cnilib.kernel.nftables", "dataclasses", "inspect",
-         "pkgutil")
+         "pyroute2.config", "cnilib.kernel.netlink", "cnilib.kernel.link", "cnilib.kernel.route",
+         "cnilib.kernel.brport", "cnilib.kernel.nftables", "cnilib.kernel.conntrack", "dataclasses",
+         "inspect", "pkgutil")
 
 
 def parse(text):

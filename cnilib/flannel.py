@@ -578,24 +578,25 @@ def remove_attachment_links(a, network):
     removed; missing links are fine."""
     from cnilib.firewall import naming
     from cnilib.kernel import netlink
+    from cnilib.kernel.link import link_del, link_get, links, veth_peer
     removed = []
     if a.netns_fd is not None:
         with netlink.Netlink.in_netns(a.netns_fd) as nl:
-            link = netlink.link_get(nl, a.ifname)
+            link = link_get(nl, a.ifname)
             if link is not None and link.kind == "veth":
                 with netlink.Netlink() as hnl:
-                    peer = netlink.veth_peer(hnl, link, a.netns_fd)
+                    peer = veth_peer(hnl, link, a.netns_fd)
                 mine = (network, a.container_id, a.ifname)
                 if peer is not None and naming.veth_alias_other(peer.alias, *mine):
                     # the netns path was reused by a new sandbox: its eth0 is another pod's
                     a.log.warning("%s in %s belongs to another attachment (%s): left alone", a.ifname,
                                   a.netns, peer.alias)
-                elif netlink.link_del(nl, link.index):
+                elif link_del(nl, link.index):
                     removed.append("%s in %s" % (a.ifname, a.netns))
     with netlink.Netlink() as nl:
-        for link in netlink.links(nl):
+        for link in links(nl):
             if link.kind == "veth" and alias_matches(link.alias, a.container_id, a.ifname, network):
-                if netlink.link_del(nl, link.index):
+                if link_del(nl, link.index):
                     removed.append(link.name)
     return removed
 

@@ -368,8 +368,9 @@ def backup_files(data_dir, network, cid, ifname, log=None):
     return out
 
 
-def current_values(netlink, link, s):
+def current_values(link, s):
     """The attributes ``s`` is about to change, as they are now."""
+    from cnilib.kernel.link import link_allmulti, link_txqlen
     out = {}
     if s.mtu:
         out["mtu"] = link.mtu
@@ -378,9 +379,9 @@ def current_values(netlink, link, s):
     if s.promisc:
         out["promisc"] = link.promisc
     if s.allmulti is not None:
-        out["allmulti"] = netlink.link_allmulti(link)
+        out["allmulti"] = link_allmulti(link)
     if s.txqlen is not None:
-        out["txQLen"] = netlink.link_txqlen(link)
+        out["txQLen"] = link_txqlen(link)
     return out
 
 
@@ -419,26 +420,26 @@ def remove_backup(data_dir, network, cid, ifname, legacy=False, log=None):
 # ------------------------------------------------------------ kernel
 
 
-def set_link(netlink, nl, link, values, ifname):
+def set_link(nl, link, values, ifname):
     """Apply ``values`` (LINK_KEYS) to ``link``, in the reference's order."""
+    from cnilib.kernel.link import link_set, link_set_allmulti, link_set_txqlen
+    from cnilib.kernel.netlink import NetlinkError
     idx = link.index
     try:
         if values.get("mac"):
-            netlink.link_set(nl, idx, mac=values["mac"],
-                             what="set MAC %s on %s" % (values["mac"], ifname))
+            link_set(nl, idx, mac=values["mac"], what="set MAC %s on %s" % (values["mac"], ifname))
         if values.get("promisc") is not None:
-            netlink.link_set(nl, idx, promisc=bool(values["promisc"]),
-                             what="set promiscuous mode on %s" % ifname)
+            link_set(nl, idx, promisc=bool(values["promisc"]),
+                     what="set promiscuous mode on %s" % ifname)
         if values.get("mtu"):
-            netlink.link_set(nl, idx, mtu=int(values["mtu"]),
-                             what="set MTU %s on %s" % (values["mtu"], ifname))
+            link_set(nl, idx, mtu=int(values["mtu"]), what="set MTU %s on %s" % (values["mtu"], ifname))
         if values.get("allmulti") is not None:
-            netlink.link_set_allmulti(nl, idx, bool(values["allmulti"]),
-                                      what="set allmulticast mode on %s" % ifname)
+            link_set_allmulti(nl, idx, bool(values["allmulti"]),
+                              what="set allmulticast mode on %s" % ifname)
         if values.get("txQLen") is not None:
-            netlink.link_set_txqlen(nl, idx, int(values["txQLen"]),
-                                    what="set txQLen %s on %s" % (values["txQLen"], ifname))
-    except netlink.NetlinkError as exc:
+            link_set_txqlen(nl, idx, int(values["txQLen"]),
+                            what="set txQLen %s on %s" % (values["txQLen"], ifname))
+    except NetlinkError as exc:
         raise errors.InvalidConfig("tuning cannot change %s in the container: %s" % (ifname, exc),
                                    "the kernel refused the value; check the tuning config") from exc
 
@@ -448,12 +449,12 @@ def restore_order(saved):
     return {k: saved[k] for k in LINK_KEYS if k in saved and saved[k] is not None}
 
 
-def restore_link(netlink, nl, link, saved, ifname, log):
+def restore_link(nl, link, saved, ifname, log):
     """Put saved values back one by one; return the ones that failed."""
     failed = []
     for key, value in restore_order(saved).items():
         try:
-            set_link(netlink, nl, link, {key: value}, ifname)
+            set_link(nl, link, {key: value}, ifname)
         except errors.CniError as exc:
             failed.append("%s=%s (%s)" % (key, value, exc.msg))
     if failed:
@@ -462,8 +463,9 @@ def restore_link(netlink, nl, link, saved, ifname, log):
     return failed
 
 
-def check_link(netlink, link, s, ifname):
+def check_link(link, s, ifname):
     """CHECK: the interface still has what ADD set (the reference's rules)."""
+    from cnilib.kernel.link import link_allmulti, link_txqlen
     problems = []
     if s.mac and (link.mac or "").lower() != s.mac:
         problems.append("MAC is %s, configured %s" % (link.mac, s.mac))
@@ -472,11 +474,11 @@ def check_link(netlink, link, s, ifname):
                         % ("on" if link.promisc else "off", "on" if s.promisc else "off"))
     if s.mtu and link.mtu != s.mtu:
         problems.append("MTU is %d, configured %d" % (link.mtu, s.mtu))
-    if s.allmulti is not None and netlink.link_allmulti(link) != s.allmulti:
+    if s.allmulti is not None and link_allmulti(link) != s.allmulti:
         problems.append("allmulticast mode is %s, configured %s"
-                        % ("on" if netlink.link_allmulti(link) else "off", "on" if s.allmulti else "off"))
-    if s.txqlen is not None and netlink.link_txqlen(link) != s.txqlen:
-        problems.append("txQLen is %s, configured %d" % (netlink.link_txqlen(link), s.txqlen))
+                        % ("on" if link_allmulti(link) else "off", "on" if s.allmulti else "off"))
+    if s.txqlen is not None and link_txqlen(link) != s.txqlen:
+        problems.append("txQLen is %s, configured %d" % (link_txqlen(link), s.txqlen))
     if problems:
         raise errors.Internal("tuning CHECK of %s failed: %s" % (ifname, "; ".join(problems)),
                               "something changed the interface after ADD")

@@ -82,6 +82,7 @@ def _add(a, c, mac, alias, undo):
     from cnilib.cni import invoke
     from cnilib.cni.types import Result
     from cnilib.kernel import netlink
+    from cnilib.kernel.link import link_get, link_set
     result = Result()
     with netlink.Netlink() as hnl, netlink.Netlink.in_netns(a.netns_fd) as cnl:
         # before IPAM: undoing a repeated ADD must not release the live one's lease
@@ -120,7 +121,7 @@ def _add(a, c, mac, alias, undo):
         a.log.debug("veth %s on %s", host.name, br.name)
         failpoint.hit("bridge.add.after_veth")
         links.setup_port(hnl, host, c)
-        cont = netlink.link_get(cnl, a.ifname)
+        cont = link_get(cnl, a.ifname)
         if cont is None:
             raise errors.Internal("container interface %s vanished after creation" % a.ifname)
         if c["macspoofchk"]:
@@ -136,7 +137,7 @@ def _add(a, c, mac, alias, undo):
         if c["_l3"]:
             iface.configure(cnl, a.netns_fd, cont, result, dad=c["enabledad"])
         elif not c["disableContainerInterface"]:
-            netlink.link_set(cnl, cont.index, up=True, what="set %s up" % a.ifname)
+            link_set(cnl, cont.index, up=True, what="set %s up" % a.ifname)
         failpoint.hit("bridge.add.after_addrs")
         if c["_l3"] and c["ipMasq"]:
             a.log.debug("masquerade via %s", masquerade.finish_setup(masq, a.log))
@@ -147,8 +148,8 @@ def _add(a, c, mac, alias, undo):
             if c["_l3"]:
                 iface.announce(cnl, cont)
         else:
-            host = netlink.link_get(hnl, index=host.index) or host
-        br = netlink.link_get(hnl, index=br.index) or br
+            host = link_get(hnl, index=host.index) or host
+        br = link_get(hnl, index=br.index) or br
         result.interfaces[0]["mac"] = br.mac
         result.interfaces[1]["mac"] = host.mac
     result.dns = _dns(c, result.dns)
@@ -159,8 +160,9 @@ def _add(a, c, mac, alias, undo):
 def _delete_link(index):
     """Undo step: its own socket, as ADD's sockets are closed by then."""
     from cnilib.kernel import netlink
+    from cnilib.kernel.link import link_del
     with netlink.Netlink() as nl:
-        netlink.link_del(nl, index=index)
+        link_del(nl, index=index)
 
 
 def cmd_del(a):

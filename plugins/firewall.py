@@ -2,24 +2,21 @@
 
 ADD needs the previous result (its addresses) and returns it unchanged; DEL
 finds the attachment's rules by key, with or without a previous result.
-The work is in cnilib.firewall.forward.
+ADD and CHECK use the backend forward.choose picks from the config; DEL and
+GC run both.  The work is in cnilib.firewall.forward.
 """
 
 from cnilib.base import errors, failpoint
 from cnilib.cni import skel
-from cnilib.firewall import forward
 
 
 def cmd_add(a):
+    from cnilib.firewall import forward
     cfg = forward.parse(a, need_prev=True)
     if not cfg.ips:
         a.log.warning("prevResult has no address: no firewall rules installed")
         return cfg.prev
-    backend = forward.choose(cfg)
-    if backend == "nftables":
-        forward.nft_add(cfg, a.log)
-    else:
-        forward.ipt_add(cfg, a.log)
+    forward.choose(cfg).add(cfg, a.log)
     try:
         failpoint.hit("firewall-after-rules")
     except BaseException:
@@ -32,6 +29,7 @@ def cmd_add(a):
 
 
 def cmd_del(a):
+    from cnilib.firewall import forward
     try:
         cfg = forward.parse(a, need_prev=False)
     except errors.CONFIG_ERRORS as exc:      # prevResult included
@@ -42,17 +40,16 @@ def cmd_del(a):
 
 
 def cmd_check(a):
+    from cnilib.firewall import forward
     cfg = forward.parse(a, need_prev=True)
     if not cfg.ips:
         return
-    if forward.choose(cfg) == "nftables":
-        forward.nft_check(cfg)
-    else:
-        forward.ipt_check(cfg)
+    forward.choose(cfg).check(cfg)
 
 
 def cmd_gc(a):
     from cnilib.cni.args import valid_attachments
+    from cnilib.firewall import forward
     cfg = forward.parse(a, need_prev=False)
     valid = valid_attachments(a.conf)
     if valid is None:

@@ -10,15 +10,12 @@ from cnilib.cni import skel, validate
 from cnilib.cni.types import Result
 
 
-def _netlink():
-    from cnilib.kernel import netlink
-    return netlink
-
-
-def _loopback_addrs(nl, netlink, lo):
+def _loopback_addrs(nl, lo):
     """(first v4, first v6) of lo as CIDRs; refuse non-loopback addresses."""
+    from cnilib.kernel import netlink
+    from cnilib.kernel.route import addrs
     first = {4: None, 6: None}
-    for a in netlink.addrs(nl, lo.index):
+    for a in addrs(nl, lo.index):
         fam = 6 if a.family == netlink.AF_INET6 else 4
         loop = a.address.startswith("127.") if fam == 4 else a.address == "::1"
         if not loop:
@@ -33,14 +30,15 @@ def _loopback_addrs(nl, netlink, lo):
 
 def cmd_add(a):
     validate.validate("loopback", a.conf)
-    netlink = _netlink()
+    from cnilib.kernel import netlink
+    from cnilib.kernel.link import link_get, link_set
     nl = netlink.Netlink.in_netns(a.netns_fd)
     with nl:
-        lo = netlink.link_get(nl, "lo")
+        lo = link_get(nl, "lo")
         if lo is None:
             raise errors.Internal("container netns %s has no lo interface" % a.netns)
-        netlink.link_set(nl, lo.index, up=True, what="set lo up")
-        v4, v6 = _loopback_addrs(nl, netlink, lo)
+        link_set(nl, lo.index, up=True, what="set lo up")
+        v4, v6 = _loopback_addrs(nl, lo)
     prev = a.conf.get("prevResult")
     if prev:
         from cnilib.cni import invoke
@@ -55,19 +53,21 @@ def cmd_del(a):
     # nothing succeeds whatever the config
     if a.netns_fd is None:  # no CNI_NETNS, or the netns is gone: nothing to undo
         return None
-    netlink = _netlink()
+    from cnilib.kernel import netlink
+    from cnilib.kernel.link import link_get, link_set
     with netlink.Netlink.in_netns(a.netns_fd) as nl:
-        lo = netlink.link_get(nl, "lo")
+        lo = link_get(nl, "lo")
         if lo is not None:
-            netlink.link_set(nl, lo.index, up=False, what="set lo down")
+            link_set(nl, lo.index, up=False, what="set lo down")
     return None
 
 
 def cmd_check(a):
     validate.validate("loopback", a.conf)
-    netlink = _netlink()
+    from cnilib.kernel import netlink
+    from cnilib.kernel.link import link_get
     with netlink.Netlink.in_netns(a.netns_fd) as nl:
-        lo = netlink.link_get(nl, "lo")
+        lo = link_get(nl, "lo")
         if lo is None or not lo.up:
             raise errors.Internal("loopback interface is down in %s" % a.netns,
                                   "expected lo UP after ADD; found it %s"

@@ -4,28 +4,26 @@ ADD installs the mappings of runtimeConfig.portMappings for the first IPv4
 and first IPv6 address of the previous result, then turns on
 route_localnet where localhost hostPorts need it and drops stale UDP
 conntrack entries; the result is the previous one, unchanged.  No mappings:
-nothing is touched and nothing is exec'd.  DEL removes everything under
-the attachment's key from both backends.  The work is in cnilib.firewall.portmap.
+nothing is touched and nothing is exec'd.  ADD and CHECK use the backend
+portmap.choose picks from the config; DEL and GC run both.  The work is in
+cnilib.firewall.portmap.
 """
 
 from cnilib.base import errors, failpoint
 from cnilib.cni import skel
-from cnilib.firewall import portmap
 
 
 def cmd_add(a):
+    from cnilib.firewall import portmap
     cfg = portmap.parse(a, need_prev=True)
     if not cfg.mappings:
         return cfg.prev
     if not cfg.ctrs:
         a.log.warning("prevResult has no address on %s: no port mappings installed", a.ifname)
         return cfg.prev
-    backend = portmap.choose(cfg)
+    mapper = portmap.choose(cfg)
     iface = portmap.guard_iface(cfg)
-    if backend == "nftables":
-        portmap.nft_add(cfg, iface, a.log)
-    else:
-        portmap.ipt_add(cfg, a.log)
+    mapper.add(cfg, iface, a.log)
     try:
         failpoint.hit("portmap-after-rules")
         if iface:
@@ -41,6 +39,7 @@ def cmd_add(a):
 
 
 def cmd_del(a):
+    from cnilib.firewall import portmap
     try:
         mappings = portmap.parse(a, need_prev=False).mappings
     except errors.CONFIG_ERRORS as exc:      # prevResult included
@@ -52,16 +51,15 @@ def cmd_del(a):
 
 
 def cmd_check(a):
+    from cnilib.firewall import portmap
     cfg = portmap.parse(a, need_prev=True)
     if not cfg.mappings or not cfg.ctrs:
         return
-    if portmap.choose(cfg) == "nftables":
-        portmap.nft_check(cfg)
-    else:
-        portmap.ipt_check(cfg)
+    portmap.choose(cfg).check(cfg)
 
 
 def cmd_gc(a):
+    from cnilib.firewall import portmap
     cfg = portmap.parse(a, need_prev=False)
     from cnilib.cni.args import valid_attachments
     valid = valid_attachments(a.conf)

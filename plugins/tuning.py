@@ -11,11 +11,6 @@ from cnilib.base import errors, failpoint, paths
 from cnilib.cni import skel
 
 
-def _netlink():
-    from cnilib.kernel import netlink
-    return netlink
-
-
 def _prev_result(a):
     prev = a.conf.get("prevResult")
     if not prev:
@@ -47,17 +42,17 @@ def cmd_add(a):
                 written.append((names[key], old))
             failpoint.hit("tuning-after-sysctls")
             if s.link_changes():
-                netlink = _netlink()
+                from cnilib.kernel import netlink
                 with netlink.Netlink() as nl:
-                    link = _container_link(netlink, nl, a)
-                    before = tuning.current_values(netlink, link, s)
+                    link = _container_link(nl, a)
+                    before = tuning.current_values(link, s)
                     existed = tuning.load_backup(s.data_dir, a.name, a.container_id, a.ifname,
                                                  a.log)[1] == "ours"
                     failpoint.hit("tuning-before-state-write")
                     tuning.save_backup(a, s, before)
                     created = not existed
                     failpoint.hit("tuning-after-state-write")
-                    tuning.set_link(netlink, nl, link, _link_values(s), a.ifname)
+                    tuning.set_link(nl, link, _link_values(s), a.ifname)
                     failpoint.hit("tuning-after-link")
     except BaseException:
         _undo(a, s, written, before, created)
@@ -76,8 +71,9 @@ def _write_sysctl(name, key, value):
                                    % (key, value, exc.msg), exc.details) from exc
 
 
-def _container_link(netlink, nl, a):
-    link = netlink.link_get(nl, a.ifname)
+def _container_link(nl, a):
+    from cnilib.kernel.link import link_get
+    link = link_get(nl, a.ifname)
     if link is None:
         raise errors.Internal("tuning: interface %s not found in the container netns %s"
                               % (a.ifname, a.netns),
@@ -98,11 +94,12 @@ def _undo(a, s, written, before, created):
                     except errors.CniError as exc:
                         a.log.warning("tuning could not reset sysctl %s: %s", name, exc.msg)
             if before:
-                netlink = _netlink()
+                from cnilib.kernel import netlink
+                from cnilib.kernel.link import link_get
                 with netlink.Netlink() as nl:
-                    link = netlink.link_get(nl, a.ifname)
+                    link = link_get(nl, a.ifname)
                     if link is not None:
-                        tuning.restore_link(netlink, nl, link, before, a.ifname, a.log)
+                        tuning.restore_link(nl, link, before, a.ifname, a.log)
         if created:
             tuning.remove_backup(s.data_dir, a.name, a.container_id, a.ifname, log=a.log)
     except Exception as exc:  # the original error matters more
@@ -132,26 +129,28 @@ def cmd_del(a):
         _drop_unreadable(a, data_dir)
         return None
     if a.netns_fd is not None:
-        from cnilib.kernel import netns
-        netlink = _netlink()
+        from cnilib.kernel import netlink, netns
+        from cnilib.kernel.link import link_get
         with netns.Enter(a.netns_fd):
             with netlink.Netlink() as nl:
-                link = netlink.link_get(nl, a.ifname)
-        if link is not None and not _another_s(a, netlink, link):
+                link = link_get(nl, a.ifname)
+        if link is not None and not _another_s(a, link):
             with netlink.Netlink.in_netns(a.netns_fd) as nl:
-                tuning.restore_link(netlink, nl, link, saved, a.ifname, a.log)
+                tuning.restore_link(nl, link, saved, a.ifname, a.log)
     failpoint.hit("tuning-before-state-remove")
     tuning.remove_backup(data_dir, a.name, a.container_id, a.ifname, legacy=found == "legacy", log=a.log)
     return None
 
 
-def _another_s(a, netlink, link):
+def _another_s(a, link):
     """True when ``link`` is a veth whose host end the suite's bridge tagged
     for another attachment: the netns path was reused by a new sandbox, and
     the old attachment's values must not go onto the new pod's interface."""
     from cnilib.firewall import naming
+    from cnilib.kernel import netlink
+    from cnilib.kernel.link import veth_peer
     with netlink.Netlink() as hnl:
-        peer = netlink.veth_peer(hnl, link, a.netns_fd)
+        peer = veth_peer(hnl, link, a.netns_fd)
     if peer is None or not naming.veth_alias_other(peer.alias, a.name, a.container_id, a.ifname):
         return False
     a.log.warning("%s in %s belongs to another attachment (%s): its saved values are not restored",
@@ -176,8 +175,8 @@ def cmd_check(a):
     s = tuning.settings(a)
     names = {k: tuning.sysctl_name(k, a.ifname) for k in s.sysctl}
     _prev_result(a)
-    from cnilib.kernel import netns, sysctl
-    netlink = _netlink()
+    from cnilib.kernel import netlink, netns, sysctl
+    from cnilib.kernel.link import link_get
     with netns.Enter(a.netns_fd):
         for key, want in s.sysctl.items():
             have = sysctl.read(names[key])
@@ -185,10 +184,10 @@ def cmd_check(a):
                 raise errors.Internal("tuning CHECK: sysctl %s is %r, configured %r" % (key, have, want),
                                       "something changed it after ADD")
         with netlink.Netlink() as nl:
-            link = netlink.link_get(nl, a.ifname)
+            link = link_get(nl, a.ifname)
             if link is None:
                 raise errors.Internal("tuning CHECK: cannot find container link %s" % a.ifname)
-            tuning.check_link(netlink, link, s, a.ifname)
+            tuning.check_link(link, s, a.ifname)
     return None
 
 

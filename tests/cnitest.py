@@ -153,18 +153,26 @@ def delete_live_netns():
 
 
 class Netns:
-    """A network namespace made for one test; ``delete()`` is idempotent."""
+    """A network namespace made for one test; ``delete()`` is idempotent.
+    A constructor that fails after ``ip netns add`` deletes what it made (a
+    factory never sees the object, so nothing else would)."""
 
     def __init__(self, name=None, lo_up=True):
         self.name = name or unique("pt")
-        sh("ip", "netns", "add", self.name)
+        try:
+            sh("ip", "netns", "add", self.name)
+        except subprocess.CalledProcessError:
+            raise               # not made (the name is taken): not ours to delete
+        except BaseException:   # a timeout or an interrupt: it may have been made
+            self.delete()
+            raise
         _register(self.name, True)
-        if lo_up:
-            try:
+        try:
+            if lo_up:
                 sh("ip", "link", "set", "lo", "up", netns=self.name)
-            except BaseException:
-                self.delete()
-                raise
+        except BaseException:
+            self.delete()
+            raise
 
     @property
     def path(self):

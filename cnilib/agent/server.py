@@ -46,13 +46,16 @@ from cnilib.base import paths
 
 # what the workers would otherwise import per request (the plugins import
 # lazily, on the verb's path): loaded once here, before any worker enters a
-# caller's mount namespace, where another copy of the code may be installed
-PRELOAD = ("cnilib.kernel.netlink", "cnilib.kernel.nftables", "cnilib.cni.validate",
+# caller's mount namespace, where another copy of the code may be installed.
+# tests/unit/test_layers.py holds it to what the plugins can reach.
+PRELOAD = ("cnilib.kernel.netlink", "cnilib.kernel.link", "cnilib.kernel.route", "cnilib.kernel.brport",
+           "cnilib.kernel.nftables", "cnilib.kernel.conntrack", "cnilib.cni.validate",
            "cnilib.cni.schemacheck", "cnilib.cni._schemas", "cnilib.cni.invoke", "cnilib.cni.types",
            "cnilib.kernel.netns", "cnilib.kernel.sysctl", "cnilib.base.proc", "cnilib.base.fsutil",
            "cnilib.cni.args", "cnilib.base.paths", "cnilib.base.jsonio", "cnilib.cni.version",
            "cnilib.bridge.netconf", "cnilib.bridge.links", "cnilib.bridge.iface",
-           "cnilib.firewall.masquerade", "cnilib.firewall.macspoof", "cnilib.flannel", "cnilib.tuning",
+           "cnilib.firewall.masquerade", "cnilib.firewall.macspoof", "cnilib.firewall.portmap",
+           "cnilib.firewall.portmap_rules", "cnilib.firewall.forward", "cnilib.flannel", "cnilib.tuning",
            "cnilib.firewall.nft", "cnilib.firewall.iptables", "cnilib.firewall.shared",
            "cnilib.firewall.records", "cnilib.firewall.naming",
            "cnilib.ipam.config", "cnilib.ipam.allocator", "cnilib.ipam.store", "cnilib.base.addr",

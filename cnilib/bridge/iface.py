@@ -28,6 +28,8 @@ import time
 from cnilib.base import errors
 from cnilib.cni.types import ip_family
 from cnilib.kernel import netlink, netns, sysctl
+from cnilib.kernel.link import link_get, link_set, link_set_arp_notify
+from cnilib.kernel.route import addr_add, link_addrs, route_add
 
 SETTLE_TIMEOUT = 5.0
 
@@ -66,7 +68,7 @@ def canonical_net(cidr):
 
 
 def configure(nl, netns_fd, link, result, dad=False):
-    """Configure ``link`` (a netlink.Link read through ``nl``, the socket in
+    """Configure ``link`` (a kernel.link.Link read through ``nl``, the socket in
     the container netns ``netns_fd``) from ``result``; see the module doc."""
     ifname = link.name
     mine = ips_for(result, ifname)
@@ -78,7 +80,7 @@ def configure(nl, netns_fd, link, result, dad=False):
     if dad:
         todo.append((conf6 + "enhanced_dad", "1"))
     try:
-        netlink.link_set_arp_notify(nl, link.index, True)
+        link_set_arp_notify(nl, link.index, True)
     except netlink.NetlinkError:
         todo.append(("net/ipv4/conf/%s/arp_notify" % ifname, "1"))
     if has_v6:
@@ -97,12 +99,12 @@ def configure(nl, netns_fd, link, result, dad=False):
         if ip_family(addr) == 4 and plen < 31:
             brd = broadcast(addr, plen)
         try:
-            netlink.addr_add(nl, link.index, addr, plen, broadcast=brd)
+            addr_add(nl, link.index, addr, plen, broadcast=brd)
         except netlink.NetlinkError as exc:
             raise errors.Internal("failed to add IP addr %s to %r: %s"
                                   % (ip["address"], ifname, exc.strerror)) from exc
     try:
-        netlink.link_set(nl, link.index, up=True, what="set %s up" % ifname)
+        link_set(nl, link.index, up=True, what="set %s up" % ifname)
     except netlink.NetlinkError as exc:
         raise errors.Internal("failed to set %r UP: %s" % (ifname, exc.strerror)) from exc
     if has_v6:
@@ -117,10 +119,10 @@ def add_route(nl, link, r, gws):
     gw = r.get("gw") or gws[ip_family(dst)]
     table = r.get("table")
     try:
-        added = netlink.route_add(nl, dst, gateway=gw, oif=link.index,
-                                  table=table if table is not None else netlink.RT_TABLE_MAIN,
-                                  priority=r.get("priority") or 0, scope=r.get("scope"),
-                                  exist_ok=True)
+        added = route_add(nl, dst, gateway=gw, oif=link.index,
+                          table=table if table is not None else netlink.RT_TABLE_MAIN,
+                          priority=r.get("priority") or 0, scope=r.get("scope"),
+                          exist_ok=True)
     except netlink.NetlinkError as exc:
         raise errors.Internal(
             "failed to add route '%s via %s dev %s metric %d (Scope: %s, Table: %s)': %s"
@@ -138,7 +140,7 @@ def settle(nl, link, timeout):
     delay = 0.005
     while True:
         tentative = []
-        for a in netlink.link_addrs(nl, link.index, netlink.AF_INET6):
+        for a in link_addrs(nl, link.index, netlink.AF_INET6):
             if a.flags & netlink.IFA_F_DADFAILED:
                 raise errors.Internal(
                     "failed to settle addresses for %r: link %s has address %s in DADFAILED state"
@@ -150,7 +152,7 @@ def settle(nl, link, timeout):
         if not tentative:
             return
         if time.monotonic() >= deadline:
-            now = netlink.link_get(nl, index=link.index)
+            now = link_get(nl, index=link.index)
             if now is not None and now.operstate == "UP":
                 raise errors.Internal(
                     "failed to settle addresses for %r: link %s still has tentative addresses "
@@ -196,4 +198,4 @@ def announce(nl, link):
     still raises NETDEV_CHANGEADDR, which repeats the announcement: one
     netlink request, where a packet socket would cost an RCU grace period
     (~13 ms) when it is closed."""
-    netlink.link_set(nl, link.index, mac=link.mac, what="announce the addresses of %s" % link.name)
+    link_set(nl, link.index, mac=link.mac, what="announce the addresses of %s" % link.name)

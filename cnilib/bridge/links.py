@@ -16,6 +16,18 @@ from cnilib.base import errors
 from cnilib.bridge.netconf import random_mac
 from cnilib.firewall import naming
 from cnilib.kernel import netlink, sysctl
+from cnilib.kernel.brport import (
+    bridge_add,
+    bridge_vlan_add,
+    bridge_vlan_del,
+    bridge_vlans,
+    brport_flags,
+    brport_set,
+    port_aliases,
+    veth_add,
+)
+from cnilib.kernel.link import forwarding, link_del, link_get, link_set, links, veth_peer
+from cnilib.kernel.route import addr_add, addr_del, link_addrs, routes
 
 PORT_WAIT = (0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.0)
 
@@ -25,11 +37,11 @@ PORT_WAIT = (0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.0)
 def ensure_bridge(nl, conf, log):
     """Create or reuse the bridge; promisc on if asked, accept_ra off, up."""
     name = conf["bridge"]
-    br = netlink.link_get(nl, name)
+    br = link_get(nl, name)
     if br is None:
         vlan_filtering = bool(conf["vlan"]) or conf["_trunk"] is not None
         try:
-            created = netlink.bridge_add(nl, name, conf["mtu"], random_mac(), vlan_filtering)
+            created = bridge_add(nl, name, conf["mtu"], random_mac(), vlan_filtering)
         except netlink.NetlinkError as exc:
             if vlan_filtering and exc.errno == 95:  # EOPNOTSUPP
                 raise errors.Internal(
@@ -37,7 +49,7 @@ def ensure_bridge(nl, conf, log):
                     "vlan/vlanTrunk need CONFIG_BRIDGE_VLAN_FILTERING; remove them or use a "
                     "kernel built with it") from exc
             raise errors.Internal("failed to create bridge %r: %s" % (name, exc.strerror)) from exc
-        br = netlink.link_get(nl, name)
+        br = link_get(nl, name)
         if br is None:
             raise errors.Internal("failed to create bridge %r: it vanished right after creation"
                                   % name, "another process deleted it; retry the ADD")
@@ -51,17 +63,17 @@ def ensure_bridge(nl, conf, log):
         log.warning("bridge %s has mtu %s, the config asks for %d; the veths get %d",
                     name, br.mtu, conf["mtu"], conf["mtu"])
     if conf["promiscMode"] and not br.promisc:
-        netlink.link_set(nl, br.index, promisc=True, what="set %s promisc on" % name)
+        link_set(nl, br.index, promisc=True, what="set %s promisc on" % name)
     if br.devconf6(netlink.DEVCONF_ACCEPT_RA) != 0:        # read from the link, not /proc
         _sysctl_quiet("net/ipv6/conf/%s/accept_ra" % name, "0")
     if not br.up:
-        netlink.link_set(nl, br.index, up=True, what="set %s up" % name)
+        link_set(nl, br.index, up=True, what="set %s up" % name)
     return br
 
 
 def check_free(cnl, ifname, netns_path):
     """Refuse an ADD whose container interface exists already (the spec's MUST)."""
-    if netlink.link_get(cnl, ifname) is not None:
+    if link_get(cnl, ifname) is not None:
         raise errors.Internal(
             "container interface %r already exists in %s" % (ifname, netns_path),
             "an earlier ADD for this container was not followed by DEL, or another plugin "
@@ -77,17 +89,17 @@ def setup_veth(nl, cnl, netns_fd, ifname, br, conf, mac, alias=None):
     for _ in range(10):
         host = "veth" + os.urandom(4).hex()
         try:
-            netlink.veth_add(nl, host, ifname, netns_fd, conf["mtu"], mac, br.index)
+            veth_add(nl, host, ifname, netns_fd, conf["mtu"], mac, br.index)
         except netlink.NetlinkError as exc:
             if exc.errno != 17:  # EEXIST
                 raise errors.Internal("failed to make veth pair: %s" % exc.strerror) from exc
             check_free(cnl, ifname, "the container")   # lost a race with another ADD
             continue
-        link = netlink.link_get(nl, host)
+        link = link_get(nl, host)
         if link is None:
             raise errors.Internal("veth %s vanished right after creation" % host)
         if alias:
-            netlink.link_set(nl, link.index, alias=alias, what="set alias of %s" % host)
+            link_set(nl, link.index, alias=alias, what="set alias of %s" % host)
         return link
     raise errors.Internal("failed to find a unique veth name", "10 random names were all taken")
 
@@ -98,8 +110,7 @@ def setup_port(nl, port, conf):
         _sysctl_quiet("net/ipv6/conf/%s/accept_ra" % port.name, "0", only_if_different=False)
     if conf["hairpinMode"] or conf["portIsolation"]:
         try:
-            netlink.brport_set(nl, port.index, hairpin=conf["hairpinMode"],
-                               isolated=conf["portIsolation"])
+            brport_set(nl, port.index, hairpin=conf["hairpinMode"], isolated=conf["portIsolation"])
         except netlink.NetlinkError as exc:
             raise errors.Internal("failed to set hairpin/isolated on %s: %s"
                                   % (port.name, exc.strerror)) from exc
@@ -112,13 +123,13 @@ def set_port_vlans(nl, port, conf):
         return
     try:
         if not conf["preserveDefaultVlan"]:
-            netlink.bridge_vlan_del(nl, port.index, [v for v, _ in netlink.bridge_vlans(nl, port.index)])
+            bridge_vlan_del(nl, port.index, [v for v, _ in bridge_vlans(nl, port.index)])
         if vlan:
-            netlink.bridge_vlan_add(nl, port.index, vlan, pvid=True, untagged=True)
+            bridge_vlan_add(nl, port.index, vlan, pvid=True, untagged=True)
         for v in trunk or ():
-            netlink.bridge_vlan_add(nl, port.index, v)
+            bridge_vlan_add(nl, port.index, v)
         if not vlan and trunk is not None:
-            netlink.bridge_vlan_add(nl, port.index, 1, pvid=True, untagged=True)
+            bridge_vlan_add(nl, port.index, 1, pvid=True, untagged=True)
     except netlink.NetlinkError as exc:
         raise errors.Internal("failed to set vlans on bridge port %s: %s"
                               % (port.name, exc.strerror)) from exc
@@ -128,11 +139,11 @@ def ensure_vlan_iface(nl, br, conf, log):
     """The '<bridge>.<vlan>' veth end that holds the gateway address in VLAN
     mode; its random peer is an access port of that VLAN on the bridge."""
     name = "%s.%d" % (conf["bridge"], conf["vlan"])
-    link = netlink.link_get(nl, name)
+    link = link_get(nl, name)
     if link is None:
         peer = "veth" + os.urandom(4).hex()
         try:
-            netlink.veth_add(nl, peer, name, None, conf["mtu"], None, br.index)
+            veth_add(nl, peer, name, None, conf["mtu"], None, br.index)
             created = True
         except netlink.NetlinkError as exc:
             if exc.errno != 17:
@@ -140,14 +151,14 @@ def ensure_vlan_iface(nl, br, conf, log):
                                       % exc.strerror) from exc
             created = False
         if created:
-            port = netlink.link_get(nl, peer)
+            port = link_get(nl, peer)
             setup_port(nl, port, dict(conf, hairpinMode=False, portIsolation=False, _trunk=None))
             log.info("created vlan gateway interface %s (peer %s)", name, peer)
-        link = netlink.link_get(nl, name)
+        link = link_get(nl, name)
         if link is None:
             raise errors.Internal("vlan gateway interface %s vanished after creation" % name)
     if not link.up:
-        netlink.link_set(nl, link.index, up=True, what="set %s up" % name)
+        link_set(nl, link.index, up=True, what="set %s up" % name)
     return link
 
 
@@ -169,7 +180,7 @@ def ensure_gateway_addrs(nl, link, gws, conf, network, own_ips, log):
         if not want:
             continue
         af = netlink.AF_INET if fam == 4 else netlink.AF_INET6
-        have = [(addr.canonical(a.address), a.prefixlen) for a in netlink.link_addrs(nl, link.index, af)]
+        have = [(addr.canonical(a.address), a.prefixlen) for a in link_addrs(nl, link.index, af)]
         stale = [h for h in have if h not in want and _conflicts(h, want)]
         if stale:
             import ipaddress  # only here: a bridge that kept an old address
@@ -180,7 +191,7 @@ def ensure_gateway_addrs(nl, link, gws, conf, network, own_ips, log):
                 continue
             brd = iface.broadcast(str(ip), plen) if fam == 4 and plen < 31 else None
             try:
-                added |= netlink.addr_add(nl, link.index, str(ip), plen, brd, nodad=fam == 6)
+                added |= addr_add(nl, link.index, str(ip), plen, brd, nodad=fam == 6)
             except netlink.NetlinkError as exc:
                 raise errors.Internal("failed to set bridge addr: could not add IP address %s/%d "
                                       "to %r: %s" % (ip, plen, link.name, exc.strerror)) from exc
@@ -212,7 +223,7 @@ def _repair_stale(nl, link, stale, want, conf, network, own_ips, log):
     with fsutil.Flock(lock, what="bridge address lock"):
         af = netlink.AF_INET if want[0][0].version == 4 else netlink.AF_INET6
         import ipaddress
-        now = [(ipaddress.ip_address(a.address), a.prefixlen) for a in netlink.link_addrs(nl, link.index, af)]
+        now = [(ipaddress.ip_address(a.address), a.prefixlen) for a in link_addrs(nl, link.index, af)]
         stale = [s for s in stale if s in now]
         for ip, plen in stale:
             old = "%s/%d" % (ip, plen)
@@ -229,7 +240,7 @@ def _repair_stale(nl, link, stale, want, conf, network, own_ips, log):
                         "'ip addr del %s dev %s' (or 'ip link del %s') and retry, or set "
                         "forceAddress: true" % ("; ".join(blockers), old, link.name, link.name))
                 why = "no port attached, no lease in its subnet"
-            netlink.addr_del(nl, link.index, str(ip), plen)
+            addr_del(nl, link.index, str(ip), plen)
             log.warning("replaced stale address %s on %s with %s (%s)", old, link.name,
                         ", ".join("%s/%d" % w for w in want), why)
 
@@ -238,7 +249,7 @@ def _stale_blockers(nl, link, ip, plen, conf, network, own_ips):
     """Why the old address ip/plen may still be in use ([] = it is not)."""
     import ipaddress
     out = []
-    ports = netlink.port_aliases(nl, link.index) if link.kind == "bridge" else []
+    ports = port_aliases(nl, link.index) if link.kind == "bridge" else []
     if ports:
         out.append("%d port(s) are attached to %s (%s)" % (
             len(ports), link.name, ", ".join(name for _, name, _ in ports[:5])))
@@ -280,7 +291,7 @@ def _stale_blockers(nl, link, ip, plen, conf, network, own_ips):
 def enable_forwarding(nl, fam):
     """ip_forward (or IPv6 all.forwarding) on; read over netlink first, as
     a /proc open costs ~1 ms in a netns with a thousand links."""
-    if netlink.forwarding(nl, netlink.AF_INET if fam == 4 else netlink.AF_INET6) == 1:
+    if forwarding(nl, netlink.AF_INET if fam == 4 else netlink.AF_INET6) == 1:
         return
     name = "net/ipv4/ip_forward" if fam == 4 else "net/ipv6/conf/all/forwarding"
     try:
@@ -294,7 +305,7 @@ def pin_mac(nl, br, log):
     does this after adding the gateway address), so it stops following the
     lowest port MAC.  Bridges this plugin creates are pinned from birth."""
     try:
-        netlink.link_set(nl, br.index, mac=br.mac, what="pin MAC of %s" % br.name)
+        link_set(nl, br.index, mac=br.mac, what="pin MAC of %s" % br.name)
     except netlink.NetlinkError as exc:
         log.warning("could not pin the MAC of %s: %s", br.name, exc.strerror)
 
@@ -306,11 +317,11 @@ def wait_port_up(nl, port):
     for delay in PORT_WAIT:
         if delay:
             time.sleep(delay)
-        link = netlink.link_get(nl, index=port.index)
+        link = link_get(nl, index=port.index)
         if link is None:
             raise errors.Internal("bridge port %s vanished" % port.name)
         state = link.operstate
-        brport = netlink.brport_flags(link)
+        brport = brport_flags(link)
         if state == "UP" and (brport is None or brport["state"] == netlink.BR_STATE_FORWARDING):
             return link
     raise errors.Internal("bridge port in error state: %s" % (state or "unknown").lower(),
@@ -325,7 +336,7 @@ def delete_container_link(cnl, netns_fd, network, container_id, ifname, netns_pa
     path was deleted and made again for a new pod (libcni's GC, or a late
     DEL, passes the stale attachment's cached path), and its eth0 is the
     new pod's."""
-    link = netlink.link_get(cnl, ifname)
+    link = link_get(cnl, ifname)
     if link is None:
         return "absent"
     if link.kind != "veth":
@@ -333,13 +344,13 @@ def delete_container_link(cnl, netns_fd, network, container_id, ifname, netns_pa
                     link.kind or "plain")
         return "not ours"
     with netlink.Netlink() as hnl:
-        peer = netlink.veth_peer(hnl, link, netns_fd)
+        peer = veth_peer(hnl, link, netns_fd)
     if peer is not None and naming.veth_alias_other(peer.alias, network, container_id, ifname):
         log.warning("%s in %s belongs to another attachment (its host veth %s is tagged %r): left "
                     "alone; the netns path was reused by a new sandbox", ifname, netns_path, peer.name,
                     peer.alias)
         return "not ours"
-    return "deleted" if netlink.link_del(cnl, index=link.index) else "absent"
+    return "deleted" if link_del(cnl, index=link.index) else "absent"
 
 
 def remove_leftover_veths(nl, conf, network, container_id, ifname, log):
@@ -347,16 +358,16 @@ def remove_leftover_veths(nl, conf, network, container_id, ifname, log):
     this attachment (the pair outlives a netns something still holds); on
     any bridge when the config names none it can use (``bridge`` None)."""
     if conf["bridge"] is None:
-        ports = [(link.index, link.name, link.alias) for link in netlink.links(nl) if link.kind == "veth"]
+        ports = [(link.index, link.name, link.alias) for link in links(nl) if link.kind == "veth"]
     else:
-        br = netlink.link_get(nl, conf["bridge"])
+        br = link_get(nl, conf["bridge"])
         if br is None:
             return 0
-        ports = netlink.port_aliases(nl, br.index)
+        ports = port_aliases(nl, br.index)
     n = 0
     for index, name, alias in ports:
         if naming.veth_alias_names(alias, network, container_id, ifname):
-            if netlink.link_del(nl, index=index):
+            if link_del(nl, index=index):
                 log.info("deleted leftover veth %s (%s)", name, alias)
                 n += 1
     return n
@@ -366,16 +377,16 @@ def gc_veths(nl, conf, network, valid, log):
     """GC: delete host veths on the bridge whose alias names an attachment of
     ``network`` that is not in ``valid`` ({(container ID, ifname)}).  They
     outlive their pod only when something still holds its netns."""
-    br = netlink.link_get(nl, conf["bridge"])
+    br = link_get(nl, conf["bridge"])
     if br is None:
         return []
     gone = []
-    for index, name, alias in netlink.port_aliases(nl, br.index):
+    for index, name, alias in port_aliases(nl, br.index):
         f = naming.parse_veth_alias(alias)
         # the short 'att=<hash>' form does not say its network: left alone
         if f is None or f.get("net") != network or (f.get("cid"), f.get("if")) in valid:
             continue
-        if netlink.link_del(nl, index=index):
+        if link_del(nl, index=index):
             log.info("gc: deleted veth %s (%s)", name, alias)
             gone.append(name)
     return gone
@@ -404,14 +415,14 @@ def check_attachment(a, conf, res):
         raise errors.Internal("Sandbox in prevResult %s doesn't match configured netns: %s"
                               % (want["sandbox"], a.netns))
     with netlink.Netlink() as hnl, netlink.Netlink.in_netns(a.netns_fd) as cnl:
-        br = netlink.link_get(hnl, conf["bridge"])
+        br = link_get(hnl, conf["bridge"])
         if br is None or br.kind != "bridge":
             raise errors.Internal("bridge %r not found" % conf["bridge"],
                                   "found %s" % ("nothing" if br is None else "a %s link" % br.kind))
         if br.promisc != conf["promiscMode"]:
             raise errors.Internal("bridge %s promiscuous mode is %s, the config says %s"
                                   % (br.name, br.promisc, conf["promiscMode"]))
-        cont = netlink.link_get(cnl, a.ifname)
+        cont = link_get(cnl, a.ifname)
         if cont is None:
             raise errors.Internal("container interface %s not found in %s" % (a.ifname, a.netns))
         if cont.kind != "veth":
@@ -420,7 +431,7 @@ def check_attachment(a, conf, res):
         if want.get("mac") and want["mac"].lower() != (cont.mac or "").lower():
             raise errors.Internal("container interface %s has MAC %s, prevResult says %s"
                                   % (a.ifname, cont.mac, want["mac"]))
-        peer = netlink.link_get(hnl, index=cont.peer_index) if cont.peer_index else None
+        peer = link_get(hnl, index=cont.peer_index) if cont.peer_index else None
         if peer is None or peer.master != br.index:
             raise errors.Internal("the host veth of %s is not on bridge %s"
                                   % (a.ifname, br.name),
@@ -430,18 +441,18 @@ def check_attachment(a, conf, res):
         if peer.name not in names:
             raise errors.Internal("host veth %s of %s is not in prevResult" % (peer.name, a.ifname),
                                   "prevResult lists %s" % sorted(n for n in names if n))
-        have = {_norm(x.cidr) for x in netlink.link_addrs(cnl, cont.index)}
+        have = {_norm(x.cidr) for x in link_addrs(cnl, cont.index)}
         for ip in res.ips:
             if ip.get("interface") == idx and _norm(ip["address"]) not in have:
                 raise errors.Internal(
                     "address %s from prevResult is missing on %s in %s"
                     % (ip["address"], a.ifname, a.netns),
                     "found %s" % (", ".join(sorted(have)) or "no address"))
-        routes = [(r.cidr, r.gateway) for r in netlink.routes(cnl, table=None)]
+        have_routes = [(r.cidr, r.gateway) for r in routes(cnl, table=None)]
         for r in res.routes:
             dst = iface.canonical_net(r["dst"])
             if not any(d == dst and (not r.get("gw") or _norm(r["gw"]) == _norm(g or ""))
-                       for d, g in routes):
+                       for d, g in have_routes):
                 raise errors.Internal("route %s%s from prevResult is missing in %s"
                                       % (dst, " via %s" % r["gw"] if r.get("gw") else "", a.netns))
     if conf["_l3"] and conf["ipMasq"]:

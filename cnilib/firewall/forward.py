@@ -281,23 +281,157 @@ def _bridge(prev, policy):
     return name
 
 
-# ====================================================================== runners
+# ====================================================================== the backends
+#
+# One interface, two backends (as portmap's, after the reference's
+# PortMapper); ``choose`` picks one from the config for ADD and CHECK, and
+# DEL and GC run both, so an attachment made under one backend is still
+# removed after the config or the node changed:
+#   add(cfg, log)          accept the attachment's addresses
+#   check(cfg)             raise a CNI error naming what is missing
+#   teardown(cfg, nf, log) remove the attachment's rules (by key, and the
+#                          reference's for prevResult's addresses); ``nf``:
+#                          an open NfTables, or None without nf_tables
+#   gc(name, valid, log)   remove the rules of attachments not in ``valid``
+
+
+class Nftables:
+    """One element per address in ``inet pycni-fw`` (cnilib.firewall.shared)."""
+
+    name = "nftables"
+
+    def add(self, cfg, log):
+        from cnilib.firewall import shared
+        shared.attach(_table(), cfg.att, nft_elements(cfg.ips), log,
+                      data={"ips": {str(f): v for f, v in cfg.ips.items()}}, netns=cfg.netns)
+        log.info("nftables table %s accepts %s", T, ",".join(ip for f in (4, 6) for ip in cfg.ips.get(f, ())))
+
+    def check(self, cfg):
+        from cnilib.firewall import nft, shared
+        rec, missing = shared.present(_table(), cfg.att)
+        if rec is None:
+            raise errors.Internal("the firewall elements of this attachment are missing from nftables "
+                                  "table %s" % T, "no record of this attachment: run ADD again")
+        want = sorted("%s %s" % (e.set, e.label) for e in nft_elements(cfg.ips))
+        have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
+        if missing or want != have:
+            raise errors.Internal("nftables table %s lacks %s"
+                                  % (T, ", ".join(missing) or "addresses of this config"),
+                                  "expected elements %s; the record lists %s" % (", ".join(want),
+                                                                                 ", ".join(have)))
+        rules = [r for it in nft.list_json("chain", "inet", TABLE_NAME, "forward")
+                 for r in [it.get("rule")] if isinstance(r, dict)]
+        if len(rules) != 4:
+            raise errors.Internal("nftables chain %s forward has %d rules, expected 4" % (T, len(rules)),
+                                  "ADD rewrites the table's rules")
+
+    def teardown(self, cfg, nf, log):
+        if nf is not None:
+            from cnilib.firewall import shared
+            shared.detach(_table(), cfg.att, log, nf=nf)
+
+    def gc(self, name, valid, log):
+        from cnilib.firewall import nft, shared
+        if nft.available():
+            shared.gc(_table(), name, set(valid), log)
+
+
+class Iptables:
+    """The reference's CNI-FORWARD (and CNI-ADMIN, the isolation chains) in
+    the filter table, our rules keyed by comment; one iptables.edit per
+    family and operation."""
+
+    name = "iptables"
+
+    def add(self, cfg, log):
+        from cnilib.firewall import iptables
+        isolation = isolation_rules(cfg.bridge, cfg.policy == "isolated") if cfg.bridge else ()
+        done = []
+        try:
+            for fam in (4, 6):
+                if fam not in cfg.ips:
+                    continue
+
+                def lines(saved, fam=fam):
+                    out = ipt_add_lines(saved, cfg.admin, accept_rules(cfg.ips[fam], fam, cfg.comment),
+                                        cfg.key, isolation)
+                    done.append(fam)
+                    return out
+                iptables.edit(fam, "filter", lines, "firewall iptables rules (IPv%d)" % fam)
+                log.info("iptables IPv%d: %s accepts %s", fam, FORWARD, ",".join(cfg.ips[fam]))
+        except BaseException:
+            for fam in done:
+                try:
+                    _ipt_teardown(fam, cfg.key, ())
+                except errors.CniError:
+                    pass
+            raise
+
+    def check(self, cfg):
+        from cnilib.firewall import iptables
+        for fam in (4, 6):
+            if fam not in cfg.ips:
+                continue
+            saved = iptables.save(fam, "filter")
+            have = set(iptables.rules(saved))
+            what = "iptables IPv%d filter table" % fam
+            for line, _first in jump_rules(cfg.admin):
+                if line not in have:
+                    raise errors.Internal("expected rule '%s' not found in %s" % (line, what),
+                                          "ADD restores it")
+            for line in accept_rules(cfg.ips[fam], fam, cfg.comment):
+                if line not in have:
+                    raise errors.Internal("expected rule '%s' not found in %s" % (line, what))
+
+    def teardown(self, cfg, nf, log):
+        from cnilib.firewall import iptables
+        for fam in [f for f in (4, 6) if iptables.may_hold(f, "filter", [FORWARD], nf)]:
+            n = _ipt_teardown(fam, cfg.key, reference_rules(cfg.ips.get(fam, ()), fam))
+            if n:
+                log.info("deleted %d iptables IPv%d rules from %s", n, fam, FORWARD)
+
+    def gc(self, name, valid, log):
+        from cnilib.firewall import iptables
+        keep = {key(name, cid, ifn) for cid, ifn in valid}
+        prefix = network_key_prefix(name)
+        for fam in (4, 6):
+            if proc.which(SAVE[fam]) is None:
+                continue
+            dead = []
+
+            def lines(saved, dead=dead):
+                dead.extend(r for r, k in keyed_rules(saved, prefix) if k not in keep)
+                return ["-D" + r[2:] for r in dead]
+            iptables.edit(fam, "filter", lines, "firewall iptables GC")
+            if dead:
+                log.info("GC deleted %d iptables IPv%d rules", len(dead), fam)
+
+
+def _ipt_teardown(fam, k, reference):
+    from cnilib.firewall import iptables
+    return len(iptables.edit(fam, "filter", lambda saved: ipt_del_lines(saved, k, reference),
+                             "firewall iptables teardown (IPv%d)" % fam))
+
+
+NFTABLES, IPTABLES = Nftables(), Iptables()
+BY_NAME = {"nftables": NFTABLES, "iptables": IPTABLES}
+
 
 def choose(cfg):
-    """The backend: as configured, else iptables where a drop lives in
-    iptables' FORWARD (or iptables is legacy and nft cannot tell), else
-    nftables when it works, else iptables."""
+    """The backend of an ADD or CHECK: as configured, else iptables where a
+    drop lives in iptables' FORWARD (or iptables is legacy and nft cannot
+    tell), else nftables when it works, else iptables."""
     if cfg.backend:
-        return cfg.backend
+        return BY_NAME[cfg.backend]
     from cnilib.firewall import iptables, nft
     has_ipt = proc.which("iptables-restore") is not None
     if not nft.available():
-        return "iptables"
+        return IPTABLES
     if has_ipt and not iptables.nft_backed():
-        return "iptables"
+        return IPTABLES
     if has_ipt and "drop" in forward_policies():
-        return "iptables"
-    return "nftables"
+        return IPTABLES
+    return NFTABLES
 
 
 def forward_policies():
@@ -311,117 +445,27 @@ def forward_policies():
         return []
 
 
-def _ipt_lock():
-    from cnilib.firewall import iptables
-    return iptables.lock()
-
-
-def ipt_add(cfg, log):
-    from cnilib.firewall import iptables
-    isolation = isolation_rules(cfg.bridge, cfg.policy == "isolated") if cfg.bridge else ()
-    done = []
-    try:
-        for fam in (4, 6):
-            if fam not in cfg.ips:
-                continue
-            with _ipt_lock():
-                saved = iptables.save(fam, "filter")
-                lines = ipt_add_lines(saved, cfg.admin, accept_rules(cfg.ips[fam], fam, cfg.comment),
-                                      cfg.key, isolation)
-                done.append(fam)
-                iptables.restore(fam, "filter", lines, "firewall iptables rules (IPv%d)" % fam)
-            log.info("iptables IPv%d: %s accepts %s", fam, FORWARD, ",".join(cfg.ips[fam]))
-    except BaseException:
-        for fam in done:
-            try:
-                ipt_teardown(fam, cfg.key, ())
-            except errors.CniError:
-                pass
-        raise
-
-
-def ipt_teardown(fam, k, reference):
-    from cnilib.firewall import iptables
-    with _ipt_lock():
-        saved = iptables.save(fam, "filter")
-        lines = ipt_del_lines(saved, k, reference)
-        iptables.restore(fam, "filter", lines, "firewall iptables teardown (IPv%d)" % fam)
-    return len(lines)
-
-
-def ipt_check(cfg):
-    from cnilib.firewall import iptables
-    for fam in (4, 6):
-        if fam not in cfg.ips:
-            continue
-        saved = iptables.save(fam, "filter")
-        have = set(iptables.rules(saved))
-        what = "iptables IPv%d filter table" % fam
-        for line, _first in jump_rules(cfg.admin):
-            if line not in have:
-                raise errors.Internal("expected rule '%s' not found in %s" % (line, what),
-                                      "ADD restores it")
-        for line in accept_rules(cfg.ips[fam], fam, cfg.comment):
-            if line not in have:
-                raise errors.Internal("expected rule '%s' not found in %s" % (line, what))
-
-
-def nft_add(cfg, log):
-    from cnilib.firewall import shared
-    shared.attach(_table(), cfg.att, nft_elements(cfg.ips), log,
-                  data={"ips": {str(f): v for f, v in cfg.ips.items()}}, netns=cfg.netns)
-    log.info("nftables table %s accepts %s", T, ",".join(ip for f in (4, 6) for ip in cfg.ips.get(f, ())))
-
-
-def nft_check(cfg):
-    from cnilib.firewall import nft, shared
-    rec, missing = shared.present(_table(), cfg.att)
-    if rec is None:
-        raise errors.Internal("the firewall elements of this attachment are missing from nftables table %s"
-                              % T,
-                              "no record of this attachment: run ADD again")
-    want = sorted("%s %s" % (e.set, e.label) for e in nft_elements(cfg.ips))
-    have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
-    if missing or want != have:
-        raise errors.Internal("nftables table %s lacks %s"
-                              % (T, ", ".join(missing) or "addresses of this config"),
-                              "expected elements %s; the record lists %s" % (", ".join(want),
-                                                                             ", ".join(have)))
-    rules = [r for it in nft.list_json("chain", "inet", TABLE_NAME, "forward")
-             for r in [it.get("rule")] if isinstance(r, dict)]
-    if len(rules) != 4:
-        raise errors.Internal("nftables chain %s forward has %d rules, expected 4" % (T, len(rules)),
-                              "ADD rewrites the table's rules")
-
+# ====================================================================== DEL and GC (every backend)
 
 def teardown(cfg, log):
-    """DEL: the attachment's elements and keyed rules, from both backends."""
-    from cnilib.firewall import iptables, shared
+    """DEL: the attachment's elements and keyed rules, from both backends,
+    with one netfilter socket for the lookups."""
     from cnilib.kernel import nftables
+    nf = None
     try:
-        with nftables.NfTables() as nf:
-            shared.detach(_table(), cfg.att, log, nf=nf)
-            fams = [f for f in (4, 6) if iptables.may_hold(f, "filter", [FORWARD], nf)]
-    except OSError:
-        fams = [f for f in (4, 6) if iptables.may_hold(f, "filter", [FORWARD])]
-    for fam in fams:
-        n = ipt_teardown(fam, cfg.key, reference_rules(cfg.ips.get(fam, ()), fam))
-        if n:
-            log.info("deleted %d iptables IPv%d rules from %s", n, fam, FORWARD)
+        nf = nftables.NfTables()
+        NFTABLES.teardown(cfg, nf, log)
+    except OSError:     # no nf_tables here (or it stopped answering): iptables still goes
+        if nf is not None:
+            nf.close()
+        nf = None
+    try:
+        IPTABLES.teardown(cfg, nf, log)
+    finally:
+        if nf is not None:
+            nf.close()
 
 
 def gc(name, valid, log):
-    from cnilib.firewall import iptables, nft, shared
-    if nft.available():
-        shared.gc(_table(), name, set(valid), log)
-    keep = {key(name, cid, ifn) for cid, ifn in valid}
-    prefix = network_key_prefix(name)
-    for fam in (4, 6):
-        if proc.which(SAVE[fam]) is None:
-            continue
-        with _ipt_lock():
-            saved = iptables.save(fam, "filter")
-            dead = [r for r, k in keyed_rules(saved, prefix) if k not in keep]
-            iptables.restore(fam, "filter", ["-D" + r[2:] for r in dead], "firewall iptables GC")
-        if dead:
-            log.info("GC deleted %d iptables IPv%d rules", len(dead), fam)
+    for backend in (NFTABLES, IPTABLES):
+        backend.gc(name, valid, log)

@@ -12,7 +12,7 @@ import os
 from cnilib.base import errors, fsutil, proc
 
 _BIN = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
-_available = {}
+_available = {}     # per process, like nft._available: never outlives one request
 
 
 def available(family=4):
@@ -65,6 +65,28 @@ def restore(family, table, lines, what="iptables batch"):
         raise errors.Internal("%s failed: %s exit status %d: %s"
                               % (what, _BIN[family][1], r.rc, r.err_text(600)),
                               "batch:\n" + text[:4000])
+
+
+def edit(family, table, fn, what, unreadable_ok=False):
+    """One read-modify-write of ``table``, the only way the rule sets change
+    iptables: under lock(), ``fn`` turns the table's iptables-save text into
+    the lines to apply, and those go in as one iptables-restore --noflush
+    batch (nothing is exec'd for no lines).  Returns the lines.
+
+    ``unreadable_ok``: when iptables-save cannot read the table (not
+    installed, or a kernel without it), return None instead of raising:
+    for sweeps that visit every family whether or not it is in use.
+    """
+    with lock():
+        try:
+            saved = save(family, table)
+        except errors.CniError:
+            if unreadable_ok:
+                return None
+            raise
+        lines = fn(saved)
+        restore(family, table, lines, what)
+    return lines
 
 
 class lock:

@@ -32,7 +32,7 @@ asked over netlink first, so iptables-save runs only when they do.
 """
 
 from cnilib.base import errors
-from cnilib.firewall import iptables, naming, nft, shared
+from cnilib.firewall import naming, shared
 
 GO_NFT_TABLE = "cni_plugins_masquerade"
 GO_NFT_CHAIN = "masq_checks"
@@ -101,6 +101,7 @@ def _go_comment_arg(network, container_id):
 def render_iptables_setup(family, network, container_id, cidrs, saved):
     """iptables-restore lines (nat table) adding what ``saved`` lacks of the
     reference's masquerade chain for these IPs of ``family``."""
+    from cnilib.firewall import iptables
     chain = naming.go_chain(network, container_id)
     c = _go_comment_arg(network, container_id)
     have = set(iptables.rules(saved))
@@ -123,6 +124,7 @@ def render_iptables_setup(family, network, container_id, cidrs, saved):
 def render_iptables_teardown(network, container_id, saved):
     """Lines removing the reference chain of (network, container ID): every
     POSTROUTING jump to it (whatever its source address), then the chain."""
+    from cnilib.firewall import iptables
     chain = naming.go_chain(network, container_id)
     out = ["-D" + r[2:] for r in iptables.rules(saved, "POSTROUTING")
            if r.endswith(" -j " + chain)]
@@ -134,6 +136,7 @@ def render_iptables_teardown(network, container_id, saved):
 def go_chain_owners(network, saved):
     """{container ID: chain} of the reference masquerade chains of ``network``
     that POSTROUTING jumps to, read from their comments."""
+    from cnilib.firewall import iptables
     head = '--comment "name: \\"%s\\" id: \\"' % network
     out = {}
     for r in iptables.rules(saved, "POSTROUTING"):
@@ -148,7 +151,170 @@ def go_chain_owners(network, saved):
     return out
 
 
-# ------------------------------------------------------------ operations
+# ------------------------------------------------------------ the backends
+#
+# One interface, two backends, as the reference's ipmasq (set up with the
+# chosen backend, torn down with both):
+#   add(att, cidrs, log, netns)  masquerade the attachment's addresses
+#   check(att)                   None when this backend holds no form of the
+#                                attachment, else what is missing ('' for nothing)
+#   teardown(att, nf, log)       remove every form of the attachment this
+#                                backend's kind can hold, ours or the Go
+#                                plugin's; ``nf``: an open NfTables or None
+#   gc(network, valid, log)      the same for attachments not in ``valid``;
+#                                returns what it removed
+# ``att`` is (network, container ID, ifname).
+
+
+class Nftables:
+    """Our elements in ``inet pycni-masq`` (cnilib.firewall.shared), the
+    previous design's table, and the Go plugin's nftables rules (table
+    ``inet cni_plugins_masquerade``, comment starting with its key)."""
+
+    name = "nftables"
+
+    def add(self, att, cidrs, log, netns=None):
+        elems, chains = elements(cidrs)
+        shared.attach(TABLE, att, elems, log, data={"cidrs": list(cidrs)}, extra=chains, netns=netns)
+
+    def check(self, att):
+        from cnilib.firewall import nft
+        rec, missing = shared.present(TABLE, att)
+        if rec is not None:
+            return "missing in nftables table %s: %s" % (T, ", ".join(missing)) if missing else ""
+        legacy = TABLE.legacy_table(att)
+        if any(name == legacy for _, name in nft.tables(legacy)):
+            return ""
+        key = naming.go_nft_masq_key(*att)
+        if _go_nft_deletes(lambda c: c.startswith(key)):
+            return ""
+        return None
+
+    def teardown(self, att, nf, log):
+        """Ours (and the previous design's table) by record, then the Go
+        plugin's rules when its table exists; raises CniError for what
+        failed once both were tried."""
+        if nf is None:
+            return
+        problems = []
+        try:
+            shared.detach(TABLE, att, log, nf=nf)
+        except errors.CniError as exc:
+            problems.append(exc.msg)
+        try:
+            go_nft = nf.table_exists("inet", GO_NFT_TABLE)
+        except OSError:
+            go_nft = False
+        if go_nft:
+            key = naming.go_nft_masq_key(*att)
+            go = _go_nft_deletes(lambda c: c.startswith(key))
+            if go:
+                from cnilib.firewall import nft
+                try:
+                    nft.apply(go, what="removal of the reference nftables masquerade rules of %s" % att[1])
+                    log.info("removed %d reference nftables masquerade rule(s)", go.count("\n"))
+                except errors.CniError as exc:
+                    problems.append(exc.msg)
+        if problems:
+            raise errors.Internal("; ".join(problems))
+
+    def gc(self, network, valid, log):
+        from cnilib.firewall import nft
+        removed = shared.gc(TABLE, network, valid, log) if nft.available() else []
+        go_keep = {naming.go_nft_masq_key(network, cid, ifn) for cid, ifn in valid}
+        go_prefix = naming.sha512_hex(network)[:16] + "-"
+        go = _go_nft_deletes(lambda c: c.startswith(go_prefix) and c[:33] not in go_keep)
+        if go:
+            nft.apply(go, what="masquerade gc of network %s" % network)
+            removed.append("%d reference nftables rule(s)" % go.count("\n"))
+            log.info("gc: removed masquerade state %s", removed[-1])
+        return removed
+
+
+class Iptables:
+    """The reference's chain ``CNI-<sha512(network + container ID)>`` and its
+    POSTROUTING jumps in the nat table, ours or the Go plugin's: one
+    iptables.edit per family and operation, adding only what
+    iptables-save does not already show."""
+
+    name = "iptables"
+
+    def add(self, att, cidrs, log, netns=None):
+        from cnilib.firewall import iptables
+        network, container_id, _ifname = att
+        for fam in sorted({_split(c)[0] for c in cidrs}):
+            def lines(saved, fam=fam):
+                return render_iptables_setup(fam, network, container_id, cidrs, saved)
+            iptables.edit(fam, "nat", lines, what="masquerade rules for %s" % container_id)
+
+    def check(self, att):
+        from cnilib.firewall import iptables
+        chain = naming.go_chain(att[0], att[1])
+        for fam in (4, 6):
+            if not iptables.may_hold(fam, "nat", [chain]):
+                continue
+            try:
+                if chain in iptables.chains(iptables.save(fam, "nat")):
+                    return ""
+            except errors.CniError:
+                continue
+        return None
+
+    def teardown(self, att, nf, log):
+        """Asked over netlink first, so iptables-save runs only when there is
+        something; a family that fails raises after the other was tried."""
+        from cnilib.firewall import iptables
+        network, container_id, _ifname = att
+        chain = naming.go_chain(network, container_id)
+        problems = []
+        for fam in [f for f in (4, 6) if iptables.may_hold(f, "nat", [chain], nf)]:
+            try:
+                lines = iptables.edit(fam, "nat",
+                                      lambda saved: render_iptables_teardown(network, container_id, saved),
+                                      what="masquerade teardown for %s" % container_id)
+                if lines:
+                    log.info("removed iptables masquerade chain %s (IPv%d)", chain, fam)
+            except errors.CniError as exc:
+                problems.append(exc.msg)
+        if problems:
+            raise errors.Internal("; ".join(problems))
+
+    def gc(self, network, valid, log):
+        from cnilib.firewall import iptables
+        valid_ids = {cid for cid, _ in valid}
+        removed = []
+        for fam in (4, 6):
+            def lines(saved):
+                out = []
+                for cid, chain in go_chain_owners(network, saved).items():
+                    if cid not in valid_ids:
+                        out += render_iptables_teardown(network, cid, saved)
+                        removed.append(chain)
+                return out
+            iptables.edit(fam, "nat", lines, what="masquerade gc of network %s" % network,
+                          unreadable_ok=True)
+        for chain in removed:
+            log.info("gc: removed masquerade state %s", chain)
+        return removed
+
+
+NFTABLES, IPTABLES = Nftables(), Iptables()
+BY_NAME = {"nftables": NFTABLES, "iptables": IPTABLES}
+
+
+# ------------------------------------------------------------ ADD, in two stages
+
+class Setup:
+    """An attachment's masquerade between the two stages of bridge ADD: the
+    backend start_setup chose (``auto``: chosen here, not by the config),
+    and what finish_setup did (``done``: the backend's name, once done)."""
+
+    __slots__ = ("backend", "auto", "att", "cidrs", "netns", "done")
+
+    def __init__(self, backend, auto, att, cidrs, netns):
+        self.backend, self.auto, self.att, self.cidrs, self.netns = backend, auto, att, cidrs, netns
+        self.done = None
+
 
 def setup(backend, network, container_id, ifname, cidrs, log, netns=None):
     """Masquerade ``cidrs`` ('ip/prefix') of one attachment.  ``backend`` is
@@ -160,48 +326,44 @@ def start_setup(backend, network, container_id, ifname, cidrs, netns=None):
     """Choose the backend; ``finish_setup`` does the work once the
     container is set up (ADD's undo list then knows it may have to remove
     rules)."""
+    from cnilib.firewall import nft
+    att = (network, container_id, ifname)
     if backend is None:
-        backend = "nftables" if nft.available() else None
-    elif backend == "nftables" and not nft.available():
+        return Setup(NFTABLES if nft.available() else IPTABLES, True, att, cidrs, netns)
+    if backend == "nftables" and not nft.available():
         raise errors.Internal("masquerade rules for %s failed: nftables is not usable here"
                               % container_id,
                               "the nft binary is missing or the kernel has no nf_tables; "
                               "install nftables or choose ipMasqBackend iptables")
-    return {"backend": backend, "key": (network, container_id, ifname), "cidrs": cidrs, "done": None,
-            "netns": netns}
+    return Setup(BY_NAME[backend], False, att, cidrs, netns)
 
 
 def finish_setup(t, log):
     """Write the rules; returns the backend used.  Safe to call twice."""
-    if t["done"] is not None:
-        return t["done"]
-    network, container_id, ifname = t["key"]
-    if t["backend"] == "nftables":
-        elems, chains = elements(t["cidrs"])
-        shared.attach(TABLE, t["key"], elems, log, data={"cidrs": list(t["cidrs"])}, extra=chains,
-                      netns=t["netns"])
-        t["done"] = "nftables"
-        return "nftables"
-    if t["backend"] is None:
-        log.info("nft is not usable here: masquerading with iptables")
-    _iptables_setup(network, container_id, t["cidrs"])
-    t["done"] = "iptables"
-    return "iptables"
+    if t.done is None:
+        if t.auto and t.backend is IPTABLES:
+            log.info("nft is not usable here: masquerading with iptables")
+        t.backend.add(t.att, t.cidrs, log, t.netns)
+        t.done = t.backend.name
+    return t.done
 
 
 def abort_setup(t, log):
     """Undo step of a failed ADD: remove every form of the attachment's rules."""
-    network, container_id, ifname = t["key"]
-    teardown(network, container_id, ifname, log)
+    teardown(*t.att, log)
 
 
-def _iptables_setup(network, container_id, cidrs):
-    fams = sorted({_split(c)[0] for c in cidrs})
-    with iptables.lock():
-        for fam in fams:
-            saved = iptables.save(fam, "nat")
-            iptables.restore(fam, "nat", render_iptables_setup(fam, network, container_id, cidrs, saved),
-                             what="masquerade rules for %s" % container_id)
+# ------------------------------------------------------------ DEL, in two stages (both backends)
+
+class Teardown:
+    """An attachment's masquerade between the two stages of bridge DEL: the
+    nftables forms are gone (start_teardown) and the netlink socket is kept
+    open for finish_teardown's lookups; ``problems`` collects what failed."""
+
+    __slots__ = ("att", "nf", "problems")
+
+    def __init__(self, att):
+        self.att, self.nf, self.problems = att, None, []
 
 
 def teardown(network, container_id, ifname, log):
@@ -210,60 +372,36 @@ def teardown(network, container_id, ifname, log):
 
 
 def start_teardown(network, container_id, ifname, log):
-    """Remove our elements (by record, over netlink) and return with the
-    netlink socket still open for ``finish_teardown``'s lookups: bridge DEL
-    deletes the veth in between, so the kernel frees the elements while the
-    veth is unregistered (an RCU grace period each, overlapping)."""
+    """Remove the nftables forms (ours by record, over netlink) and return
+    with the netlink socket still open for ``finish_teardown``'s lookups:
+    bridge DEL deletes the veth in between, so the kernel frees the elements
+    while the veth is unregistered (an RCU grace period each, overlapping)."""
     from cnilib.kernel import nftables
-    t = {"key": (network, container_id, ifname), "nf": None, "problems": []}
+    t = Teardown((network, container_id, ifname))
     try:
-        t["nf"] = nftables.NfTables()
-        shared.detach(TABLE, t["key"], log, nf=t["nf"])
+        t.nf = nftables.NfTables()
+        NFTABLES.teardown(t.att, t.nf, log)
     except errors.CniError as exc:
-        t["problems"].append(exc.msg)
+        t.problems.append(exc.msg)
     except OSError as exc:      # no nf_tables here: none of our elements can exist
         log.debug("masquerade teardown: nf_tables not usable (%s)", exc)
     return t
 
 
 def finish_teardown(t, log):
-    """Remove what the Go plugin and the iptables backend left (asked over
-    netlink first, so iptables-save runs only when there is something),
+    """Remove what the iptables backend (or the Go plugin) left there,
     then close the socket; raise when a usable backend failed."""
-    network, container_id, ifname = t["key"]
-    problems = t["problems"]
-    chain = naming.go_chain(network, container_id)
-    nf, t["nf"] = t["nf"], None
+    nf, t.nf = t.nf, None
     try:
-        go_nft = nf is not None and nf.table_exists("inet", GO_NFT_TABLE)
-        fams = [f for f in (4, 6) if iptables.may_hold(f, "nat", [chain], nf)]
-    except OSError:
-        go_nft, fams = False, [f for f in (4, 6) if iptables.may_hold(f, "nat", [chain])]
+        IPTABLES.teardown(t.att, nf, log)
+    except errors.CniError as exc:
+        t.problems.append(exc.msg)
     finally:
         if nf is not None:
             nf.close()
-    if go_nft:
-        key = naming.go_nft_masq_key(network, container_id, ifname)
-        go = _go_nft_deletes(lambda c: c.startswith(key))
-        if go:
-            try:
-                nft.apply(go, what="removal of the reference nftables masquerade rules of %s"
-                          % container_id)
-                log.info("removed %d reference nftables masquerade rule(s)", go.count("\n"))
-            except errors.CniError as exc:
-                problems.append(exc.msg)
-    for fam in fams:
-        try:
-            with iptables.lock():
-                lines = render_iptables_teardown(network, container_id, iptables.save(fam, "nat"))
-                iptables.restore(fam, "nat", lines, what="masquerade teardown for %s" % container_id)
-            if lines:
-                log.info("removed iptables masquerade chain %s (IPv%d)", chain, fam)
-        except errors.CniError as exc:
-            problems.append(exc.msg)
-    if problems:
+    if t.problems:
         raise errors.Internal("masquerade teardown of %s/%s failed: %s"
-                              % (container_id, ifname, "; ".join(problems)))
+                              % (t.att[1], t.att[2], "; ".join(t.problems)))
 
 
 def _go_nft_rule_deletes(items, match):
@@ -278,62 +416,25 @@ def _go_nft_rule_deletes(items, match):
 def _go_nft_deletes(match):
     """'delete rule' lines for the Go plugin's nftables masquerade rules whose
     comment satisfies ``match`` ('' when its table does not exist)."""
+    from cnilib.firewall import nft
     return _go_nft_rule_deletes(nft.list_json("chain", "inet", GO_NFT_TABLE, GO_NFT_CHAIN), match)
 
+
+# ------------------------------------------------------------ CHECK and GC (both backends)
 
 def present(network, container_id, ifname):
     """'' when some masquerade form of the attachment exists (CHECK), else
     what is missing."""
     att = (network, container_id, ifname)
-    rec, missing = shared.present(TABLE, att)
-    if rec is not None:
-        if missing:
-            return "missing in nftables table %s: %s" % (T, ", ".join(missing))
-        return ""
-    legacy = TABLE.legacy_table(att)
-    if any(name == legacy for _, name in nft.tables(legacy)):
-        return ""
-    key = naming.go_nft_masq_key(network, container_id, ifname)
-    if _go_nft_deletes(lambda c: c.startswith(key)):
-        return ""
-    chain = naming.go_chain(network, container_id)
-    for fam in (4, 6):
-        if not iptables.may_hold(fam, "nat", [chain]):
-            continue
-        try:
-            if chain in iptables.chains(iptables.save(fam, "nat")):
-                return ""
-        except errors.CniError:
-            continue
+    for backend in (NFTABLES, IPTABLES):
+        found = backend.check(att)
+        if found is not None:
+            return found
     return "expected elements in nftables table %s (no record of this attachment) or iptables chain %s" % (
-        T, chain)
+        T, naming.go_chain(network, container_id))
 
 
 def gc(network, valid, log):
     """Remove the masquerade state of ``network``'s attachments not in
     ``valid`` (a set of (container ID, ifname)); returns what was removed."""
-    removed = shared.gc(TABLE, network, valid, log) if nft.available() else []
-    other = []
-    go_keep = {naming.go_nft_masq_key(network, cid, ifn) for cid, ifn in valid}
-    go_prefix = naming.sha512_hex(network)[:16] + "-"
-    go = _go_nft_deletes(lambda c: c.startswith(go_prefix) and c[:33] not in go_keep)
-    if go:
-        nft.apply(go, what="masquerade gc of network %s" % network)
-        other.append("%d reference nftables rule(s)" % go.count("\n"))
-    valid_ids = {cid for cid, _ in valid}
-    with iptables.lock():
-        for fam in (4, 6):
-            try:
-                saved = iptables.save(fam, "nat")
-            except errors.CniError:
-                continue
-            lines = []
-            for cid, chain in go_chain_owners(network, saved).items():
-                if cid not in valid_ids:
-                    lines += render_iptables_teardown(network, cid, saved)
-                    other.append(chain)
-            if lines:
-                iptables.restore(fam, "nat", lines, what="masquerade gc of network %s" % network)
-    for what in other:
-        log.info("gc: removed masquerade state %s", what)
-    return removed + other
+    return NFTABLES.gc(network, valid, log) + IPTABLES.gc(network, valid, log)

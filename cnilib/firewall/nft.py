@@ -11,6 +11,9 @@ what the node holds.
 
 from cnilib.base import errors, proc
 
+# Cached for the process: one plugin exec, or one agent worker, forked per
+# request from an agent that never asks (cnilib.agent.server), so the answer
+# never outlives the request that probed it.
 _available = None
 
 

@@ -209,44 +209,21 @@ def parse(a, need_prev):
     return cfg
 
 
-# ---------------------------------------------------------------- backend choice
-
-def nft_usable():
-    from cnilib.firewall import nft
-    return nft.available()
-
-
-def choose(cfg):
-    if cfg.backend:
-        return cfg.backend
-    if nft_usable():
-        return "nftables"
-    if proc.which("iptables-restore") is not None:
-        return "iptables"
-    raise errors.Internal("portmap has no usable backend: neither nft nor iptables-restore works here",
-                          "install nftables (or iptables), or check the kernel's nf_tables support")
-
-
 # ---------------------------------------------------------------- helpers
 
 def _families(cfg):
     return [f for f in (4, 6) if f in cfg.ctrs]
 
 
-def _ipt_lock():
-    from cnilib.firewall import iptables
-    return iptables.lock()
-
-
-def flush_conntrack(families, ports, log, sock=None):
+def flush_conntrack(families, ports, log, nf=None):
     """Drop UDP conntrack entries to the host ports (user-pain #19): a
     stream refreshed by its client never expires and keeps its old NAT."""
     if not ports:
         return
-    from cnilib.kernel import nftables
+    from cnilib.kernel import conntrack
     shown = ",".join(map(str, sorted(ports)))
     try:
-        n = nftables.conntrack_delete_dports(families, "udp", ports, sock)
+        n = conntrack.conntrack_delete_dports(families, "udp", ports, nf)
     except OSError as exc:
         log.warning("failed to delete stale UDP conntrack entries (ports %s): %s", shown, exc)
         return
@@ -261,8 +238,8 @@ def guard_iface(cfg):
     (usually the bridge): route_localnet goes on there."""
     if not cfg.snat or 4 not in cfg.ctrs:
         return None
-    from cnilib.kernel import nftables
-    name = nftables.route_oif_name(cfg.ctrs[4][0], 4)
+    from cnilib.kernel.route import route_oif_name
+    name = route_oif_name(cfg.ctrs[4][0])
     if not name or name == "lo" or any(c in name for c in '"\\') or not name.isprintable():
         return None
     return name
@@ -277,209 +254,261 @@ def enable_route_localnet(iface):
                               "localhost hostPorts need net.ipv4.conf.%s.route_localnet=1" % iface) from exc
 
 
-# ---------------------------------------------------------------- nftables backend
-
-def nft_table():
-    from cnilib.firewall import shared
-    return shared.Table("hostport", "inet", R.TABLE_NAME, "portmap", R.SKELETON_RULES, R.nft_skeleton,
-                        legacy="hp", chain_prefix=R.CHAIN_PREFIX)
-
-
-def nft_add(cfg, iface, log):
-    from cnilib.firewall import shared
-    chain = cfg.nft_chain
-    elems, extra = R.nft_elements(chain, cfg.mappings, cfg.ctrs, cfg.snat, cfg.masq_all)
-    script = R.nft_chain_script(chain, cfg.comment, cfg.mappings, cfg.ctrs, cfg.conditions, iface)
-    data = {"udp": sorted(cfg.udp_ports()),
-            "mappings": [[m.protocol, m.host_port, m.container_port, m.host_ip] for m in cfg.mappings]}
-    shared.attach(nft_table(), cfg.att, elems, log, data=data, extra=extra, chain_script=script,
-                  chains=[chain], netns=cfg.netns)
-    log.info("nftables chain %s %s: %d rules, %d elements", R.T, chain, script.count("dnat "), len(elems))
+# ---------------------------------------------------------------- the backends
+#
+# As the reference's PortMapper: the backend is an object chosen once from
+# the config (choose), and each has
+#   add(cfg, iface, log)        install the attachment's mappings
+#   check(cfg)                  raise a CNI error naming what is missing
+#   teardown(nf, att, udp, log) remove every rule of the attachment this
+#                               backend's kind can hold (ours or the Go
+#                               plugin's), adding their UDP ports to ``udp``;
+#                               ``nf``: an open NfTables, or None without nf_tables
+#   gc(name, valid, log)        remove the rules of attachments not in ``valid``
+# DEL and GC run every backend (teardown, gc below), so an attachment made
+# under one backend is still removed after the config or the node changed.
 
 
-def nft_check(cfg):
-    from cnilib.firewall import nft, shared
-    tbl = nft_table()
-    rec, missing = shared.present(tbl, cfg.att)
-    legacy = tbl.legacy_table(cfg.att)
-    if rec is None:
-        if any(n == legacy for _f, n in nft.tables(legacy)):
-            return          # made by the previous design: a table of its own
-        raise errors.Internal("the nftables state of this attachment is missing from %s" % R.T,
-                              "run ADD again (or DEL and ADD) to recreate the port mappings")
-    where = "nftables table %s" % R.T
-    elems, _extra = R.nft_elements(cfg.nft_chain, cfg.mappings, cfg.ctrs, cfg.snat, cfg.masq_all)
-    want = sorted("%s %s" % (e.set, e.label) for e in elems)
-    have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
-    if missing or want != have:
-        raise errors.Internal("%s lacks %s" % (where, ", ".join(missing) or "elements of this config"),
-                              "expected elements %s; the record lists %s" % (", ".join(want),
-                                                                             ", ".join(have)))
-    items = nft.list_json("table", "inet", R.TABLE_NAME)
-    got, exp = R.nft_chain_mappings(items, cfg.nft_chain), R.expected_mappings(cfg.mappings, cfg.ctrs)
-    if got != exp:
-        raise errors.Internal("%s chain %s does not hold the expected DNAT rules" % (where, cfg.nft_chain),
-                              "expected %s, found %s" % (exp, got))
-    hooks = {}
-    for it in items:
-        c = it.get("chain")
-        if isinstance(c, dict) and c.get("hook"):
-            hooks[c.get("name")] = (c.get("type"), c.get("hook"))
-    want_hooks = {"prerouting": ("nat", "prerouting"), "output": ("nat", "output")}
-    if cfg.snat:
-        want_hooks["postrouting"] = ("nat", "postrouting")
-    for chain, hook in want_hooks.items():
-        if hooks.get(chain) != hook:
-            raise errors.Internal("%s has no %s chain hooked at %s" % (where, chain, hook[1]),
-                                  "found chains %s; ADD rewrites them" % sorted(hooks))
-        if not R.nft_rules(items, "inet", R.TABLE_NAME, chain):
-            raise errors.Internal("%s chain %s is empty" % (where, chain), "ADD rewrites it")
-    if len(R.nft_rules(items, "inet", R.TABLE_NAME, "hostports")) != 4:
-        raise errors.Internal("%s chain hostports lacks its dispatch rules" % where, "ADD rewrites them")
+class Nftables:
+    """Our chain and elements in the shared table ``inet pycni-hostport``
+    (cnilib.firewall.shared); on teardown also the previous design's table
+    and the Go plugin's nftables rules."""
+
+    name = "nftables"
+
+    @staticmethod
+    def table():
+        from cnilib.firewall import shared
+        return shared.Table("hostport", "inet", R.TABLE_NAME, "portmap", R.SKELETON_RULES, R.nft_skeleton,
+                            legacy="hp", chain_prefix=R.CHAIN_PREFIX)
+
+    def add(self, cfg, iface, log):
+        from cnilib.firewall import shared
+        chain = cfg.nft_chain
+        elems, extra = R.nft_elements(chain, cfg.mappings, cfg.ctrs, cfg.snat, cfg.masq_all)
+        script = R.nft_chain_script(chain, cfg.comment, cfg.mappings, cfg.ctrs, cfg.conditions, iface)
+        data = {"udp": sorted(cfg.udp_ports()),
+                "mappings": [[m.protocol, m.host_port, m.container_port, m.host_ip] for m in cfg.mappings]}
+        shared.attach(self.table(), cfg.att, elems, log, data=data, extra=extra, chain_script=script,
+                      chains=[chain], netns=cfg.netns)
+        log.info("nftables chain %s %s: %d rules, %d elements", R.T, chain, script.count("dnat "), len(elems))
+
+    def check(self, cfg):
+        from cnilib.firewall import nft, shared
+        tbl = self.table()
+        rec, missing = shared.present(tbl, cfg.att)
+        legacy = tbl.legacy_table(cfg.att)
+        if rec is None:
+            if any(n == legacy for _f, n in nft.tables(legacy)):
+                return          # made by the previous design: a table of its own
+            raise errors.Internal("the nftables state of this attachment is missing from %s" % R.T,
+                                  "run ADD again (or DEL and ADD) to recreate the port mappings")
+        where = "nftables table %s" % R.T
+        elems, _extra = R.nft_elements(cfg.nft_chain, cfg.mappings, cfg.ctrs, cfg.snat, cfg.masq_all)
+        want = sorted("%s %s" % (e.set, e.label) for e in elems)
+        have = sorted("%s %s" % (e[0], e[3]) for e in rec.get("elems", ()))
+        if missing or want != have:
+            raise errors.Internal("%s lacks %s" % (where, ", ".join(missing) or "elements of this config"),
+                                  "expected elements %s; the record lists %s" % (", ".join(want),
+                                                                                 ", ".join(have)))
+        items = nft.list_json("table", "inet", R.TABLE_NAME)
+        got, exp = R.nft_chain_mappings(items, cfg.nft_chain), R.expected_mappings(cfg.mappings, cfg.ctrs)
+        if got != exp:
+            raise errors.Internal("%s chain %s does not hold the expected DNAT rules"
+                                  % (where, cfg.nft_chain), "expected %s, found %s" % (exp, got))
+        hooks = {}
+        for it in items:
+            c = it.get("chain")
+            if isinstance(c, dict) and c.get("hook"):
+                hooks[c.get("name")] = (c.get("type"), c.get("hook"))
+        want_hooks = {"prerouting": ("nat", "prerouting"), "output": ("nat", "output")}
+        if cfg.snat:
+            want_hooks["postrouting"] = ("nat", "postrouting")
+        for chain, hook in want_hooks.items():
+            if hooks.get(chain) != hook:
+                raise errors.Internal("%s has no %s chain hooked at %s" % (where, chain, hook[1]),
+                                      "found chains %s; ADD rewrites them" % sorted(hooks))
+            if not R.nft_rules(items, "inet", R.TABLE_NAME, chain):
+                raise errors.Internal("%s chain %s is empty" % (where, chain), "ADD rewrites it")
+        if len(R.nft_rules(items, "inet", R.TABLE_NAME, "hostports")) != 4:
+            raise errors.Internal("%s chain hostports lacks its dispatch rules" % where, "ADD rewrites them")
+
+    def teardown(self, nf, att, udp, log):
+        if nf is None:
+            return
+        from cnilib.firewall import shared
+        tbl = self.table()
+        legacy = tbl.legacy_table(att)
+        if nf.table_exists("inet", legacy):     # its UDP ports are in the table itself
+            from cnilib.firewall import nft
+            for r in R.nft_rules(nft.list_json("table", "inet", legacy), "inet", legacy, "hostports"):
+                d = R.nft_dnat_rule(r.get("expr"))
+                if d and d[1] == "udp":
+                    udp.add(d[2])
+        rec = shared.detach(tbl, att, log, nf=nf)
+        if rec is not None:
+            udp |= set(rec.get("udp") or ())
+        go_tables = [f for f in ("ip", "ip6") if nf.table_exists(f, R.GO_NFT_TABLE)]
+        log.debug("nftables teardown done; reference rules in %s", go_tables or "no table")
+        go_rules = []
+        if go_tables:
+            from cnilib.firewall import nft
+        for fam in go_tables:
+            items = nft.list_json("table", fam, R.GO_NFT_TABLE)
+            mine = R.go_nft_rules_of(items, att[1])
+            handles = {h for _f, _t, _c, h in mine}
+            for r in R.nft_rules(items, fam, R.GO_NFT_TABLE):
+                d = r.get("handle") in handles and R.nft_dnat_rule(r.get("expr"))
+                if d and d[1] == "udp":
+                    udp.add(d[2])
+            go_rules += mine
+        if go_rules:
+            nft.apply(R.nft_delete_script((), go_rules), "portmap nftables teardown")
+            log.info("deleted %d nftables rules of the reference plugin", len(go_rules))
+
+    def gc(self, name, valid, log):
+        from cnilib.firewall import nft, shared
+        if nft.available():
+            shared.gc(self.table(), name, set(valid), log)
 
 
-# ---------------------------------------------------------------- iptables backend
+class Iptables:
+    """The reference's chains (CNI-DN-<hash>, CNI-SN-<hash>) and its shared
+    chains and jumps in the nat table, ours or the Go plugin's, one
+    iptables.edit per family and operation."""
 
-def ipt_add(cfg, log):
-    from cnilib.firewall import iptables
-    shared = R.ipt_shared_rules(cfg.snat, cfg.mark_bit, cfg.external_mark_chain)
-    needed = R.shared_chains(cfg.snat, cfg.external_mark_chain)
-    setmark = cfg.external_mark_chain or R.SETMARK
-    done = []
-    try:
+    name = "iptables"
+
+    def add(self, cfg, iface, log):
+        from cnilib.firewall import iptables
+        shared = R.ipt_shared_rules(cfg.snat, cfg.mark_bit, cfg.external_mark_chain)
+        needed = R.shared_chains(cfg.snat, cfg.external_mark_chain)
+        setmark = cfg.external_mark_chain or R.SETMARK
+        done = []
+        try:
+            for fam in _families(cfg):
+                dn = R.ipt_dn_rules(cfg.chain, fam, cfg.ctrs[fam], cfg.mappings, cfg.snat, cfg.masq_all,
+                                    setmark)
+                entries = R.ipt_entry_rules(cfg.chain, cfg.name, cfg.cid, cfg.mappings, cfg.conditions[fam])
+
+                def lines(saved, fam=fam, dn=dn, entries=entries):
+                    out = R.ipt_add_lines(saved, cfg.chain, dn, entries, shared, needed)
+                    done.append(fam)
+                    return out
+                iptables.edit(fam, "nat", lines, "portmap iptables rules (IPv%d)" % fam)
+                log.info("iptables IPv%d chain %s: %d rules, %d jumps", fam, cfg.chain, len(dn), len(entries))
+                failpoint.hit("portmap-ipt-after-family")
+        except BaseException:
+            for fam in done:
+                try:
+                    _ipt_teardown(fam, [cfg.chain], set())
+                except errors.CniError:
+                    pass
+            raise
+
+    def check(self, cfg):
+        from cnilib.firewall import iptables
+        setmark = cfg.external_mark_chain or R.SETMARK
+        shared = R.ipt_shared_rules(cfg.snat, cfg.mark_bit, cfg.external_mark_chain)
         for fam in _families(cfg):
-            dn = R.ipt_dn_rules(cfg.chain, fam, cfg.ctrs[fam], cfg.mappings, cfg.snat, cfg.masq_all, setmark)
-            entries = R.ipt_entry_rules(cfg.chain, cfg.name, cfg.cid, cfg.mappings, cfg.conditions[fam])
-            with _ipt_lock():
-                saved = iptables.save(fam, "nat")
-                lines = R.ipt_add_lines(saved, cfg.chain, dn, entries, shared, needed)
-                done.append(fam)
-                iptables.restore(fam, "nat", lines, "portmap iptables rules (IPv%d)" % fam)
-            log.info("iptables IPv%d chain %s: %d rules, %d jumps", fam, cfg.chain, len(dn), len(entries))
-            failpoint.hit("portmap-ipt-after-family")
-    except BaseException:
-        for fam in done:
-            try:
-                ipt_teardown(fam, [cfg.chain], set())
-            except errors.CniError:
-                pass
-        raise
+            saved = iptables.save(fam, "nat")
+            what = "iptables IPv%d nat table" % fam
+            if cfg.chain not in iptables.chains(saved):
+                raise errors.Internal("chain %s not found in %s" % (cfg.chain, what),
+                                      "run ADD again (or DEL and ADD) to recreate the port mappings")
+            have = iptables.rules(saved, cfg.chain)
+            want = R.ipt_dn_rules(cfg.chain, fam, cfg.ctrs[fam], cfg.mappings, cfg.snat, cfg.masq_all,
+                                  setmark)
+            if have != want:
+                missing = [r for r in want if r not in have]
+                raise errors.Internal("chain %s in %s does not hold the expected rules" % (cfg.chain, what),
+                                      "missing %s; found %s" % (missing, have))
+            got = R.ipt_entry_ports(saved, cfg.chain)
+            for proto, groups in R.port_groups(cfg.mappings).items():
+                for ports in groups:
+                    if (proto, ports) not in got:
+                        raise errors.Internal("%s has no %s jump for ports %s to %s"
+                                              % (what, R.TOP_DNAT, ports, cfg.chain))
+            rules = set(iptables.rules(saved))
+            for _c, line, _first in shared:
+                if line not in rules:
+                    raise errors.Internal("%s lacks the shared rule '%s'" % (what, line),
+                                          "was the nat table flushed (firewalld reload)? ADD restores it")
+
+    def teardown(self, nf, att, udp, log):
+        from cnilib.firewall import iptables
+        chains = [R.dn_chain(att[0], att[1]), R.sn_chain(att[0], att[1])]
+        for fam in [f for f in (4, 6) if iptables.may_hold(f, "nat", chains, nf)]:
+            if _ipt_teardown(fam, chains, udp):
+                log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
+
+    def gc(self, name, valid, log):
+        from cnilib.firewall import iptables
+        live = {cid for cid, _i in valid}
+        for fam in (4, 6):
+            if proc.which(SAVE[fam]) is None:
+                continue
+            dead = []
+
+            def lines(saved, dead=dead):
+                dead.extend(ch for cid, ch in R.dn_chains_of_network(saved, name).items() if cid not in live)
+                return R.ipt_teardown_lines(saved, dead)
+            iptables.edit(fam, "nat", lines, "portmap iptables GC (IPv%d)" % fam)
+            if dead:
+                log.info("GC deleted %d iptables IPv%d chains", len(dead), fam)
 
 
-def ipt_teardown(fam, chains, udp_ports):
+def _ipt_teardown(fam, chains, udp_ports):
     """Remove ``chains`` and the rules jumping to them; collect their UDP ports."""
     from cnilib.firewall import iptables
-    with _ipt_lock():
-        saved = iptables.save(fam, "nat")
+
+    def lines(saved):
         for c in chains:
-            udp_ports |= R.ipt_udp_ports(saved, c)
-        lines = R.ipt_teardown_lines(saved, chains)
-        iptables.restore(fam, "nat", lines, "portmap iptables teardown (IPv%d)" % fam)
-    return bool(lines)
+            udp_ports.update(R.ipt_udp_ports(saved, c))
+        return R.ipt_teardown_lines(saved, chains)
+    return bool(iptables.edit(fam, "nat", lines, "portmap iptables teardown (IPv%d)" % fam))
 
 
-def ipt_check(cfg):
-    from cnilib.firewall import iptables
-    setmark = cfg.external_mark_chain or R.SETMARK
-    shared = R.ipt_shared_rules(cfg.snat, cfg.mark_bit, cfg.external_mark_chain)
-    for fam in _families(cfg):
-        saved = iptables.save(fam, "nat")
-        what = "iptables IPv%d nat table" % fam
-        if cfg.chain not in iptables.chains(saved):
-            raise errors.Internal("chain %s not found in %s" % (cfg.chain, what),
-                                  "run ADD again (or DEL and ADD) to recreate the port mappings")
-        have = iptables.rules(saved, cfg.chain)
-        want = R.ipt_dn_rules(cfg.chain, fam, cfg.ctrs[fam], cfg.mappings, cfg.snat, cfg.masq_all, setmark)
-        if have != want:
-            missing = [r for r in want if r not in have]
-            raise errors.Internal("chain %s in %s does not hold the expected rules" % (cfg.chain, what),
-                                  "missing %s; found %s" % (missing, have))
-        got = R.ipt_entry_ports(saved, cfg.chain)
-        for proto, groups in R.port_groups(cfg.mappings).items():
-            for ports in groups:
-                if (proto, ports) not in got:
-                    raise errors.Internal("%s has no %s jump for ports %s to %s"
-                                          % (what, R.TOP_DNAT, ports, cfg.chain))
-        rules = set(iptables.rules(saved))
-        for _c, line, _first in shared:
-            if line not in rules:
-                raise errors.Internal("%s lacks the shared rule '%s'" % (what, line),
-                                      "was the nat table flushed (firewalld reload)? ADD restores it")
+NFTABLES, IPTABLES = Nftables(), Iptables()
+BY_NAME = {"nftables": NFTABLES, "iptables": IPTABLES}
 
 
-# ---------------------------------------------------------------- DEL and GC (both backends)
+def choose(cfg):
+    """The backend of an ADD or CHECK: as configured, else nftables when
+    nft and nf_tables work, else iptables."""
+    if cfg.backend:
+        return BY_NAME[cfg.backend]
+    from cnilib.firewall import nft
+    if nft.available():
+        return NFTABLES
+    if proc.which("iptables-restore") is not None:
+        return IPTABLES
+    raise errors.Internal("portmap has no usable backend: neither nft nor iptables-restore works here",
+                          "install nftables (or iptables), or check the kernel's nf_tables support")
+
+
+# ---------------------------------------------------------------- DEL and GC (every backend)
 
 def teardown(name, cid, ifname, mappings, log):
-    """DEL: remove every rule of the attachment from both backends."""
-    from cnilib.firewall import iptables
+    """DEL: remove every rule of the attachment from both backends, then the
+    conntrack entries of its UDP ports, over one netfilter socket."""
     from cnilib.kernel import nftables
     udp = {m.host_port for m in mappings if m.protocol == "udp"}
-    chains = [R.dn_chain(name, cid), R.sn_chain(name, cid)]
     try:
         nf = nftables.NfTables()
     except OSError as exc:      # no nf_tables here: only iptables can hold anything
         log.debug("portmap teardown: nf_tables not usable (%s)", exc)
-        for fam in (4, 6):
-            if iptables.may_hold(fam, "nat", chains) and ipt_teardown(fam, chains, udp):
-                log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
-        flush_conntrack((4, 6), udp, log)
-        return
+        nf = None
     try:
-        _teardown(nf, (name, cid, ifname), chains, udp, log)
-        flush_conntrack((4, 6), udp, log, nf.s)     # one netfilter socket for all of it
+        for backend in (NFTABLES, IPTABLES):
+            backend.teardown(nf, (name, cid, ifname), udp, log)
+        flush_conntrack((4, 6), udp, log, nf)
     finally:
-        nf.close()
-
-
-def _teardown(nf, att, chains, udp, log):
-    from cnilib.firewall import iptables, nft, shared
-    tbl = nft_table()
-    legacy = tbl.legacy_table(att)
-    if nf.table_exists("inet", legacy):     # its UDP ports are in the table itself
-        for r in R.nft_rules(nft.list_json("table", "inet", legacy), "inet", legacy, "hostports"):
-            d = R.nft_dnat_rule(r.get("expr"))
-            if d and d[1] == "udp":
-                udp.add(d[2])
-    rec = shared.detach(tbl, att, log, nf=nf)
-    if rec is not None:
-        udp |= set(rec.get("udp") or ())
-    go_tables = [f for f in ("ip", "ip6") if nf.table_exists(f, R.GO_NFT_TABLE)]
-    fams = [f for f in (4, 6) if iptables.may_hold(f, "nat", chains, nf)]
-    log.debug("nftables teardown done; reference rules in %s, iptables chains in IPv%s",
-              go_tables or "no table", fams or "none")
-    go_rules = []
-    for fam in go_tables:
-        items = nft.list_json("table", fam, R.GO_NFT_TABLE)
-        mine = R.go_nft_rules_of(items, att[1])
-        handles = {h for _f, _t, _c, h in mine}
-        for r in R.nft_rules(items, fam, R.GO_NFT_TABLE):
-            d = r.get("handle") in handles and R.nft_dnat_rule(r.get("expr"))
-            if d and d[1] == "udp":
-                udp.add(d[2])
-        go_rules += mine
-    if go_rules:
-        nft.apply(R.nft_delete_script((), go_rules), "portmap nftables teardown")
-        log.info("deleted %d nftables rules of the reference plugin", len(go_rules))
-    for fam in fams:
-        if ipt_teardown(fam, chains, udp):
-            log.info("deleted iptables IPv%d chain %s and its jumps", fam, chains[0])
-
-
+        if nf is not None:
+            nf.close()
 
 
 def gc(name, valid, log):
     """Remove the rules of this network's attachments that are not in ``valid``."""
-    from cnilib.firewall import iptables, nft, shared
-    if nft.available():
-        shared.gc(nft_table(), name, set(valid), log)
-    live = {cid for cid, _i in valid}
-    for fam in (4, 6):
-        if proc.which(SAVE[fam]) is None:
-            continue
-        with _ipt_lock():
-            saved = iptables.save(fam, "nat")
-            dead = [ch for cid, ch in R.dn_chains_of_network(saved, name).items() if cid not in live]
-            lines = R.ipt_teardown_lines(saved, dead)
-            iptables.restore(fam, "nat", lines, "portmap iptables GC (IPv%d)" % fam)
-        if dead:
-            log.info("GC deleted %d iptables IPv%d chains", len(dead), fam)
+    for backend in (NFTABLES, IPTABLES):
+        backend.gc(name, valid, log)

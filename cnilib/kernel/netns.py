@@ -128,6 +128,9 @@ def is_own(fd):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+# Module state, and why it is safe: a libc function bound once per process,
+# holding no answer about any request; the agent preloads it and its forked
+# workers inherit a pointer that stays valid (same libc, same addresses).
 _setns = None
 
 

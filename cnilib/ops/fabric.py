@@ -32,6 +32,21 @@ import os
 import sys
 
 from cnilib.base import paths
+from cnilib.kernel import netlink
+from cnilib.kernel.brport import fdb_del, fdb_replace
+from cnilib.kernel.link import link_del, link_get, link_set
+from cnilib.kernel.route import (
+    addr_add,
+    addr_del,
+    addrs,
+    neigh_del,
+    neigh_replace,
+    neighs,
+    route_add,
+    route_del,
+    routes,
+)
+from cnilib.kernel.vxlan import vxlan_add, vxlan_info
 
 VNI = 1
 VXLAN_PORT = 8472
@@ -255,10 +270,9 @@ def ensure_forward_rules(network, out=None):
     fix doctor's forward-policy check marks safe)."""
     from cnilib.firewall import iptables
     fam = network.version
-    with iptables.lock():
-        lines = chain_batch(iptables.save(fam, "filter"), "FORWARD", FWD, FWD_COMMENT,
-                            forward_rules(str(network)))
-        iptables.restore(fam, "filter", lines, what="flannel forward rules")
+    lines = iptables.edit(fam, "filter", lambda saved: chain_batch(saved, "FORWARD", FWD, FWD_COMMENT,
+                                                                   forward_rules(str(network))),
+                          what="flannel forward rules")
     if out is not None:
         out("ip%stables: %s %s" % ("" if fam == 4 else "6", FWD,
                                    "accepts %s" % network if lines else "already accepts %s" % network))
@@ -272,8 +286,6 @@ class Fabric:
     """Applies a Plan (``up``) or removes everything (``down``) in the current netns."""
 
     def __init__(self, out=None):
-        from cnilib.kernel import netlink
-        self.netlink = netlink
         self.nl = netlink.Netlink()
         self.out = out or (lambda line: None)
 
@@ -282,19 +294,19 @@ class Fabric:
 
     # -- the underlay ----------------------------------------------------
     def underlay(self, plan):
-        nl, netlink = self.nl, self.netlink
+        nl = self.nl
         mine = str(plan.me.public_ip)
         if plan.iface:
-            link = netlink.link_get(nl, plan.iface)
+            link = link_get(nl, plan.iface)
             if link is None:
                 raise FabricError("underlay interface %s does not exist in this network namespace"
                                   % plan.iface)
         else:
-            owner = [a.index for a in netlink.addrs(nl, family=netlink.AF_INET) if a.address == mine]
+            owner = [a.index for a in addrs(nl, family=netlink.AF_INET) if a.address == mine]
             if not owner:
                 raise FabricError("no interface holds this node's publicIP %s; add it or pass --iface" % mine)
-            link = netlink.link_get(nl, index=owner[0])
-        on_link = {a.address for a in netlink.addrs(nl, link.index)}
+            link = link_get(nl, index=owner[0])
+        on_link = {a.address for a in addrs(nl, link.index)}
         if plan.backend == "host-gw" and mine not in on_link:
             raise FabricError("host-gw needs the publicIP %s on %s (flanneld refuses NAT'd nodes too)"
                               % (mine, link.name))
@@ -304,29 +316,29 @@ class Fabric:
 
     # -- vxlan devices ---------------------------------------------------
     def ensure_vxlan(self, name, local, underlay, mtu, mac, address, network):
-        nl, netlink = self.nl, self.netlink
-        link = netlink.link_get(nl, name)
-        info = netlink.vxlan_info(link)
+        nl = self.nl
+        link = link_get(nl, name)
+        info = vxlan_info(link)
         if link is not None and (info is None or info.vni != VNI or info.local != local
                                  or info.link != underlay.index or info.port != VXLAN_PORT
                                  or info.learning):
             self.out("%s: replacing an incompatible device (%s)" % (name, info or link.kind))
-            netlink.link_del(nl, link.index)
+            link_del(nl, link.index)
             link = None
         if link is None:
-            netlink.vxlan_add(nl, name, VNI, local, underlay.index, VXLAN_PORT, mtu, mac)
-            link = netlink.link_get(nl, name)
+            vxlan_add(nl, name, VNI, local, underlay.index, VXLAN_PORT, mtu, mac)
+            link = link_get(nl, name)
         elif link.mtu != mtu or (link.mac or "").lower() != mac:
-            netlink.link_set(nl, link.index, mtu=mtu, mac=mac, what="set mtu/mac of %s" % name)
+            link_set(nl, link.index, mtu=mtu, mac=mac, what="set mtu/mac of %s" % name)
         self._no_ra(name)
         # flanneld's EnsureV4AddressOnLink: only the lease address inside the network
         fam = netlink.AF_INET6 if ":" in address else netlink.AF_INET
         plen = 128 if fam == netlink.AF_INET6 else 32
-        for a in netlink.addrs(nl, link.index, fam):
+        for a in addrs(nl, link.index, fam):
             if a.cidr != "%s/%d" % (address, plen) and _inside(a.address, network):
-                netlink.addr_del(nl, link.index, a.address, a.prefixlen)
-        netlink.addr_add(nl, link.index, address, plen)
-        netlink.link_set(nl, link.index, up=True, what="set %s up" % name)
+                addr_del(nl, link.index, a.address, a.prefixlen)
+        addr_add(nl, link.index, address, plen)
+        link_set(nl, link.index, up=True, what="set %s up" % name)
         return link
 
     def _no_ra(self, name):
@@ -339,40 +351,40 @@ class Fabric:
 
     def vxlan_peers(self, dev, peers, subnet_attr, public_attr):
         """neighbour, fdb entry, onlink route per peer (flanneld's order); stale ones go."""
-        nl, netlink = self.nl, self.netlink
+        nl = self.nl
         want_routes, want_neigh, want_fdb = set(), set(), set()
         for p in peers:
             subnet, public = getattr(p, subnet_attr), str(getattr(p, public_attr))
             gw, mac = str(subnet.network_address), vtep_mac(getattr(p, public_attr))
-            netlink.neigh_replace(nl, dev.index, gw, mac)
-            netlink.fdb_replace(nl, dev.index, mac, public)
-            netlink.route_add(nl, str(subnet), gateway=gw, oif=dev.index, onlink=True, replace=True)
+            neigh_replace(nl, dev.index, gw, mac)
+            fdb_replace(nl, dev.index, mac, public)
+            route_add(nl, str(subnet), gateway=gw, oif=dev.index, onlink=True, replace=True)
             want_routes.add(str(subnet))
             want_neigh.add(gw)
             want_fdb.add((mac, public))
             self.out("  peer %s: %s via %s dev %s onlink; neigh %s lladdr %s; fdb %s dst %s"
                      % (p.name, subnet, gw, dev.name, gw, mac, mac, public))
         fam = netlink.AF_INET6 if subnet_attr == "subnet6" else netlink.AF_INET
-        for r in netlink.routes(nl, fam):
+        for r in routes(nl, fam):
             if r.oif == dev.index and r.gateway and r.cidr not in want_routes:
-                netlink.route_del(nl, r.cidr, r.gateway, r.oif)
+                route_del(nl, r.cidr, r.gateway, r.oif)
                 self.out("  removed stale route %s via %s" % (r.cidr, r.gateway))
-        for n in netlink.neighs(nl, dev.index, fam):
+        for n in neighs(nl, dev.index, fam):
             if n.state & netlink.NUD_PERMANENT and n.dst not in want_neigh:
-                netlink.neigh_del(nl, dev.index, n.dst)
+                neigh_del(nl, dev.index, n.dst)
                 self.out("  removed stale neigh %s" % n.dst)
-        for n in netlink.neighs(nl, dev.index, netlink.AF_BRIDGE):
+        for n in neighs(nl, dev.index, netlink.AF_BRIDGE):
             if n.dst and (n.lladdr, n.dst) not in want_fdb:
-                netlink.fdb_del(nl, dev.index, n.lladdr, n.dst)
+                fdb_del(nl, dev.index, n.lladdr, n.dst)
                 self.out("  removed stale fdb %s dst %s" % (n.lladdr, n.dst))
 
     # -- host-gw ---------------------------------------------------------
     def hostgw_routes(self, underlay, peers, network, subnet_attr, public_attr):
-        nl, netlink = self.nl, self.netlink
+        nl = self.nl
         want = {}
         for p in peers:
             subnet, gw = getattr(p, subnet_attr), str(getattr(p, public_attr))
-            netlink.route_add(nl, str(subnet), gateway=gw, oif=underlay.index, replace=True)
+            route_add(nl, str(subnet), gateway=gw, oif=underlay.index, replace=True)
             want[str(subnet)] = gw
             self.out("  peer %s: %s via %s dev %s" % (p.name, subnet, gw, underlay.name))
         self.remove_gateway_routes(network, keep=want)
@@ -380,16 +392,16 @@ class Fabric:
     def remove_gateway_routes(self, network, keep=None, dev=None):
         """Routes into ``network`` through a gateway (host-gw's), except ``keep``
         and those through the vxlan device ``dev``."""
-        nl, netlink = self.nl, self.netlink
+        nl = self.nl
         fam = netlink.AF_INET6 if network.version == 6 else netlink.AF_INET
-        for r in netlink.routes(nl, fam):
+        for r in routes(nl, fam):
             if not r.gateway or r.dst is None or not _within(r.cidr, network):
                 continue
             if dev is not None and r.oif == dev.index:
                 continue
             if keep is not None and keep.get(r.cidr) == r.gateway:
                 continue
-            netlink.route_del(nl, r.cidr, r.gateway, r.oif)
+            route_del(nl, r.cidr, r.gateway, r.oif)
             self.out("  removed route %s via %s" % (r.cidr, r.gateway))
 
     # -- iptables --------------------------------------------------------
@@ -408,16 +420,14 @@ class Fabric:
             self._apply_chains(iptables, 6, {POSTRTG: None, FWD: None})
 
     def _apply_chains(self, iptables, fam, want):
-        with iptables.lock():
-            for table, parent, chain, comment in CHAINS:
-                saved = iptables.save(fam, table)
-                lines = chain_batch(saved, parent, chain, comment, want[chain])
-                iptables.restore(fam, table, lines, what="%s flannel rules" % table)
+        for table, parent, chain, comment in CHAINS:
+            def lines(saved, parent=parent, chain=chain, comment=comment):
+                return chain_batch(saved, parent, chain, comment, want[chain])
+            iptables.edit(fam, table, lines, what="%s flannel rules" % table)
 
     # -- the whole node --------------------------------------------------
     def up(self, plan):
         from cnilib.base import fsutil
-        netlink = self.netlink
         underlay = self.underlay(plan)
         mtu = underlay.mtu - (ENCAP_OVERHEAD if plan.backend == "vxlan" else 0)
         self.out("%s: %s over %s (%s, mtu %d)" % (plan.me.name, plan.backend, underlay.name,
@@ -435,14 +445,14 @@ class Fabric:
                             subnet.network_address, 32 if fam == 4 else 128))
                 self.remove_gateway_routes(network, dev=devs[fam])
             else:
-                link = netlink.link_get(self.nl, name)
+                link = link_get(self.nl, name)
                 if link is not None:
-                    netlink.link_del(self.nl, link.index)
+                    link_del(self.nl, link.index)
                     self.out("%s: removed (backend is host-gw)" % name)
         if not plan.dual:
-            link = netlink.link_get(self.nl, DEV6)
+            link = link_get(self.nl, DEV6)
             if link is not None:
-                netlink.link_del(self.nl, link.index)
+                link_del(self.nl, link.index)
         self.iptables(plan)
         for network in previous_networks(plan):
             self.remove_gateway_routes(network)
@@ -461,11 +471,10 @@ class Fabric:
     def down(self, networks, subnet_file):
         from cnilib.base import fsutil
         from cnilib.firewall import iptables
-        netlink = self.netlink
         for name in (DEV4, DEV6):
-            link = netlink.link_get(self.nl, name)
+            link = link_get(self.nl, name)
             if link is not None:
-                netlink.link_del(self.nl, link.index)
+                link_del(self.nl, link.index)
                 self.out("%s: removed" % name)
         for network in networks:
             self.remove_gateway_routes(network)

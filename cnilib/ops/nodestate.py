@@ -208,14 +208,15 @@ def netns_by_pid(skip_inos):
 
 def assign_nsids(nl, refs):
     """Fill ``ref.nsid`` with the id this netns gave each one (None: no id)."""
-    from cnilib.kernel import netlink, netns
+    from cnilib.kernel import netns
+    from cnilib.kernel.link import netns_id
     for r in refs:
         try:
             fd = netns.open_netns(r.path)     # checked to be nsfs: a FIFO there would hang
         except (OSError, netns.NetNSGone, errors.CniError):
             continue
         try:
-            r.nsid = netlink.netns_id(nl, fd)
+            r.nsid = netns_id(nl, fd)
         except OSError:
             r.nsid = None
         finally:
@@ -266,6 +267,8 @@ def peer_if(path, index):
     """The interface ``index`` inside the netns at ``path`` (its name, MTU and
     global addresses), or None."""
     from cnilib.kernel import netlink, netns
+    from cnilib.kernel.link import link_get
+    from cnilib.kernel.route import link_addrs
     try:
         fd = netns.open_netns(path)
     except (netns.NetNSGone, errors.CniError):
@@ -277,10 +280,10 @@ def peer_if(path, index):
     finally:
         os.close(fd)
     try:
-        link = netlink.link_get(nl, index=index)
+        link = link_get(nl, index=index)
         if link is None:
             return None
-        ips = ["%s/%d" % (a.address, a.prefixlen) for a in netlink.link_addrs(nl, index)
+        ips = ["%s/%d" % (a.address, a.prefixlen) for a in link_addrs(nl, index)
                if a.scope == netlink.RT_SCOPE_UNIVERSE]
         return PeerIf(link.name, index, link.mtu, ips, link.mac)
     except OSError:

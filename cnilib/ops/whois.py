@@ -167,10 +167,11 @@ def build(loc, nl=None, kernel=True, rules=None):
     own_nl = None
     if kernel:
         from cnilib.kernel import netlink
+        from cnilib.kernel.link import link_index
         if nl is None:
             nl = own_nl = netlink.Netlink()
         try:
-            node.links = netlink.link_index(nl)
+            node.links = link_index(nl)
             node.nft_chains, node.ipt, node.raw_rules = nodestate.read_rules(
                 pr, *(rules or (None, None)))
             node.groups = nodestate.nft_rule_groups(node.nft_chains)

@@ -92,6 +92,21 @@ def test_masquerade_seen_from_outside(node, outside, backend):
     assert not any(cid == "m1" for _ip, cid in node.masq_owners())
 
 
+@pytest.mark.parametrize("added,deleted", [("nftables", "iptables"), ("iptables", "nftables")])
+def test_del_after_a_backend_switch_cleans_everything(node, added, deleted):
+    """ADD under one ipMasqBackend, DEL with the config naming the other:
+    DEL tears down both backends."""
+    conf = node.conf(isDefaultGateway=True, ipMasq=True, ipMasqBackend=added)
+    ctr = node.container()
+    node.add(conf, ctr, cid="m1")
+    if added == "iptables":
+        assert any(naming.go_chain("bnet", "m1") in r for r in node.nat_rules())
+    else:
+        assert node.masq_owners() == {("10.22.0.2", "m1")}
+    node.delete(dict(conf, ipMasqBackend=deleted), ctr, cid="m1")
+    node.assert_clean()
+
+
 def test_without_ipmasq_the_pod_address_leaves(node, outside):
     ctr = node.container()
     node.add(node.conf(isDefaultGateway=True), ctr)

@@ -115,6 +115,21 @@ def test_nftables_backend(plugins, node):
     assert_cni_error(fw(node, plugins, "CHECK", fw_conf(node, "c1", backend="nftables")), 999)
 
 
+@pytest.mark.parametrize("added,deleted", [("nftables", "iptables"), ("iptables", "nftables")])
+def test_del_after_a_backend_switch_cleans_everything(plugins, node, added, deleted):
+    """ADD under one backend, DEL with a config naming the other: DEL tears
+    down both backends."""
+    node.attach("c1")
+    assert fw(node, plugins, "ADD", fw_conf(node, "c1", backend=added)).rc == 0
+    mine = '%s comment "pycni ' % node.ip("c1")
+    if added == "iptables":
+        assert len(keyed(node, "c1")) == 4
+    else:
+        assert mine in node.ruleset()
+    assert fw(node, plugins, "DEL", fw_conf(node, "c1", backend=deleted)).rc == 0
+    assert keyed(node, "c1") == [] and mine not in node.ruleset()
+
+
 def test_isolated_ingress_policy(plugins, node):
     node.attach("c1")
     node.attach("c2")

@@ -9,6 +9,10 @@ import struct
 import pytest
 
 from cnilib.kernel import netlink
+from cnilib.kernel.brport import brport_flags, port_aliases
+from cnilib.kernel.link import forwarding, link_get, link_index, link_set_arp_notify, link_txqlen, links
+from cnilib.kernel.route import addrs, link_addrs, neighs, route_get, routes
+from cnilib.kernel.vxlan import vxlan_info
 
 pytestmark = pytest.mark.root
 
@@ -55,26 +59,26 @@ def test_raw_link_fields_equal_pyroute2_decode(host, ctr):
     fd = os.open(host.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with netlink.Netlink.in_netns(fd) as nl:
-            got = netlink.links(nl)
+            got = links(nl)
             by_name = {link.name: link for link in got}
             assert {"lo", "br-t", "vh-t", "va-t", "vb-t", "vx-t"} <= set(by_name)
             for link in got:
                 assert _raw_view(link) == _pyroute2_view(link.msg), link.name
-                assert netlink.brport_flags(link) == _pyroute2_brport(link.msg), link.name
-            vi = netlink.brport_flags(by_name["vi-t"])
+                assert brport_flags(link) == _pyroute2_brport(link.msg), link.name
+            vi = brport_flags(by_name["vi-t"])
             assert vi == {"hairpin": True, "isolated": True, "state": vi["state"]}
-            assert netlink.brport_flags(by_name["vh-t"])["hairpin"] is False
-            assert netlink.brport_flags(by_name["br-t"]) is None
-            one = netlink.link_get(nl, "vh-t")
+            assert brport_flags(by_name["vh-t"])["hairpin"] is False
+            assert brport_flags(by_name["br-t"]) is None
+            one = link_get(nl, "vh-t")
             assert _raw_view(one) == _raw_view(by_name["vh-t"])
             assert one.alias.endswith("é") and one.kind == "veth" and one.mtu == 1450
             assert one.link_netnsid is not None and one.master == by_name["br-t"].index
-            assert netlink.link_get(nl, index=by_name["lo"].index).name == "lo"
-            assert netlink.link_get(nl, "no-such-t") is None
+            assert link_get(nl, index=by_name["lo"].index).name == "lo"
+            assert link_get(nl, "no-such-t") is None
             # the whois/doctor brief and the bridge's port listing read the same bytes
-            briefs = {b.name: b for b in netlink.link_index(nl)}
+            briefs = {b.name: b for b in link_index(nl)}
             assert briefs["vh-t"].alias == one.alias and briefs["vh-t"].peer_index == one.peer_index
-            assert sorted(netlink.port_aliases(nl, by_name["br-t"].index)) == sorted(
+            assert sorted(port_aliases(nl, by_name["br-t"].index)) == sorted(
                 [(one.index, "vh-t", one.alias), (by_name["vi-t"].index, "vi-t", None)])
     finally:
         os.close(fd)
@@ -100,7 +104,7 @@ def test_raw_addresses_routes_neighbours_equal_pyroute2_decode(host):
     fd = os.open(host.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with netlink.Netlink.in_netns(fd) as nl:
-            ours = netlink.addrs(nl)
+            ours = addrs(nl)
             theirs = _decoded(nl, b"\0" * 8, netlink.RTM_GETADDR)
             assert len(ours) == len(theirs) >= 4
             for a, m in zip(ours, theirs):
@@ -108,10 +112,10 @@ def test_raw_addresses_routes_neighbours_equal_pyroute2_decode(host):
                     m["family"], m["prefixlen"], m["index"], m["scope"],
                     m.get_attr("IFA_FLAGS") or m["flags"],
                     m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"), m.get_attr("IFA_LABEL"))
-            br = netlink.link_get(nl, "br-a").index
-            assert sorted(a.cidr for a in netlink.link_addrs(nl, br) if a.scope == 0) == \
+            br = link_get(nl, "br-a").index
+            assert sorted(a.cidr for a in link_addrs(nl, br) if a.scope == 0) == \
                 ["10.77.0.1/24", "fd77::1/64"]
-            ours = netlink.routes(nl, table=None)
+            ours = routes(nl, table=None)
             theirs = _decoded(nl, b"\0" * 12, netlink.RTM_GETROUTE)
             assert len(ours) == len(theirs) >= 5
             for r, m in zip(ours, theirs):
@@ -121,11 +125,11 @@ def test_raw_addresses_routes_neighbours_equal_pyroute2_decode(host):
                     m.get_attr("RTA_OIF") or 0, m.get_attr("RTA_TABLE") or m["table"],
                     m.get_attr("RTA_PRIORITY") or 0, m["scope"], m["proto"], m["type"], m["flags"],
                     m.get_attr("RTA_PREFSRC"))
-            got = {r.cidr: r for r in netlink.routes(nl, table=1000)}
+            got = {r.cidr: r for r in routes(nl, table=1000)}
             assert got["10.79.0.0/24"].prefsrc == "10.77.0.1"
-            assert netlink.route_get(nl, "10.78.1.1").gateway == "10.77.0.9"
+            assert route_get(nl, "10.78.1.1").gateway == "10.77.0.9"
             for fam in (netlink.AF_UNSPEC, netlink.AF_BRIDGE):
-                ours = netlink.neighs(nl, family=fam)
+                ours = neighs(nl, family=fam)
                 theirs = _decoded(nl, struct.pack("=B11x", fam), netlink.RTM_GETNEIGH)
                 assert len(ours) == len(theirs) >= 1
                 for n, m in zip(ours, theirs):
@@ -133,25 +137,25 @@ def test_raw_addresses_routes_neighbours_equal_pyroute2_decode(host):
                         m["family"], m["ifindex"], m["state"], m["flags"], m.get_attr("NDA_DST"),
                         m.get_attr("NDA_LLADDR"))
             assert any(n.lladdr == "aa:bb:cc:00:00:0a" and n.dst == "192.0.2.10"
-                       for n in netlink.neighs(nl, family=netlink.AF_BRIDGE))
+                       for n in neighs(nl, family=netlink.AF_BRIDGE))
             # sysctls read from the link message and RTM_GETNETCONF, as /proc says
             h("sysctl", "-qw", "net.ipv6.conf.br-a.accept_ra=2", "net.ipv6.conf.br-a.accept_dad=0",
               "net.ipv4.ip_forward=1")
-            br_link = netlink.link_get(nl, "br-a")
+            br_link = link_get(nl, "br-a")
             for key, idx in (("accept_ra", netlink.DEVCONF_ACCEPT_RA),
                              ("disable_ipv6", netlink.DEVCONF_DISABLE_IPV6),
                              ("accept_dad", netlink.DEVCONF_ACCEPT_DAD)):
                 want = h("sysctl", "-n", "net.ipv6.conf.br-a." + key).stdout.strip()
                 assert br_link.devconf6(idx) == int(want), key
-            assert netlink.forwarding(nl, netlink.AF_INET) == 1
-            assert netlink.forwarding(nl, netlink.AF_INET6) == int(
+            assert forwarding(nl, netlink.AF_INET) == 1
+            assert forwarding(nl, netlink.AF_INET6) == int(
                 h("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip())
-            netlink.link_set_arp_notify(nl, br, True)
+            link_set_arp_notify(nl, br, True)
             assert h("sysctl", "-n", "net.ipv4.conf.br-a.arp_notify").stdout.strip() == "1"
-            netlink.link_set_arp_notify(nl, br, False)
+            link_set_arp_notify(nl, br, False)
             assert h("sysctl", "-n", "net.ipv4.conf.br-a.arp_notify").stdout.strip() == "0"
-            vx = netlink.link_get(nl, "vx-a")
-            assert netlink.vxlan_info(vx).vni == 1
-            assert netlink.link_txqlen(vx) == vx.msg.get_attr("IFLA_TXQLEN")
+            vx = link_get(nl, "vx-a")
+            assert vxlan_info(vx).vni == 1
+            assert link_txqlen(vx) == vx.msg.get_attr("IFLA_TXQLEN")
     finally:
         os.close(fd)

@@ -248,7 +248,7 @@ def test_portmap_with_300_attachments(plugins, pmnode):
         "    cfg.name, cfg.cid, cfg.ifname = 'pmnet', 'bulk%d' % i, 'eth0'\n"
         "    cfg.mappings = [R.Mapping(20000 + i, 80, 'tcp'), R.Mapping(20000 + i, 53, 'udp')]\n"
         "    cfg.ctrs = {4: ('10.88.%d.%d' % (1 + i // 250, 1 + i % 250), 24)}\n"
-        "    portmap.nft_add(cfg, None, log)\n")
+        "    portmap.NFTABLES.add(cfg, None, log)\n")
     assert len(hp_records(n)) == 300 and len(hp_owned(n)) == 300 * 4
     conf = pm_conf(n, "c1", cniVersion="1.1.0")
     assert pm(n, plugins, "ADD", conf, "c1").rc == 0

@@ -142,6 +142,20 @@ def test_del_without_mappings_or_prev_result_cleans_everything(plugins, node, ba
     assert no_portmap_rules(node), node.ruleset()
 
 
+@pytest.mark.parametrize("added,deleted", [("nftables", "iptables"), ("iptables", "nftables")])
+def test_del_after_a_backend_switch_cleans_everything(plugins, node, added, deleted):
+    """ADD under one backend, DEL with a config naming the other (an edited
+    conflist, a node that lost nft): DEL tears down both backends."""
+    node.attach("c1")
+    node.serve("c1")
+    assert pm(node, plugins, "ADD", pm_conf(node, "c1", added)).rc == 0
+    assert node.ask(node.outside, "tcp", HOST4, 8080) == "c1 " + OUT4
+    r = pm(node, plugins, "DEL", pm_conf(node, "c1", deleted))
+    assert r.rc == 0, r
+    assert node.ask(node.outside, "tcp", HOST4, 8080).startswith("ERR")
+    assert no_portmap_rules(node), node.ruleset()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_networks_keep_each_others_ports(plugins, node, backend):
     node.attach("c1")

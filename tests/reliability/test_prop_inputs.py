@@ -45,25 +45,18 @@ def _reached(*_a, **_k):
     raise Reached()
 
 
-class _SealedNetlink:
-    def __init__(self, *_a, **_k):
-        raise Reached()
-
-    @classmethod
-    def in_netns(cls, *_a, **_k):
-        raise Reached()
-
-
 @pytest.fixture
 def sealed(monkeypatch, tmp_path):
     """Every side effect raises Reached; state paths point into tmp_path."""
     from cnilib import flannel
     from cnilib.base import fsutil, proc
     from cnilib.firewall import iptables
-    from cnilib.kernel import netlink, netns, nftables, sysctl
-    monkeypatch.setattr(netlink, "Netlink", _SealedNetlink)
+    from cnilib.kernel import conntrack, netlink, netns, sysctl
+    # every netlink socket (rtnetlink, nf_tables, conntrack) is one of these
+    monkeypatch.setattr(netlink.Netlink, "__init__", _reached)
+    monkeypatch.setattr(netlink.Netlink, "in_netns", classmethod(_reached))
     for mod, names in ((proc, ("run", "start")), (sysctl, ("write",)), (netns, ("setns",)),
-                       (nftables, ("conntrack_delete_dports", "conntrack_count")),
+                       (conntrack, ("conntrack_delete_dports", "conntrack_count")),
                        (fsutil, ("write_atomic", "ensure_dir", "ensure_root", "remove", "sweep_temps")),
                        (fsutil.Dir, ("write_atomic", "create_temp", "remove", "rmdir", "link", "rename",
                                      "utime", "sweep_temps")),
@@ -84,7 +77,6 @@ def sealed(monkeypatch, tmp_path):
         return sub(self, name, create, *a, **k)
     monkeypatch.setattr(fsutil, "open_root", sealed_root)
     monkeypatch.setattr(fsutil.Dir, "sub", sealed_sub)
-    monkeypatch.setattr(nftables._Sock, "__init__", _reached)
     monkeypatch.setattr(netns.Enter, "__enter__", _reached)
     monkeypatch.setattr(fsutil.Flock, "__enter__", _reached)
     monkeypatch.setattr(iptables.lock, "__enter__", _reached)

@@ -11,8 +11,9 @@ import pytest
 
 from cnilib.bridge import links, netconf
 from cnilib.kernel import netlink
+from cnilib.kernel.brport import bridge_add, brport_set, veth_add
 
-ifinfmsg = netlink.msgclass("ifinfmsg")     # what netlink.py packs VLAN requests with
+ifinfmsg = netlink.msgclass("ifinfmsg")     # what brport.py packs VLAN requests with
 
 
 class FakeNL:
@@ -89,7 +90,7 @@ def test_no_vlan_config_sends_nothing():
 
 def test_port_flags_are_nested_protinfo_for_af_bridge():
     nl = FakeNL()
-    netlink.brport_set(nl, 7, hairpin=True, isolated=False)
+    brport_set(nl, 7, hairpin=True, isolated=False)
     (t, _, m), = nl.sent
     assert t == netlink.RTM_SETLINK and m["family"] == netlink.AF_BRIDGE and m["index"] == 7
     raw = m.data
@@ -103,7 +104,7 @@ def test_port_flags_are_nested_protinfo_for_af_bridge():
 
 def test_veth_peer_is_created_in_the_container_netns():
     nl = FakeNL()
-    netlink.veth_add(nl, "veth01234567", "eth0", peer_netns_fd=9, mtu=1400,
+    veth_add(nl, "veth01234567", "eth0", peer_netns_fd=9, mtu=1400,
                      peer_mac="0a:00:00:00:00:01", master=3)
     (t, flags, m), = nl.sent
     assert t == netlink.RTM_NEWLINK and flags & netlink.NLM_F_EXCL
@@ -120,7 +121,7 @@ def test_veth_peer_is_created_in_the_container_netns():
 @pytest.mark.parametrize("vf", [False, True])
 def test_bridge_creation_pins_the_mac(vf):
     nl = FakeNL()
-    netlink.bridge_add(nl, "cni0", mtu=1450, mac="02:00:00:00:00:01", vlan_filtering=vf)
+    bridge_add(nl, "cni0", mtu=1450, mac="02:00:00:00:00:01", vlan_filtering=vf)
     (_, _, m), = nl.sent
     assert m.get_attr("IFLA_ADDRESS") == "02:00:00:00:00:01" and m.get_attr("IFLA_MTU") == 1450
     data = m.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")

@@ -305,14 +305,14 @@ def _nla(atype, payload, nested=False):
 def test_conntrack_message_is_read():
     import struct
 
-    from cnilib.kernel import nftables
+    from cnilib.kernel import conntrack
     proto = _nla(2, _nla(1, b"\x11") + _nla(2, struct.pack("!H", 40000)) + _nla(3, struct.pack("!H", 8081)),
                  nested=True)
     orig = _nla(1, _nla(1, _nla(1, b"\x0a\x4d\x00\x02"), nested=True) + proto, nested=True)
     body = struct.pack("=BBH", 2, 0, 0) + orig + _nla(18, struct.pack("!H", 0))
-    p, port, attrs = nftables._orig_proto_dport(body)
+    p, port, attrs = conntrack._orig_proto_dport(body)
     assert (p, port) == (17, 8081)
-    assert set(attrs) == {nftables.CTA_TUPLE_ORIG, nftables.CTA_ZONE}
+    assert set(attrs) == {conntrack.CTA_TUPLE_ORIG, conntrack.CTA_ZONE}
 
 
 def test_plugins_import_light():

@@ -49,7 +49,7 @@ def test_only_netlink_imports_pyroute2():
                     continue
                 path = os.path.join(dirpath, f)
                 rel = os.path.relpath(path, ROOT)
-                if rel == os.path.join("cnilib", "netlink.py"):
+                if rel == os.path.join("cnilib", "kernel", "netlink.py"):
                     continue
                 with open(path) as fh:
                     for line in fh:
@@ -59,11 +59,25 @@ def test_only_netlink_imports_pyroute2():
     assert offenders == []
 
 
+KERNEL = ("netlink", "link", "route", "brport", "vxlan", "nftables", "conntrack")
+
+
 def test_netlink_loads_no_pyroute2_until_asked():
-    """A pod's path (links, veths, addresses, routes) is packed by hand."""
-    mods = _modules_after("from cnilib.kernel import netlink")
+    """A pod's path (links, veths, addresses, routes, nf_tables elements,
+    conntrack) is packed by hand: no kernel module loads pyroute2 (or any
+    heavy module) by being imported."""
+    mods = _modules_after("from cnilib.kernel import %s" % ", ".join(KERNEL))
     heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
     assert heavy == [], heavy
+
+
+def test_one_netlink_transport():
+    """Only cnilib.kernel.netlink opens netlink sockets and reads replies;
+    the object modules pack and parse over it."""
+    for name in KERNEL[1:]:
+        with open(os.path.join(ROOT, "cnilib", "kernel", name + ".py")) as fh:
+            text = fh.read()
+        assert "socket(" not in text and ".recv(" not in text and "HDR.unpack" not in text, name
 
 
 def test_netlink_stub_skips_pyroute2_init():

@@ -161,3 +161,38 @@ def test_packages_are_docstrings_only():
             continue
         body = ast.parse(open(path).read()).body
         assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), mod
+
+
+def _reachable(roots):
+    """Every cnilib module ``roots`` import, directly or through others, at
+    any depth in each file (a function-level import counts)."""
+    seen, todo = set(), list(roots)
+    while todo:
+        mod = todo.pop()
+        if mod in seen or mod not in IMPORTS:
+            continue
+        seen.add(mod)
+        todo.extend(i for i in IMPORTS[mod] if i.startswith("cnilib."))
+    return seen
+
+
+def test_agent_preload_covers_what_a_verb_can_import():
+    """agent.server.PRELOAD held to the package walk: each module a plugin
+    can reach is loaded before a worker forks, so no worker imports per
+    request, nor from the caller's mount namespace (where another copy of
+    the code may be installed).  A module that a rename or a split left out
+    of the list shows up here, not as a log line of the agent."""
+    import subprocess
+    import sys
+    plugins = [m for m in MODULES if m.startswith("plugins.")]
+    want = {m for m in _reachable(plugins) if _layer(m) not in ("ops", "agent")} - {"cnilib.main"}
+    # the child sees this interpreter's path (-I drops PYTHONPATH, which is
+    # where a Debian root's unit run finds pyroute2)
+    prog = ("import sys; sys.path[:0] = %r\nfrom cnilib.agent import server\n"
+            "server.preload(lambda m: print('ERR', m))\nprint('\\n'.join(sys.modules))"
+            % ([ROOT] + sys.path))
+    out = subprocess.run([sys.executable, "-I", "-c", prog], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert "ERR" not in out, out
+    missing = sorted(want - set(out))
+    assert not missing, "the agent does not preload %s: add them to PRELOAD" % ", ".join(missing)

@@ -8,6 +8,20 @@ import struct
 import pytest
 
 from cnilib.kernel import netlink
+from cnilib.kernel.brport import fdb_replace
+from cnilib.kernel.link import link_del, link_get, link_set, link_set_allmulti, link_set_txqlen
+from cnilib.kernel.route import (
+    Addr,
+    Neigh,
+    Route,
+    addr_add,
+    addr_del,
+    neigh_del,
+    neigh_replace,
+    route_add,
+    route_del,
+    route_get,
+)
 
 
 class Capture:
@@ -41,44 +55,44 @@ def one(fn, *a, **kw):
 
 
 def test_link_set_touches_only_what_is_given():
-    _, _, m = one(netlink.link_set, 5, up=True, mtu=1450, master=3, mac="0a:58:0a:f4:01:02",
+    _, _, m = one(link_set, 5, up=True, mtu=1450, master=3, mac="0a:58:0a:f4:01:02",
                   name="eth1", alias="pycni net=n é", netns_fd=7)
     assert (m["index"], m["flags"], m["change"]) == (5, netlink.IFF_UP, netlink.IFF_UP)
     assert m.get_attr("IFLA_MTU") == 1450 and m.get_attr("IFLA_MASTER") == 3
     assert m.get_attr("IFLA_ADDRESS") == "0a:58:0a:f4:01:02"
     assert m.get_attr("IFLA_IFNAME") == "eth1" and m.get_attr("IFLA_IFALIAS") == "pycni net=n é"
     assert m.get_attr("IFLA_NET_NS_FD") == 7
-    _, _, m = one(netlink.link_set, 5, up=False, promisc=True)
+    _, _, m = one(link_set, 5, up=False, promisc=True)
     assert m["change"] == netlink.IFF_UP | netlink.IFF_PROMISC and m["flags"] == netlink.IFF_PROMISC
     assert m["attrs"] == []
 
 
 def test_link_get_and_del_by_name():
-    t, _, m = one(netlink.link_get, "cni0")
+    t, _, m = one(link_get, "cni0")
     assert t == netlink.RTM_GETLINK and m.get_attr("IFLA_IFNAME") == "cni0"
     assert m.get_attr("IFLA_EXT_MASK") == netlink.RTEXT_FILTER_SKIP_STATS
-    t, _, m = one(netlink.link_del, 0, "veth1234")
+    t, _, m = one(link_del, 0, "veth1234")
     assert t == netlink.RTM_DELLINK and m.get_attr("IFLA_IFNAME") == "veth1234"
 
 
 def test_tuning_requests():
-    _, _, m = one(netlink.link_set_txqlen, 4, 2000)
+    _, _, m = one(link_set_txqlen, 4, 2000)
     assert m["index"] == 4 and m.get_attr("IFLA_TXQLEN") == 2000
-    _, _, m = one(netlink.link_set_allmulti, 4, True)
+    _, _, m = one(link_set_allmulti, 4, True)
     assert m["flags"] == m["change"] == netlink.IFF_ALLMULTI
 
 
 @pytest.mark.parametrize("addr,plen,brd,nodad", [("10.244.1.1", 24, "10.244.1.255", False),
                                                    ("fd00:10:244:1::1", 64, None, True)])
 def test_address_add_and_del(addr, plen, brd, nodad):
-    t, flags, m = one(netlink.addr_add, 9, addr, plen, brd, nodad=nodad)
+    t, flags, m = one(addr_add, 9, addr, plen, brd, nodad=nodad)
     assert t == netlink.RTM_NEWADDR and flags == netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
     fam = netlink.AF_INET6 if ":" in addr else netlink.AF_INET
     assert (m["family"], m["prefixlen"], m["index"]) == (fam, plen, 9)
     assert m["flags"] == (netlink.IFA_F_NODAD if nodad else 0)
     assert m.get_attr("IFA_LOCAL") == addr and m.get_attr("IFA_ADDRESS") == addr
     assert m.get_attr("IFA_BROADCAST") == brd
-    t, _, m = one(netlink.addr_del, 9, addr, plen)
+    t, _, m = one(addr_del, 9, addr, plen)
     assert t == netlink.RTM_DELADDR and m.get_attr("IFA_LOCAL") == addr
 
 
@@ -89,7 +103,7 @@ def test_address_add_and_del(addr, plen, brd, nodad):
     dict(dst="fd00:10:244::/56", gateway="fd00:10:244:1::1", table=1000),
 ])
 def test_route_add(kw):
-    t, flags, m = one(netlink.route_add, replace=True, **kw)
+    t, flags, m = one(route_add, replace=True, **kw)
     assert t == netlink.RTM_NEWROUTE and flags == netlink.NLM_F_CREATE | netlink.NLM_F_REPLACE
     addr, plen = kw["dst"].split("/")
     assert m["dst_len"] == int(plen)
@@ -107,21 +121,21 @@ def test_route_add(kw):
 
 
 def test_route_get_and_del():
-    t, _, m = one(netlink.route_get, "fd00::5")
+    t, _, m = one(route_get, "fd00::5")
     assert t == netlink.RTM_GETROUTE and m["dst_len"] == 128 and m.get_attr("RTA_DST") == "fd00::5"
-    t, _, m = one(netlink.route_del, "10.244.2.0/24", gateway="10.0.0.2")
+    t, _, m = one(route_del, "10.244.2.0/24", gateway="10.0.0.2")
     assert t == netlink.RTM_DELROUTE and m.get_attr("RTA_GATEWAY") == "10.0.0.2"
 
 
 def test_neighbour_and_fdb_requests():
-    _, flags, m = one(netlink.neigh_replace, 6, "10.244.2.0", "aa:bb:cc:dd:ee:01")
+    _, flags, m = one(neigh_replace, 6, "10.244.2.0", "aa:bb:cc:dd:ee:01")
     assert flags == netlink.NLM_F_CREATE | netlink.NLM_F_REPLACE
     assert (m["family"], m["ifindex"], m["state"]) == (netlink.AF_INET, 6, netlink.NUD_PERMANENT)
     assert m.get_attr("NDA_DST") == "10.244.2.0" and m.get_attr("NDA_LLADDR") == "aa:bb:cc:dd:ee:01"
-    _, _, m = one(netlink.fdb_replace, 6, "aa:bb:cc:dd:ee:01", "192.168.5.2")
+    _, _, m = one(fdb_replace, 6, "aa:bb:cc:dd:ee:01", "192.168.5.2")
     assert m["family"] == netlink.AF_BRIDGE and m["flags"] == netlink.NTF_SELF
     assert m.get_attr("NDA_DST") == "192.168.5.2" and m.get_attr("NDA_LLADDR") == "aa:bb:cc:dd:ee:01"
-    t, _, m = one(netlink.neigh_del, 6, "fd00::2")
+    t, _, m = one(neigh_del, 6, "fd00::2")
     assert t == netlink.RTM_DELNEIGH and m["family"] == netlink.AF_INET6
     assert m.get_attr("NDA_DST") == "fd00::2"
 
@@ -142,13 +156,13 @@ def test_addr_parse():
     raw = _packed("ifaddrmsg", netlink.RTM_NEWADDR,
                   {"family": netlink.AF_INET6, "prefixlen": 64, "flags": 0x80, "scope": 0, "index": 12},
                   [("IFA_ADDRESS", "fd00::1"), ("IFA_FLAGS", 0x280), ("IFA_LABEL", "cni0")])
-    a = netlink.Addr(raw)
+    a = Addr(raw)
     assert (a.family, a.prefixlen, a.index, a.flags, a.address, a.label) == \
         (netlink.AF_INET6, 64, 12, 0x280, "fd00::1", "cni0")
     raw = _packed("ifaddrmsg", netlink.RTM_NEWADDR,
                   {"family": netlink.AF_INET, "prefixlen": 24, "index": 3},
                   [("IFA_ADDRESS", "10.0.0.9"), ("IFA_LOCAL", "10.0.0.1")])
-    assert netlink.Addr(raw).cidr == "10.0.0.1/24"
+    assert Addr(raw).cidr == "10.0.0.1/24"
 
 
 def test_route_parse():
@@ -157,12 +171,12 @@ def test_route_parse():
                    "type": 1, "flags": 4},
                   [("RTA_TABLE", 254), ("RTA_DST", "10.244.2.0"), ("RTA_GATEWAY", "10.244.2.0"),
                    ("RTA_OIF", 7), ("RTA_PRIORITY", 5), ("RTA_PREFSRC", "10.244.1.0")])
-    r = netlink.Route(raw)
+    r = Route(raw)
     assert (r.cidr, r.gateway, r.oif, r.table, r.priority, r.proto, r.flags, r.prefsrc) == \
         ("10.244.2.0/24", "10.244.2.0", 7, 254, 5, 4, 4, "10.244.1.0")
     raw = _packed("rtmsg", netlink.RTM_NEWROUTE, {"family": netlink.AF_INET6, "table": 252},
                   [("RTA_TABLE", 1000), ("RTA_GATEWAY", "fe80::1")])
-    r = netlink.Route(raw)
+    r = Route(raw)
     assert (r.cidr, r.table, r.gateway, r.oif) == ("::/0", 1000, "fe80::1", 0)
 
 
@@ -170,6 +184,6 @@ def test_neigh_parse():
     raw = _packed("ndmsg", netlink.RTM_NEWNEIGH,
                   {"family": netlink.AF_BRIDGE, "ifindex": 6, "state": 0x80, "flags": 2},
                   [("NDA_LLADDR", "aa:bb:cc:dd:ee:01"), ("NDA_DST", "fd00::5")])
-    n = netlink.Neigh(raw)
+    n = Neigh(raw)
     assert (n.family, n.index, n.state, n.flags, n.lladdr, n.dst) == \
         (netlink.AF_BRIDGE, 6, 0x80, 2, "aa:bb:cc:dd:ee:01", "fd00::5")

@@ -8,7 +8,7 @@ import struct
 
 from cnilib.firewall import naming
 from cnilib.ipam import store
-from cnilib.kernel import netlink
+from cnilib.kernel.link import LinkBrief, parse_link_brief
 from cnilib.ops import nodestate, resultcache, rulesets, whois
 
 
@@ -38,7 +38,7 @@ def locations(tmp_path):
 
 
 def brief(index, name, kind="veth", alias=None, master=0, peer=2, nsid=None, mtu=1450):
-    b = netlink.LinkBrief()
+    b = LinkBrief()
     b.index, b.name, b.kind, b.alias, b.master, b.peer_index = index, name, kind, alias, master, peer
     b.link_netnsid, b.mtu, b.mac, b.operstate, b.flags, b.slave_kind = nsid, mtu, None, "UP", 1, None
     return b
@@ -176,12 +176,12 @@ def test_parse_link_brief():
              + _attr(18 | 0x8000, _attr(1, b"veth\0") + _attr(4, b"bridge\0")))
     body = struct.pack("=BBHiII", 0, 0, 1, 7, 0x1043, 0) + attrs
     msg = struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
-    b = netlink.parse_link_brief(msg)
+    b = parse_link_brief(msg)
     assert (b.index, b.name, b.mtu, b.peer_index, b.master, b.operstate, b.mac, b.link_netnsid) == (
         7, "vethA", 1450, 2, 4, "UP", "0e:fe:c0:00:02:01", 3)
     assert (b.kind, b.slave_kind, b.alias, b.up) == ("veth", "bridge", "pycni net=n cid=c if=eth0", True)
     bare = struct.pack("=BBHiII", 0, 0, 1, 1, 0, 0) + _attr(3, b"lo\0")
-    b = netlink.parse_link_brief(struct.pack("=IHHII", 16 + len(bare), 16, 2, 1, 0) + bare)
+    b = parse_link_brief(struct.pack("=IHHII", 16 + len(bare), 16, 2, 1, 0) + bare)
     assert (b.name, b.kind, b.link_netnsid, b.alias, b.mac) == ("lo", None, None, None, None)
 
 

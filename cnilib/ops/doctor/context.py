@@ -82,6 +82,7 @@ class Context:
 
     def __init__(self, args, loc):
         from cnilib.kernel import netlink
+        from cnilib.kernel.route import addrs
         self.args, self.loc = args, loc
         self.netlink = netlink
         self.nl = netlink.Netlink()
@@ -92,7 +93,7 @@ class Context:
         self.links = self.node.links
         self.by_name = {link.name: link for link in self.links}
         self.by_index = {link.index: link for link in self.links}
-        self.addrs = netlink.addrs(self.nl)
+        self.addrs = addrs(self.nl)
         self._envs = {}
         self._vxlan = self._fdb = self._neigh = self._backends = None
         self.ipt_default = None
@@ -132,10 +133,12 @@ class Context:
     def vxlan_devs(self):
         """[(LinkBrief, VxlanInfo)] of the flannel vxlan devices here."""
         if self._vxlan is None:
+            from cnilib.kernel.link import link_get
+            from cnilib.kernel.vxlan import vxlan_info
             self._vxlan = []
             for name in ("flannel.1", "flannel-v6.1"):
                 if name in self.by_name:
-                    info = self.netlink.vxlan_info(self.netlink.link_get(self.nl, name))
+                    info = vxlan_info(link_get(self.nl, name))
                     if info is not None:
                         self._vxlan.append((self.by_name[name], info))
         return self._vxlan
@@ -143,13 +146,15 @@ class Context:
     def fdb(self, index):
         """The vxlan device's fdb entries that name a remote (one dump per run)."""
         if self._fdb is None:
-            self._fdb = [n for n in self.netlink.neighs(self.nl, 0, self.netlink.AF_BRIDGE) if n.dst]
+            from cnilib.kernel.route import neighs
+            self._fdb = [n for n in neighs(self.nl, 0, self.netlink.AF_BRIDGE) if n.dst]
         return [n for n in self._fdb if n.index == index]
 
     def neighbours_all(self):
         """Every IPv4 and IPv6 neighbour entry of this netns (one dump per run)."""
         if self._neigh is None:
-            self._neigh = self.netlink.neighs(self.nl)
+            from cnilib.kernel.route import neighs
+            self._neigh = neighs(self.nl)
         return self._neigh
 
     def neighbours(self, index):
@@ -212,14 +217,16 @@ class Context:
         return text, parse_kernel_release(text)
 
     def route(self, dst):
+        from cnilib.kernel.route import route_get
         try:
-            return self.netlink.route_get(self.nl, dst)
+            return route_get(self.nl, dst)
         except OSError:
             return None
 
     def routes(self):
+        from cnilib.kernel.route import routes
         try:
-            return self.netlink.routes(self.nl)
+            return routes(self.nl)
         except OSError:
             return []
 
