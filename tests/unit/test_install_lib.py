@@ -143,3 +143,16 @@ def test_conflist_choice_and_file(tmp_path):
         cli.load_conflist(str(p))
     p.write_text('{"name": "x", "type": "bridge"}')
     assert cli.load_conflist(str(p)) == ("10-x.conflist", b'{"name": "x", "type": "bridge"}')
+
+
+def test_an_unexpected_failure_names_the_log(tmp_path, monkeypatch, capsys):
+    """A bug in the installer is one FAILED line pointing at the suite's log
+    (where its traceback went), not a traceback on the terminal."""
+    def boom(self):
+        raise ValueError("bug")
+    monkeypatch.setattr(cli.Installer, "uninstall", boom)
+    monkeypatch.setenv("PYCNI_LOG", str(tmp_path / "pycni.log"))
+    assert cli.main(["--bin-dir", str(tmp_path), "--conf-dir", str(tmp_path)], verb="uninstall") == 1
+    err = capsys.readouterr().err
+    assert "FAILED: ValueError: bug" in err and str(tmp_path / "pycni.log") in err
+    assert "Traceback" in (tmp_path / "pycni.log").read_text()

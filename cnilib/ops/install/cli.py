@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from cnilib.base import errors, log
+from cnilib.base import errors, log, paths
 from cnilib.ops.install.common import (
     BUILTIN_CONFLISTS,
     DEFAULT_BIN_DIR,
@@ -138,7 +138,7 @@ def main(argv, verb="install"):
         trace = traceback.format_exc()
         failure = InstallError("%s: %s" % (type(exc).__name__, clean(getattr(exc, "strerror", None) or exc)),
                                ["the traceback is in the suite's log (%s)"
-                                % (os.environ.get("PYCNI_LOG") or log.DEFAULT_PATH)])
+                                % (os.environ.get("PYCNI_LOG") or paths.LOG_FILE)])
     if failure is not None:
         outcome = "error" if trace else "failed"
     log.Log("pycni").flush("%s pycni[%d] %s dir=%s %s %.1fms" % (
