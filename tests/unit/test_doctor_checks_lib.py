@@ -10,7 +10,15 @@ import struct
 import pytest
 
 from cnilib.ops import rulesets
-from cnilib.ops.doctor import context, fabric_checks, netmgr_checks, node_checks, report, runtime_checks
+from cnilib.ops.doctor import (
+    context,
+    fabric_checks,
+    iptables_checks,
+    netmgr_checks,
+    node_checks,
+    report,
+    runtime_checks,
+)
 
 # ---------------------------------------------------------------- report: safe fixes
 
@@ -98,26 +106,26 @@ COMMIT
 
 
 def test_backend_state_counts_what_can_change_a_packet():
-    st = fabric_checks.backend_state({4: rulesets.parse_save(LEGACY)})
+    st = iptables_checks.backend_state({4: rulesets.parse_save(LEGACY)})
     assert st == {"rules": 1, "chains": ["DOCKER-USER"], "policies": ["filter FORWARD DROP"],
                   "tables": {4: ["filter"]}}          # an empty nat table does not count
-    empty = fabric_checks.backend_state({4: rulesets.parse_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")})
+    empty = iptables_checks.backend_state({4: rulesets.parse_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")})
     assert empty["tables"] == {} and empty["rules"] == 0
-    nft = fabric_checks.backend_state({4: rulesets.parse_save(NFT)})
-    assert fabric_checks.chain_writers(nft["chains"]) == ["flanneld", "kube-proxy/kubelet"]
+    nft = iptables_checks.backend_state({4: rulesets.parse_save(NFT)})
+    assert iptables_checks.chain_writers(nft["chains"]) == ["flanneld", "kube-proxy/kubelet"]
 
 
 def test_the_backend_kube_proxy_marks_is_kept():
-    states = {"iptables-legacy": fabric_checks.backend_state({4: rulesets.parse_save(LEGACY)}),
-              "iptables-nft": fabric_checks.backend_state({4: rulesets.parse_save(NFT)})}
-    assert fabric_checks.keep_backend(states, "iptables-legacy")[0] == "iptables-nft"
+    states = {"iptables-legacy": iptables_checks.backend_state({4: rulesets.parse_save(LEGACY)}),
+              "iptables-nft": iptables_checks.backend_state({4: rulesets.parse_save(NFT)})}
+    assert iptables_checks.keep_backend(states, "iptables-legacy")[0] == "iptables-nft"
     states["iptables-nft"]["chains"] = ["FLANNEL-FWD"]
-    keep, why = fabric_checks.keep_backend(states, "iptables-legacy")
+    keep, why = iptables_checks.keep_backend(states, "iptables-legacy")
     assert (keep, why) == ("iptables-nft", "it holds more rules")
 
 
 def test_reset_input_empties_the_tables_and_restores_accept():
-    text = fabric_checks.reset_input(["filter", "nat"]).replace("\\n", "\n")
+    text = iptables_checks.reset_input(["filter", "nat"]).replace("\\n", "\n")
     assert rulesets.parse_save(text)["filter"].policies == {"INPUT": "ACCEPT", "FORWARD": "ACCEPT",
                                                             "OUTPUT": "ACCEPT"}
     assert text.count("COMMIT") == 2 and ":POSTROUTING ACCEPT [0:0]" in text

@@ -10,7 +10,7 @@ from cnitest import schema_errors
 from cnilib import flannel
 from cnilib.base import errors
 from cnilib.ops import doctor, runner
-from cnilib.ops.doctor import config_checks, fabric_checks, main, node_checks, report
+from cnilib.ops.doctor import config_checks, fabric_checks, main, node_checks, report, trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -119,8 +119,8 @@ def test_node_lists_and_annotations():
 def test_remote_address_is_another_nodes_pod():
     import ipaddress
     n, local = ipaddress.ip_network("10.244.0.0/16"), ipaddress.ip_network("10.244.0.0/24")
-    assert str(fabric_checks.remote_address(n, local)) == "10.244.1.2"
-    assert fabric_checks.remote_address(local, local) is None
+    assert str(trace.remote_address(n, local)) == "10.244.1.2"
+    assert trace.remote_address(local, local) is None
 
 
 def _report(*checks):

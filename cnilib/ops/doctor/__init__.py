@@ -92,10 +92,12 @@ The package:
   node_checks     bridge-address, ip-forward, rp-filter, br-netfilter, mtu,
                   vxlan-csum, table-sizes
   netmgr_checks   link-managers
-  fabric_checks   forward-policy, iptables-backends, vxlan-port, vxlan-local,
-                  vtep-mac, public-ip, node-spec
+  fabric_checks   forward-policy, vxlan-port, vxlan-local, vtep-mac,
+                  public-ip, node-spec
+  iptables_checks iptables-backends (rules in both iptables backends)
   state_checks    ipam-leaks, orphan-veths, leftover-rules, stale-records, state-files
-  trace           the packet tracer the fabric checks walk the rules with
+  trace           the packet tracer the fabric checks walk the rules with,
+                  and the packets they walk (pod traffic, VXLAN per peer)
   fix             --fix: the safe lines shown, asked for, re-checked, applied
 
 A check module imports context, report and trace, never another check

@@ -10,6 +10,7 @@ from cnilib.ops import nodestate
 from cnilib.ops.doctor import (
     config_checks,
     fabric_checks,
+    iptables_checks,
     netmgr_checks,
     node_checks,
     runtime_checks,
@@ -34,7 +35,7 @@ CHECKS = (
      netmgr_checks.check_link_managers),
     ("table-sizes", "neighbour and conntrack tables vs the node's size", node_checks.check_table_sizes),
     ("forward-policy", "pod traffic through FORWARD", fabric_checks.check_forward_policy),
-    ("iptables-backends", "iptables-legacy vs iptables-nft", fabric_checks.check_iptables_backends),
+    ("iptables-backends", "iptables-legacy vs iptables-nft", iptables_checks.check_iptables_backends),
     ("vxlan-port", "VXLAN udp port through the firewall", fabric_checks.check_vxlan_port),
     ("vxlan-local", "flannel.1 local address vs the route to the peers", fabric_checks.check_vxlan_local),
     ("vxlan-csum", "VXLAN checksum offload vs the kernel", node_checks.check_vxlan_csum),

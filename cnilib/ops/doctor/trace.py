@@ -490,3 +490,75 @@ def decide(ipt, nft_chains, hook, pkt, skip_iptables_tables=True):
     doubts = [x for d in found for x in d.doubts]
     return Decision("accept", "; ".join(d.by for d in found), not doubts, doubts, "",
                     ", ".join(d.source for d in found))
+
+
+# ---------------------------------------------------------------- the packets the checks walk
+# (built from doctor's context, passed in: this module imports no check group nor context)
+
+OUTSIDE_PROBE = "203.0.113.1"     # TEST-NET-3: only asked of the routing table, never sent to
+
+
+def remote_address(network, local):
+    """An address in ``network`` outside ``local`` (a pod on another node)."""
+    if local.prefixlen <= network.prefixlen:
+        return None
+    for sub in network.subnets(new_prefix=local.prefixlen):
+        if sub != local:
+            return sub.network_address + 2
+    return None
+
+
+def pod_packets(ctx):
+    """[(label, Packet)] of pod traffic the FORWARD hook sees."""
+    out = []
+    vx = {link.name for link, _i in ctx.vxlan_devs()}
+    default = None
+    routes = ctx.routes()
+    for net, local, br in ctx.pod_networks():
+        pod = local.network_address + 2
+        tunnel = "flannel.1" if net.version == 4 else "flannel-v6.1"
+        overlay = tunnel if tunnel in vx else None
+        # a peer's pod: from a route into the network (flannel's per-node routes) when there is one
+        remote = remote_address(net, local)
+        for r in routes:
+            if r.dst is not None and r.family == (2 if net.version == 4 else 10):
+                dst = ipaddress.ip_network(r.cidr, strict=False)
+                if dst.subnet_of(net) and dst != local and dst.num_addresses > 2:
+                    remote = dst.network_address + 2
+                    break
+        if overlay is None and remote is not None:
+            r = ctx.route(str(remote))
+            overlay = ctx.by_index[r.oif].name if r is not None and r.oif in ctx.by_index else None
+        if remote is not None and net != local:
+            out.append(("from a pod on another node", Packet(remote, pod, iif=overlay, oif=br)))
+            out.append(("to a pod on another node", Packet(pod, remote, iif=br, oif=overlay)))
+        if ctx.sysctl("net/bridge/bridge-nf-call-ip%stables" % ("" if net.version == 4 else "6")) == "1":
+            out.append(("between two pods on %s" % br,
+                        Packet(pod, local.network_address + 3, iif=br, oif=br)))
+        if net.version == 4 and default is None:
+            r = ctx.route(OUTSIDE_PROBE)
+            default = ctx.by_index[r.oif].name if r is not None and r.oif in ctx.by_index else ""
+        if net.version == 4 and default and default != br:
+            out.append(("from a pod to outside the cluster (via %s)" % default,
+                        Packet(pod, OUTSIDE_PROBE, iif=br, oif=default)))
+    return out
+
+
+def vxlan_packets(ctx, dev, info):
+    """[(peer, hooks, Packet, label)]: a VXLAN datagram from and to each peer
+    in ``dev``'s fdb, with the hooks each crosses."""
+    port = info.port or 8472
+    under = ctx.by_index[info.link].name if info.link in ctx.by_index else None
+    local = str(info.local) if info.local else None
+    out = []
+    for peer in sorted({f.dst for f in ctx.fdb(dev.index)}):
+        if local is None:
+            r = ctx.route(peer)
+            local = r.prefsrc if r is not None else None
+        if local is None:
+            continue
+        out.append((peer, ("prerouting", "input"), Packet(peer, local, "udp", 40000, port, iif=under),
+                    "from %s" % peer))
+        out.append((peer, ("output",), Packet(local, peer, "udp", 40000, port, oif=under),
+                    "to %s" % peer))
+    return out
