@@ -18,16 +18,22 @@ and times each step with a monotonic clock:
 
 Pods 1-20 are compared with the last 20, and once all are up and quiet
 (3 s later) one more pod is timed 20 times (made and deleted) against the
-same on an empty bridge.  What grows here grows without any code of the
+same on an empty bridge.  ``--plugins DIR...`` also times, in those two
+quiet states, a directly exec'd bridge + host-local ADD and DEL of each
+plugin dir (``dist/py``, ``/usr/lib/cni``) on the same bridge
+(``isGateway``, ``ipMasq``, state in a temp dir), interleaved.  What grows here grows without any code of the
 plugin around it: it is the kernel's, and ``--skip`` shows what each step
 adds.  Needs root; everything is in network namespaces made for the run
 (``pcbench<pid>-kg-*``) and deleted at the end, also on Ctrl-C.
 """
 
 import argparse
+import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 from bench import sandbox
@@ -110,6 +116,8 @@ class Run:
         self.host_ns = self.sb.name("kg", "host")
         self.nl = None
         self.br = 0
+        self.tmp = tempfile.mkdtemp(prefix="pycni-kg-")
+        self.execs = {}           # tag -> {plugin dir: {"ADD": [ms], "DEL": [ms]}}
 
     def setup(self):
         self.sb.create([self.host_ns])
@@ -128,6 +136,51 @@ class Run:
             self.enter.__exit__(None, None, None)
             os.close(self.hfd)
         self.sb.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def exec_plugins(self, tag, ns, rounds):
+        """ADD then DEL of one attachment in ``ns`` by each plugin dir, exec'd
+        from here (this process is in the host netns), interleaved."""
+        dirs = self.args.plugins
+        out = {d: {"ADD": [], "DEL": []} for d in dirs}
+        conf = {d: json.dumps({
+            "cniVersion": "1.0.0", "name": "kg", "type": "bridge", "bridge": "kg0", "isGateway": True,
+            "ipMasq": True, "ipam": {"type": "host-local", "dataDir": os.path.join(self.tmp, "ipam%d" % i),
+                                     "ranges": [[{"subnet": "10.71.0.0/21", "rangeStart": "10.71.7.100",
+                                                  "rangeEnd": "10.71.7.240", "gateway": "10.71.0.1"}]],
+                                     "routes": [{"dst": "0.0.0.0/0"}]}}).encode()
+            for i, d in enumerate(dirs)}
+        base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "CNI_IFNAME": "eth0",
+                "CNI_NETNS": sandbox.Sandboxes.path(ns), "PYCNI_AGENT_SOCKET": "off",
+                "PYCNI_STATE_DIR": os.path.join(self.tmp, "state"),
+                "PYCNI_RUN_DIR": os.path.join(self.tmp, "run"),
+                "PYCNI_LOG": os.path.join(self.tmp, "pycni.log")}
+        fin = os.memfd_create("kg-stdin")
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for k in range(rounds + 1):
+                for d in dirs:
+                    for verb in ("ADD", "DEL"):
+                        os.ftruncate(fin, 0)
+                        os.pwrite(fin, conf[d], 0)
+                        os.lseek(fin, 0, os.SEEK_SET)
+                        env = dict(base, CNI_COMMAND=verb, CNI_CONTAINERID="kg-%s-%d" % (tag, k), CNI_PATH=d)
+                        t0 = time.perf_counter()
+                        pid = os.posix_spawn(os.path.join(d, "bridge"), [os.path.join(d, "bridge")], env,
+                                             file_actions=[(os.POSIX_SPAWN_DUP2, fin, 0),
+                                                           (os.POSIX_SPAWN_DUP2, null, 1),
+                                                           (os.POSIX_SPAWN_DUP2, null, 2)])
+                        _, status, _ = os.wait4(pid, 0)
+                        ms = (time.perf_counter() - t0) * 1000
+                        if os.waitstatus_to_exitcode(status) != 0:
+                            raise RuntimeError("%s/bridge %s failed (rc %d)"
+                                               % (d, verb, os.waitstatus_to_exitcode(status)))
+                        if k:          # the first round warms up
+                            out[d][verb].append(ms)
+        finally:
+            os.close(fin)
+            os.close(null)
+        self.execs[tag] = out
 
     def quiet(self, tag, rounds=20):
         time.sleep(3)
@@ -138,6 +191,8 @@ class Run:
             p = Pod(self, 0xf000 + k, ns, ip="10.71.7.250")
             samples.append(p.add(self.args.skip))
             p.delete()
+        if self.args.plugins:
+            self.exec_plugins(tag, ns, rounds)
         return samples
 
 
@@ -156,8 +211,11 @@ def main(argv=None):
     p.add_argument("--pods", type=int, default=1000)
     p.add_argument("--skip", nargs="*", default=[], choices=("tag", "ra", "dad", "garp"),
                    help="steps left out (their columns read ~0)")
+    p.add_argument("--plugins", nargs="*", default=[], metavar="DIR",
+                   help="also time exec'd bridge + host-local ADD/DEL of these plugin dirs, quiet")
     args = p.parse_args(argv)
     args.skip = set(args.skip)
+    args.plugins = [os.path.abspath(d) for d in args.plugins]
     if os.geteuid() != 0:
         print("python -m bench.kernel_growth: needs root (it makes network namespaces)", file=sys.stderr)
         return 2
@@ -178,6 +236,11 @@ def main(argv=None):
             print("skipped: " + ", ".join(sorted(args.skip)))
         report("pods 1-%d vs %d-%d (back to back)" % (w, args.pods - w + 1, args.pods), piled[:w], piled[-w:])
         report("quiet, empty bridge vs %d pods" % args.pods, empty, full)
+        for d in args.plugins:
+            for verb in ("ADD", "DEL"):
+                a, b = (statistics.median(run.execs[t][d][verb]) for t in ("empty", "full"))
+                print("exec'd bridge + host-local %s, %s: quiet, empty bridge vs %d pods: "
+                      "%.1f -> %.1f ms (%+.1f)" % (verb, d, args.pods, a, b, b - a))
     except KeyboardInterrupt:
         return 130
     finally:
