@@ -191,6 +191,21 @@ build_py() {
 # The bundle is built in a Debian 11 root (glibc 2.31) of its own, with that
 # root's python3 3.9 and its libpython3.9, as manylinux builds on its oldest
 # target: nothing it links or carries needs a newer glibc.
+#
+# Start-up is most of a plugin exec, so the bundle starts the way the py
+# form does (issue 20; README "Benchmarks"):
+# - --noarchive: modules are .pyc files under .pycni/, imported by Python's
+#   own path finder: no PYZ archive whose table of contents every exec
+#   unmarshals, no zipimport of base_library.zip (-1.5 ms of CPU);
+# - PyInstaller's inspect, multiprocessing and pkgutil runtime hooks are
+#   dropped: they import inspect, zipfile, multiprocessing, subprocess, and
+#   pkgutil's importlib.util, typing and re (-10 ms for pkgutil's alone),
+#   for features the plugins never use (no multiprocessing spawn, no
+#   inspect.getsourcefile, no pkgutil.iter_modules);
+# - the bootstrap's ctypes patch is made lazy (tools/pyi_ctypes_hook.py in
+#   place of PyInstaller's pyimod03_ctypes): ctypes is imported when our
+#   code imports it, not on every start (-1.7 ms).
+# Bytecode optimisation (optimize=2) was measured and left out: no faster.
 build_bin() {
   local work=$TOP/build/pyi out=$DIST/bin broot name f m
   broot=$(ensure_build_root)
@@ -199,6 +214,7 @@ build_bin() {
   cp -a cnilib plugins "$work/src/"
   find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
   rm -rf "$work/src/cnilib/cni/schema"
+  cp tools/pyi_ctypes_hook.py "$work/pyimod03_ctypes.py"
   local hidden=()
   for f in $(find cnilib plugins -name '*.py' | sort); do
     case $f in cnilib/cni/schema/*) continue ;; esac
@@ -208,20 +224,28 @@ build_bin() {
   printf 'from cnilib.main import main\nmain()\n' > "$work/entry.py"
   local pyi=(--bind-rw "$work:/tmp/pyi" --cwd /tmp/pyi --env HOME=/tmp/pyi/home
              --env PYINSTALLER_CONFIG_DIR=/tmp/pyi/home/pyinstaller --env PYTHONDONTWRITEBYTECODE=1 --)
-  in_root "$broot" "${pyi[@]}" /opt/pycni-build/bin/pyi-makespec --onedir --strip \
+  in_root "$broot" "${pyi[@]}" /opt/pycni-build/bin/pyi-makespec --onedir --strip --debug noarchive \
       --name pycni --contents-directory .pycni --specpath /tmp/pyi \
       --paths /tmp/pyi/src "${hidden[@]}" \
       --collect-submodules pyroute2.netlink.rtnl \
       --exclude-module pydantic --exclude-module pydantic_core --exclude-module cnilib.cni.schema \
       --exclude-module tkinter \
       /tmp/pyi/entry.py >/dev/null
-  # PyInstaller runs its inspect and multiprocessing runtime hooks before
-  # every exec (they import inspect, zipfile, multiprocessing, subprocess):
-  # ~25 ms of a bundled VERSION, for features the plugins never use (no
-  # multiprocessing spawn/forkserver, no inspect.getsourcefile); drop them
-  grep -q '^pyz = PYZ(a.pure)' "$work/pycni.spec" || die "unexpected PyInstaller spec layout in $work/pycni.spec"
-  sed -i 's/^pyz = PYZ(a.pure)/a.scripts = [s for s in a.scripts if s[0] not in ("pyi_rth_inspect", "pyi_rth_multiprocessing")]\n&/' \
-      "$work/pycni.spec"
+  grep -q "^pyz = PYZ(a.pure)$" "$work/pycni.spec" && grep -q "^    noarchive=True,$" "$work/pycni.spec" && ! grep -q "^    debug=True," "$work/pycni.spec" ||
+      die "unexpected PyInstaller spec layout in $work/pycni.spec"
+  # the spec's edits, after its PYZ: the runtime hooks out, the lazy ctypes
+  # patch in place of the bootstrap's (compiled by the root's python3, as
+  # PyInstaller compiles its own bootstrap modules)
+  cat > "$work/spec-edits.py" <<'EOF'
+a.scripts = [s for s in a.scripts if s[0] not in ("pyi_rth_inspect", "pyi_rth_multiprocessing", "pyi_rth_pkgutil")]
+import py_compile
+py_compile.compile("/tmp/pyi/pyimod03_ctypes.py", "/tmp/pyi/pyimod03_ctypes.pyc", doraise=True)
+if [n for n, _, _ in pyz.dependencies].count("pyimod03_ctypes") != 1:
+    raise SystemExit("pycni.spec: PyInstaller's bootstrap has no pyimod03_ctypes to replace")
+pyz.dependencies = [(n, "/tmp/pyi/pyimod03_ctypes.pyc" if n == "pyimod03_ctypes" else p, t)
+                    for n, p, t in pyz.dependencies]
+EOF
+  sed -i '/^pyz = PYZ(a.pure)$/r '"$work/spec-edits.py" "$work/pycni.spec"
   in_root "$broot" "${pyi[@]}" /opt/pycni-build/bin/pyinstaller --noconfirm --clean --log-level WARN \
       --distpath /tmp/pyi/dist --workpath /tmp/pyi/build /tmp/pyi/pycni.spec >/dev/null
   mv "$work/dist/pycni" "$out"

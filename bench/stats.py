@@ -38,13 +38,13 @@ def ratio(ours, theirs):
 
 
 def growth(latencies, window=20):
-    """Mean of the first and last ``window`` samples (pod order) and the
+    """Median of the first and last ``window`` samples (pod order) and the
     growth in percent from one to the other; failed samples (< 0) skipped."""
     first = [x for x in latencies[:window] if x is not None and x >= 0]
     last = [x for x in latencies[-window:] if x is not None and x >= 0]
     if not first or not last or len(latencies) < 2 * window:
         return None
-    a, b = sum(first) / len(first), sum(last) / len(last)
+    a, b = percentile(first, 50), percentile(last, 50)
     return {"first": a, "last": b, "window": window, "growth_pct": (b - a) / a * 100.0}
 
 
@@ -267,7 +267,7 @@ def throughput_rows(title, variants, rates, targets=(), baseline="go"):
 
 
 def growth_row(title, name, label, g, target=None, errors=0):
-    """The pod-1-vs-pod-N row: mean of the first and last windows."""
+    """The pod-1-vs-pod-N row: median of the first and last windows."""
     if g is None:
         return Row(title, label, text="too few samples", target=target.text() if target else None,
                    verdict="ERR %d" % errors if errors else None)

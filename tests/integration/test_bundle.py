@@ -2,8 +2,10 @@
 glibc floor, and lean at start-up."""
 
 import os
+import shutil
 import subprocess
 import sys
+import zlib
 
 import pytest
 from cnitest import DIST, ROOT, run_plugin
@@ -31,14 +33,51 @@ def test_carries_debian_11s_python(bundle):
     assert not [f for f in os.listdir(os.path.join(bundle, ".pycni")) if f.startswith("libpython3.1")]
 
 
-def test_start_up_skips_the_inspect_and_multiprocessing_hooks(bundle):
-    """The build drops PyInstaller's inspect and multiprocessing runtime
-    hooks (~25 ms of every exec): their names are not in the executable's
-    archive, while the hook kept beside them is."""
+def test_start_up_runs_no_runtime_hook_and_no_archive(bundle):
+    """The build drops PyInstaller's inspect, multiprocessing and pkgutil
+    runtime hooks (~12 ms of every exec) and builds without a PYZ archive
+    (--noarchive): the executable's own archive holds the bootstrap and our
+    entry script only, our modules are .pyc files under .pycni/, and the
+    bootstrap's ctypes module is our lazy one."""
     with open(os.path.join(bundle, "pycni"), "rb") as f:
         data = f.read()
-    assert b"pyi_rth_pkgutil" in data
-    assert b"pyi_rth_inspect" not in data and b"pyi_rth_multiprocessing" not in data
+    for hook in (b"pyi_rth_pkgutil", b"pyi_rth_inspect", b"pyi_rth_multiprocessing"):
+        assert hook not in data
+    assert b"CtypesFinder" in zlib_members(data)
+    internal = os.path.join(bundle, ".pycni")
+    assert os.path.isfile(os.path.join(internal, "cnilib", "main.pyc"))
+    assert os.path.isfile(os.path.join(internal, "plugins", "bridge.pyc"))
+    assert not os.path.exists(os.path.join(internal, "base_library.zip"))
+
+
+def zlib_members(data):
+    """The bytes of every zlib stream in ``data`` (the executable's archive
+    compresses each member on its own), joined."""
+    out = []
+    for i in range(len(data) - 1):
+        if data[i] == 0x78 and data[i + 1] in (0x01, 0x5E, 0x9C, 0xDA):
+            try:
+                out.append(zlib.decompressobj().decompress(data[i:]))
+            except zlib.error:
+                continue
+    return b"".join(out)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_version_opens_neither_ctypes_nor_pkgutil(bundle, tmp_path):
+    """What the bundle's start imports, read from the files a VERSION exec
+    opens: our entry and the skel, never ctypes (imported on first use
+    only) or pkgutil (its hook is gone)."""
+    trace = tmp_path / "trace"
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "VERSION", "PYCNI_LOG": "off"}
+    p = subprocess.run(["strace", "-f", "-e", "trace=openat", "-o", str(trace),
+                        os.path.join(bundle, "loopback")], input=b"{}", capture_output=True, env=env,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    opened = trace.read_text()
+    assert "/.pycni/cnilib/cni/skel.pyc" in opened
+    assert "/ctypes/" not in opened and "pkgutil" not in opened and "/typing.pyc" not in opened
 
 
 PROBE = """#!/bin/sh
