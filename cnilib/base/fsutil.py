@@ -214,6 +214,41 @@ def open_lock(path, what="lock", dir_fd=None):
     return fd
 
 
+def _printable(text, limit=200):
+    """``text`` with everything but printable ASCII escaped (names read
+    from /proc belong to whoever runs there), cut to ``limit``."""
+    out = "".join(c if " " <= c <= "~" and c != "\\" else "\\x%02x" % ord(c) if ord(c) < 256
+                  else "\\u%04x" % ord(c) for c in text)
+    return out[:limit]
+
+
+def lock_holder(fd, locks="/proc/locks", proc="/proc"):
+    """Who holds the flock on the file open on ``fd``: "pid N (comm)", or
+    None when /proc/locks does not say (another pid namespace, a lock
+    released meanwhile).  Only held locks count, not waiters (``->``)."""
+    st = os.fstat(fd)
+    want = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    try:
+        with open(locks) as f:
+            table = f.read()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        f = line.split()
+        if len(f) < 6 or f[1] != "FLOCK" or f[5] != want:
+            continue
+        pid = f[4]
+        if not pid.isdigit() or pid == "0":
+            return None
+        try:
+            with open(os.path.join(proc, pid, "comm"), "rb") as c:
+                comm = c.read(64).decode("utf-8", "replace").rstrip("\n")
+        except OSError:
+            return "pid %s" % pid
+        return "pid %s (%s)" % (pid, _printable(comm, 32))
+    return None
+
+
 class Flock:
     """Exclusive flock on ``path``, waited for at most ``timeout`` seconds.
 
@@ -245,11 +280,13 @@ class Flock:
                     os.close(self.fd)
                     raise errors.IOFailure("cannot lock %s: %s" % (self.path, exc.strerror)) from exc
             if time.monotonic() >= deadline:
+                holder = lock_holder(self.fd)
                 os.close(self.fd)
                 self.fd = None
                 raise errors.TryAgainLater(
-                    "%s %s is still held after %.0f s" % (self.what, self.path, self.timeout),
-                    "another plugin process holds it; the runtime should retry")
+                    "%s %s is still held after %g s%s"
+                    % (self.what, self.path, self.timeout, " by " + holder if holder else ""),
+                    "another process holds it; the runtime should retry")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

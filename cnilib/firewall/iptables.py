@@ -6,7 +6,6 @@ exists, so callers declare only chains that the save output shows missing,
 and serialise their read-modify-write under ``lock()``.
 """
 
-import fcntl
 import os
 
 from cnilib.base import errors, fsutil, proc
@@ -31,6 +30,9 @@ def save(family, table):
         r = proc.run([_BIN[family][0], "-t", table], timeout=30)
     except FileNotFoundError as exc:
         raise errors.Internal("%s is not installed" % _BIN[family][0]) from exc
+    except TimeoutError as exc:
+        raise errors.TryAgainLater("%s -t %s did not finish in 30 s" % (_BIN[family][0], table),
+                                   "the kernel or another iptables user is slow; retry") from exc
     if r.rc != 0:
         raise errors.Internal("%s -t %s failed (exit %d): %s"
                               % (_BIN[family][0], table, r.rc, r.err_text()))
@@ -57,10 +59,21 @@ def restore(family, table, lines, what="iptables batch"):
     if not lines:
         return
     text = "*%s\n%s\nCOMMIT\n" % (table, "\n".join(lines))
+    wait = lock_wait()
     try:
-        r = proc.run([_BIN[family][1], "--noflush", "-w", "10"], stdin=text.encode(), timeout=60)
+        r = proc.run([_BIN[family][1], "--noflush", "-w", "%d" % max(1, round(wait))],
+                     stdin=text.encode(), timeout=wait + 60)
     except FileNotFoundError as exc:
         raise errors.Internal("%s failed: %s is not installed" % (what, _BIN[family][1])) from exc
+    except TimeoutError as exc:
+        raise errors.TryAgainLater("%s failed: %s did not finish in %.0f s"
+                                   % (what, _BIN[family][1], wait + 60),
+                                   "the kernel or another iptables user is slow; retry") from exc
+    if r.rc == 4 and b"xtables lock" in r.err:
+        # legacy iptables: another program (kube-proxy, firewalld) held
+        # /run/xtables.lock for the whole -w wait
+        raise errors.TryAgainLater("%s failed: the xtables lock is still held after %.0f s"
+                                   % (what, wait), r.err_text(300))
     if r.rc != 0:
         raise errors.Internal("%s failed: %s exit status %d: %s"
                               % (what, _BIN[family][1], r.rc, r.err_text(600)),
@@ -89,23 +102,28 @@ def edit(family, table, fn, what, unreadable_ok=False):
     return lines
 
 
-class lock:
-    """flock serialising the suite's own iptables read-modify-write cycles."""
+LOCK_WAIT = 30.0    # seconds, as host-local's lock: then code 11 and the runtime retries
 
-    def __init__(self, path=None):
-        from cnilib.base import paths
-        self.path = path or os.path.join(paths.run_dir(), "iptables.lock")
-        self.fd = None
 
-    def __enter__(self):
-        fsutil.ensure_root(os.path.dirname(self.path))
-        self.fd = fsutil.open_lock(self.path, "iptables lock")
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
+def lock_wait():
+    """The bound on waiting for the suite's iptables lock (or for the
+    xtables lock, through ``-w``): LOCK_WAIT, or PYCNI_IPTABLES_LOCK_WAIT
+    seconds when that is set to a positive number."""
+    try:
+        wait = float(os.environ.get("PYCNI_IPTABLES_LOCK_WAIT", ""))
+    except ValueError:
+        return LOCK_WAIT
+    return wait if 0 < wait <= 600 else LOCK_WAIT
 
-    def __exit__(self, *exc):
-        os.close(self.fd)
-        return False
+
+def lock(path=None):
+    """flock serialising the suite's own iptables read-modify-write cycles,
+    waited for at most ``lock_wait()`` seconds: past that, TryAgainLater
+    (code 11) naming the holder when /proc/locks tells it."""
+    from cnilib.base import paths
+    path = path or os.path.join(paths.run_dir(), "iptables.lock")
+    fsutil.ensure_root(os.path.dirname(path))
+    return fsutil.Flock(path, lock_wait(), "iptables lock")
 
 
 def nft_backed():

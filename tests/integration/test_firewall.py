@@ -162,3 +162,24 @@ def test_bad_config_refused_with_nothing_changed(plugins, node, extra):
     before = node.ruleset()
     assert_cni_error(fw(node, plugins, "ADD", dict(fw_conf(node, "c1"), **extra)), 7)
     assert node.ruleset() == before
+
+
+def test_a_held_iptables_lock_gives_code_11_naming_the_holder(plugins, node):
+    """Issue 16 item 13, for the firewall plugin's iptables backend."""
+    import fcntl
+    node.attach("c1")
+    os.makedirs(node.run_dir, exist_ok=True)
+    fd = os.open(os.path.join(node.run_dir, "iptables.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        node.env["PYCNI_IPTABLES_LOCK_WAIT"] = "1"
+        err = assert_cni_error(fw(node, plugins, "ADD", fw_conf(node, "c1", backend="iptables")), 11)
+        assert "by pid %d" % os.getpid() in err["msg"], err
+        assert keyed(node, "c1") == []
+    finally:
+        os.close(fd)
+        node.env.pop("PYCNI_IPTABLES_LOCK_WAIT")
+    assert fw(node, plugins, "ADD", fw_conf(node, "c1", backend="iptables")).rc == 0
+    assert keyed(node, "c1")
+    assert fw(node, plugins, "DEL", fw_conf(node, "c1", backend="iptables")).rc == 0
+    assert keyed(node, "c1") == []

@@ -385,3 +385,28 @@ def test_options_reach_the_kernel(plugins, node, backend, extra):
     assert pm(node, plugins, "CHECK", conf).rc == 0
     assert pm(node, plugins, "DEL", conf).rc == 0
     assert no_portmap_rules(node), node.ruleset()
+
+
+def test_a_held_iptables_lock_is_waited_for_within_a_bound(plugins, node):
+    """Issue 16 item 13: the suite's iptables lock was waited for without a
+    bound (an ADD hung as long as any holder did); now code 11 after the
+    bound, naming the holder, with nothing changed; the retry works."""
+    import fcntl
+    node.attach("c1")
+    node.serve("c1")
+    os.makedirs(node.run_dir, exist_ok=True)
+    before = node.ruleset()
+    fd = os.open(os.path.join(node.run_dir, "iptables.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = pm(node, plugins, "ADD", pm_conf(node, "c1", "iptables"),
+               env={"PYCNI_IPTABLES_LOCK_WAIT": "1"})
+        err = assert_cni_error(r, 11)
+        assert "iptables lock" in err["msg"] and "by pid %d" % os.getpid() in err["msg"], err
+        assert node.ruleset() == before
+    finally:
+        os.close(fd)
+    assert pm(node, plugins, "ADD", pm_conf(node, "c1", "iptables")).rc == 0
+    assert node.ask(node.outside, "tcp", HOST4, 8080) == "c1 " + OUT4
+    assert pm(node, plugins, "DEL", pm_conf(node, "c1", "iptables")).rc == 0
+    assert no_portmap_rules(node), node.ruleset()

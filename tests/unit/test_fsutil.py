@@ -222,3 +222,52 @@ def test_a_fifo_where_a_state_file_goes_is_refused_without_blocking(tmp_path):
     done = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=20)
     want = ["read 22 not a regular file", "scan {} foreign", "saved corrupt"]
     assert done.stdout.splitlines() == want, done
+
+
+def _hold_in_child(path):
+    """A child process holding the flock on ``path`` until its stdin closes."""
+    import subprocess
+    import sys
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT)\n"
+         "fcntl.flock(fd,fcntl.LOCK_EX)\nprint('held',flush=True)\nsys.stdin.read()", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "held\n"
+    return child
+
+
+def test_flock_timeout_names_the_holder(tmp_path):
+    p = str(tmp_path / "lock")
+    child = _hold_in_child(p)
+    try:
+        with pytest.raises(errors.TryAgainLater) as got:
+            with fsutil.Flock(p, timeout=0.2, what="test lock"):
+                pass
+    finally:
+        child.stdin.close()
+        child.wait()
+    assert "still held after 0.2 s by pid %d (python" % child.pid in got.value.msg
+
+
+def test_lock_holder_reads_only_held_flocks_and_escapes_the_name(tmp_path):
+    p = tmp_path / "lock"
+    p.write_text("")
+    st = os.stat(p)
+    ident = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    (tmp_path / "proc" / "4242").mkdir(parents=True)
+    (tmp_path / "proc" / "4242" / "comm").write_bytes(b"evil\x1b]0;x\x07\n")
+    locks = tmp_path / "locks"
+    locks.write_text("1: POSIX  ADVISORY  WRITE 17 %s 0 EOF\n"
+                     "2: FLOCK  ADVISORY  WRITE 4242 %s 0 EOF\n"
+                     "2: -> FLOCK  ADVISORY  WRITE 99 %s 0 EOF\n" % (ident, ident, ident))
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert fsutil.lock_holder(fd, str(locks), str(tmp_path / "proc")) == r"pid 4242 (evil\x1b]0;x\x07)"
+        locks.write_text("2: FLOCK  ADVISORY  WRITE 4243 %s 0 EOF\n" % ident)
+        assert fsutil.lock_holder(fd, str(locks), str(tmp_path / "proc")) == "pid 4243"
+        locks.write_text("2: FLOCK  ADVISORY  WRITE 0 %s 0 EOF\n" % ident)
+        assert fsutil.lock_holder(fd, str(locks), str(tmp_path / "proc")) is None
+        assert fsutil.lock_holder(fd, str(tmp_path / "none"), str(tmp_path / "proc")) is None
+    finally:
+        os.close(fd)

@@ -56,3 +56,31 @@ def test_an_unreadable_table_raises_unless_the_caller_sweeps(calls):
         iptables.edit(4, "broken", lambda saved: ["-F X"], "x")
     assert iptables.edit(4, "broken", lambda saved: ["-F X"], "x", unreadable_ok=True) is None
     assert ("restore", 4, "broken", ["-F X"], "x") not in calls and calls[-1] == "unlock"
+
+
+def test_the_iptables_lock_wait_is_bounded_with_code_11(tmp_path, monkeypatch):
+    """Issue 16 item 13: the suite's iptables lock was waited for without a
+    bound; now TryAgainLater after lock_wait(), naming the holder."""
+    import fcntl
+    import os
+    p = str(tmp_path / "run" / "iptables.lock")
+    monkeypatch.setenv("PYCNI_IPTABLES_LOCK_WAIT", "0.2")
+    with iptables.lock(p):
+        pass        # free: taken at once
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    fd = os.open(p, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)      # an open file description of its own: a second holder
+    try:
+        with pytest.raises(errors.TryAgainLater, match=r"iptables lock .* still held after 0.2 s by pid %d"
+                           % os.getpid()):
+            with iptables.lock(p):
+                pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("value, wait", [("", 30.0), ("2.5", 2.5), ("0", 30.0), ("-1", 30.0),
+                                         ("x", 30.0), ("1e9", 30.0)])
+def test_lock_wait_comes_from_the_environment_within_sense(monkeypatch, value, wait):
+    monkeypatch.setenv("PYCNI_IPTABLES_LOCK_WAIT", value)
+    assert iptables.lock_wait() == wait
