@@ -52,9 +52,11 @@ def network_key_prefix(network):
 
 
 def comment(network, container_id, ifname):
-    from cnilib.base.text import cut_bytes
-    text = "%s net=%s id=%s if=%s" % (key(network, container_id, ifname), network, container_id, ifname)
-    return cut_bytes(text, 255)        # iptables counts bytes; an ifname may be non-ASCII
+    """The attachment's rule comment: its key, then the names as far as
+    iptables' 255 bytes take them (``iptables.comment_text``)."""
+    from cnilib.firewall import iptables
+    return iptables.comment_text("%s net=%s id=%s if=%s"
+                                 % (key(network, container_id, ifname), network, container_id, ifname))
 
 
 def parse_comment(text):
@@ -79,7 +81,8 @@ SET = {4: "ips4", 6: "ips6"}
 # ====================================================================== rule text (pure)
 
 def _q(text):
-    return '"%s"' % text.replace('"', '\\"')
+    from cnilib.firewall import iptables
+    return iptables.quote(text)
 
 
 def jump_rules(admin=ADMIN):

@@ -14,6 +14,63 @@ _BIN = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tabl
 _available = {}     # per process, like nft._available: never outlives one request
 
 
+# ---- rule text: iptables-save's quoting and iptables-restore's tokens
+
+COMMENT_MAX = 255   # bytes: xt_comment holds 256 with the terminating NUL
+_BARE = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ESCAPED = "\"\\'"
+
+
+def quote(text):
+    """``text`` as iptables-save prints a string argument (a comment):
+    bare when it is only ``[A-Za-z0-9_-]``, else double-quoted with each of
+    ``" \\ '`` behind a backslash (libxtables' xtables_save_string), which
+    is also what iptables-restore reads back; rule lines compared with
+    iptables-save output are rendered with it."""
+    if text and all(c in _BARE for c in text):
+        return text
+    return '"%s"' % "".join("\\" + c if c in _ESCAPED else c for c in text)
+
+
+def comment_text(text, limit=COMMENT_MAX):
+    """A rule comment made of input-derived text: every character that is
+    not printable (a control character, an undecodable byte of a name) as
+    ``?``, cut to ``limit`` bytes of UTF-8 on a character boundary, marked
+    by ``...``.  Quote it with ``quote``."""
+    from cnilib.base.text import cut_bytes
+    return cut_bytes("".join(c if c.isprintable() else "?" for c in text), limit)
+
+
+def split(line):
+    """The tokens of a rule line as iptables-restore reads them: blanks
+    separate, double quotes group, and inside quotes a backslash takes the
+    next character as it is; the inverse of ``quote``."""
+    out, cur, quoted, escaped, have = [], [], False, False, False
+    for c in line:
+        if quoted:
+            if escaped:
+                cur.append(c)
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                quoted = False
+            else:
+                cur.append(c)
+        elif c == '"':
+            quoted = have = True
+        elif c in " \t\n":
+            if have or cur:
+                out.append("".join(cur))
+            cur, have = [], False
+        else:
+            cur.append(c)
+            have = True
+    if have or cur:
+        out.append("".join(cur))
+    return out
+
+
 def available(family=4):
     if family not in _available:
         try:

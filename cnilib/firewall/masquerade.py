@@ -95,7 +95,8 @@ TABLE = shared.Table("masq", "inet", TABLE_NAME, "masquerade", {"postrouting": 2
 
 
 def _go_comment_arg(network, container_id):
-    return '-m comment --comment "%s"' % naming.go_comment(network, container_id).replace('"', '\\"')
+    from cnilib.firewall import iptables
+    return "-m comment --comment %s" % iptables.quote(naming.go_comment(network, container_id))
 
 
 def render_iptables_setup(family, network, container_id, cidrs, saved):

@@ -313,17 +313,20 @@ def sn_chain(name, container_id):
 
 
 def ipt_quote(token):
-    """A token as iptables-save prints it: double-quoted when it has spaces or quotes."""
-    if token and not any(c in token for c in ' "\t'):
+    """A token for an iptables-restore line: as it is when nothing in it
+    needs quoting (an operator's condition), else quoted as iptables-save
+    prints it (``iptables.quote``: ``" \\ '`` escaped)."""
+    from cnilib.firewall import iptables
+    if token and not any(c in token for c in ' "\t\n\\\''):
         return token
-    return '"%s"' % token.replace('"', '\\"')
+    return iptables.quote(token)
 
 
 def trim_comment(text):
     """iptables takes comments of at most 255 bytes (the reference's
     trimComment cuts to 256 characters, which iptables refuses)."""
-    from cnilib.base.text import cut_bytes
-    return cut_bytes(text, 255)
+    from cnilib.firewall import iptables
+    return iptables.comment_text(text)
 
 
 def entry_comment(name, container_id):

@@ -453,11 +453,8 @@ def _comment(rule):
 
 def _rule_args(line):
     """'-A CHAIN args...' -> ['CHAIN', args...] with iptables-save's quoting undone."""
-    import shlex
-    try:
-        return shlex.split(line)[1:]
-    except ValueError:
-        return line.split()[1:]
+    from cnilib.firewall import iptables
+    return iptables.split(line)[1:]
 
 
 def ipt_rule_groups(family, tables):

@@ -32,10 +32,10 @@ def drop_forward(node):
         node.host.run(cmd, "-P", "FORWARD", "DROP")
 
 
-def fw(node, plugins, verb, conf, cid="c1"):
+def fw(node, plugins, verb, conf, cid="c1", ifname="eth0"):
     ns = node.ctrs.get(cid)
     return run_plugin(os.path.join(plugins, "firewall"), verb, conf, containerid=cid,
-                      netns=ns.path if ns else "", ifname="eth0", path=plugins,
+                      netns=ns.path if ns else "", ifname=ifname, path=plugins,
                       host_netns=node.host.name, extra_env=node.env)
 
 
@@ -48,9 +48,9 @@ def ping(node, src, dst):
     return node.ctrs[src].run("ping", fam, "-c1", "-W1", dst, check=False).returncode == 0
 
 
-def keyed(node, cid):
+def keyed(node, cid, ifname="eth0"):
     from cnilib.firewall import forward
-    k = forward.key("pmnet", cid, "eth0")
+    k = forward.key("pmnet", cid, ifname)
     return [ln for c in ("iptables-save", "ip6tables-save")
             for ln in node.host.run(c, "-t", "filter").stdout.splitlines() if k in ln]
 
@@ -183,3 +183,42 @@ def test_a_held_iptables_lock_gives_code_11_naming_the_holder(plugins, node):
     assert keyed(node, "c1")
     assert fw(node, plugins, "DEL", fw_conf(node, "c1", backend="iptables")).rc == 0
     assert keyed(node, "c1") == []
+
+
+# legal CNI_IFNAMEs that iptables' quoting cares about (at most 15 bytes)
+QUOTY = ['a\\"b', '"', "\\", "x'y\\z", 'q"\'\\`$;#', "é€$(id)"]
+
+
+@pytest.mark.parametrize("ifname", QUOTY)
+def test_every_quote_in_a_legal_ifname_survives_the_rule_comment(plugins, node, ifname):
+    """Issue 16 item 14: an ifname holding `\\"` ended the comment's quoting
+    early and ADD failed with 999; the comment now goes in and comes back as
+    iptables-save prints it, so CHECK matches and DEL finds it."""
+    from cnilib.firewall import forward, iptables
+    node.attach("c1")
+    drop_forward(node)
+    conf = fw_conf(node, "c1", backend="iptables")
+    r = fw(node, plugins, "ADD", conf, ifname=ifname)
+    assert r.rc == 0, r
+    mine = keyed(node, "c1", ifname)
+    assert len(mine) == 4, node.ruleset()
+    note = forward.comment("pmnet", "c1", ifname)
+    assert all(iptables.split(ln)[iptables.split(ln).index("--comment") + 1] == note for ln in mine)
+    assert ping(node, "c1", OUT4)
+    assert fw(node, plugins, "CHECK", conf, ifname=ifname).rc == 0
+    assert fw(node, plugins, "DEL", conf, ifname=ifname).rc == 0
+    assert keyed(node, "c1", ifname) == []
+
+
+def test_quote_and_split_are_held_to_iptables_restore_and_save(netns_factory):
+    """What iptables.quote renders, iptables-restore reads as the text meant
+    and iptables-save prints back byte for byte (CHECK relies on it)."""
+    from cnilib.firewall import iptables
+    ns = netns_factory()
+    texts = QUOTY + ["plain_-09", "a.b", "sp ace", "\\\\", '""', "'", "\x1b]0;t\x07", "日本語", "é" * 127]
+    lines = ["-A FORWARD -m comment --comment %s -j ACCEPT" % iptables.quote(iptables.comment_text(t))
+             for t in texts]
+    ns.run("iptables-restore", "--noflush", input="*filter\n%s\nCOMMIT\n" % "\n".join(lines))
+    saved = [ln for ln in ns.run("iptables-save", "-t", "filter").stdout.splitlines() if ln.startswith("-A")]
+    assert saved == lines
+    assert [iptables.split(ln)[5] for ln in saved] == [iptables.comment_text(t) for t in texts]
