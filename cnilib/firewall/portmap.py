@@ -384,6 +384,12 @@ class Iptables:
         shared = R.ipt_shared_rules(cfg.snat, cfg.mark_bit, cfg.external_mark_chain)
         needed = R.shared_chains(cfg.snat, cfg.external_mark_chain)
         setmark = cfg.external_mark_chain or R.SETMARK
+        if iface:
+            # before route_localnet goes on (the plugin turns it on after
+            # add); kept, like route_localnet, after the last DEL
+            if iptables.edit(4, "raw", lambda saved: R.ipt_guard_lines(saved, iface),
+                             "portmap localnet guard (raw PREROUTING)"):
+                log.info("iptables raw PREROUTING drops 127.0.0.0/8 arriving on %s", iface)
         done = []
         try:
             for fam in _families(cfg):
@@ -434,6 +440,12 @@ class Iptables:
                 if line not in rules:
                     raise errors.Internal("%s lacks the shared rule '%s'" % (what, line),
                                           "was the nat table flushed (firewalld reload)? ADD restores it")
+        iface = guard_iface(cfg)
+        if iface:
+            line = R.ipt_localnet_guard(iface)
+            if line not in iptables.rules(iptables.save(4, "raw"), "PREROUTING"):
+                raise errors.Internal("iptables IPv4 raw table lacks the localnet guard '%s'" % line,
+                                      "route_localnet is on for %s; ADD restores the guard" % iface)
 
     def teardown(self, nf, att, udp, log):
         from cnilib.firewall import iptables

@@ -333,6 +333,24 @@ def entry_comment(name, container_id):
     return trim_comment('dnat name: "%s" id: "%s"' % (name, container_id))
 
 
+def ipt_localnet_guard(iface):
+    """The iptables localnet guard of ``iface`` (raw PREROUTING, canonical
+    form): what nftables' localnet-guard does for an element of @localnet,
+    drop 127.0.0.0/8 destinations arriving there, before conntrack and NAT
+    see them (CVE-2020-8558: route_localnet would let them through to the
+    node's loopback-only services)."""
+    return "-A PREROUTING -d 127.0.0.0/8 -i %s -m comment --comment %s -j DROP" % (
+        iface, ipt_quote(LOCALNET_COMMENT))
+
+
+def ipt_guard_lines(saved, iface):
+    """Raw-table lines inserting the guard first in PREROUTING unless it is there."""
+    line = ipt_localnet_guard(iface)
+    if line in _rules(saved):
+        return []
+    return ["-I PREROUTING 1" + line[len("-A PREROUTING"):]]
+
+
 def mark_value(bit):
     v = 1 << bit
     return "%#x/%#x" % (v, v)

@@ -15,7 +15,7 @@ import re
 import chained
 import pytest
 from chained import BRIDGE4, HOST4, HOST6, OUT4, OUT6
-from cnitest import ALL_VERSIONS, GO_CNI, assert_cni_error, run_plugin
+from cnitest import ALL_VERSIONS, GO_CNI, assert_cni_error, read_text, run_plugin
 
 from cnilib.firewall import naming
 
@@ -410,3 +410,71 @@ def test_a_held_iptables_lock_is_waited_for_within_a_bound(plugins, node):
     assert node.ask(node.outside, "tcp", HOST4, 8080) == "c1 " + OUT4
     assert pm(node, plugins, "DEL", pm_conf(node, "c1", "iptables")).rc == 0
     assert no_portmap_rules(node), node.ruleset()
+
+
+# a UDP service the node binds to 127.0.0.1 only; it notes each sender in
+# the file argv[2] and answers it (an attacker needs no answer: one
+# datagram that reaches it is the hole)
+LOCAL_ONLY = r"""
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, a = u.recvfrom(100)
+    with open(sys.argv[2], "a") as f:
+        f.write(a[0] + "\n")
+    try:
+        u.sendto(b"node-local\n", a)
+    except OSError:
+        pass
+"""
+
+
+def aim_at_node_localhost(node, cid):
+    """What an attacker in pod ``cid`` does (CVE-2020-8558): route 127.0.0.1
+    out of eth0 to its gateway, so the packet reaches the node's bridge with
+    a loopback destination."""
+    ns = node.ctrs[cid]
+    ns.run("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.eth0.route_localnet=1")
+    ns.run("ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local", check=False)
+    ns.run("ip", "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local", check=False)
+    ns.run("ip", "route", "add", "127.0.0.1/32", "via", BRIDGE4, "dev", "eth0", "src", node.ip(cid))
+
+
+def senders(path):
+    import time
+    time.sleep(0.3)
+    return read_text(path).split()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pod_cannot_reach_what_the_node_binds_to_localhost(plugins, node, backend, tmp_path):
+    """Issue 16 item 9: with route_localnet on the bridge (for localhost
+    hostPorts), a pod reached the node's 127.0.0.1 services through the
+    iptables backend; both backends now drop 127.0.0.0/8 arriving on the
+    bridge (raw PREROUTING), and localhost hostPorts keep working."""
+    import subprocess
+    import sys
+    node.attach("c1")
+    node.attach("c2")
+    node.serve("c1")
+    log = str(tmp_path / "senders")
+    srv = subprocess.Popen(["ip", "netns", "exec", node.host.name, sys.executable, "-c", LOCAL_ONLY,
+                            "9999", log], stdout=subprocess.PIPE, text=True)
+    node.servers.append(srv)
+    assert srv.stdout.readline().strip() == "ready"
+    aim_at_node_localhost(node, "c2")
+    assert node.ask(node.host, "udp", "127.0.0.1", 9999) == "node-local"          # the service is up
+    assert pm(node, plugins, "ADD", pm_conf(node, "c1", backend)).rc == 0
+    assert node.host.run("sysctl", "-n", "net.ipv4.conf.cni0.route_localnet").stdout.strip() == "1"
+    node.ask(node.ctrs["c2"], "udp", "127.0.0.1", 9999, timeout=0.5)
+    assert senders(log) == ["127.0.0.1"], "the pod reached the node's 127.0.0.1:9999"
+    assert node.ask(node.host, "tcp", "127.0.0.1", 8080) == "c1 " + BRIDGE4            # what it is for
+    assert node.ask(node.host, "udp", "127.0.0.1", 8081) == "c1 " + BRIDGE4
+    assert pm(node, plugins, "CHECK", pm_conf(node, "c1", backend)).rc == 0
+    # the guard lives as long as route_localnet: after the last DEL too
+    assert pm(node, plugins, "DEL", pm_conf(node, "c1", backend)).rc == 0
+    assert node.host.run("sysctl", "-n", "net.ipv4.conf.cni0.route_localnet").stdout.strip() == "1"
+    node.ask(node.ctrs["c2"], "udp", "127.0.0.1", 9999, timeout=0.5)
+    assert senders(log) == ["127.0.0.1"], "the pod reached the node's 127.0.0.1:9999"

@@ -328,3 +328,13 @@ def test_plugins_import_light():
     heavy = {m for m in mods if m.split(".")[0] in ("pyroute2", "json", "re", "subprocess", "ipaddress",
                                                      "socket", "typing", "enum", "pydantic_core")}
     assert heavy == set()
+
+
+def test_iptables_localnet_guard_is_canonical_and_added_once():
+    """Issue 16 item 9: the iptables backend's guard, as iptables-save prints it."""
+    line = R.ipt_localnet_guard("cni0")
+    assert line == ('-A PREROUTING -d 127.0.0.0/8 -i cni0 -m comment --comment '
+                    '"pycni portmap: route_localnet is on here" -j DROP')
+    assert R.ipt_guard_lines("*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", "cni0") == [
+        "-I PREROUTING 1" + line[len("-A PREROUTING"):]]
+    assert R.ipt_guard_lines("*raw\n:PREROUTING ACCEPT [0:0]\n%s\nCOMMIT\n" % line, "cni0") == []
