@@ -192,13 +192,20 @@ def nft_elements(chain, mappings, ctrs, snat=True, masq_all=False):
             if not m.applies(fam):
                 continue
             daddr = m.daddr(fam)
+            pkey = shared.port_key(m.protocol, m.host_port)
+            wild = "hostPort %d/%s (IPv%d)" % (m.host_port, m.protocol, fam)
+            # a hostPort on every address and the same one on a specific
+            # address of that family clash, both ways round: the specific
+            # element is looked up first and would take the traffic
             if daddr:
                 e = shared.Elem("hostip%d" % fam, shared.ip_port_key(fam, daddr, m.protocol, m.host_port),
                                 chain,
-                                "hostPort %s/%s" % (join_host_port(fam, daddr, m.host_port), m.protocol))
+                                "hostPort %s/%s" % (join_host_port(fam, daddr, m.host_port), m.protocol),
+                                overlaps=[shared.Overlap("ports%d" % fam, pkey, wild)])
             else:
-                e = shared.Elem("ports%d" % fam, shared.port_key(m.protocol, m.host_port), chain,
-                                "hostPort %d/%s (IPv%d)" % (m.host_port, m.protocol, fam))
+                specific = shared.Overlap("hostip%d" % fam, pkey, "hostPort {ip}/%s" % m.protocol,
+                                          fam=fam, port=m.host_port)
+                e = shared.Elem("ports%d" % fam, pkey, chain, wild, overlaps=[specific])
             if (e.set, e.key) not in seen:
                 seen.add((e.set, e.key))
                 elems.append(e)

@@ -73,14 +73,48 @@ def ifname_mac_key(name, mac):
     return ifname_key(name) + _pad(bytes.fromhex(mac.replace(":", "")))
 
 
+class Overlap:
+    """Elements of another set that clash with an Elem although their keys
+    differ: the element ``key`` of ``set`` (``fam`` None), or, with
+    ``fam``, every element of ``set`` whose key is an address of that
+    family followed by ``key`` (portmap: a hostPort on every address
+    against the same one on a specific address).  ``label`` names the
+    clashing element in messages ("{ip}" stands for its address)."""
+
+    __slots__ = ("set", "key", "label", "fam", "port")
+
+    def __init__(self, set_name, key, label, fam=None, port=None):
+        self.set, self.key, self.label, self.fam, self.port = set_name, key, label, fam, port
+
+    def found(self, nf, family, table, dumps):
+        """[(element, label)] in the kernel now; ``dumps`` caches a set's
+        dump for one plan."""
+        if self.fam is None:
+            cur = nf.element(family, table, self.set, self.key)
+            return [] if cur is None else [(cur, self.label)]
+        if self.set not in dumps:
+            dumps[self.set] = nf.elements(family, table, self.set)
+        n = 4 if self.fam == 4 else 16
+        out = []
+        for cur in dumps[self.set]:
+            k = cur.get("key") or b""
+            if len(k) == n + len(self.key) and k[n:] == self.key:
+                ip = _socket.inet_ntop(_socket.AF_INET if n == 4 else _socket.AF_INET6, k[:n])
+                shown = ("[%s]:%d" if n == 16 else "%s:%d") % (ip, self.port)
+                out.append((dict(cur, key=k), self.label.replace("{ip}", shown)))
+        return out
+
+
 class Elem:
     """One element an attachment owns: set name, key bytes, the chain it
-    jumps to (maps) and a label for messages."""
+    jumps to (maps), a label for messages, and the ``overlaps`` (Overlap)
+    that another live attachment must not hold."""
 
-    __slots__ = ("set", "key", "chain", "label")
+    __slots__ = ("set", "key", "chain", "label", "overlaps")
 
-    def __init__(self, set_name, key, chain=None, label=""):
+    def __init__(self, set_name, key, chain=None, label="", overlaps=()):
         self.set, self.key, self.chain, self.label = set_name, key, chain, label
+        self.overlaps = overlaps
 
     def to_json(self):
         return [self.set, self.key.hex(), self.chain, self.label]
@@ -140,6 +174,27 @@ def _plan(nf, tbl, att, elems, drop, log):
         cur = nf.element(f, t, e.set, e.key)
         if cur is not None and naming.comment_key(cur["comment"]) == own:
             ops.append(("delete", f, t, e.set, e.key))
+    dumps, taken = {}, set()
+    for e in elems:
+        for o in e.overlaps:
+            for cur, label in o.found(nf, f, t, dumps):
+                holder = naming.comment_key(cur["comment"])
+                if holder == own:
+                    continue
+                rec = _holder(tbl, holder)
+                if rec is not None and records.alive(rec) is not False:
+                    raise errors.Internal(
+                        "%s %s clashes with %s, held by another attachment (%s)"
+                        % (tbl.what, e.label, label, _who(rec)),
+                        "a hostPort on every address and the same port on one address of that family "
+                        "cannot belong to two attachments; remove that attachment (CNI DEL) or choose "
+                        "another port; nft list set %s %s shows the holder" % (tbl.ref, o.set))
+                log.warning("%s %s was held by %s: taken over", tbl.what, label,
+                            "an attachment with no record (%s)" % (cur["comment"] or "no comment")
+                            if rec is None else "%s, whose netns %s is gone" % (_who(rec), rec["netns"]))
+                if (o.set, cur["key"]) not in taken:
+                    taken.add((o.set, cur["key"]))
+                    ops.append(("delete", f, t, o.set, cur["key"]))
     for e in elems:
         cur = nf.element(f, t, e.set, e.key)
         if cur is None:

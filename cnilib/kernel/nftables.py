@@ -86,6 +86,33 @@ def _cstr(body, off, alen):
     return bytes(body[off + 4:off + alen]).split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+def parse_elements(body):
+    """[{"key", "chain", "comment"}] of every element of a NEWSETELEM
+    message body (nfgenmsg included), as a set's dump returns them."""
+    top = attr_spans(body, 4)
+    if NFTA_SET_ELEM_LIST_ELEMENTS not in top:
+        return []
+    off, alen = top[NFTA_SET_ELEM_LIST_ELEMENTS]
+    out = []
+    for atype, eoff, elen in netlink.walk_attrs(body, off + 4, off + alen):
+        if atype != NFTA_LIST_ELEM:
+            continue
+        # one element, re-wrapped so parse_element reads it as the first
+        one = (bytes(body[:4]) + attr(NFTA_SET_ELEM_LIST_ELEMENTS, bytes(body[eoff:eoff + elen])))
+        got = parse_element(one) or {"chain": None, "comment": None}
+        el = attr_spans(body, eoff + 4, eoff + elen)
+        key = None
+        if NFTA_SET_ELEM_KEY in el:
+            koff, klen = el[NFTA_SET_ELEM_KEY]
+            val = attr_spans(body, koff + 4, koff + klen)
+            if NFTA_DATA_VALUE in val:
+                voff, vlen = val[NFTA_DATA_VALUE]
+                key = bytes(body[voff + 4:voff + vlen])
+        got["key"] = key
+        out.append(got)
+    return out
+
+
 def parse_element(body):
     """{"chain": jump target or None, "comment": text or None} of the first
     element of a NEWSETELEM message body (nfgenmsg included)."""
@@ -237,6 +264,19 @@ class NfTables(netlink.Netlink):
         body = self._get("getsetelem", family, _elem_list(table, set_name, [_elem_attr(key)]),
                          "nft get element %s %s %s" % (family, table, set_name))
         return None if body is None else parse_element(body)
+
+    def elements(self, family, table, set_name):
+        """[{"key", "chain", "comment"}] of every element of a set (one
+        dump); [] when the set or its table does not exist."""
+        try:
+            got = self.request(_nfgen(family) + attr(NFTA_SET_ELEM_LIST_TABLE, _strz(table))
+                               + attr(NFTA_SET_ELEM_LIST_SET, _strz(set_name)), _mtype("getsetelem"),
+                               NLM_F_DUMP, what="nft list set %s %s %s" % (family, table, set_name))
+        except NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return []
+            raise
+        return [e for m in got for e in parse_elements(m[16:])]
 
     def commit(self, ops, what="nftables batch"):
         """Apply ``ops`` in one transaction: all or nothing.

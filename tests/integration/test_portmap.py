@@ -478,3 +478,42 @@ def test_a_pod_cannot_reach_what_the_node_binds_to_localhost(plugins, node, back
     assert node.host.run("sysctl", "-n", "net.ipv4.conf.cni0.route_localnet").stdout.strip() == "1"
     node.ask(node.ctrs["c2"], "udp", "127.0.0.1", 9999, timeout=0.5)
     assert senders(log) == ["127.0.0.1"], "the pod reached the node's 127.0.0.1:9999"
+
+
+WILD = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+ON_HOST4 = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": HOST4}]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("first,later", [(WILD, ON_HOST4), (ON_HOST4, WILD)],
+                         ids=["wild-first", "specific-first"])
+def test_a_wildcard_and_a_specific_hostport_clash_both_ways(plugins, node, backend, first, later):
+    """Issue 16 item 5: on nftables a later pod's hostPort on a specific
+    hostIP took the traffic of an earlier pod's hostPort on every address
+    (the specific map is looked up first).  Now the later ADD is refused
+    as an exact clash is, naming the holder, both ways round; the earlier
+    pod keeps its traffic.  The iptables backend (as Go) keeps first-wins
+    without refusing: its per-pod chains are visited in ADD order, so the
+    earlier pod keeps its traffic there too."""
+    node.attach("c1")
+    node.attach("c2")
+    node.serve("c1")
+    node.serve("c2")
+    assert pm(node, plugins, "ADD", pm_conf(node, "c1", backend, maps=first), cid="c1").rc == 0
+    before = node.ruleset()
+    r = pm(node, plugins, "ADD", pm_conf(node, "c2", backend, maps=later), cid="c2")
+    if backend == "nftables":
+        err = assert_cni_error(r, 999)
+        assert "clashes with" in err["msg"] and "held by another attachment (network pmnet, container c1, " \
+               "interface eth0)" in err["msg"], err
+        assert node.ruleset() == before
+    else:
+        assert r.rc == 0, r
+    assert node.ask(node.outside, "tcp", HOST4, 8080) == "c1 " + OUT4         # the earlier pod keeps it
+    assert pm(node, plugins, "DEL", pm_conf(node, "c2", backend, maps=later), cid="c2").rc == 0
+    assert node.ask(node.outside, "tcp", HOST4, 8080) == "c1 " + OUT4
+    assert pm(node, plugins, "DEL", pm_conf(node, "c1", backend, maps=first), cid="c1").rc == 0
+    assert pm(node, plugins, "ADD", pm_conf(node, "c2", backend, maps=later), cid="c2").rc == 0   # free now
+    assert node.ask(node.outside, "tcp", HOST4, 8080) == "c2 " + OUT4
+    assert pm(node, plugins, "DEL", pm_conf(node, "c2", backend, maps=later), cid="c2").rc == 0
+    assert no_portmap_rules(node), node.ruleset()

@@ -199,3 +199,48 @@ def test_a_holder_is_its_netns_by_device_and_inode(tmp_path):
     assert records.alive(dict(ident, netns_dev=st.st_dev + 1)) is False
     # a record written before the device was kept compares the inode alone
     assert records.alive({"netns": str(ns), "netns_ino": st.st_ino}) is True
+
+
+class FakeNfDump:
+    """Lookups and set dumps (for shared.Overlap), from a dict."""
+
+    def __init__(self, held):
+        self.held = held
+
+    def element(self, family, table, set_name, key):
+        return self.held.get((set_name, key))
+
+    def elements(self, family, table, set_name):
+        return [dict(v, key=k) for (s, k), v in self.held.items() if s == set_name]
+
+
+def test_a_wildcard_and_a_specific_hostport_clash_both_ways():
+    """Issue 16 item 5: the plan refuses a hostPort on every address while
+    another live attachment holds it on one address, and the reverse."""
+    from cnilib.firewall import portmap_rules as R
+    records.save("hostport", *OTHER, {})
+    theirs = {"chain": "hp-theirs", "comment": naming.element_comment(*OTHER)}
+    tbl = shared.Table("hostport", "inet", R.TABLE_NAME, "portmap", {}, lambda: "")
+    wild = [R.Mapping(8080, 80, "tcp", None, None)]
+    one = [R.Mapping(8080, 80, "tcp", "192.0.2.10", 4)]
+    ctrs = {4: ("10.88.0.5", 24)}
+    for held, wanted, shown in ((one, wild, "clashes with hostPort 192.0.2.10:8080/tcp"),
+                                (wild, one, "clashes with hostPort 8080/tcp (IPv4)")):
+        held_elems, _x = R.nft_elements("hp-theirs", held, ctrs, snat=False)
+        nf = FakeNfDump({(e.set, e.key): theirs for e in held_elems})
+        want_elems, _x = R.nft_elements("hp-mine", wanted, ctrs, snat=False)
+        with pytest.raises(errors.CniError) as e:
+            shared._plan(nf, tbl, ATT, want_elems, [], Log("t", {}))
+        assert shown in e.value.msg and "container zzz999" in e.value.msg, e.value.msg
+    # another port, or the other family, is no clash
+    other_port = [R.Mapping(8081, 80, "tcp", None, None)]
+    held_elems, _x = R.nft_elements("hp-theirs", one, ctrs, snat=False)
+    nf = FakeNfDump({(e.set, e.key): theirs for e in held_elems})
+    mine = R.nft_elements("hp-mine", other_port, ctrs, snat=False)[0]
+    assert [o[0] for o in shared._plan(nf, tbl, ATT, mine, [], Log("t", {}))] == ["create"]
+    # a dead holder's clashing element is taken over (deleted), with a warning
+    records.remove("hostport", *OTHER)
+    log = Log("t", {})
+    ops = shared._plan(nf, tbl, ATT, R.nft_elements("hp-mine", wild, ctrs, snat=False)[0], [], log)
+    assert [o[0] for o in ops] == ["delete", "create"] and ops[0][3] == "hostip4"
+    assert any("taken over" in line for line in log.lines)
