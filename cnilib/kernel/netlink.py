@@ -84,6 +84,11 @@ AF_UNSPEC, AF_INET, AF_INET6, AF_BRIDGE, AF_NETLINK = 0, 2, 10, 7, 16
 NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
 SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 10, 11, 12
+SOL_SOCKET, SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 1, 7, 8, 32, 33
+# what one ack costs in a socket's receive buffer (its skb's truesize): a
+# NLMSG_ERROR of 36 bytes (NETLINK_CAP_ACK) sits in a ~768-byte buffer;
+# rounded up for an error's extended-ack text
+ACK_COST = 1024
 
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 1, 2, 4
 NLM_F_DUMP_INTR = 0x10
@@ -327,6 +332,23 @@ class Netlink:
         self.sock.bind((0, 0))
         self.seq = 0
 
+    def fit(self, size, acks):
+        """Size the socket's buffers for one datagram of ``size`` bytes
+        whose ``acks`` answers all queue before it is read (the kernel
+        runs a batch inside send()).  The defaults (net.core.wmem_default,
+        rmem_default: 208 KiB) hold ~260 acks: past that the acks overflow
+        (ENOBUFS, the batch's outcome lost) and past 208 KiB the datagram
+        itself is refused (EMSGSIZE).  The *FORCE options (CAP_NET_ADMIN,
+        which every batch needs anyway) pass the sysctl maxima."""
+        for opt, force, want in ((SO_SNDBUF, SO_SNDBUFFORCE, size + 4096),
+                                 (SO_RCVBUF, SO_RCVBUFFORCE, acks * ACK_COST + 65536)):
+            if self.sock.getsockopt(SOL_SOCKET, opt) >= 2 * want:      # the kernel doubles it
+                continue
+            try:
+                self.sock.setsockopt(SOL_SOCKET, force, want)
+            except OSError:
+                self.sock.setsockopt(SOL_SOCKET, opt, want)
+
     @classmethod
     def in_netns(cls, fd):
         from cnilib.kernel import netns  # here: nf_tables users never need it
@@ -419,7 +441,14 @@ class Netlink:
             if flags & NLM_F_ACK:
                 pending.add(self.seq)
         first = self.seq - len(msgs) + 1
-        self.sock.send(b"".join(out))
+        data = b"".join(out)
+        self.fit(len(data), len(pending))
+        try:
+            self.sock.send(data)
+        except OSError as exc:
+            raise NetlinkError(getattr(exc, "errno", None) or errno.EIO,
+                               "%s: the kernel refused the batch (%d messages, %d bytes): %s"
+                               % (what, len(msgs), len(data), exc)) from exc
         error = None
         while pending:
             try:

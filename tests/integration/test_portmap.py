@@ -480,6 +480,50 @@ def test_a_pod_cannot_reach_what_the_node_binds_to_localhost(plugins, node, back
     assert senders(log) == ["127.0.0.1"], "the pod reached the node's 127.0.0.1:9999"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thousand_mappings_on_one_pod(plugins, node, backend):
+    """Issue 16 item 6: nftables failed every ADD above ~255 hostPorts
+    (IPv4; ~125 dual-stack) with ENOBUFS/EMSGSIZE.  1,000 mappings, half
+    tcp half udp, on both families: ADD, traffic to a sample, CHECK, DEL
+    leaving nothing."""
+    node.attach("c1")
+    node.serve("c1")
+    maps = [{"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp" if i % 2 else "udp"}
+            for i in range(1000)]
+    r = pm(node, plugins, "ADD", pm_conf(node, "c1", backend, maps=maps))
+    assert r.rc == 0, r
+    for port in (20001, 20499, 20999):
+        assert node.ask(node.outside, "tcp", HOST4, port) == "c1 " + OUT4
+        assert node.ask(node.outside, "tcp", HOST6, port) == "c1 fd77::2"
+    for port in (20000, 20998):
+        assert node.ask(node.outside, "udp", HOST4, port) == "c1 " + OUT4
+    assert pm(node, plugins, "CHECK", pm_conf(node, "c1", backend, maps=maps)).rc == 0
+    assert pm(node, plugins, "DEL", pm_conf(node, "c1", backend, maps=maps)).rc == 0
+    assert node.ask(node.outside, "tcp", HOST4, 20001).startswith("ERR")
+    assert no_portmap_rules(node), node.ruleset()[:2000]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sixty_four_pods_of_sixteen_mappings(plugins, node, backend):
+    """Issue 16 item 6, the other shape: 64 pods with 16 hostPorts each on
+    one node; traffic to a sample; DEL of all of them leaves nothing."""
+    pods = ["p%02d" % i for i in range(64)]
+    maps = {cid: [{"hostPort": 30000 + 16 * i + j, "containerPort": 80, "protocol": "tcp"}
+                  for j in range(16)] for i, cid in enumerate(pods)}
+    for cid in pods:
+        node.attach(cid)
+        r = pm(node, plugins, "ADD", pm_conf(node, cid, backend, maps=maps[cid]), cid=cid)
+        assert r.rc == 0, r
+    for i in (0, 31, 63):
+        node.serve(pods[i])
+        for j in (0, 15):
+            assert node.ask(node.outside, "tcp", HOST4, 30000 + 16 * i + j) == "%s %s" % (pods[i], OUT4)
+    for cid in pods:
+        assert pm(node, plugins, "DEL", pm_conf(node, cid, backend, maps=maps[cid]), cid=cid).rc == 0
+    assert node.ask(node.outside, "tcp", HOST4, 30000).startswith("ERR")
+    assert no_portmap_rules(node), node.ruleset()[:2000]
+
+
 WILD = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
 ON_HOST4 = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": HOST4}]
 

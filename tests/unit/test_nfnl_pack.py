@@ -94,6 +94,16 @@ class Kernel:
     def __init__(self, answer=None):
         self.sent, self.pending = [], []
         self.answer = answer or (lambda mtype, flags, raw: [])
+        self.bufs = {netlink.SO_SNDBUF: 212992, netlink.SO_RCVBUF: 212992}     # the sysctl defaults
+        self.sized = []
+
+    def getsockopt(self, level, opt):
+        return self.bufs[opt]
+
+    def setsockopt(self, level, opt, value):
+        self.sized.append((opt, value))
+        self.bufs[{netlink.SO_SNDBUFFORCE: netlink.SO_SNDBUF,
+                   netlink.SO_RCVBUFFORCE: netlink.SO_RCVBUF}.get(opt, opt)] = 2 * value
 
     def send(self, data):
         msgs = split(data)
@@ -465,3 +475,23 @@ def test_conntrack_empty_table_costs_no_dump(monkeypatch):
     nf = _ct(ENTRIES)
     assert conntrack.conntrack_delete_dports((4, 6), "udp", {8081}, nf) == 0
     assert nf.sock.sent == []
+
+
+def test_a_big_batch_sizes_the_socket_for_itself_and_its_acks():
+    """Issue 16 item 6: a batch was one datagram into the default 208 KiB
+    buffers, so past ~260 acked ops the acks overflowed the receive buffer
+    (ENOBUFS) and past 208 KiB the send failed (EMSGSIZE): portmap failed
+    every ADD above ~255 hostPorts.  Now the buffers fit the batch; a
+    small batch changes nothing."""
+    key = b"\x00\x00\x00\x06\x00\x00\x1f\x90"
+    nf = nft()
+    nf.commit([("create", "inet", "pycni-hostport", "ports4", key, "hp-x", "pycni x")] * 3)
+    assert nf.sock.sized == []
+    ops = [("create", "inet", "pycni-hostport", "ports4", key, "hp-x", "pycni " + "c" * 120)] * 2000
+    nf.commit(ops)
+    size = sum(len(raw) for *_x, raw in nf.sock.sent[-1])
+    assert size > 212992 - 32                           # EMSGSIZE into the default buffer
+    bufs = dict(nf.sock.sized)
+    assert bufs[netlink.SO_SNDBUFFORCE] * 2 >= size + 32
+    assert bufs[netlink.SO_RCVBUFFORCE] >= 2000 * netlink.ACK_COST
+    assert len(nf.sock.sent[-1]) == 2002                # still one transaction
