@@ -50,7 +50,6 @@ def sealed(monkeypatch, tmp_path):
     """Every side effect raises Reached; state paths point into tmp_path."""
     from cnilib import flannel
     from cnilib.base import fsutil, proc
-    from cnilib.firewall import iptables
     from cnilib.kernel import conntrack, netlink, netns, sysctl
     # every netlink socket (rtnetlink, nf_tables, conntrack) is one of these
     monkeypatch.setattr(netlink.Netlink, "__init__", _reached)
@@ -78,8 +77,7 @@ def sealed(monkeypatch, tmp_path):
     monkeypatch.setattr(fsutil, "open_root", sealed_root)
     monkeypatch.setattr(fsutil.Dir, "sub", sealed_sub)
     monkeypatch.setattr(netns.Enter, "__enter__", _reached)
-    monkeypatch.setattr(fsutil.Flock, "__enter__", _reached)
-    monkeypatch.setattr(iptables.lock, "__enter__", _reached)
+    monkeypatch.setattr(fsutil.Flock, "__enter__", _reached)      # iptables.lock() is a Flock too
     for k, v in (("PYCNI_RUN_DIR", tmp_path / "run"), ("PYCNI_STATE_DIR", tmp_path / "state"),
                  ("PYCNI_LOG", "off"), ("PYCNI_TUNING_ALLOWLIST", tmp_path / "none")):
         monkeypatch.setenv(k, str(v))
