@@ -37,7 +37,8 @@ import tempfile
 import time
 
 from bench import sandbox
-from cnilib.kernel import netlink, netns
+from cnilib.kernel import brport, netlink, netns, route
+from cnilib.kernel import link as klink
 
 STEPS = ("veth", "tag", "ra", "dad", "iface", "port", "garp")
 SUBNET = "10.71.%d.%d"     # /21: pods from .0.2 on, the quiet pod at .7.250
@@ -64,48 +65,48 @@ class Pod:
         try:
             with netlink.Netlink.in_netns(fd) as cnl:
                 t0 = t()
-                netlink.veth_add(r.nl, self.host, "eth0", fd, 0, None, r.br, up=False)
-                link = netlink.link_get(r.nl, self.host)
+                brport.veth_add(r.nl, self.host, "eth0", fd, 0, None, r.br, up=False)
+                link = klink.link_get(r.nl, self.host)
                 t1 = t()
                 out["veth"] = t1 - t0
                 if "tag" not in skip:
-                    netlink.link_set(r.nl, link.index, alias="kg %d" % self.i)
-                netlink.link_set(r.nl, link.index, up=True)
+                    klink.link_set(r.nl, link.index, alias="kg %d" % self.i)
+                klink.link_set(r.nl, link.index, up=True)
                 t2 = t()
                 out["tag"] = t2 - t1
                 if "ra" not in skip:
                     _sysctl("net/ipv6/conf/%s/accept_ra" % self.host, b"0")
                 t3 = t()
                 out["ra"] = t3 - t2
-                cont = netlink.link_get(cnl, "eth0")
+                cont = klink.link_get(cnl, "eth0")
                 if "dad" not in skip:
                     with netns.Enter(fd):
                         _sysctl("net/ipv6/conf/eth0/accept_dad", b"0")
                 t4 = t()
                 out["dad"] = t4 - t3
-                netlink.link_set_arp_notify(cnl, cont.index, True)
-                netlink.addr_add(cnl, cont.index, self.ip, 21, broadcast="10.71.7.255")
-                netlink.link_set(cnl, cont.index, up=True)
-                netlink.route_add(cnl, "0.0.0.0/0", gateway="10.71.0.1", oif=cont.index, exist_ok=True)
+                klink.link_set_arp_notify(cnl, cont.index, True)
+                route.addr_add(cnl, cont.index, self.ip, 21, broadcast="10.71.7.255")
+                klink.link_set(cnl, cont.index, up=True)
+                route.route_add(cnl, "0.0.0.0/0", gateway="10.71.0.1", oif=cont.index, exist_ok=True)
                 t5 = t()
                 out["iface"] = t5 - t4
                 for _ in range(300):
-                    h = netlink.link_get(r.nl, index=link.index)
-                    st = netlink.brport_flags(h)
+                    h = klink.link_get(r.nl, index=link.index)
+                    st = brport.brport_flags(h)
                     if h.operstate == "UP" and st and st["state"] == netlink.BR_STATE_FORWARDING:
                         break
                     time.sleep(0.01)
                 t6 = t()
                 out["port"] = t6 - t5
                 if "garp" not in skip:
-                    netlink.link_set(cnl, cont.index, mac=cont.mac)
+                    klink.link_set(cnl, cont.index, mac=cont.mac)
                 out["garp"] = t() - t6
         finally:
             os.close(fd)
         return {k: v * 1000 for k, v in out.items()}
 
     def delete(self):
-        netlink.link_del(self.run.nl, name=self.host)
+        klink.link_del(self.run.nl, name=self.host)
 
 
 class Run:
@@ -125,9 +126,9 @@ class Run:
         self.enter = netns.Enter(self.hfd)
         self.enter.__enter__()         # this process lives in the host netns from here on
         self.nl = netlink.Netlink()
-        netlink.bridge_add(self.nl, "kg0")
-        self.br = netlink.link_get(self.nl, "kg0").index
-        netlink.addr_add(self.nl, self.br, "10.71.0.1", 21, broadcast="10.71.7.255")
+        brport.bridge_add(self.nl, "kg0")
+        self.br = klink.link_get(self.nl, "kg0").index
+        route.addr_add(self.nl, self.br, "10.71.0.1", 21, broadcast="10.71.7.255")
         _sysctl("net/ipv4/ip_forward", b"1")
 
     def close(self):
