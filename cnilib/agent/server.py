@@ -293,20 +293,26 @@ def serve(path, log=print, max_workers=MAX_WORKERS, read_timeout=READ_TIMEOUT, p
     os.makedirs(d, 0o700, exist_ok=True)
     os.chmod(d, 0o700)
     os.makedirs(wire.slot_dir(path), 0o700, exist_ok=True)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    # bound and listening under a temporary name, then renamed into place:
+    # a plugin that finds the socket can connect (between bind and listen
+    # it would be refused and do its work in-process for nothing)
+    staging = path + ".new"
+    for p in (path, staging):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
     preload(log)
     agent = peer.self_view()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o177)
     try:
-        srv.bind(path)
+        srv.bind(staging)
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(staging, 0o600)
     srv.listen(64)
+    os.rename(staging, path)
     srv.setblocking(False)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     stopping = []
