@@ -81,6 +81,20 @@ def ensure_root(path, mode=0o700):
     return path
 
 
+def _write_close(fd, data, durable):
+    """All of ``data`` into the new temp file ``fd`` (fsync'ed when
+    ``durable``), then close it, whatever happens."""
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path, data, mode=0o600, durable=True):
     """Replace ``path`` with ``data`` atomically (see module docstring).
 
@@ -94,15 +108,7 @@ def write_atomic(path, data, mode=0o600, durable=True):
     tmp = os.path.join(d, "%s%d-%s" % (TMP_PREFIX, os.getpid(), os.urandom(4).hex()))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_close(fd, data, durable)
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -557,15 +563,7 @@ class Dir:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                      dir_fd=self.fd)
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_close(fd, data, durable)
             self.rename(tmp, name)
         except BaseException:
             try:
