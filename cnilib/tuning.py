@@ -277,32 +277,20 @@ def read_backups(data_dirs, problems):
         cid, ifname = parse_backup_name(name, legacy)
         out.append(BackupFile(d.join(name), network, cid, ifname, ok))
 
-    for top in data_dirs:
-        try:
-            root = fsutil.open_root(top)
-        except errors.CniError as exc:
-            problems.append(exc.msg)
-            continue
-        if root is None:
-            continue
-        with root:
-            for n in root.try_names(problems):
-                if n.startswith("."):
+    for _top, root in fsutil.try_roots(data_dirs, problems):
+        for n in root.try_names(problems):
+            if n.startswith("."):
+                continue
+            if root.is_dir(n):
+                sub = root.try_sub(n, problems)
+                if sub is None:
                     continue
-                if root.is_dir(n):
-                    try:
-                        sub = root.sub(n)
-                    except errors.CniError as exc:
-                        problems.append(exc.msg)
-                        continue
-                    if sub is None:
-                        continue
-                    with sub:
-                        for f in sub.try_names(problems):
-                            if parse_backup_name(f):
-                                one(sub, n, f, False)
-                elif parse_backup_name(n, legacy=True):
-                    one(root, None, n, True)
+                with sub:
+                    for f in sub.try_names(problems):
+                        if parse_backup_name(f):
+                            one(sub, n, f, False)
+            elif parse_backup_name(n, legacy=True):
+                one(root, None, n, True)
     return out
 
 

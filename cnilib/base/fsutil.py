@@ -343,6 +343,21 @@ def _check_mode(fd, path):
                                "expected mode 0700/0755; run chmod o-w %s" % path)
 
 
+def try_roots(paths, problems):
+    """(path, Dir) for each of the directories ``paths`` that exists, held
+    open in turn (``open_root``), for a reader that must not stop: one
+    refused is skipped, the reason appended to ``problems``."""
+    for path in paths:
+        try:
+            root = open_root(path)
+        except errors.CniError as exc:
+            problems.append(exc.msg)
+            continue
+        if root is not None:
+            with root:
+                yield path, root
+
+
 def open_root(path, create=False, mode=0o755, what="state directory"):
     """The configured directory ``path`` held open (a ``Dir``), resolved once
     with every link on the way followed (see the module docstring); None
@@ -481,6 +496,15 @@ class Dir:
         except OSError as exc:
             problems.append("cannot list %s: %s" % (self.path, exc.strerror))
             return []
+
+    def try_sub(self, name, problems):
+        """``sub(name)`` for a reader that must not stop: None when it is
+        missing or refused, the reason appended to ``problems``."""
+        try:
+            return self.sub(name)
+        except errors.CniError as exc:
+            problems.append(exc.msg)
+            return None
 
     def lstat(self, name):
         """lstat of ``name`` here (a link is not followed), None when missing."""

@@ -113,34 +113,22 @@ def read_leases(data_dirs, problems):
     skipped and noted in ``problems`` (the plugin refuses it), a lease that
     is one is skipped (the plugin never reads it)."""
     out, nets = [], set()
-    for d in data_dirs:
-        try:
-            root = fsutil.open_root(d)
-        except errors.CniError as exc:
-            problems.append(exc.msg)
-            continue
-        if root is None:
-            continue
-        with root:
-            for net in root.try_names(problems):
-                st = root.lstat(net)
-                if st is not None and stat.S_ISLNK(st.st_mode):
-                    problems.append("%s is a symbolic link: not followed" % root.join(net))
-                if st is None or not stat.S_ISDIR(st.st_mode):
-                    continue
-                try:
-                    nd = root.sub(net)
-                except errors.CniError as exc:
-                    problems.append(exc.msg)
-                    continue
-                if nd is None:
-                    continue
-                nets.add(net)
-                with nd:
-                    for name, _got in _address_names(nd.try_names(problems)):
-                        if nd.is_file(name):
-                            owner = parse_lease(nd.try_read(name, problems, MAX_LEASE) or b"")
-                            out.append(Lease(d, net, name, os.path.join(d, net, name), owner))
+    for d, root in fsutil.try_roots(data_dirs, problems):
+        for net in root.try_names(problems):
+            st = root.lstat(net)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                problems.append("%s is a symbolic link: not followed" % root.join(net))
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                continue
+            nd = root.try_sub(net, problems)
+            if nd is None:
+                continue
+            nets.add(net)
+            with nd:
+                for name, _got in _address_names(nd.try_names(problems)):
+                    if nd.is_file(name):
+                        owner = parse_lease(nd.try_read(name, problems, MAX_LEASE) or b"")
+                        out.append(Lease(d, net, name, os.path.join(d, net, name), owner))
     return out, nets
 
 
